@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything guidiff needs to build, test and run its demo on Debian 12 (bookworm).
+# Idempotent: does nothing (not even apt-get update) when every package is already there.
+# Run as root (or with sudo available).
+#   --with-python   also install python3-torch (regenerating test fixtures, the Python benchmarks)
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache git
+  libtorch-dev libopenblas0-openmp
+  libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libgtest-dev libbenchmark-dev
+  gnuplot-nox dataset-fashion-mnist
+)
+for arg in "$@"; do
+  case "$arg" in
+    --with-python) packages+=(python3-torch) ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$package")
+  fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "setup.sh: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup.sh: run as root (missing: ${missing[*]})" >&2; exit 1; }
+  sudo=(sudo)
+fi
+echo "setup.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"

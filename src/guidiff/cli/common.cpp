@@ -1,0 +1,78 @@
+#include "guidiff/cli/common.hpp"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#include "guidiff/cli/commands.hpp"
+#include "guidiff/core/errors.hpp"
+
+namespace guidiff::cli {
+namespace {
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> fields;
+  std::stringstream stream(text);
+  std::string field;
+  while (std::getline(stream, field, ',')) fields.push_back(field);
+  if (!text.empty() && text.back() == ',') fields.push_back("");
+  return fields;
+}
+
+}  // namespace
+
+torch::Device GlobalOptions::torch_device() const {
+  if (device == "cpu") return torch::kCPU;
+  if (device == "cuda") {
+    if (!torch::cuda::is_available()) {
+      throw InputError("--device cuda: no CUDA device is available to this libtorch build");
+    }
+    return torch::kCUDA;
+  }
+  throw InputError("unknown --device '" + device + "' (expected cpu or cuda)");
+}
+
+std::vector<int64_t> parse_positive_list(const std::string& flag, const std::string& text) {
+  std::vector<int64_t> values;
+  for (const std::string& field : split_commas(text)) {
+    char* end = nullptr;
+    errno = 0;
+    const long long value = std::strtoll(field.c_str(), &end, 10);
+    if (field.empty() || *end != '\0' || errno != 0 || value < 1) {
+      throw InputError(flag + " '" + text + "': expected positive whole numbers separated by commas");
+    }
+    values.push_back(value);
+  }
+  if (values.empty()) throw InputError(flag + " is empty");
+  return values;
+}
+
+std::pair<double, double> parse_number_pair(const std::string& flag, const std::string& text) {
+  const std::vector<std::string> fields = split_commas(text);
+  double numbers[2] = {0, 0};
+  bool ok = fields.size() == 2;
+  for (size_t i = 0; ok && i < 2; ++i) {
+    char* end = nullptr;
+    numbers[i] = std::strtod(fields[i].c_str(), &end);
+    ok = !fields[i].empty() && *end == '\0' && !std::isnan(numbers[i]);
+  }
+  if (!ok) throw InputError(flag + " '" + text + "': expected two numbers 'low,high'");
+  return {numbers[0], numbers[1]};
+}
+
+void check_output_path(const std::string& flag, const std::string& path) {
+  if (path.empty()) return;
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  std::error_code ignored;
+  if (!std::filesystem::is_directory(dir, ignored)) {
+    throw FileError(flag + " '" + path + "': directory '" + dir.string() + "' does not exist");
+  }
+  if (std::filesystem::is_directory(path, ignored)) {
+    throw FileError(flag + " '" + path + "' is a directory, not a file name");
+  }
+}
+
+}  // namespace guidiff::cli

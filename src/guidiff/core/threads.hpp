@@ -1,0 +1,21 @@
+// Thread count and BLAS checks done once at start-up.
+#pragma once
+#include <string>
+
+namespace guidiff {
+
+// Sets libtorch's intra-op thread count. requested > 0 wins; otherwise the GUIDIFF_THREADS
+// environment variable; otherwise the number of cores (Debian's libtorch starts with 1).
+// Returns the count in effect. Throws InputError for a malformed GUIDIFF_THREADS.
+int configure_threads(int requested);
+
+// Which BLAS library the process really has mapped (read from /proc/self/maps), e.g.
+// "openblas (openmp) /usr/lib/.../libblas.so.3" or "reference /usr/lib/.../blas/libblas.so.3".
+struct BlasInfo {
+  std::string name;   // "openblas", "reference", "mkl" or "unknown"
+  std::string path;   // the shared object's resolved path, empty if none is mapped
+  bool is_reference() const { return name == "reference"; }
+};
+BlasInfo loaded_blas();
+
+}  // namespace guidiff

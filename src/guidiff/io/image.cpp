@@ -1,0 +1,65 @@
+#include "guidiff/io/image.hpp"
+
+// The one translation unit that compiles stb_image_write's implementation.
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#include <stb/stb_image_write.h>
+#pragma GCC diagnostic pop
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
+
+namespace guidiff {
+namespace {
+
+void append_to_string(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+}
+
+}  // namespace
+
+torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOptions& options) {
+  if (!images.defined() || images.dim() != 4 || !images.is_floating_point()) {
+    throw InputError("images must be a float tensor [N, C, H, W]");
+  }
+  const int64_t n = images.size(0), channels = images.size(1), height = images.size(2),
+                width = images.size(3);
+  if (channels != 1 && channels != 3) {
+    throw InputError("images must have 1 or 3 channels to be written as PNG, got " + std::to_string(channels));
+  }
+  if (n < 1 || height < 1 || width < 1) throw InputError("cannot write an empty image grid");
+  if (options.nrow < 1 || options.padding < 0) throw InputError("image grid: nrow must be >= 1 and padding >= 0");
+  if (!torch::isfinite(images).all().item<bool>()) throw NumericError("images contain NaN or infinity");
+
+  const int64_t cols = std::min(options.nrow, n);
+  const int64_t rows = (n + cols - 1) / cols;
+  const int64_t pad = options.padding;
+  // ((x + 1) * 127.5).clamp(0, 255).to(uint8), guided-diffusion's image_sample.py.
+  const torch::Tensor pixels =
+      ((images.detach().to(torch::kCPU, torch::kFloat32) + 1) * 127.5).clamp(0, 255).to(torch::kUInt8);
+  torch::Tensor grid = torch::full({rows * (height + pad) + pad, cols * (width + pad) + pad, channels},
+                                   static_cast<int64_t>(options.pad_value), torch::kUInt8);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t top = pad + (i / cols) * (height + pad);
+    const int64_t left = pad + (i % cols) * (width + pad);
+    grid.narrow(0, top, height).narrow(1, left, width).copy_(pixels[i].permute({1, 2, 0}));
+  }
+  return grid;
+}
+
+void write_png_grid(const std::string& path, const torch::Tensor& images, const ImageGridOptions& options) {
+  const torch::Tensor grid = image_grid_pixels(images, options).contiguous();
+  const int height = static_cast<int>(grid.size(0)), width = static_cast<int>(grid.size(1)),
+            channels = static_cast<int>(grid.size(2));
+  std::string png;
+  if (stbi_write_png_to_func(append_to_string, &png, width, height, channels, grid.data_ptr<uint8_t>(),
+                             width * channels) == 0) {
+    throw FileError("cannot encode PNG '" + path + "'");
+  }
+  write_file_atomically(path, png);
+}
+
+}  // namespace guidiff

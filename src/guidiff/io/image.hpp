@@ -1,0 +1,28 @@
+// Image grids: a batch of NCHW images in [-1, 1] tiled into one PNG.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+namespace guidiff {
+
+struct ImageGridOptions {
+  int64_t nrow = 8;          // images per grid row (torchvision's make_grid convention)
+  int64_t padding = 2;       // pixels between images and around the border
+  uint8_t pad_value = 0;     // the padding's grey level (0 = black)
+};
+
+// The grid as uint8 pixels [H', W', C], C = 1 or 3, with H' = rows (H + p) + p and
+// W' = cols (W + p) + p, cols = min(nrow, N), rows = ceil(N / cols). Pixel values are
+// ((x + 1) * 127.5) clamped to [0, 255] and truncated, as guided-diffusion's samplers
+// store them. Throws InputError unless images is float [N, C, H, W] with C in {1, 3}, N >= 1,
+// and NumericError if it holds NaN or infinity.
+torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOptions& options = {});
+
+// Writes image_grid_pixels(images) as an 8-bit grey or RGB PNG, atomically. Throws
+// FileError naming the path if it cannot be written.
+void write_png_grid(const std::string& path, const torch::Tensor& images,
+                    const ImageGridOptions& options = {});
+
+}  // namespace guidiff

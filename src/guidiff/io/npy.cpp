@@ -1,0 +1,259 @@
+#include "guidiff/io/npy.hpp"
+
+#include <cctype>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
+
+namespace guidiff {
+namespace {
+
+constexpr char kMagic[] = "\x93NUMPY";
+constexpr size_t kMagicSize = 6;
+
+struct DtypeCode {
+  torch::ScalarType type;
+  const char* descr;       // the descr we write
+  size_t item_size;
+};
+
+const DtypeCode kDtypes[] = {
+    {torch::kFloat32, "<f4", 4}, {torch::kFloat64, "<f8", 8}, {torch::kInt64, "<i8", 8},
+    {torch::kInt32, "<i4", 4},   {torch::kUInt8, "|u1", 1},
+};
+
+std::optional<DtypeCode> dtype_from_descr(const std::string& descr) {
+  // '=' means native order, which is little-endian on every platform guidiff targets;
+  // single-byte types may carry any order mark.
+  for (const DtypeCode& code : kDtypes) {
+    const std::string base = std::string(code.descr).substr(1);
+    if (descr.size() != 3 || descr.substr(1) != base) continue;
+    const char order = descr[0];
+    if (order == '<' || order == '=' || (code.item_size == 1 && (order == '|' || order == '>'))) {
+      return code;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<DtypeCode> dtype_from_tensor(torch::ScalarType type) {
+  for (const DtypeCode& code : kDtypes) {
+    if (code.type == type) return code;
+  }
+  return std::nullopt;
+}
+
+// The header is a Python dict literal, e.g. {'descr': '<f4', 'fortran_order': False,
+// 'shape': (3, 2), }. This parser accepts exactly the literals numpy writes there.
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& path) : text_(text), path_(path) {}
+
+  void parse(std::string& descr, bool& fortran_order, std::vector<int64_t>& shape) {
+    bool seen_descr = false, seen_order = false, seen_shape = false;
+    expect('{');
+    while (true) {
+      skip_space();
+      if (peek() == '}') break;
+      const std::string key = parse_string();
+      expect(':');
+      if (key == "descr") {
+        skip_space();
+        if (peek() != '\'' && peek() != '"') fail("structured dtypes are not supported");
+        descr = parse_string();
+        seen_descr = true;
+      } else if (key == "fortran_order") {
+        fortran_order = parse_bool();
+        seen_order = true;
+      } else if (key == "shape") {
+        shape = parse_shape();
+        seen_shape = true;
+      } else {
+        fail("unexpected key '" + key + "' in header");
+      }
+      skip_space();
+      if (peek() == ',') {
+        ++pos_;
+        continue;
+      }
+      skip_space();
+      if (peek() != '}') fail("malformed header");
+    }
+    if (!seen_descr || !seen_order || !seen_shape) fail("header lacks descr, fortran_order or shape");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw FileError("'" + path_ + "' is not a valid .npy file: " + why);
+  }
+  char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
+  void skip_space() {
+    while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) ++pos_;
+  }
+  void expect(char c) {
+    skip_space();
+    if (peek() != c) fail(std::string("expected '") + c + "' in header");
+    ++pos_;
+  }
+  std::string parse_string() {
+    skip_space();
+    const char quote = peek();
+    if (quote != '\'' && quote != '"') fail("expected a quoted string in header");
+    const size_t end = text_.find(quote, pos_ + 1);
+    if (end == std::string::npos) fail("unterminated string in header");
+    std::string value = text_.substr(pos_ + 1, end - pos_ - 1);
+    pos_ = end + 1;
+    return value;
+  }
+  bool parse_bool() {
+    skip_space();
+    if (text_.compare(pos_, 4, "True") == 0) {
+      pos_ += 4;
+      return true;
+    }
+    if (text_.compare(pos_, 5, "False") == 0) {
+      pos_ += 5;
+      return false;
+    }
+    fail("fortran_order must be True or False");
+  }
+  std::vector<int64_t> parse_shape() {
+    std::vector<int64_t> shape;
+    expect('(');
+    while (true) {
+      skip_space();
+      if (peek() == ')') break;
+      if (!std::isdigit(static_cast<unsigned char>(peek()))) fail("shape must be a tuple of integers");
+      int64_t value = 0;
+      while (std::isdigit(static_cast<unsigned char>(peek()))) {
+        if (value > (int64_t{1} << 50)) fail("shape too large");
+        value = value * 10 + (text_[pos_++] - '0');
+      }
+      if (peek() == 'L') ++pos_;  // Python 2 long literals
+      shape.push_back(value);
+      skip_space();
+      if (peek() == ',') ++pos_;
+      else if (peek() != ')') fail("shape must be a tuple of integers");
+    }
+    ++pos_;
+    return shape;
+  }
+
+  const std::string& text_;
+  const std::string& path_;
+  size_t pos_ = 0;
+};
+
+uint32_t read_little_endian(const unsigned char* bytes, int count) {
+  uint32_t value = 0;
+  for (int i = count - 1; i >= 0; --i) value = (value << 8) | bytes[i];
+  return value;
+}
+
+std::string shape_literal(torch::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out += std::to_string(sizes[i]);
+    if (sizes.size() == 1 || i + 1 < sizes.size()) out += sizes.size() == 1 ? "," : ", ";
+  }
+  return out + ")";
+}
+
+}  // namespace
+
+torch::Tensor read_npy(const std::string& path) {
+  const std::string bytes = read_file_bytes(path);
+  const auto* raw = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (bytes.size() < kMagicSize + 4 || std::memcmp(bytes.data(), kMagic, kMagicSize) != 0) {
+    throw FileError("'" + path + "' is not a .npy file (bad magic)");
+  }
+  const int major = raw[6];
+  if (major < 1 || major > 3) {
+    throw FileError("'" + path + "': unsupported .npy format version " + std::to_string(major));
+  }
+  const int length_bytes = major == 1 ? 2 : 4;
+  const size_t preamble = kMagicSize + 2 + length_bytes;
+  if (bytes.size() < preamble) throw FileError("'" + path + "' is truncated (in the header)");
+  const size_t header_length = read_little_endian(raw + kMagicSize + 2, length_bytes);
+  if (bytes.size() < preamble + header_length) {
+    throw FileError("'" + path + "' is truncated (in the header)");
+  }
+  const std::string header = bytes.substr(preamble, header_length);
+
+  std::string descr;
+  bool fortran_order = false;
+  std::vector<int64_t> shape;
+  HeaderParser(header, path).parse(descr, fortran_order, shape);
+  const std::optional<DtypeCode> code = dtype_from_descr(descr);
+  if (!code) {
+    throw FileError("'" + path + "': unsupported dtype '" + descr +
+                    "' (supported: little-endian float32, float64, int64, int32, uint8)");
+  }
+  if (fortran_order) {
+    throw FileError("'" + path + "': Fortran-ordered arrays are not supported (save with C order)");
+  }
+
+  int64_t count = 1;
+  for (int64_t dim : shape) {
+    if (dim != 0 && count > static_cast<int64_t>(bytes.size()) / dim) {
+      throw FileError("'" + path + "' is truncated: its header's shape needs more data than the file holds");
+    }
+    count *= dim;
+  }
+  const size_t data_bytes = static_cast<size_t>(count) * code->item_size;
+  const size_t available = bytes.size() - preamble - header_length;
+  if (available < data_bytes) {
+    throw FileError("'" + path + "' is truncated: its header promises " + std::to_string(data_bytes) +
+                    " bytes of data, the file holds " + std::to_string(available));
+  }
+  torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(code->type));
+  if (data_bytes > 0) std::memcpy(tensor.data_ptr(), bytes.data() + preamble + header_length, data_bytes);
+  return tensor;
+}
+
+std::string encode_npy(const torch::Tensor& tensor, const std::string& name_for_errors) {
+  if (!tensor.defined()) throw InputError("cannot write an undefined tensor to '" + name_for_errors + "'");
+  const std::optional<DtypeCode> code = dtype_from_tensor(tensor.scalar_type());
+  if (!code) {
+    throw InputError("cannot write dtype " + std::string(c10::toString(tensor.scalar_type())) + " to '" +
+                     name_for_errors + "' (supported: float32, float64, int64, int32, uint8)");
+  }
+  const torch::Tensor data = tensor.detach().to(torch::kCPU).contiguous();
+
+  std::string header = std::string("{'descr': '") + code->descr +
+                       "', 'fortran_order': False, 'shape': " + shape_literal(data.sizes()) + ", }";
+  // Pad with spaces and a final newline so the data starts on a 64-byte boundary
+  // (numpy.lib.format.ARRAY_ALIGN).
+  const auto padded_length = [&](size_t preamble) {
+    const size_t unpadded = preamble + header.size() + 1;
+    return header.size() + 1 + (64 - unpadded % 64) % 64;
+  };
+  int major = 1;
+  size_t header_length = padded_length(kMagicSize + 4);
+  if (header_length > 0xFFFF) {
+    major = 2;
+    header_length = padded_length(kMagicSize + 6);
+  }
+  header.append(header_length - header.size() - 1, ' ');
+  header.push_back('\n');
+
+  std::string out(kMagic, kMagicSize);
+  out.push_back(static_cast<char>(major));
+  out.push_back('\0');
+  const int length_bytes = major == 1 ? 2 : 4;
+  for (int i = 0; i < length_bytes; ++i) out.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
+  out += header;
+  if (data.numel() > 0) {
+    out.append(static_cast<const char*>(data.data_ptr()), static_cast<size_t>(data.numel()) * code->item_size);
+  }
+  return out;
+}
+
+void write_npy(const std::string& path, const torch::Tensor& tensor) {
+  write_file_atomically(path, encode_npy(tensor, path));
+}
+
+}  // namespace guidiff

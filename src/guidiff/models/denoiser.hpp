@@ -1,0 +1,40 @@
+// The two model interfaces every sampler and guidance rule is written against.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+
+#include "guidiff/schedule/noise_level.hpp"
+
+namespace guidiff {
+
+struct DenoiserOutput {
+  torch::Tensor eps;              // predicted noise, same shape as x_t
+  torch::Tensor variance_output;  // learned-range variance output in [-1, 1], or undefined
+};
+
+// (x_t, time, y?) -> eps [, variance]. Classes are 0..num_classes()-1; the null class
+// (unconditional) is index num_classes(). An unconditional model has num_classes() == 0
+// and ignores y.
+class Denoiser {
+ public:
+  virtual ~Denoiser() = default;
+  // x_t: float [N, ...]; time: per TimeKind; y: int64 [N] or an undefined tensor.
+  virtual DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor& time,
+                                 const torch::Tensor& y) = 0;
+  virtual TimeKind time_kind() const = 0;
+  virtual int64_t num_classes() const = 0;
+  virtual bool learns_variance() const { return false; }
+};
+
+// (x_t, time) -> unnormalised class logits [N, num_classes()]; a noise-aware classifier
+// p_phi(y | x_t). The logits must be differentiable in x_t.
+class Classifier {
+ public:
+  virtual ~Classifier() = default;
+  virtual torch::Tensor logits(const torch::Tensor& x_t, const torch::Tensor& time) = 0;
+  virtual TimeKind time_kind() const = 0;
+  virtual int64_t num_classes() const = 0;
+};
+
+}  // namespace guidiff

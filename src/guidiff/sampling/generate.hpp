@@ -1,0 +1,68 @@
+// Generation end to end: validates a request, wraps the model in the requested guidance,
+// and samples num_samples in batches with per-sample noise. The CLI calls only this.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "guidiff/diffusion/gaussian_diffusion.hpp"
+#include "guidiff/guidance/guidance.hpp"
+#include "guidiff/models/denoiser.hpp"
+#include "guidiff/sampling/samplers.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
+#include "guidiff/schedule/log_snr_schedule.hpp"
+
+namespace guidiff {
+
+enum class SamplerKind { ddpm, ddim, cfg_continuous };
+SamplerKind parse_sampler(const std::string& name);  // "ddpm" | "ddim" | "cfg-continuous"
+std::string to_string(SamplerKind kind);
+
+struct GenerationConfig {
+  SamplerKind sampler = SamplerKind::ddim;
+  // Discrete samplers:
+  BetaScheduleKind schedule = BetaScheduleKind::linear;
+  int64_t timesteps = 1000;    // T of the model's training schedule
+  std::string respacing;       // guided-diffusion syntax; empty: `steps` or all T
+  int64_t steps = 0;           // 0: respacing or T; otherwise N evenly spaced (also for cfg-continuous)
+  double eta = 0.0;
+  VarianceKind fixed_variance = VarianceKind::fixed_small;
+  bool clip_x0 = false;
+  // Continuous sampler:
+  LogSnrSchedule log_snr;
+  double variance_exponent = 0.3;
+  // Guidance:
+  double classifier_scale = 0.0;  // s
+  double cfg_scale = 0.0;         // w
+  GuidanceInterval interval;
+  // Which samples:
+  std::vector<int64_t> sample_shape;  // per sample, e.g. {2} or {1, 28, 28}
+  int64_t num_samples = 16;
+  int64_t batch_size = 64;
+  int64_t first_sample_index = 0;     // shards: a shard starting at k gives samples k, k+1, ...
+  uint64_t seed = 0;
+  bool keep_trajectory = false;
+};
+
+struct GenerationResult {
+  torch::Tensor samples;  // float32 [num_samples, sample_shape...]
+  torch::Tensor labels;   // int64 [num_samples], or undefined if unconditional
+  std::vector<torch::Tensor> trajectory;  // when keep_trajectory: [num_samples, ...] per step
+};
+
+// labels: int64 [num_samples] or undefined; initial_noise: x_T [num_samples, ...] or
+// undefined (then drawn from the seed). Throws InputError / ModelError for every
+// inconsistency (class out of range, guidance without what it needs, steps > T, time kind
+// not matching the sampler, wrong-shaped or non-finite noise, ...).
+GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Classifier> classifier,
+                          const GenerationConfig& config, const torch::Tensor& labels,
+                          const torch::Tensor& initial_noise, const StepCallback& on_progress = {});
+
+// "--class" values: one index, a comma list cycled over the samples, or a .npy file of
+// per-sample labels (int64 or int32, length num_samples). Throws InputError for a class
+// outside [0, num_classes) or a malformed spec. Empty spec: undefined tensor.
+torch::Tensor labels_from_spec(const std::string& spec, int64_t num_samples, int64_t num_classes);
+
+}  // namespace guidiff

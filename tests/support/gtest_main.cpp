@@ -1,0 +1,10 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "guidiff/core/threads.hpp"
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  guidiff::configure_threads(0);  // all cores (GUIDIFF_THREADS overrides), as the CLI does
+  return RUN_ALL_TESTS();
+}

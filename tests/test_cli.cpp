@@ -1,0 +1,323 @@
+// End to end: the `guidiff` binary run as a user would, its files, its exit codes, and its
+// one-line error messages.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/npy.hpp"
+#include "guidiff/sampling/generate.hpp"
+#include "support/fixture_models.hpp"
+
+namespace fs = std::filesystem;
+using namespace guidiff;
+using guidiff::testing::fixture_path;
+
+namespace {
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+  int stderr_lines() const { return static_cast<int>(std::count(err.begin(), err.end(), '\n')); }
+};
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "guidiff-test-cli-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Runs `env guidiff args` through the shell; stderr goes to a file, stdin is empty.
+  CliResult run(const std::string& args, const std::string& env = "") const {
+    const std::string err_file = path("stderr.txt");
+    const std::string command = (env.empty() ? "" : "env " + env + " ") + "'" + GUIDIFF_CLI_PATH + "' " + args +
+                                " </dev/null 2>'" + err_file + "'";
+    CliResult result;
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (pipe == nullptr) return result;
+    char buffer[4096];
+    size_t n = 0;
+    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) result.out.append(buffer, n);
+    const int status = ::pclose(pipe);
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    result.err = read_file_bytes(err_file);
+    fs::remove(err_file);
+    return result;
+  }
+
+  // Runs a command that must fail with one stderr line naming the problem.
+  void expect_one_line_error(const std::string& args, const std::string& fragment, const std::string& env = "") const {
+    SCOPED_TRACE("guidiff " + args);
+    const CliResult result = run(args, env);
+    EXPECT_NE(result.exit_code, 0);
+    EXPECT_EQ(result.stderr_lines(), 1) << result.err;
+    EXPECT_EQ(result.err.rfind("guidiff: error: ", 0), 0u) << result.err;
+    EXPECT_NE(result.err.find(fragment), std::string::npos) << "expected '" << fragment << "' in: " << result.err;
+  }
+
+  fs::path dir_;
+};
+
+// The GenerationConfig the CLI's TorchScript runs below must produce.
+GenerationConfig image_config(SamplerKind sampler, int64_t steps) {
+  GenerationConfig config;
+  config.sampler = sampler;
+  config.steps = steps;
+  config.sample_shape = {1, 4, 4};
+  config.num_samples = 6;
+  config.batch_size = 4;
+  config.seed = 11;
+  config.clip_x0 = true;  // the CLI's default for C,H,W shapes
+  return config;
+}
+
+// PNG width and height from the IHDR chunk.
+std::pair<int, int> png_size(const std::string& file) {
+  const std::string bytes = read_file_bytes(file);
+  if (bytes.size() < 24 || bytes.compare(1, 3, "PNG") != 0) return {0, 0};
+  auto be32 = [&](size_t at) {
+    return (static_cast<unsigned char>(bytes[at]) << 24) | (static_cast<unsigned char>(bytes[at + 1]) << 16) |
+           (static_cast<unsigned char>(bytes[at + 2]) << 8) | static_cast<unsigned char>(bytes[at + 3]);
+  };
+  return {be32(16), be32(20)};
+}
+
+// ---- info and help -------------------------------------------------------------------
+
+TEST_F(CliTest, InfoReportsVersionThreadsBlasAndDevices) {
+  const CliResult result = run("--threads 2 info");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.out.find("guidiff  " GUIDIFF_VERSION), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("libtorch "), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("threads  2\n"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("blas     "), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("devices  cpu"), std::string::npos) << result.out;
+}
+
+TEST_F(CliTest, ThreadsComeFromTheEnvironmentUnlessTheFlagIsGiven) {
+  EXPECT_NE(run("info", "GUIDIFF_THREADS=1").out.find("threads  1\n"), std::string::npos);
+  EXPECT_NE(run("info --threads 2", "GUIDIFF_THREADS=1").out.find("threads  2\n"), std::string::npos);
+}
+
+TEST_F(CliTest, EverySubcommandHasHelp) {
+  const std::pair<std::string, std::string> expected[] = {
+      {"", "sample"}, {"info ", "Usage: guidiff info"}, {"sample ", "--classifier-scale"}, {"demo ", "--out-dir"}};
+  for (const auto& [command, fragment] : expected) {
+    const CliResult result = run(command + "--help");
+    EXPECT_EQ(result.exit_code, 0) << command;
+    EXPECT_NE(result.out.find("Usage:"), std::string::npos) << command;
+    EXPECT_NE(result.out.find(fragment), std::string::npos) << command << result.out;
+  }
+}
+
+// ---- sampling the toy ------------------------------------------------------------------
+
+TEST_F(CliTest, ToySampleWritesSamplesAndLabels) {
+  const CliResult result = run("sample --num-samples 10 --steps 20 --class 2 --cfg-scale 1 --out " + path("x.npy") +
+                               " --labels-out " + path("y.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(result.err, "");  // no progress bar when stderr is not a terminal
+  const torch::Tensor samples = read_npy(path("x.npy"));
+  EXPECT_EQ(samples.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(samples.sizes(), torch::IntArrayRef({10, 2}));
+  EXPECT_TRUE(torch::isfinite(samples).all().item<bool>());
+  EXPECT_TRUE(torch::equal(read_npy(path("y.npy")), torch::full({10}, 2L)));
+  // Class 2 of the demo mixture sits around (-0.6, -0.6).
+  EXPECT_LT(samples.select(1, 0).max().item<float>(), 0.0f);
+  EXPECT_LT(samples.select(1, 1).max().item<float>(), 0.0f);
+}
+
+TEST_F(CliTest, ToyDimensionFollowsDim) {
+  ASSERT_EQ(run("sample --dim 3 --num-samples 5 --steps 10 --out " + path("x.npy")).exit_code, 0);
+  EXPECT_EQ(read_npy(path("x.npy")).sizes(), torch::IntArrayRef({5, 3}));
+}
+
+TEST_F(CliTest, SameSeedSameSamplesWhateverTheBatchSize) {
+  // 20 samples: batches of 1, of 7 (the last one short) and one batch (64 > 20).
+  const std::string common = "sample --sampler ddpm --steps 25 --num-samples 20 --class 0,1,2,3 "
+                             "--classifier-scale 2 --seed 5 --out ";
+  std::vector<torch::Tensor> outputs;
+  for (int batch : {1, 7, 64}) {
+    const std::string file = path("b" + std::to_string(batch) + ".npy");
+    ASSERT_EQ(run(common + file + " --batch-size " + std::to_string(batch)).exit_code, 0);
+    outputs.push_back(read_npy(file));
+  }
+  EXPECT_TRUE(torch::equal(outputs[0], outputs[1]));
+  EXPECT_TRUE(torch::equal(outputs[0], outputs[2]));
+  ASSERT_EQ(run("sample --sampler ddpm --steps 25 --num-samples 20 --class 0,1,2,3 --classifier-scale 2 --seed 6 --out " +
+                path("other.npy")).exit_code, 0);
+  EXPECT_FALSE(torch::allclose(outputs[0], read_npy(path("other.npy"))));
+}
+
+TEST_F(CliTest, GivenNoiseReplacesTheSeedsNoise) {
+  // DDIM with eta = 0 is deterministic given x_T: starting from the seed's own x_T (the
+  // trajectory's first entry) under another seed must give the same samples.
+  const std::string common = "sample --sampler ddim --steps 10 --num-samples 8 ";
+  ASSERT_EQ(run(common + "--seed 3 --out " + path("a.npy") + " --trajectory " + path("t.npy")).exit_code, 0);
+  const torch::Tensor trajectory = read_npy(path("t.npy"));
+  ASSERT_EQ(trajectory.sizes(), torch::IntArrayRef({11, 8, 2}));
+  EXPECT_TRUE(torch::equal(trajectory[10], read_npy(path("a.npy"))));
+  write_npy(path("xT.npy"), trajectory[0]);
+  ASSERT_EQ(run(common + "--seed 99 --noise " + path("xT.npy") + " --out " + path("b.npy")).exit_code, 0);
+  EXPECT_TRUE(torch::equal(read_npy(path("a.npy")), read_npy(path("b.npy"))));
+}
+
+TEST_F(CliTest, ToyPlotIsWritten) {
+  const CliResult result = run("sample --num-samples 50 --steps 10 --plot " + path("p.png"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(png_size(path("p.png")).first, 420);
+  EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+TEST_F(CliTest, DemoWritesFigureSamplesAndPurityReport) {
+  const CliResult result = run("demo --out-dir " + path("demo") + " --num-samples 200 --steps 50");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  for (const char* name : {"demo.png", "report.json", "requested_labels.npy", "unguided.npy", "classifier_s1.npy",
+                           "classifier_s4.npy", "cfg_w0.npy", "cfg_w3.npy"}) {
+    EXPECT_TRUE(fs::exists(path("demo/") + name)) << name;
+  }
+  EXPECT_EQ(png_size(path("demo/demo.png")).first, 5 * 420);
+  EXPECT_EQ(read_npy(path("demo/cfg_w3.npy")).sizes(), torch::IntArrayRef({200, 2}));
+  const auto report = nlohmann::json::parse(read_file_bytes(path("demo/report.json")));
+  ASSERT_EQ(report.at("settings").size(), 5u);
+  for (const auto& setting : report.at("settings")) {
+    const double purity = setting.at("class_purity").get<double>();
+    EXPECT_NE(result.out.find(setting.at("title").get<std::string>()), std::string::npos);
+    // Exact models: guided samples land in the requested class (up to the error of 50
+    // DDPM steps); unguided ones follow the class weights (0.3, 0.25, 0.25, 0.2), so about
+    // a quarter match.
+    if (setting.at("name") == "unguided") {
+      EXPECT_LT(purity, 0.5) << setting.dump();
+    } else {
+      EXPECT_GT(purity, 0.9) << setting.dump();
+    }
+  }
+  // Class 3 has two equally weighted lobes (components 4 and 5, weight 0.1 each). Strong
+  // guidance (s = 4; w = 3, which targets the same tilted density, s = 1 + w) favours the
+  // lobe far from the other classes, where p(y = 3 | x) is highest: few samples stay in 4.
+  const auto& settings = report.at("settings");
+  for (const size_t strong : {2u, 4u}) {
+    const auto share = settings.at(strong).at("component_share").get<std::vector<double>>();
+    ASSERT_EQ(share.size(), 6u);
+    EXPECT_LT(share[4], 0.08) << settings.at(strong).dump();
+    EXPECT_GT(share[5], 0.15) << settings.at(strong).dump();
+  }
+}
+
+// ---- TorchScript models --------------------------------------------------------------------
+
+TEST_F(CliTest, TorchScriptConditionalModelWithCfgMatchesTheClosedForm) {
+  const CliResult result =
+      run("sample --model " + fixture_path("linear_conditional.pt") + " --num-classes 3 --shape 1,4,4 "
+          "--sampler ddim --steps 10 --num-samples 6 --batch-size 4 --seed 11 --class 0,1,2 --cfg-scale 2 --out " +
+          path("x.npy") + " --grid " + path("grid.png"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  GenerationConfig config = image_config(SamplerKind::ddim, 10);
+  config.cfg_scale = 2;
+  const auto twin = std::make_shared<guidiff::testing::LinearConditionalTwin>(TimeKind::discrete_timestep);
+  const GenerationResult expected = generate(twin, nullptr, config, torch::tensor({0, 1, 2, 0, 1, 2}), {});
+  EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
+  // 6 images of 4x4 in rows of ceil(sqrt(6)) = 3 with 2 px padding: 20 x 14.
+  EXPECT_EQ(png_size(path("grid.png")), std::make_pair(20, 14));
+}
+
+TEST_F(CliTest, TorchScriptClassifierGuidesTheUnconditionalModel) {
+  const CliResult result = run("sample --model " + fixture_path("linear_unconditional.pt") + " --classifier " +
+                               fixture_path("linear_classifier.pt") +
+                               " --num-classes 3 --shape 1,4,4 --sampler ddpm --steps 10 --num-samples 6 "
+                               "--batch-size 4 --seed 11 --class 2 --classifier-scale 3 --out " + path("x.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  GenerationConfig config = image_config(SamplerKind::ddpm, 10);
+  config.classifier_scale = 3;
+  const auto twin = std::make_shared<guidiff::testing::LinearUnconditionalTwin>(TimeKind::discrete_timestep);
+  const auto classifier = std::make_shared<guidiff::testing::LinearClassifierTwin>(TimeKind::discrete_timestep);
+  const GenerationResult expected = generate(twin, classifier, config, torch::full({6}, 2L), {});
+  EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
+}
+
+TEST_F(CliTest, TorchScriptLogSnrModelWithTheContinuousSampler) {
+  const CliResult result = run("sample --model " + fixture_path("linear_conditional.pt") +
+                               " --num-classes 3 --time log-snr --shape 1,4,4 --sampler cfg-continuous --steps 8 "
+                               "--num-samples 6 --batch-size 4 --seed 11 --class 1 --cfg-scale 1 --out " + path("x.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  GenerationConfig config = image_config(SamplerKind::cfg_continuous, 8);
+  config.cfg_scale = 1;
+  const auto twin = std::make_shared<guidiff::testing::LinearConditionalTwin>(TimeKind::log_snr);
+  const GenerationResult expected = generate(twin, nullptr, config, torch::full({6}, 1L), {});
+  EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
+}
+
+// ---- every bad input: exit != 0 and one line naming the problem ------------------------------
+
+TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
+  const std::string out = " --out " + path("x.npy");
+  expect_one_line_error("sample --sampler euler" + out, "sampler 'euler'");
+  expect_one_line_error("sample --schedule quadratic" + out, "schedule 'quadratic'");
+  expect_one_line_error("sample --timesteps 100 --respacing ddim40" + out, "respacing 'ddim40'");
+  expect_one_line_error("sample --timesteps 1000 --respacing 2000" + out, "respacing '2000'");
+  expect_one_line_error("sample --steps 2000" + out, "--steps 2000");
+  expect_one_line_error("sample --class 7" + out, "class 7");
+  expect_one_line_error("sample --guidance-interval 5" + out, "--guidance-interval");
+  expect_one_line_error("sample --steps 5", "nothing to write");
+  expect_one_line_error("sample --grid " + path("g.png"), "--grid");
+  expect_one_line_error("sample --out " + path("no/dir/x.npy"), "no/dir");
+  expect_one_line_error("sample --bogus" + out, "--bogus");
+  expect_one_line_error("sample --mixture " + path("absent.json") + out, "absent.json");
+  expect_one_line_error("frobnicate", "unknown argument 'frobnicate'");
+  expect_one_line_error("", "subcommand is required");
+  EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+TEST_F(CliTest, BadNoiseFilesAreOneLineErrors) {
+  write_npy(path("wrong_shape.npy"), torch::zeros({16, 3}));
+  expect_one_line_error("sample --noise " + path("wrong_shape.npy") + " --out " + path("x.npy"), "[16, 3]");
+  torch::Tensor nan_noise = torch::zeros({16, 2});
+  nan_noise[3][1] = NAN;
+  write_npy(path("nan.npy"), nan_noise);
+  expect_one_line_error("sample --noise " + path("nan.npy") + " --out " + path("x.npy"), "NaN");
+  write_file_atomically(path("garbage.npy"), "not numpy");
+  expect_one_line_error("sample --noise " + path("garbage.npy") + " --out " + path("x.npy"), "garbage.npy");
+  EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+TEST_F(CliTest, BadModelsAreOneLineErrorsNamingTheFile) {
+  const std::string image = " --shape 1,4,4 --steps 5 --num-samples 2 --out " + path("x.npy");
+  expect_one_line_error("sample --model " + path("missing.pt") + image, "missing.pt");
+  expect_one_line_error("sample --model " + fixture_path("wrong_signature.pt") + image, "wrong_signature.pt");
+  expect_one_line_error("sample --model " + fixture_path("wrong_output_shape.pt") + image, "wrong_output_shape.pt");
+  expect_one_line_error("sample --model " + fixture_path("linear_conditional.pt") + image, "--num-classes");
+  expect_one_line_error("sample --model " + fixture_path("linear_unconditional.pt") + " --sampler cfg-continuous" + image,
+                        "log-SNR");
+  expect_one_line_error("sample --model " + fixture_path("linear_unconditional.pt") + " --steps 5 --out " + path("x.npy"),
+                        "--shape");
+  EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+TEST_F(CliTest, BadThreadCountsAreOneLineErrors) {
+  expect_one_line_error("--threads -2 info", "--threads");
+  expect_one_line_error("--threads many info", "--threads");
+  expect_one_line_error("info", "GUIDIFF_THREADS", "GUIDIFF_THREADS=lots");
+}
+
+TEST_F(CliTest, UnavailableDeviceIsAOneLineError) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "CUDA is available here";
+  expect_one_line_error("--device cuda sample --model " + fixture_path("linear_unconditional.pt") +
+                            " --shape 2 --steps 5 --out " + path("x.npy"),
+                        "cuda");
+}
+
+}  // namespace

@@ -1,0 +1,329 @@
+// File I/O: .npy round trips and numpy compatibility, atomic writes, PNG grids, scatter plots.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include <stb/stb_image.h>
+#pragma GCC diagnostic pop
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/image.hpp"
+#include "guidiff/io/npy.hpp"
+#include "guidiff/io/plot.hpp"
+
+namespace fs = std::filesystem;
+using namespace guidiff;
+
+namespace {
+
+const std::string kData = GUIDIFF_TEST_DATA_DIR;
+
+// A fresh directory per test, removed afterwards.
+class IoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "guidiff-test-io-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::set<std::string> listing() const {
+    std::set<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir_)) names.insert(entry.path().filename().string());
+    return names;
+  }
+  void write_raw(const std::string& name, const std::string& bytes) const {
+    std::ofstream(path(name), std::ios::binary) << bytes;
+  }
+
+  fs::path dir_;
+};
+
+// Expects `call` to throw E whose message contains every fragment.
+template <typename E, typename F>
+void expect_error(F&& call, const std::vector<std::string>& fragments) {
+  try {
+    call();
+    FAIL() << "expected an exception mentioning " << fragments.front();
+  } catch (const E& error) {
+    const std::string message = error.what();
+    for (const auto& fragment : fragments) EXPECT_NE(message.find(fragment), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
+  }
+}
+
+bool same_bytes(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  const auto ca = a.contiguous(), cb = b.contiguous();
+  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
+}
+
+struct Decoded {
+  int width = 0, height = 0, channels = 0;
+  std::vector<unsigned char> pixels;
+  unsigned char at(int x, int y, int c) const { return pixels[(y * width + x) * channels + c]; }
+};
+
+Decoded decode_png(const std::string& file) {
+  Decoded image;
+  unsigned char* data = stbi_load(file.c_str(), &image.width, &image.height, &image.channels, 0);
+  if (data == nullptr) return image;
+  image.pixels.assign(data, data + image.width * image.height * image.channels);
+  stbi_image_free(data);
+  return image;
+}
+
+// ---- .npy ------------------------------------------------------------------------------
+
+TEST_F(IoTest, NpyRoundTripIsBitExactForEveryDtype) {
+  torch::manual_seed(7);
+  const float nan_f = std::numeric_limits<float>::quiet_NaN();
+  const double inf_d = std::numeric_limits<double>::infinity();
+  const std::vector<torch::Tensor> tensors = {
+      torch::tensor({1.5f, -0.0f, nan_f, 3e-40f, -1e30f}),                       // float32 specials
+      torch::randn({2, 3, 4}, torch::kFloat32),
+      torch::tensor({-inf_d, 0.1, 1e-310, 2.0}).reshape({2, 2}),                  // float64 specials
+      torch::randint(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), {7},
+                     torch::kInt64),
+      torch::randint(-1000000, 1000000, {3, 1, 2}, torch::kInt32),
+      torch::randint(0, 256, {4, 4, 3}, torch::kUInt8),
+      torch::zeros({0, 3}, torch::kFloat32),                                      // empty
+      torch::tensor(42.0),                                                        // 0-d scalar
+      torch::randn({3, 4}).t(),                                                   // non-contiguous
+  };
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::string file = path("t" + std::to_string(i) + ".npy");
+    write_npy(file, tensors[i]);
+    const torch::Tensor back = read_npy(file);
+    EXPECT_TRUE(same_bytes(back, tensors[i])) << "tensor " << i << " " << tensors[i].scalar_type();
+  }
+}
+
+TEST_F(IoTest, NpyReadsFilesWrittenByNumpy) {
+  const torch::Tensor f64 = read_npy(kData + "/npy_float64_2x3.npy");
+  EXPECT_TRUE(same_bytes(f64, torch::arange(6, torch::kFloat64).reshape({2, 3}) * 0.5));
+  const torch::Tensor i32 = read_npy(kData + "/npy_int32_5.npy");
+  EXPECT_TRUE(same_bytes(i32, torch::arange(-2, 3, torch::kInt32)));
+  const torch::Tensor u8 = read_npy(kData + "/npy_uint8_2x2x2_v2.npy");  // format version 2.0
+  EXPECT_TRUE(same_bytes(u8, torch::arange(8, torch::kUInt8).reshape({2, 2, 2})));
+}
+
+TEST_F(IoTest, NpyWritesExactlyWhatNumpyWrites) {
+  // numpy.save of the same array, byte for byte (header padded to 64 bytes, version 1.0).
+  EXPECT_EQ(encode_npy(torch::arange(6, torch::kFloat64).reshape({2, 3}) * 0.5),
+            read_file_bytes(kData + "/npy_float64_2x3.npy"));
+  EXPECT_EQ(encode_npy(torch::arange(-2, 3, torch::kInt32)), read_file_bytes(kData + "/npy_int32_5.npy"));
+}
+
+TEST_F(IoTest, NpyUsesVersion2WhenTheHeaderIsLong) {
+  // 30000 dimensions of size 1 ("1, " each) make a header longer than version 1.0's
+  // 65535-byte limit.
+  std::vector<int64_t> shape(30000, 1);
+  const torch::Tensor tensor = torch::full(shape, 2.5, torch::kFloat32);
+  const std::string bytes = encode_npy(tensor);
+  ASSERT_GT(bytes.size(), 8u);
+  EXPECT_EQ(bytes[6], 2);  // major version
+  const std::string file = path("long.npy");
+  write_npy(file, tensor);
+  EXPECT_TRUE(same_bytes(read_npy(file), tensor));
+  EXPECT_EQ(read_file_bytes(file).find('\n') % 64, 63u);  // header ends on the 64-byte boundary
+}
+
+TEST_F(IoTest, NpyMissingFileIsAFileErrorNamingIt) {
+  const std::string file = path("absent.npy");
+  expect_error<FileError>([&] { read_npy(file); }, {file});
+}
+
+TEST_F(IoTest, NpyTruncatedDataIsAFileErrorNamingIt) {
+  const std::string bytes = encode_npy(torch::arange(10, torch::kFloat32));
+  write_raw("short.npy", bytes.substr(0, bytes.size() - 1));
+  expect_error<FileError>([&] { read_npy(path("short.npy")); }, {path("short.npy"), "truncated"});
+  write_raw("header.npy", bytes.substr(0, 20));  // cut inside the header
+  expect_error<FileError>([&] { read_npy(path("header.npy")); }, {path("header.npy"), "truncated"});
+}
+
+TEST_F(IoTest, NpyBadMagicIsAFileErrorNamingIt) {
+  write_raw("text.npy", "this is not numpy data at all");
+  expect_error<FileError>([&] { read_npy(path("text.npy")); }, {path("text.npy"), "magic"});
+  write_raw("empty.npy", "");
+  expect_error<FileError>([&] { read_npy(path("empty.npy")); }, {path("empty.npy")});
+}
+
+TEST_F(IoTest, NpyMalformedHeaderIsAFileError) {
+  std::string bytes = encode_npy(torch::arange(3, torch::kFloat32));
+  const auto shape_at = bytes.find("(3,)");
+  bytes.replace(shape_at, 4, "(x, )");
+  bytes.erase(bytes.find("\n") - 1, 1);  // keep the declared header length
+  write_raw("bad_header.npy", bytes);
+  expect_error<FileError>([&] { read_npy(path("bad_header.npy")); }, {path("bad_header.npy"), "shape"});
+}
+
+TEST_F(IoTest, NpyUnsupportedLayoutsAreFileErrors) {
+  expect_error<FileError>([&] { read_npy(kData + "/npy_float32_fortran.npy"); },
+                          {"npy_float32_fortran.npy", "Fortran"});
+  expect_error<FileError>([&] { read_npy(kData + "/npy_float32_bigendian.npy"); },
+                          {"npy_float32_bigendian.npy", ">f4"});
+  expect_error<FileError>([&] { read_npy(kData + "/npy_complex64.npy"); }, {"npy_complex64.npy", "<c8"});
+}
+
+TEST_F(IoTest, NpyRefusesToWriteUnsupportedDtypes) {
+  const std::string file = path("half.npy");
+  expect_error<InputError>([&] { write_npy(file, torch::ones({2}, torch::kFloat16)); }, {file, "Half"});
+  EXPECT_FALSE(fs::exists(file));
+}
+
+// ---- atomic writes -----------------------------------------------------------------------
+
+TEST_F(IoTest, AtomicWritesLeaveOnlyTheTarget) {
+  write_file_atomically(path("a.bin"), "first");
+  write_file_atomically(path("a.bin"), "second");  // replaces
+  write_npy(path("b.npy"), torch::ones({3}));
+  EXPECT_EQ(listing(), (std::set<std::string>{"a.bin", "b.npy"}));
+  EXPECT_EQ(read_file_bytes(path("a.bin")), "second");
+}
+
+TEST_F(IoTest, FailedProducerKeepsTheOldFileAndLeavesNoTemporary) {
+  write_file_atomically(path("keep.txt"), "old");
+  EXPECT_THROW(write_file_atomically_via(path("keep.txt"),
+                                         [](const std::string& temp) {
+                                           std::ofstream(temp) << "partial";
+                                           throw FileError("producer failed");
+                                         }),
+               FileError);
+  EXPECT_EQ(read_file_bytes(path("keep.txt")), "old");
+  EXPECT_EQ(listing(), std::set<std::string>{"keep.txt"});
+}
+
+TEST_F(IoTest, WritingIntoAMissingDirectoryIsAFileErrorNamingTheFile) {
+  const std::string file = path("no/such/dir/out.npy");
+  expect_error<FileError>([&] { write_npy(file, torch::ones({1})); }, {file});
+}
+
+// ---- PNG grids ---------------------------------------------------------------------------
+
+TEST_F(IoTest, PngGridHasTheGridSizeAndPixelValues) {
+  // 5 RGB images 3x4, nrow 2 -> 3 rows x 2 cols, padding 1: 3*(3+1)+1 = 13 by 2*(4+1)+1 = 11.
+  torch::Tensor images = torch::empty({5, 3, 3, 4});
+  for (int64_t i = 0; i < 5; ++i) images[i].fill_(-1.0 + 0.5 * i);  // -1, -0.5, 0, 0.5, 1
+  images[4][0].fill_(-1.0);                                          // last image: cyan (0,255,255)
+  const std::string file = path("grid.png");
+  write_png_grid(file, images, {/*nrow=*/2, /*padding=*/1, /*pad_value=*/7});
+  const Decoded png = decode_png(file);
+  ASSERT_EQ(png.width, 11);
+  ASSERT_EQ(png.height, 13);
+  ASSERT_EQ(png.channels, 3);
+  EXPECT_EQ(png.at(0, 0, 0), 7);  // padding
+  // Image i's top-left pixel at x = 1 + (i % 2) * 5, y = 1 + (i / 2) * 4;
+  // value = trunc((v + 1) * 127.5): -1 -> 0, -0.5 -> 63, 0 -> 127, 0.5 -> 191.
+  const int expected[] = {0, 63, 127, 191};
+  for (int i = 0; i < 4; ++i) {
+    for (int c = 0; c < 3; ++c) EXPECT_EQ(png.at(1 + (i % 2) * 5, 1 + (i / 2) * 4, c), expected[i]) << i;
+  }
+  EXPECT_EQ(png.at(1, 9, 0), 0);
+  EXPECT_EQ(png.at(4, 11, 1), 255);  // bottom-right pixel of the last image
+  EXPECT_EQ(png.at(4, 11, 2), 255);
+  EXPECT_EQ(png.at(6, 9, 0), 7);     // the empty cell beside it is padding
+  EXPECT_EQ(listing(), std::set<std::string>{"grid.png"});
+}
+
+TEST_F(IoTest, PngGridOfGreyImagesIsGreyscale) {
+  const torch::Tensor images = torch::linspace(-1, 1, 2 * 1 * 2 * 2).reshape({2, 1, 2, 2});
+  const std::string file = path("grey.png");
+  write_png_grid(file, images, {8, 0, 0});
+  const Decoded png = decode_png(file);
+  ASSERT_EQ(png.channels, 1);
+  EXPECT_EQ(png.width, 4);
+  EXPECT_EQ(png.height, 2);
+  const torch::Tensor expected = ((images + 1) * 127.5).clamp(0, 255).to(torch::kUInt8);
+  EXPECT_EQ(png.at(0, 0, 0), expected[0][0][0][0].item<uint8_t>());
+  EXPECT_EQ(png.at(3, 1, 0), 255);
+  EXPECT_EQ(png.at(2, 0, 0), expected[1][0][0][0].item<uint8_t>());
+}
+
+TEST_F(IoTest, PngGridRejectsBadInput) {
+  EXPECT_THROW(write_png_grid(path("x.png"), torch::zeros({1, 2, 4, 4})), InputError);  // 2 channels
+  EXPECT_THROW(write_png_grid(path("x.png"), torch::zeros({3, 4, 4})), InputError);     // not NCHW
+  torch::Tensor bad = torch::zeros({1, 1, 2, 2});
+  bad[0][0][1][1] = std::nan("");
+  EXPECT_THROW(write_png_grid(path("x.png"), bad), NumericError);
+  EXPECT_TRUE(listing().empty());
+}
+
+// ---- scatter plots -------------------------------------------------------------------------
+
+TEST_F(IoTest, ScatterPlotDrawsPanelsSideBySide) {
+  // Panel 1: class 1 only (orange); panel 2: class 0 only (blue). Big points so that their
+  // centres are drawn in the exact colour.
+  const torch::Tensor left = torch::tensor({{0.0, 0.0}, {0.2, 0.1}, {-0.3, 0.4}});
+  const std::vector<ScatterPanel> panels = {
+      {"orange", left, torch::tensor({1, 1, 1})},
+      {"blue", -left, torch::tensor({0, 0, 0})},
+  };
+  ScatterPlotOptions options;
+  options.panel_size = 200;
+  options.point_size = 3.0;
+  const std::string file = path("scatter.png");
+  write_scatter_plot(file, panels, options);
+  const Decoded png = decode_png(file);
+  ASSERT_EQ(png.width, 400);
+  ASSERT_EQ(png.height, 200);
+  auto count_colour = [&](int x0, int x1, int r, int g, int b) {
+    int count = 0;
+    for (int y = 0; y < png.height; ++y) {
+      for (int x = x0; x < x1; ++x) {
+        if (png.at(x, y, 0) == r && png.at(x, y, 1) == g && png.at(x, y, 2) == b) ++count;
+      }
+    }
+    return count;
+  };
+  EXPECT_GT(count_colour(0, 200, 0xff, 0x7f, 0x0e), 0);    // orange on the left
+  EXPECT_EQ(count_colour(200, 400, 0xff, 0x7f, 0x0e), 0);
+  EXPECT_GT(count_colour(200, 400, 0x1f, 0x77, 0xb4), 0);  // blue on the right
+  EXPECT_EQ(count_colour(0, 200, 0x1f, 0x77, 0xb4), 0);
+  EXPECT_EQ(listing(), std::set<std::string>{"scatter.png"});
+}
+
+TEST_F(IoTest, ScatterPlotWithoutGnuplotIsAFileError) {
+  const char* old_path = std::getenv("PATH");
+  const std::string saved = old_path ? old_path : "";
+  setenv("PATH", "/nonexistent-guidiff-test", 1);
+  const std::string file = path("scatter.png");
+  try {
+    write_scatter_plot(file, {{"p", torch::zeros({2, 2}), {}}});
+    ADD_FAILURE() << "expected FileError";
+  } catch (const FileError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("gnuplot"), std::string::npos) << message;
+    EXPECT_NE(message.find(file), std::string::npos) << message;
+  }
+  setenv("PATH", saved.c_str(), 1);
+  EXPECT_TRUE(listing().empty());
+}
+
+TEST_F(IoTest, ScatterPlotRejectsBadPanels) {
+  EXPECT_THROW(write_scatter_plot(path("s.png"), {{"3d", torch::zeros({4, 3}), {}}}), InputError);
+  EXPECT_THROW(write_scatter_plot(path("s.png"), {{"labels", torch::zeros({4, 2}), torch::zeros({3}, torch::kLong)}}),
+               InputError);
+  EXPECT_THROW(write_scatter_plot(path("s.png"), {{"nan", torch::full({2, 2}, NAN), {}}}), NumericError);
+  EXPECT_TRUE(listing().empty());
+}
+
+}  // namespace

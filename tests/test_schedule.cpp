@@ -1,0 +1,285 @@
+// Tests of the discrete schedules, respacing, the log-SNR schedule and the noise-level map.
+// Expected values are closed forms or lists computed independently from the published rules.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
+#include "guidiff/schedule/log_snr_schedule.hpp"
+#include "guidiff/schedule/noise_level.hpp"
+
+using namespace guidiff;
+
+namespace {
+
+// Runs f, which must throw E with a message containing `needle`.
+template <class E, class F>
+void expect_error_naming(F f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an exception naming '" << needle << "'";
+  } catch (const E& error) {
+    EXPECT_NE(std::string(error.what()).find(needle), std::string::npos) << error.what();
+  }
+}
+
+std::vector<int64_t> to_vector(const torch::Tensor& t) {
+  const auto c = t.to(torch::kInt64).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+std::vector<int64_t> arange_vector(int64_t start, int64_t stop, int64_t step) {
+  std::vector<int64_t> v;
+  for (int64_t t = start; t < stop; t += step) v.push_back(t);
+  return v;
+}
+
+double cosine_f(double t) {  // Nichol & Dhariwal eq. 17, s = 0.008
+  const double c = std::cos((t + 0.008) / 1.008 * M_PI / 2.0);
+  return c * c;
+}
+
+}  // namespace
+
+TEST(BetaSchedule, ParsesNamesAndRejectsOthers) {
+  EXPECT_EQ(parse_beta_schedule("linear"), BetaScheduleKind::linear);
+  EXPECT_EQ(parse_beta_schedule("cosine"), BetaScheduleKind::cosine);
+  EXPECT_EQ(to_string(BetaScheduleKind::cosine), "cosine");
+  EXPECT_EQ(parse_beta_schedule(to_string(BetaScheduleKind::linear)), BetaScheduleKind::linear);
+  expect_error_naming<InputError>([] { parse_beta_schedule("quadratic"); }, "quadratic");
+}
+
+TEST(BetaSchedule, LinearEndpointsScaleWithT) {
+  const auto b1000 = linear_betas(1000);
+  ASSERT_EQ(b1000.scalar_type(), torch::kFloat64);
+  ASSERT_EQ(b1000.size(0), 1000);
+  EXPECT_DOUBLE_EQ(b1000[0].item<double>(), 1e-4);
+  EXPECT_DOUBLE_EQ(b1000[999].item<double>(), 0.02);
+  // Evenly spaced: constant difference (0.02 - 1e-4) / 999.
+  const auto diffs = b1000.slice(0, 1) - b1000.slice(0, 0, 999);
+  EXPECT_LT((diffs - (0.02 - 1e-4) / 999.0).abs().max().item<double>(), 1e-15);
+  // Scaled by 1000/T: T = 250 runs from 4e-4 to 0.08.
+  const auto b250 = linear_betas(250);
+  EXPECT_DOUBLE_EQ(b250[0].item<double>(), 4e-4);
+  EXPECT_DOUBLE_EQ(b250[249].item<double>(), 0.08);
+  expect_error_naming<InputError>([] { linear_betas(10); }, "10");
+  expect_error_naming<InputError>([] { linear_betas(0); }, "0");
+}
+
+TEST(BetaSchedule, CosineMatchesClosedFormWhereNotClipped) {
+  const int64_t T = 1000;
+  const auto betas = cosine_betas(T);
+  const auto abar = torch::cumprod(1.0 - betas, 0);
+  ASSERT_EQ(betas.scalar_type(), torch::kFloat64);
+  EXPECT_LE(betas.max().item<double>(), 0.999);
+  int64_t compared = 0;
+  for (int64_t i = 0; i < T; ++i) {
+    if (betas[i].item<double>() >= 0.999) break;  // from the first clip on, abar departs
+    // Step i ends at t = (i + 1) / T: abar_i = f((i+1)/T) / f(0).
+    EXPECT_NEAR(abar[i].item<double>(), cosine_f(double(i + 1) / T) / cosine_f(0.0), 1e-12) << i;
+    ++compared;
+  }
+  EXPECT_GE(compared, 990);                              // clipping only at the very end
+  EXPECT_DOUBLE_EQ(betas[T - 1].item<double>(), 0.999);  // f(1) = 0: the last beta is clipped
+  expect_error_naming<InputError>([] { cosine_betas(-5); }, "-5");
+}
+
+TEST(DiscreteSchedule, FromBetasBuildsDdpmQuantities) {
+  const auto s = make_schedule(BetaScheduleKind::linear, 1000);
+  EXPECT_EQ(s.num_steps(), 1000);
+  EXPECT_EQ(s.original_num_timesteps, 1000);
+  EXPECT_EQ(to_vector(s.timestep_map), arange_vector(0, 1000, 1));
+  EXPECT_DOUBLE_EQ(s.alphas_cumprod_prev[0].item<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(s.alphas_cumprod_prev[7].item<double>(), s.alphas_cumprod[6].item<double>());
+  EXPECT_DOUBLE_EQ(s.alphas_cumprod[0].item<double>(), 1.0 - 1e-4);
+  EXPECT_DOUBLE_EQ(s.posterior_variance[0].item<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(s.posterior_log_variance_clipped[0].item<double>(),
+                   std::log(s.posterior_variance[1].item<double>()));
+  for (const auto& t : {s.alphas_cumprod, s.sqrt_recipm1_alphas_cumprod, s.posterior_mean_coef2}) {
+    EXPECT_EQ(t.scalar_type(), torch::kFloat64);
+  }
+  expect_error_naming<InputError>([] { make_schedule(BetaScheduleKind::cosine, 0); }, "0");
+  expect_error_naming<InputError>(
+      [] {
+        DiscreteSchedule::from_betas(torch::tensor({0.1, 1.5}, torch::kFloat64));
+      },
+      "betas");
+  expect_error_naming<InputError>(
+      [] {
+        DiscreteSchedule::from_betas(torch::zeros({2, 2}, torch::kFloat64));
+      },
+      "betas");
+}
+
+// The expected lists below were computed with /usr/bin/python3 running a re-typed version
+// of guided-diffusion's space_timesteps rule (stride search for "ddimN"; sections of size
+// T//n + (1 if i < T%n), each keeping round(k * (size-1)/(count-1)) with the fractional
+// stride accumulated and Python's half-to-even round()).
+TEST(Respacing, DdimPicksGuidedDiffusionStrides) {
+  EXPECT_EQ(parse_respacing("ddim50", 1000), arange_vector(0, 1000, 20));
+  EXPECT_EQ(parse_respacing("ddim25", 1000), arange_vector(0, 1000, 40));
+  EXPECT_EQ(parse_respacing("ddim1000", 1000), arange_vector(0, 1000, 1));
+  EXPECT_EQ(parse_respacing("ddim7", 100), arange_vector(0, 100, 15));
+  // The first stride that works wins: over T = 20, stride 7 (not 8) gives 3 steps.
+  EXPECT_EQ(parse_respacing("ddim3", 20), (std::vector<int64_t>{0, 7, 14}));
+}
+
+TEST(Respacing, SectionCountsFollowGuidedDiffusion) {
+  EXPECT_EQ(parse_respacing("10", 1000),
+            (std::vector<int64_t>{0, 111, 222, 333, 444, 555, 666, 777, 888, 999}));
+  EXPECT_EQ(parse_respacing("10,15,20", 1000),
+            (std::vector<int64_t>{0,   37,  74,  111, 148, 185, 222, 259, 296, 333, 334, 358,
+                                  381, 405, 429, 453, 476, 500, 524, 547, 571, 595, 619, 642,
+                                  666, 667, 684, 702, 719, 737, 754, 772, 789, 807, 824, 842,
+                                  859, 877, 894, 912, 929, 947, 964, 982, 999}));
+  EXPECT_EQ(parse_respacing("3", 10), (std::vector<int64_t>{0, 4, 9}));  // round(4.5) = 4
+  EXPECT_EQ(parse_respacing("2,3", 11), (std::vector<int64_t>{0, 5, 6, 8, 10}));
+  EXPECT_EQ(parse_respacing("1,1,1", 7), (std::vector<int64_t>{0, 3, 5}));
+  EXPECT_EQ(parse_respacing("", 5), (std::vector<int64_t>{0, 1, 2, 3, 4}));
+}
+
+TEST(Respacing, RejectsSpecsThatCannotFit) {
+  expect_error_naming<InputError>([] { parse_respacing("ddim37", 1000); },
+                                  "cannot create exactly 37 steps");
+  expect_error_naming<InputError>([] { parse_respacing("ddim37", 1000); }, "ddim37");
+  expect_error_naming<InputError>([] { parse_respacing("2000", 1000); }, "2000");
+  expect_error_naming<InputError>([] { parse_respacing("5,600", 1000); }, "5,600");
+  for (const std::string bad : {"ddim", "ddimx", "abc", "10,,5", "-3", "10,", "0"}) {
+    expect_error_naming<InputError>([&] { parse_respacing(bad, 1000); }, "'" + bad + "'");
+  }
+  expect_error_naming<InputError>([] { parse_respacing("10", 0); }, "0");
+}
+
+TEST(Respacing, KeepsOriginalAbarAtKeptSteps) {
+  for (const auto kind : {BetaScheduleKind::linear, BetaScheduleKind::cosine}) {
+    const auto base = make_schedule(kind, 1000);
+    for (const std::string spec : {"ddim50", "10,15,20", "7", "1000"}) {
+      const auto kept = parse_respacing(spec, 1000);
+      const auto spaced = respace(base, kept);
+      const auto kept_t = torch::tensor(kept, torch::kInt64);
+      EXPECT_EQ(to_vector(spaced.timestep_map), kept) << spec;
+      EXPECT_EQ(spaced.original_num_timesteps, 1000);
+      EXPECT_EQ(spaced.num_steps(), static_cast<int64_t>(kept.size()));
+      const auto expected = base.alphas_cumprod.index_select(0, kept_t);
+      EXPECT_LT((spaced.alphas_cumprod - expected).abs().max().item<double>(), 1e-13) << spec;
+      // beta_k = 1 - abar(t_k) / abar(t_{k-1}), abar(t_{-1}) = 1.
+      const auto prev = torch::cat({torch::ones({1}, torch::kFloat64), expected.slice(0, 0, -1)});
+      EXPECT_LT((spaced.betas - (1.0 - expected / prev)).abs().max().item<double>(), 1e-15) << spec;
+    }
+  }
+}
+
+TEST(Respacing, ComposesAndRejectsBadLists) {
+  const auto base = make_schedule(BetaScheduleKind::linear, 100);
+  const auto coarse = respace(base, {0, 10, 20, 50, 90});
+  const auto coarser = respace(coarse, {10, 50, 90});  // original timesteps, looked up in coarse
+  EXPECT_EQ(to_vector(coarser.timestep_map), (std::vector<int64_t>{10, 50, 90}));
+  EXPECT_NEAR(coarser.alphas_cumprod[1].item<double>(), base.alphas_cumprod[50].item<double>(),
+              1e-15);
+  expect_error_naming<InputError>([&] { respace(base, {}); }, "no timesteps");
+  expect_error_naming<InputError>([&] { respace(base, {0, 100}); }, "100");
+  expect_error_naming<InputError>([&] { respace(base, {-1, 5}); }, "-1");
+  expect_error_naming<InputError>([&] { respace(base, {5, 3}); }, "5 then 3");
+  expect_error_naming<InputError>([&] { respace(base, {3, 3}); }, "3 then 3");
+  expect_error_naming<InputError>([&] { respace(coarse, {10, 11}); }, "11");
+}
+
+TEST(GatherFor, BroadcastsPerSampleValues) {
+  const auto values = torch::tensor({0.5, 1.5, 2.5, 3.5}, torch::kFloat64);
+  const auto x = torch::zeros({3, 2, 4, 4}, torch::kFloat32);
+  const auto c = gather_for(values, torch::tensor({3, 0, 2}, torch::kInt64), x);
+  EXPECT_EQ(c.sizes(), (std::vector<int64_t>{3, 1, 1, 1}));
+  EXPECT_EQ(c.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(c.flatten()[0].item<float>(), 3.5f);
+  EXPECT_EQ(c.flatten()[1].item<float>(), 0.5f);
+  EXPECT_EQ(c.flatten()[2].item<float>(), 2.5f);
+  expect_error_naming<InputError>(
+      [&] {
+        gather_for(values, torch::tensor({0, 4, 1}, torch::kInt64), x);
+      },
+      "step_index");
+  expect_error_naming<InputError>(
+      [&] {
+        gather_for(values, torch::tensor({0, 1}, torch::kInt64), x);
+      },
+      "step_index");
+}
+
+TEST(LogSnrSchedule, EndpointsAndStrictDecrease) {
+  LogSnrSchedule schedule;  // [-20, 20]
+  const auto u = torch::linspace(0.0, 1.0, 1001, torch::kFloat64);
+  const auto lambda = schedule.lambda_of_u(u);
+  EXPECT_NEAR(lambda[0].item<double>(), 20.0, 1e-9);
+  EXPECT_NEAR(lambda[1000].item<double>(), -20.0, 1e-9);
+  EXPECT_TRUE((lambda.slice(0, 1) < lambda.slice(0, 0, -1)).all().item<bool>());
+  // Another range, float32 in and out.
+  LogSnrSchedule narrow{-5.0, 3.0};
+  const auto ends = narrow.lambda_of_u(torch::tensor({0.0f, 1.0f}));
+  EXPECT_EQ(ends.scalar_type(), torch::kFloat32);
+  EXPECT_NEAR(ends[0].item<float>(), 3.0f, 1e-5);
+  EXPECT_NEAR(ends[1].item<float>(), -5.0f, 1e-5);
+  // Closed form at the midpoint: -2 log tan((a + 2b)/2).
+  const double b = std::atan(std::exp(-1.5)), a = std::atan(std::exp(2.5)) - b;
+  EXPECT_NEAR(narrow.lambda_of_u(torch::tensor({0.5}, torch::kFloat64)).item<double>(),
+              -2.0 * std::log(std::tan(a * 0.5 + b)), 1e-12);
+  expect_error_naming<InputError>([] { LogSnrSchedule{3.0, 3.0}.validate(); }, "lambda_min");
+  expect_error_naming<InputError>([] { LogSnrSchedule{-INFINITY, 3.0}.validate(); }, "inf");
+}
+
+TEST(LogSnrSchedule, AlphaSigmaAreVariancePreserving) {
+  const auto lambda = torch::linspace(-15.0, 15.0, 61, torch::kFloat64);
+  const auto a2 = alpha_squared_of_log_snr(lambda);
+  const auto s2 = sigma_squared_of_log_snr(lambda);
+  EXPECT_LT((a2 + s2 - 1.0).abs().max().item<double>(), 1e-15);
+  EXPECT_LT(((a2 / s2).log() - lambda).abs().max().item<double>(), 1e-9);  // log-SNR = lambda
+}
+
+TEST(NoiseLevelMap, DiscreteLooksUpOriginalTimesteps) {
+  const auto base = make_schedule(BetaScheduleKind::cosine, 1000);
+  const auto map = NoiseLevelMap::discrete(base);
+  EXPECT_EQ(map.kind(), TimeKind::discrete_timestep);
+  const auto t = torch::tensor({0, 500, 999}, torch::kInt64);
+  const auto abar = map.alpha_squared(t);
+  EXPECT_EQ(abar.scalar_type(), torch::kFloat64);
+  for (int i = 0; i < 3; ++i) {
+    const int64_t ti = t[i].item<int64_t>();
+    EXPECT_DOUBLE_EQ(abar[i].item<double>(), base.alphas_cumprod[ti].item<double>());
+    EXPECT_DOUBLE_EQ(map.sigma(t)[i].item<double>(),
+                     std::sqrt(1.0 - base.alphas_cumprod[ti].item<double>()));
+  }
+  expect_error_naming<InputError>(
+      [&] {
+        map.alpha_squared(torch::tensor({3, 1000}, torch::kInt64));
+      },
+      "1000");
+  expect_error_naming<InputError>([&] { map.sigma(torch::tensor({-2}, torch::kInt64)); }, "-2");
+  expect_error_naming<InputError>([&] { map.alpha_squared(torch::tensor({0.5f})); }, "Float");
+  expect_error_naming<InputError>(
+      [&] {
+        NoiseLevelMap::discrete(respace(base, {0, 10}));
+      },
+      "unrespaced");
+}
+
+TEST(NoiseLevelMap, LogSnrUsesSigmoid) {
+  const auto map = NoiseLevelMap::log_snr();
+  EXPECT_EQ(map.kind(), TimeKind::log_snr);
+  const auto lambda = torch::tensor({-3.0f, 0.0f, 4.0f});
+  const auto abar = map.alpha_squared(lambda);
+  EXPECT_EQ(abar.scalar_type(), torch::kFloat64);
+  for (int i = 0; i < 3; ++i) {
+    const double l = lambda[i].item<float>();
+    EXPECT_NEAR(abar[i].item<double>(), 1.0 / (1.0 + std::exp(-l)), 1e-15);
+    EXPECT_NEAR(map.sigma(lambda)[i].item<double>(), std::sqrt(1.0 / (1.0 + std::exp(l))), 1e-15);
+  }
+  expect_error_naming<InputError>(
+      [&] {
+        map.alpha_squared(torch::tensor({0.0f, NAN}));
+      },
+      "non-finite");
+  expect_error_naming<InputError>([&] { map.sigma(torch::tensor({INFINITY})); }, "non-finite");
+}

@@ -1,0 +1,71 @@
+// Start-up checks: thread count selection and which BLAS is really loaded.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/core/threads.hpp"
+
+namespace {
+
+// Sets an environment variable for one scope and restores the previous value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value) setenv(name, value, 1); else unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_) setenv(name_, old_->c_str(), 1); else unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST(Threads, ExplicitRequestWins) {
+  ScopedEnv env("GUIDIFF_THREADS", "3");
+  EXPECT_EQ(guidiff::configure_threads(1), 1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+}
+
+TEST(Threads, EnvironmentOverridesDefault) {
+  ScopedEnv env("GUIDIFF_THREADS", "3");
+  EXPECT_EQ(guidiff::configure_threads(0), 3);
+}
+
+TEST(Threads, DefaultIsAllCores) {
+  ScopedEnv env("GUIDIFF_THREADS", nullptr);
+  EXPECT_EQ(guidiff::configure_threads(0), static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+TEST(Threads, MalformedEnvironmentIsAnInputError) {
+  for (const char* bad : {"zero", "0", "-2", "4x"}) {
+    ScopedEnv env("GUIDIFF_THREADS", bad);
+    try {
+      guidiff::configure_threads(0);
+      FAIL() << "accepted GUIDIFF_THREADS=" << bad;
+    } catch (const guidiff::InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("GUIDIFF_THREADS"), std::string::npos);
+    }
+  }
+  guidiff::configure_threads(0);
+}
+
+// The project requires libopenblas0-openmp: with the reference BLAS matmul is ~30x slower.
+TEST(Blas, OptimisedBlasIsLoaded) {
+  // Force libtorch to touch BLAS so the library is mapped.
+  auto a = torch::ones({8, 8}, torch::kFloat64);
+  (void)torch::mm(a, a);
+  const guidiff::BlasInfo blas = guidiff::loaded_blas();
+  EXPECT_FALSE(blas.path.empty());
+  EXPECT_EQ(blas.name, "openblas") << "libblas.so.3 resolves to " << blas.path;
+  EXPECT_FALSE(blas.is_reference());
+}
+
+}  // namespace
