@@ -1,0 +1,170 @@
+#include "guidiff/data/image_folder.hpp"
+
+// The one translation unit of the library that compiles stb_image's decoder (PNG and JPEG
+// only). It is static, so a test that compiles its own copy does not clash with it.
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include <stb/stb_image.h>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <vector>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/data/transforms.hpp"
+
+namespace guidiff {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool is_hidden(const fs::path& path) { return path.filename().string().rfind('.', 0) == 0; }
+
+bool has_image_extension(const fs::path& path) {
+  std::string extension = path.extension().string();
+  std::transform(extension.begin(), extension.end(), extension.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return extension == ".png" || extension == ".jpg" || extension == ".jpeg";
+}
+
+std::vector<fs::path> sorted_entries(const fs::path& directory, bool want_directories) {
+  std::vector<fs::path> entries;
+  for (const auto& entry : fs::directory_iterator(directory)) {
+    if (is_hidden(entry.path())) continue;
+    if (want_directories ? entry.is_directory()
+                         : (entry.is_regular_file() && has_image_extension(entry.path()))) {
+      entries.push_back(entry.path());
+    }
+  }
+  std::sort(entries.begin(), entries.end());
+  return entries;
+}
+
+std::string size_text(int64_t width, int64_t height) {
+  return std::to_string(width) + "x" + std::to_string(height);
+}
+
+// uint8 pixels [C, H, W] of one file, or an undefined tensor with `reason` set when stb_image
+// cannot decode it.
+torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& reason) {
+  int width = 0, height = 0, channels_in_file = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(
+      stbi_load(file.c_str(), &width, &height, &channels_in_file, static_cast<int>(channels)),
+      stbi_image_free);
+  if (!data) {
+    const char* failure = stbi_failure_reason();
+    reason = failure != nullptr ? failure : "unknown error";
+    return {};
+  }
+  return torch::from_blob(data.get(), {height, width, channels}, torch::kUInt8)
+      .permute({2, 0, 1})
+      .clone();
+}
+
+}  // namespace
+
+torch::Tensor center_crop_and_resize(const torch::Tensor& pixels, int64_t size) {
+  if (!pixels.defined() || pixels.dim() != 3 || !pixels.is_floating_point()) {
+    throw InputError("center_crop_and_resize: pixels must be float [C, H, W]");
+  }
+  if (size < 1)
+    throw InputError("center_crop_and_resize: size must be >= 1, got " + std::to_string(size));
+  const int64_t height = pixels.size(1), width = pixels.size(2), side = std::min(height, width);
+  const torch::Tensor square =
+      pixels.narrow(1, (height - side) / 2, side).narrow(2, (width - side) / 2, side).unsqueeze(0);
+  if (side == size) return square.squeeze(0).contiguous();
+  namespace F = torch::nn::functional;
+  auto options = F::InterpolateFuncOptions().size(std::vector<int64_t>{size, size});
+  if (size < side) {
+    options.mode(torch::kArea);
+  } else {
+    options.mode(torch::kBilinear).align_corners(false);
+  }
+  return F::interpolate(square, options).squeeze(0);
+}
+
+Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options) {
+  if (options.channels != 1 && options.channels != 3) {
+    throw InputError("image folder: channels must be 1 or 3, got " +
+                     std::to_string(options.channels));
+  }
+  if (options.image_size < 0) {
+    throw InputError("image folder: image size must be >= 0, got " +
+                     std::to_string(options.image_size));
+  }
+  if (!fs::is_directory(root))
+    throw FileError("image folder '" + root + "' does not exist or is not a directory");
+  const std::vector<fs::path> class_folders = sorted_entries(root, /*want_directories=*/true);
+  if (class_folders.empty())
+    throw FileError("image folder '" + root + "' has no class sub-folders");
+
+  Dataset dataset;
+  fs::path root_path = fs::path(root).lexically_normal();
+  if (root_path.filename().empty())
+    root_path = root_path.parent_path();  // "data/cats/" -> "data/cats"
+  dataset.name = root_path.filename().string();
+  dataset.num_classes = static_cast<int64_t>(class_folders.size());
+
+  std::vector<torch::Tensor> images;
+  std::vector<int64_t> labels;
+  fs::path first_file;  // the image whose size the others must match (no resizing)
+  int64_t skipped = 0;
+  std::string first_skipped;  // "'path': reason" of the first skipped file
+  for (int64_t label = 0; label < dataset.num_classes; ++label) {
+    const fs::path& folder = class_folders[static_cast<size_t>(label)];
+    dataset.class_names.push_back(folder.filename().string());
+    const std::vector<fs::path> files = sorted_entries(folder, /*want_directories=*/false);
+    if (files.empty())
+      throw FileError("class folder '" + folder.string() + "' holds no .png/.jpg/.jpeg images");
+    int64_t read_in_class = 0;
+    for (const auto& file : files) {
+      std::string reason;
+      torch::Tensor pixels = decode_image(file, options.channels, reason);
+      if (!pixels.defined()) {
+        if (!options.skip_unreadable) {
+          throw FileError("cannot read image '" + file.string() + "': " + reason +
+                          " (skip_unreadable skips such files)");
+        }
+        if (skipped++ == 0) first_skipped = "'" + file.string() + "': " + reason;
+        continue;
+      }
+      if (options.image_size > 0) {
+        pixels = center_crop_and_resize(pixels.to(torch::kFloat32), options.image_size);
+      } else if (images.empty()) {
+        first_file = file;
+      } else if (pixels.sizes() != images.front().sizes()) {
+        throw FileError("images differ in size: '" + first_file.string() + "' is " +
+                        size_text(images.front().size(2), images.front().size(1)) + " but '" +
+                        file.string() + "' is " + size_text(pixels.size(2), pixels.size(1)) +
+                        " (width x height; give an image size to crop and resize them)");
+      }
+      images.push_back(pixels);
+      labels.push_back(label);
+      ++read_in_class;
+    }
+    if (read_in_class == 0) {
+      throw FileError("class folder '" + folder.string() + "' has no readable images (" +
+                      std::to_string(files.size()) + " unreadable)");
+    }
+  }
+  if (skipped > 0) {
+    std::cerr << "guidiff: warning: skipped " << skipped << " unreadable image"
+              << (skipped == 1 ? "" : "s") << " under '" << root << "' (first: " << first_skipped
+              << ")\n";
+  }
+  dataset.images = pixels_to_unit_range(torch::stack(images));
+  dataset.labels = torch::tensor(labels, torch::kInt64);
+  return dataset;
+}
+
+}  // namespace guidiff

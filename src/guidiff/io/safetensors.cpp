@@ -1,0 +1,270 @@
+// safetensors reading and writing (format summary in safetensors.hpp).
+#include "guidiff/io/safetensors.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "safetensors data is little-endian; guidiff copies it to memory as is");
+
+namespace guidiff {
+namespace {
+
+using OrderedJson = nlohmann::ordered_json;
+
+constexpr const char* kMetadataKey = "__metadata__";
+// The reference implementation refuses headers above 100 MB; so do we, before allocating.
+constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;
+
+struct DtypeName {
+  const char* name;
+  torch::ScalarType type;
+};
+constexpr DtypeName kDtypes[] = {
+    {"F64", torch::kFloat64},   {"F32", torch::kFloat32}, {"F16", torch::kFloat16},
+    {"BF16", torch::kBFloat16}, {"I64", torch::kInt64},   {"I32", torch::kInt32},
+    {"I16", torch::kInt16},     {"I8", torch::kInt8},     {"U8", torch::kUInt8},
+    {"BOOL", torch::kBool},
+};
+
+const char* dtype_name(torch::ScalarType type, const std::string& tensor_name) {
+  for (const auto& entry : kDtypes) {
+    if (entry.type == type) return entry.name;
+  }
+  throw InputError("cannot save tensor '" + tensor_name + "' as safetensors: unsupported dtype " +
+                   std::string(c10::toString(type)));
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::ostringstream out;
+  out << '[';
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
+
+// One header entry, checked against the data section.
+struct TensorEntry {
+  std::string name;
+  torch::ScalarType type;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+
+class HeaderReader {
+ public:
+  HeaderReader(std::string file, uint64_t data_bytes)
+      : file_(std::move(file)), data_bytes_(data_bytes) {}
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw FileError("safetensors file '" + file_ + "': " + what);
+  }
+
+  uint64_t non_negative_integer(const OrderedJson& value, const std::string& tensor,
+                                const char* field) const {
+    if (!value.is_number_unsigned()) {
+      fail("tensor '" + tensor + "': " + field + " must hold non-negative integers, got " +
+           value.dump());
+    }
+    return value.get<uint64_t>();
+  }
+
+  TensorEntry entry(const std::string& name, const OrderedJson& value) const {
+    if (!value.is_object()) fail("tensor '" + name + "': header entry is not an object");
+    for (const char* field : {"dtype", "shape", "data_offsets"}) {
+      if (!value.contains(field))
+        fail("tensor '" + name + "': header entry lacks \"" + field + "\"");
+    }
+    TensorEntry entry;
+    entry.name = name;
+    const auto& dtype = value.at("dtype");
+    if (!dtype.is_string()) fail("tensor '" + name + "': dtype is not a string");
+    const auto dtype_text = dtype.get<std::string>();
+    const auto found = std::find_if(std::begin(kDtypes), std::end(kDtypes),
+                                    [&](const DtypeName& d) { return dtype_text == d.name; });
+    if (found == std::end(kDtypes))
+      fail("tensor '" + name + "': unknown dtype '" + dtype_text + "'");
+    entry.type = found->type;
+
+    const auto& shape = value.at("shape");
+    if (!shape.is_array()) fail("tensor '" + name + "': shape is not an array");
+    uint64_t bytes = c10::elementSize(entry.type);
+    for (const auto& size : shape) {
+      const uint64_t extent = non_negative_integer(size, name, "shape");
+      if (extent > 0 && bytes > std::numeric_limits<int64_t>::max() / extent) {
+        fail("tensor '" + name + "': shape " + shape.dump() + " is too large");
+      }
+      bytes *= extent;
+      entry.shape.push_back(static_cast<int64_t>(extent));
+    }
+
+    const auto& offsets = value.at("data_offsets");
+    if (!offsets.is_array() || offsets.size() != 2) {
+      fail("tensor '" + name + "': data_offsets must be [begin, end]");
+    }
+    entry.begin = non_negative_integer(offsets[0], name, "data_offsets");
+    entry.end = non_negative_integer(offsets[1], name, "data_offsets");
+    if (entry.end < entry.begin)
+      fail("tensor '" + name + "': data_offsets " + offsets.dump() + " end before they begin");
+    if (entry.end > data_bytes_) {
+      fail("tensor '" + name + "': data_offsets " + offsets.dump() + " run past the end of the " +
+           std::to_string(data_bytes_) + " data bytes (file truncated or offsets out of range)");
+    }
+    if (entry.end - entry.begin != bytes) {
+      fail("tensor '" + name + "': shape " + shape_string(entry.shape) + " of " + dtype_text +
+           " needs " + std::to_string(bytes) + " bytes but data_offsets " + offsets.dump() +
+           " span " + std::to_string(entry.end - entry.begin));
+    }
+    return entry;
+  }
+
+  std::map<std::string, std::string> metadata(const OrderedJson& value) const {
+    if (!value.is_object()) fail("__metadata__ is not an object of strings");
+    std::map<std::string, std::string> result;
+    for (const auto& item : value.items()) {
+      if (!item.value().is_string()) fail("__metadata__ key '" + item.key() + "' is not a string");
+      result[item.key()] = item.value().get<std::string>();
+    }
+    return result;
+  }
+
+ private:
+  std::string file_;
+  uint64_t data_bytes_;
+};
+
+}  // namespace
+
+const torch::Tensor* SafetensorsContents::find(const std::string& name) const {
+  for (const auto& [key, tensor] : tensors) {
+    if (key == name) return &tensor;
+  }
+  return nullptr;
+}
+
+std::string encode_safetensors(const NamedTensors& tensors,
+                               const std::map<std::string, std::string>& metadata) {
+  OrderedJson header = OrderedJson::object();
+  if (!metadata.empty()) header[kMetadataKey] = metadata;
+  std::vector<torch::Tensor> contiguous;
+  std::set<std::string> seen;
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    if (name.empty()) throw InputError("cannot save a safetensors tensor with an empty name");
+    if (name == kMetadataKey)
+      throw InputError("cannot save a tensor named '__metadata__' (reserved)");
+    if (!seen.insert(name).second) throw InputError("cannot save tensor '" + name + "' twice");
+    if (!tensor.defined()) throw InputError("cannot save tensor '" + name + "': it is undefined");
+    const char* dtype = dtype_name(tensor.scalar_type(), name);
+    auto data = tensor.detach().to(torch::kCPU).contiguous();
+    const uint64_t bytes = static_cast<uint64_t>(data.numel()) * data.element_size();
+    header[name] = {{"dtype", dtype},
+                    {"shape", data.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    contiguous.push_back(std::move(data));
+  }
+  std::string header_text = header.dump();
+  // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
+  header_text.append((8 - header_text.size() % 8) % 8, ' ');
+
+  std::string out;
+  out.reserve(8 + header_text.size() + offset);
+  const uint64_t header_length = header_text.size();
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header_length >> (8 * i)) & 0xff));
+  out += header_text;
+  for (const auto& data : contiguous) {
+    out.append(static_cast<const char*>(data.data_ptr()), data.numel() * data.element_size());
+  }
+  return out;
+}
+
+SafetensorsContents decode_safetensors(const std::string& bytes,
+                                       const std::string& name_for_errors) {
+  const auto fail = [&](const std::string& what) -> void {
+    throw FileError("safetensors file '" + name_for_errors + "': " + what);
+  };
+  if (bytes.size() < 8) {
+    fail("truncated: " + std::to_string(bytes.size()) +
+         " bytes, less than the 8-byte header length");
+  }
+  uint64_t header_length = 0;
+  for (int i = 0; i < 8; ++i) {
+    header_length |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  }
+  if (header_length > kMaxHeaderBytes) {
+    fail("header length " + std::to_string(header_length) +
+         " is implausible (not a safetensors file?)");
+  }
+  if (header_length > bytes.size() - 8) {
+    fail("truncated header: it should have " + std::to_string(header_length) + " bytes but only " +
+         std::to_string(bytes.size() - 8) + " follow");
+  }
+  OrderedJson header;
+  try {
+    header = OrderedJson::parse(bytes.begin() + 8,
+                                bytes.begin() + 8 + static_cast<int64_t>(header_length));
+  } catch (const nlohmann::json::exception& error) {
+    fail(std::string("header is not valid JSON (") + error.what() + ")");
+  }
+  if (!header.is_object()) fail("header is not a JSON object");
+
+  const uint64_t data_start = 8 + header_length;
+  const HeaderReader reader(name_for_errors, bytes.size() - data_start);
+  SafetensorsContents contents;
+  std::vector<TensorEntry> entries;
+  for (const auto& item : header.items()) {
+    if (item.key() == kMetadataKey) {
+      contents.metadata = reader.metadata(item.value());
+    } else {
+      entries.push_back(reader.entry(item.key(), item.value()));
+    }
+  }
+  // File order = data order; empty tensors (begin == end) keep their header order.
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const TensorEntry& a, const TensorEntry& b) { return a.begin < b.begin; });
+  const TensorEntry* previous = nullptr;  // the non-empty entry reaching furthest so far
+  for (const auto& entry : entries) {
+    if (entry.begin == entry.end) continue;
+    if (previous != nullptr && entry.begin < previous->end) {
+      fail("tensors '" + previous->name + "' and '" + entry.name +
+           "' have overlapping data_offsets");
+    }
+    if (previous == nullptr || entry.end > previous->end) previous = &entry;
+  }
+  for (const auto& entry : entries) {
+    auto tensor = torch::empty(entry.shape, torch::TensorOptions().dtype(entry.type));
+    if (entry.end > entry.begin) {
+      std::memcpy(tensor.data_ptr(), bytes.data() + data_start + entry.begin,
+                  entry.end - entry.begin);
+    }
+    contents.tensors.emplace_back(entry.name, std::move(tensor));
+  }
+  return contents;
+}
+
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::string bytes;
+  try {
+    bytes = encode_safetensors(tensors, metadata);
+  } catch (const InputError& error) {
+    throw InputError("'" + path + "': " + error.what());
+  }
+  write_file_atomically(path, bytes);
+}
+
+SafetensorsContents load_safetensors(const std::string& path) {
+  return decode_safetensors(read_file_bytes(path), path);
+}
+
+}  // namespace guidiff

@@ -1,0 +1,176 @@
+// Building networks from configs, saving and loading them (see model_files.hpp).
+#include "guidiff/models/model_files.hpp"
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <type_traits>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/models/network_adapters.hpp"
+
+namespace guidiff {
+namespace {
+
+constexpr ModelKind kKinds[] = {ModelKind::unet, ModelKind::encoder_unet, ModelKind::mlp_denoiser,
+                                ModelKind::mlp_classifier};
+constexpr const char* kDefaultName = "model";
+
+ModelKind parse_kind(const nlohmann::json& config) {
+  if (!config.is_object())
+    throw InputError("model config: expected a JSON object, got " + config.dump());
+  const auto it = config.find("kind");
+  if (it == config.end() || !it->is_string()) {
+    throw InputError(
+        "model config: field \"kind\" must be one of unet, encoder_unet, mlp_denoiser, "
+        "mlp_classifier");
+  }
+  const auto name = it->get<std::string>();
+  for (const ModelKind kind : kKinds) {
+    if (name == model_kind_name(kind)) return kind;
+  }
+  throw InputError("model config: field \"kind\" is \"" + name +
+                   "\"; expected unet, encoder_unet, mlp_denoiser or mlp_classifier");
+}
+
+// Wraps a typed network: the module, its adapter and its complete config.
+template <typename Config, typename Network, typename Adapter>
+void wrap(Model& model, const nlohmann::json& fields) {
+  const Config config = fields.get<Config>();
+  Network network(config);
+  model.module = network.ptr();
+  auto adapter = std::make_shared<Adapter>(network);
+  if constexpr (std::is_base_of_v<Denoiser, Adapter>) {
+    model.denoiser = adapter;
+  } else {
+    model.classifier = adapter;
+  }
+  model.config = config;
+  model.config["kind"] = model_kind_name(model.kind);
+}
+
+std::string shape_string(torch::IntArrayRef sizes) { return c10::str(sizes); }
+
+}  // namespace
+
+const char* model_kind_name(ModelKind kind) {
+  switch (kind) {
+    case ModelKind::unet:
+      return "unet";
+    case ModelKind::encoder_unet:
+      return "encoder_unet";
+    case ModelKind::mlp_denoiser:
+      return "mlp_denoiser";
+    case ModelKind::mlp_classifier:
+      return "mlp_classifier";
+  }
+  return "unknown";
+}
+
+Model build_model(const nlohmann::json& config) {
+  Model model;
+  model.kind = parse_kind(config);
+  nlohmann::json fields = config;
+  fields.erase("kind");
+  switch (model.kind) {
+    case ModelKind::unet:
+      wrap<UNetConfig, UNetModel, UNetDenoiser>(model, fields);
+      break;
+    case ModelKind::encoder_unet:
+      wrap<ClassifierConfig, EncoderUNetModel, UNetClassifier>(model, fields);
+      break;
+    case ModelKind::mlp_denoiser:
+      wrap<MlpConfig, MlpDenoiserNet, MlpDenoiser>(model, fields);
+      break;
+    case ModelKind::mlp_classifier:
+      wrap<MlpConfig, MlpClassifierNet, MlpClassifier>(model, fields);
+      break;
+  }
+  return model;
+}
+
+ModelFiles model_files(const std::string& dir_or_prefix) {
+  namespace fs = std::filesystem;
+  fs::path prefix(dir_or_prefix);
+  if (fs::is_directory(prefix)) {
+    prefix /= kDefaultName;
+  } else if (prefix.extension() == ".safetensors" || prefix.extension() == ".json") {
+    prefix.replace_extension();
+  }
+  return {prefix.string() + ".safetensors", prefix.string() + ".json"};
+}
+
+NamedTensors model_state(const torch::nn::Module& module) {
+  NamedTensors state;
+  for (const auto& item : module.named_parameters(/*recurse=*/true))
+    state.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true))
+    state.emplace_back(item.key(), item.value());
+  return state;
+}
+
+void load_model_state(torch::nn::Module& module, const SafetensorsContents& state,
+                      const std::string& file) {
+  const auto fail = [&](const std::string& what) {
+    return FileError("weights '" + file + "': " + what);
+  };
+  std::map<std::string, torch::Tensor> targets;
+  for (auto& [name, tensor] : model_state(module)) targets.emplace(name, tensor);
+  // Check everything first, so a bad file leaves the module untouched.
+  std::set<std::string> present;
+  for (const auto& [name, tensor] : state.tensors) {
+    const auto target = targets.find(name);
+    if (target == targets.end())
+      throw fail("unexpected key '" + name +
+                 "' (the model built from its config has no such tensor)");
+    if (tensor.sizes() != target->second.sizes()) {
+      throw fail("key '" + name + "' has shape " + shape_string(tensor.sizes()) +
+                 " but the model built from its config expects " +
+                 shape_string(target->second.sizes()));
+    }
+    if (at::isFloatingType(target->second.scalar_type()) !=
+        at::isFloatingType(tensor.scalar_type())) {
+      throw fail("key '" + name + "' has dtype " +
+                 std::string(c10::toString(tensor.scalar_type())) + " but the model expects " +
+                 c10::toString(target->second.scalar_type()));
+    }
+    present.insert(name);
+  }
+  for (const auto& [name, target] : model_state(module)) {
+    if (present.count(name) == 0)
+      throw fail("missing key '" + name + "' (shape " + shape_string(target.sizes()) + ")");
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, tensor] : state.tensors) targets.at(name).copy_(tensor);
+}
+
+void save_model(const Model& model, const std::string& dir_or_prefix) {
+  if (!model.module) throw InputError("save_model: the model has no network");
+  const auto files = model_files(dir_or_prefix);
+  save_safetensors(files.weights, model_state(*model.module),
+                   {{"format", "pt"}, {"guidiff_kind", model_kind_name(model.kind)}});
+  write_file_atomically(files.config, model.config.dump(2) + "\n");
+}
+
+Model load_model(const std::string& dir_or_prefix, const torch::Device& device) {
+  const auto files = model_files(dir_or_prefix);
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(read_file_bytes(files.config));
+  } catch (const nlohmann::json::exception& error) {
+    throw FileError("model config '" + files.config + "': not valid JSON (" + error.what() + ")");
+  }
+  Model model;
+  try {
+    model = build_model(config);
+  } catch (const InputError& error) {
+    throw FileError("model config '" + files.config + "': " + error.what());
+  }
+  load_model_state(*model.module, load_safetensors(files.weights), files.weights);
+  model.module->to(device);
+  model.module->eval();
+  return model;
+}
+
+}  // namespace guidiff

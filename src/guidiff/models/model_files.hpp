@@ -1,0 +1,57 @@
+// Trainable networks as files: a JSON config {"kind": "unet" | "encoder_unet" |
+// "mlp_denoiser" | "mlp_classifier", <that kind's config fields>} builds the network, and
+// its weights live beside the config as <name>.safetensors with <name>.json (docs/formats.md).
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "guidiff/io/safetensors.hpp"
+#include "guidiff/models/denoiser.hpp"
+
+namespace guidiff {
+
+enum class ModelKind { unet, encoder_unet, mlp_denoiser, mlp_classifier };
+const char* model_kind_name(ModelKind kind);
+
+// A network and the interface it implements: denoiser for unet / mlp_denoiser, classifier
+// for encoder_unet / mlp_classifier (the other one is null).
+struct Model {
+  ModelKind kind = ModelKind::unet;
+  nlohmann::json config;                      // complete: every field, and "kind"
+  std::shared_ptr<torch::nn::Module> module;  // parameters, train()/eval(), to(device)
+  std::shared_ptr<Denoiser> denoiser;
+  std::shared_ptr<Classifier> classifier;
+};
+
+// A freshly initialised network (training mode, CPU, float32) from its config. Throws
+// InputError naming "kind" or the config field at fault.
+Model build_model(const nlohmann::json& config);
+
+// The two files of a saved model. `dir_or_prefix` is an existing directory (files
+// <dir>/model.*), or a prefix ("runs/a/ema" -> runs/a/ema.safetensors, runs/a/ema.json),
+// or either file's path.
+struct ModelFiles {
+  std::string weights;  // <name>.safetensors
+  std::string config;   // <name>.json
+};
+ModelFiles model_files(const std::string& dir_or_prefix);
+
+// The tensors a checkpoint holds: parameters then buffers, by their full names.
+NamedTensors model_state(const torch::nn::Module& module);
+// Copies `state` into `module`, all or nothing. Throws FileError naming `file` and the key
+// that is missing from the file, unexpected in it, or has the wrong shape or a non-floating
+// dtype for a floating tensor (other floating dtypes are converted).
+void load_model_state(torch::nn::Module& module, const SafetensorsContents& state,
+                      const std::string& file);
+
+// Writes the weights and the config atomically. Throws FileError if they cannot be written.
+void save_model(const Model& model, const std::string& dir_or_prefix);
+// Builds the network from the config file and loads the weights, in eval mode on `device`.
+// Throws FileError naming the file at fault (missing, malformed, an invalid config, or a
+// key missing / unexpected / mismatched against the network the config builds).
+Model load_model(const std::string& dir_or_prefix, const torch::Device& device = torch::kCPU);
+
+}  // namespace guidiff

@@ -1,0 +1,68 @@
+// The trainable networks behind the two model interfaces: UNet / MLP denoisers as Denoiser,
+// encoder-UNet / MLP classifiers as Classifier. Inputs are moved to the network's device and
+// dtype, results returned on x_t's device and dtype. The networks run in whatever mode they
+// are in (train() enables dropout) and gradients flow as the caller's grad mode allows.
+#pragma once
+#include <torch/torch.h>
+
+#include "guidiff/models/denoiser.hpp"
+#include "guidiff/models/mlp.hpp"
+#include "guidiff/models/unet.hpp"
+
+namespace guidiff {
+
+// eps = the first in_channels output channels; with learn_sigma, variance_output = the
+// rest (the learned-range interpolation value of Nichol & Dhariwal 2021 Eq. 15).
+// A conditional UNet given an undefined y predicts for the null class.
+class UNetDenoiser : public Denoiser {
+ public:
+  explicit UNetDenoiser(UNetModel network) : network_(std::move(network)) {}
+  DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor& time,
+                         const torch::Tensor& y) override;
+  TimeKind time_kind() const override { return network_->config().time.kind; }
+  int64_t num_classes() const override { return network_->config().num_classes; }
+  bool learns_variance() const override { return network_->config().learn_sigma; }
+  UNetModel& network() { return network_; }
+
+ private:
+  UNetModel network_;
+};
+
+class UNetClassifier : public Classifier {
+ public:
+  explicit UNetClassifier(EncoderUNetModel network) : network_(std::move(network)) {}
+  torch::Tensor logits(const torch::Tensor& x_t, const torch::Tensor& time) override;
+  TimeKind time_kind() const override { return network_->config().time.kind; }
+  int64_t num_classes() const override { return network_->config().num_classes; }
+  EncoderUNetModel& network() { return network_; }
+
+ private:
+  EncoderUNetModel network_;
+};
+
+class MlpDenoiser : public Denoiser {
+ public:
+  explicit MlpDenoiser(MlpDenoiserNet network) : network_(std::move(network)) {}
+  DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor& time,
+                         const torch::Tensor& y) override;
+  TimeKind time_kind() const override { return network_->config().time.kind; }
+  int64_t num_classes() const override { return network_->config().num_classes; }
+  MlpDenoiserNet& network() { return network_; }
+
+ private:
+  MlpDenoiserNet network_;
+};
+
+class MlpClassifier : public Classifier {
+ public:
+  explicit MlpClassifier(MlpClassifierNet network) : network_(std::move(network)) {}
+  torch::Tensor logits(const torch::Tensor& x_t, const torch::Tensor& time) override;
+  TimeKind time_kind() const override { return network_->config().time.kind; }
+  int64_t num_classes() const override { return network_->config().num_classes; }
+  MlpClassifierNet& network() { return network_; }
+
+ private:
+  MlpClassifierNet network_;
+};
+
+}  // namespace guidiff

@@ -1,0 +1,153 @@
+// The ADM UNet and its encoder-half classifier (see unet.hpp).
+#include "guidiff/models/unet.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/models/conditioning.hpp"
+
+namespace guidiff {
+namespace {
+
+// Block constructors name the field (norm_groups, num_heads, ...); add which config.
+template <typename Build>
+void with_context(const std::string& context, Build build) {
+  try {
+    build();
+  } catch (const InputError& error) {
+    const std::string message = error.what();
+    if (message.rfind(context, 0) == 0) throw;
+    throw InputError(context + ": " + message);
+  }
+}
+
+void check_image_input(const torch::Tensor& x, const UNetBackboneConfig& config) {
+  const int64_t rate = int64_t{1} << (config.num_levels() - 1);
+  if (!x.defined() || x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % rate != 0 ||
+      x.size(3) % rate != 0) {
+    throw InputError("x must be [N, " + std::to_string(config.in_channels) +
+                     ", H, W] with H and W divisible by " + std::to_string(rate) + ", got " +
+                     (x.defined() ? c10::str(x.sizes()) : std::string("nothing")));
+  }
+}
+
+// emb = time_embed(sinusoidal(t', model_channels)) (guided-diffusion UNetModel.forward).
+torch::Tensor embed_time(torch::nn::Sequential& time_embed, const UNetBackboneConfig& config,
+                         const torch::Tensor& time, const torch::Tensor& x) {
+  const auto t = config.time.embedding_time(time, x.size(0)).to(x.device());
+  return time_embed->forward(sinusoidal_embedding(t, config.model_channels).to(x.scalar_type()));
+}
+
+}  // namespace
+
+UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
+  config_.validate();
+  with_context("unet config", [&] {
+    time_embed_ = register_module("time_embed", make_time_embed(config_));
+    if (config_.num_classes > 0) {
+      label_emb_ = register_module(
+          "label_emb", torch::nn::Embedding(config_.num_classes + 1, config_.time_embed_dim()));
+    }
+    down_ = build_down_path(config_);
+    register_module("input_blocks", down_.input_blocks);
+    register_module("middle_block", down_.middle_block);
+
+    // Up path: per level (deepest first) num_res_blocks + 1 residual blocks, each taking the
+    // concatenation with one skip; attention where the down path had it; upsample at the
+    // end of every level but the top.
+    const auto attention_rates = config_.attention_downsample_rates();
+    auto output_blocks = torch::nn::ModuleList();
+    std::vector<int64_t> skip_channels = down_.block_channels;
+    int64_t ch = down_.channels;
+    int64_t rate = down_.downsample_rate;
+    for (int64_t level = config_.num_levels() - 1; level >= 0; --level) {
+      const int64_t width = config_.channel_mult[level] * config_.model_channels;
+      for (int64_t i = 0; i <= config_.num_res_blocks; ++i) {
+        const int64_t skip = skip_channels.back();
+        skip_channels.pop_back();
+        TimestepSequential block;
+        block->append(ResBlock(res_block_options(config_, ch + skip, width)));
+        ch = width;
+        if (std::find(attention_rates.begin(), attention_rates.end(), rate) !=
+            attention_rates.end()) {
+          block->append(make_attention_block(config_, ch));
+        }
+        if (level > 0 && i == config_.num_res_blocks) {
+          if (config_.resblock_updown) {
+            block->append(ResBlock(res_block_options(config_, ch, ch, Resample::up)));
+          } else {
+            block->append(Upsample(ch, config_.conv_resample));
+          }
+          rate /= 2;
+        }
+        output_blocks->push_back(block);
+        output_blocks_.push_back(block);
+      }
+    }
+    register_module("output_blocks", output_blocks);
+
+    auto out_conv =
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(ch, config_.out_channels(), 3).padding(1));
+    zero_parameters(*out_conv);  // the model starts by predicting eps = 0
+    out_ = register_module("out", torch::nn::Sequential(make_group_norm(config_.norm_groups, ch),
+                                                        torch::nn::SiLU(), out_conv));
+  });
+}
+
+torch::Tensor UNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor& time,
+                                     const torch::Tensor& y) {
+  check_image_input(x, config_);
+  auto emb = embed_time(time_embed_, config_, time, x);
+  if (label_emb_) {
+    emb = emb + label_emb_(class_labels_or_null(y, config_.num_classes, x.size(0), x.device()));
+  }
+  std::vector<torch::Tensor> skips;
+  auto h = down_.forward(x, emb, &skips);
+  for (auto& block : output_blocks_) {
+    h = torch::cat({h, skips.back()}, 1);
+    skips.pop_back();
+    h = block->forward(h, emb);
+  }
+  return out_->forward(h);
+}
+
+EncoderUNetModelImpl::EncoderUNetModelImpl(const ClassifierConfig& config) : config_(config) {
+  config_.validate();
+  with_context("classifier config", [&] {
+    time_embed_ = register_module("time_embed", make_time_embed(config_));
+    down_ = build_down_path(config_);
+    register_module("input_blocks", down_.input_blocks);
+    register_module("middle_block", down_.middle_block);
+    const int64_t ch = down_.channels;
+    if (config_.pool == "adaptive") {
+      auto head = torch::nn::Conv2d(torch::nn::Conv2dOptions(ch, config_.num_classes, 1));
+      zero_parameters(*head);
+      out_ = torch::nn::Sequential(
+          make_group_norm(config_.norm_groups, ch), torch::nn::SiLU(),
+          torch::nn::AdaptiveAvgPool2d(torch::nn::AdaptiveAvgPool2dOptions({1, 1})), head,
+          torch::nn::Flatten());
+    } else {
+      const int64_t heads = attention_heads(ch, config_.num_heads, config_.num_head_channels);
+      out_ = torch::nn::Sequential(make_group_norm(config_.norm_groups, ch), torch::nn::SiLU(),
+                                   AttentionPool2d(config_.image_size / down_.downsample_rate, ch,
+                                                   heads, config_.num_classes));
+    }
+    register_module("out", out_);
+  });
+}
+
+torch::Tensor EncoderUNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor& time) {
+  check_image_input(x, config_);
+  if (config_.pool == "attention" &&
+      (x.size(2) != config_.image_size || x.size(3) != config_.image_size)) {
+    throw InputError("x must be " + std::to_string(config_.image_size) + "x" +
+                     std::to_string(config_.image_size) +
+                     " for this classifier (attention pooling has a fixed size), got " +
+                     c10::str(x.sizes()));
+  }
+  const auto emb = embed_time(time_embed_, config_, time, x);
+  return out_->forward(down_.forward(x, emb, nullptr));
+}
+
+}  // namespace guidiff

@@ -1,0 +1,314 @@
+// ADM UNet building blocks (see unet_blocks.hpp).
+#include "guidiff/models/unet_blocks.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "guidiff/core/errors.hpp"
+
+namespace guidiff {
+namespace {
+
+namespace F = torch::nn::functional;
+
+// Broadcasts an [N, C] embedding over the spatial dimensions of h.
+torch::Tensor broadcast_like(torch::Tensor emb, const torch::Tensor& h) {
+  while (emb.dim() < h.dim()) emb = emb.unsqueeze(-1);
+  return emb;
+}
+
+// Softmax attention of per-head q, k, v [B, c, T] -> [B, c, T]; Vaswani et al. Eq. 1 with
+// 1/sqrt(c) applied as c^(-1/4) to both q and k.
+torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(q.size(1))));
+  const auto weight = torch::bmm((q * scale).transpose(1, 2), k * scale);  // [B, T, S]
+  // Half-precision scores are normalised in float32, as guided-diffusion does; float32 and
+  // float64 stay as they are.
+  const auto softmax_type = at::promote_types(weight.scalar_type(), torch::kFloat32);
+  const auto probabilities = torch::softmax(weight.to(softmax_type), -1).to(weight.scalar_type());
+  return torch::bmm(v, probabilities.transpose(1, 2));  // [B, c, T]
+}
+
+void check_qkv(const torch::Tensor& qkv, int64_t heads) {
+  if (qkv.dim() != 3 || qkv.size(1) % (3 * heads) != 0) {
+    throw ModelError("qkv attention: expected [N, 3 * " + std::to_string(heads) + " * C, T], got " +
+                     c10::str(qkv.sizes()));
+  }
+}
+
+}  // namespace
+
+torch::nn::GroupNorm make_group_norm(int64_t groups, int64_t channels) {
+  if (groups <= 0 || channels % groups != 0) {
+    throw InputError("norm_groups = " + std::to_string(groups) + " does not divide the " +
+                     std::to_string(channels) + " channels of a normalisation layer");
+  }
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(1e-5));
+}
+
+void zero_parameters(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) parameter.zero_();
+}
+
+torch::Tensor upsample_nearest(const torch::Tensor& x) {
+  return F::interpolate(x, F::InterpolateFuncOptions()
+                               .scale_factor(std::vector<double>{2.0, 2.0})
+                               .mode(torch::kNearest));
+}
+
+torch::Tensor downsample_average(const torch::Tensor& x) {
+  return torch::avg_pool2d(x, {2, 2}, {2, 2});
+}
+
+// ---- ResBlock ----
+
+ResBlockImpl::ResBlockImpl(const ResBlockOptions& options) : options_(options) {
+  const int64_t out = options.out_channels;
+  in_norm_ = make_group_norm(options.norm_groups, options.channels);
+  in_conv_ = torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels, out, 3).padding(1));
+  register_module("in_layers", torch::nn::Sequential(in_norm_, torch::nn::SiLU(), in_conv_));
+  emb_linear_ =
+      torch::nn::Linear(options.emb_channels, options.use_scale_shift_norm ? 2 * out : out);
+  register_module("emb_layers", torch::nn::Sequential(torch::nn::SiLU(), emb_linear_));
+  out_norm_ = make_group_norm(options.norm_groups, out);
+  dropout_ = torch::nn::Dropout(torch::nn::DropoutOptions(options.dropout));
+  out_conv_ = torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).padding(1));
+  zero_parameters(*out_conv_);
+  register_module("out_layers",
+                  torch::nn::Sequential(out_norm_, torch::nn::SiLU(), dropout_, out_conv_));
+  if (out != options.channels) {
+    skip_conv_ = register_module(
+        "skip_connection", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels, out, 1)));
+  }
+}
+
+torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& emb) {
+  torch::Tensor x = x_in;
+  torch::Tensor h = torch::silu(in_norm_(x));
+  // A resampling block resamples both branches after the first norm (guided-diffusion order).
+  if (options_.resample == Resample::up) {
+    h = upsample_nearest(h);
+    x = upsample_nearest(x);
+  } else if (options_.resample == Resample::down) {
+    h = downsample_average(h);
+    x = downsample_average(x);
+  }
+  h = in_conv_(h);
+  const auto emb_out = broadcast_like(emb_linear_(torch::silu(emb)).to(h.scalar_type()), h);
+  if (options_.use_scale_shift_norm) {
+    const auto scale_shift = emb_out.chunk(2, 1);
+    h = out_norm_(h) * (1 + scale_shift[0]) + scale_shift[1];
+  } else {
+    h = out_norm_(h + emb_out);
+  }
+  h = out_conv_(dropout_(torch::silu(h)));
+  return (skip_conv_ ? skip_conv_(x) : x) + h;
+}
+
+// ---- attention ----
+
+torch::Tensor qkv_attention_legacy(const torch::Tensor& qkv, int64_t heads) {
+  check_qkv(qkv, heads);
+  const int64_t batch = qkv.size(0), length = qkv.size(2);
+  const int64_t ch = qkv.size(1) / (3 * heads);
+  const auto parts = qkv.reshape({batch * heads, 3 * ch, length}).split(ch, 1);
+  return attend(parts[0], parts[1], parts[2]).reshape({batch, heads * ch, length});
+}
+
+torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t heads) {
+  check_qkv(qkv, heads);
+  const int64_t batch = qkv.size(0), length = qkv.size(2);
+  const int64_t ch = qkv.size(1) / (3 * heads);
+  const auto parts = qkv.chunk(3, 1);
+  const auto per_head = [&](const torch::Tensor& t) {
+    return t.reshape({batch * heads, ch, length});
+  };
+  return attend(per_head(parts[0]), per_head(parts[1]), per_head(parts[2]))
+      .reshape({batch, heads * ch, length});
+}
+
+int64_t attention_heads(int64_t channels, int64_t num_heads, int64_t num_head_channels) {
+  if (num_head_channels > 0) {
+    if (channels % num_head_channels != 0) {
+      throw InputError("num_head_channels = " + std::to_string(num_head_channels) +
+                       " does not divide the " + std::to_string(channels) +
+                       " channels of an attention layer");
+    }
+    return channels / num_head_channels;
+  }
+  if (num_heads <= 0 || channels % num_heads != 0) {
+    throw InputError("num_heads = " + std::to_string(num_heads) + " does not divide the " +
+                     std::to_string(channels) + " channels of an attention layer");
+  }
+  return num_heads;
+}
+
+AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t heads, bool new_attention_order,
+                                       int64_t norm_groups)
+    : heads_(heads), new_attention_order_(new_attention_order) {
+  norm_ = register_module("norm", make_group_norm(norm_groups, channels));
+  qkv_ = register_module("qkv",
+                         torch::nn::Conv1d(torch::nn::Conv1dOptions(channels, 3 * channels, 1)));
+  proj_out_ = register_module("proj_out",
+                              torch::nn::Conv1d(torch::nn::Conv1dOptions(channels, channels, 1)));
+  zero_parameters(*proj_out_);
+}
+
+torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
+  const auto sizes = x.sizes().vec();
+  const auto flat = x.reshape({sizes[0], sizes[1], -1});
+  const auto qkv = qkv_(norm_(flat));
+  const auto h =
+      new_attention_order_ ? qkv_attention(qkv, heads_) : qkv_attention_legacy(qkv, heads_);
+  return (flat + proj_out_(h)).reshape(sizes);
+}
+
+AttentionPool2dImpl::AttentionPool2dImpl(int64_t spatial_dim, int64_t embed_dim, int64_t heads,
+                                         int64_t output_dim)
+    : heads_(heads) {
+  positional_embedding_ = register_parameter(
+      "positional_embedding", torch::randn({embed_dim, spatial_dim * spatial_dim + 1}) /
+                                  std::sqrt(static_cast<double>(embed_dim)));
+  qkv_proj_ = register_module(
+      "qkv_proj", torch::nn::Conv1d(torch::nn::Conv1dOptions(embed_dim, 3 * embed_dim, 1)));
+  c_proj_ = register_module("c_proj",
+                            torch::nn::Conv1d(torch::nn::Conv1dOptions(embed_dim, output_dim, 1)));
+}
+
+torch::Tensor AttentionPool2dImpl::forward(const torch::Tensor& x) {
+  auto h = x.reshape({x.size(0), x.size(1), -1});         // [N, C, HW]
+  h = torch::cat({h.mean(-1, /*keepdim=*/true), h}, -1);  // [N, C, HW + 1]
+  if (h.size(2) != positional_embedding_.size(1)) {
+    throw InputError("attention pooling was built for " +
+                     std::to_string(positional_embedding_.size(1) - 1) + " positions, got a " +
+                     c10::str(x.sizes()) + " feature map (wrong image size?)");
+  }
+  h = h + positional_embedding_.unsqueeze(0).to(h.scalar_type());
+  h = c_proj_(qkv_attention(qkv_proj_(h), heads_));
+  return h.select(2, 0);
+}
+
+// ---- resampling layers ----
+
+DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv) {
+  if (use_conv) {
+    op_ = register_module(
+        "op",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(1)));
+  }
+}
+
+torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
+  return op_ ? op_(x) : downsample_average(x);
+}
+
+UpsampleImpl::UpsampleImpl(int64_t channels, bool use_conv) {
+  if (use_conv) {
+    conv_ = register_module(
+        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).padding(1)));
+  }
+}
+
+torch::Tensor UpsampleImpl::forward(const torch::Tensor& x) {
+  const auto h = upsample_nearest(x);
+  return conv_ ? conv_(h) : h;
+}
+
+// ---- containers ----
+
+void TimestepSequentialImpl::append(ResBlock block) {
+  auto registered = register_module(std::to_string(steps_.size()), block);
+  steps_.push_back([registered](const torch::Tensor& x, const torch::Tensor& emb) mutable {
+    return registered->forward(x, emb);
+  });
+}
+
+torch::Tensor TimestepSequentialImpl::forward(torch::Tensor x, const torch::Tensor& emb) {
+  for (auto& step : steps_) x = step(x, emb);
+  return x;
+}
+
+ResBlockOptions res_block_options(const UNetBackboneConfig& config, int64_t channels,
+                                  int64_t out_channels, Resample resample) {
+  ResBlockOptions options;
+  options.channels = channels;
+  options.out_channels = out_channels;
+  options.emb_channels = config.time_embed_dim();
+  options.dropout = config.dropout;
+  options.use_scale_shift_norm = config.use_scale_shift_norm;
+  options.norm_groups = config.norm_groups;
+  options.resample = resample;
+  return options;
+}
+
+AttentionBlock make_attention_block(const UNetBackboneConfig& config, int64_t channels) {
+  return AttentionBlock(channels,
+                        attention_heads(channels, config.num_heads, config.num_head_channels),
+                        config.use_new_attention_order, config.norm_groups);
+}
+
+torch::nn::Sequential make_time_embed(const UNetBackboneConfig& config) {
+  const int64_t width = config.time_embed_dim();
+  return torch::nn::Sequential(torch::nn::Linear(config.model_channels, width), torch::nn::SiLU(),
+                               torch::nn::Linear(width, width));
+}
+
+DownPath build_down_path(const UNetBackboneConfig& config) {
+  const auto attention_rates = config.attention_downsample_rates();
+  const auto has_attention = [&](int64_t rate) {
+    return std::find(attention_rates.begin(), attention_rates.end(), rate) != attention_rates.end();
+  };
+  DownPath path;
+  path.input_blocks = torch::nn::ModuleList();
+  const auto add_block = [&](TimestepSequential block, int64_t channels) {
+    path.input_blocks->push_back(block);
+    path.blocks.push_back(block);
+    path.block_channels.push_back(channels);
+  };
+
+  int64_t ch = config.channel_mult[0] * config.model_channels;
+  TimestepSequential conv_in;
+  conv_in->append(
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(config.in_channels, ch, 3).padding(1)));
+  add_block(conv_in, ch);
+  int64_t rate = 1;
+  for (int64_t level = 0; level < config.num_levels(); ++level) {
+    const int64_t width = config.channel_mult[level] * config.model_channels;
+    for (int64_t i = 0; i < config.num_res_blocks; ++i) {
+      TimestepSequential block;
+      block->append(ResBlock(res_block_options(config, ch, width)));
+      ch = width;
+      if (has_attention(rate)) block->append(make_attention_block(config, ch));
+      add_block(block, ch);
+    }
+    if (level + 1 < config.num_levels()) {
+      TimestepSequential down;
+      if (config.resblock_updown) {
+        down->append(ResBlock(res_block_options(config, ch, ch, Resample::down)));
+      } else {
+        down->append(Downsample(ch, config.conv_resample));
+      }
+      add_block(down, ch);
+      rate *= 2;
+    }
+  }
+  path.middle_block = TimestepSequential();
+  path.middle_block->append(ResBlock(res_block_options(config, ch, ch)));
+  path.middle_block->append(make_attention_block(config, ch));
+  path.middle_block->append(ResBlock(res_block_options(config, ch, ch)));
+  path.channels = ch;
+  path.downsample_rate = rate;
+  return path;
+}
+
+torch::Tensor DownPath::forward(torch::Tensor h, const torch::Tensor& emb,
+                                std::vector<torch::Tensor>* skips) {
+  for (auto& block : blocks) {
+    h = block->forward(h, emb);
+    if (skips != nullptr) skips->push_back(h);
+  }
+  return middle_block->forward(h, emb);
+}
+
+}  // namespace guidiff

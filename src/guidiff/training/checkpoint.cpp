@@ -1,0 +1,278 @@
+// Training checkpoints: weights, optimiser state, RNG and data position (see checkpoint.hpp).
+#include "guidiff/training/checkpoint.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <type_traits>
+
+#include "guidiff/core/errors.hpp"
+
+namespace guidiff {
+namespace {
+
+constexpr const char* kMetadataKey = "guidiff_resume";
+constexpr int64_t kFormat = 1;
+constexpr const char* kModelPrefix = "model.";
+constexpr const char* kEmaPrefix = "ema.";
+constexpr const char* kOptimizerPrefix = "optimizer.";
+constexpr const char* kRngKey = "rng.cpu";
+const char* const kAdamFields[] = {"exp_avg", "exp_avg_sq", "step"};
+
+FileError resume_error(const std::string& file, const std::string& what) {
+  return FileError("resume file '" + file + "': " + what);
+}
+
+bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
+}
+
+// The optimiser's state map is keyed by each parameter's TensorImpl: as a printed pointer
+// (std::string) in libtorch 1.13, as the pointer itself (void*) in later versions.
+template <typename StateMap>
+typename StateMap::key_type state_key(const StateMap&, const torch::Tensor& parameter) {
+  using Key = typename StateMap::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream text;
+    text << parameter.unsafeGetTensorImpl();
+    return text.str();
+  } else {
+    return static_cast<Key>(parameter.unsafeGetTensorImpl());
+  }
+}
+
+// The tensors under `prefix`, with the prefix removed.
+SafetensorsContents with_prefix(const SafetensorsContents& contents, const std::string& prefix) {
+  SafetensorsContents part;
+  for (const auto& [name, tensor] : contents.tensors) {
+    if (starts_with(name, prefix)) part.tensors.emplace_back(name.substr(prefix.size()), tensor);
+  }
+  return part;
+}
+
+void add_prefixed(NamedTensors& out, const std::string& prefix, const NamedTensors& tensors) {
+  for (const auto& [name, tensor] : tensors) out.emplace_back(prefix + name, tensor.detach());
+}
+
+// The first top-level field where two configs differ, for the message.
+std::string first_difference(const nlohmann::json& saved, const nlohmann::json& current) {
+  if (!saved.is_object() || !current.is_object()) return "the config";
+  for (const auto& [key, value] : saved.items()) {
+    if (!current.contains(key)) return "field \"" + key + "\" (" + value.dump() + " in the file, absent now)";
+    if (current.at(key) != value) {
+      return "field \"" + key + "\" (" + value.dump() + " in the file, " + current.at(key).dump() + " now)";
+    }
+  }
+  for (const auto& [key, value] : current.items()) {
+    if (!saved.contains(key)) return "field \"" + key + "\" (absent in the file, " + value.dump() + " now)";
+  }
+  return "the config";
+}
+
+ResumeState parse_metadata(const SafetensorsContents& contents, const std::string& file) {
+  const auto found = contents.metadata.find(kMetadataKey);
+  if (found == contents.metadata.end()) {
+    throw resume_error(file, std::string("metadata key '") + kMetadataKey + "' is missing (not a guidiff resume file)");
+  }
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(found->second);
+  } catch (const nlohmann::json::exception& error) {
+    throw resume_error(file, std::string("metadata '") + kMetadataKey + "' is not valid JSON (" + error.what() + ")");
+  }
+  const auto field = [&](const char* key) -> const nlohmann::json& {
+    if (!meta.is_object() || !meta.contains(key)) throw resume_error(file, std::string("metadata key '") + key + "' is missing");
+    return meta.at(key);
+  };
+  const auto integer = [&](const nlohmann::json& value, const std::string& key) {
+    if (!value.is_number_integer() || value.get<int64_t>() < 0) {
+      throw resume_error(file, "metadata key '" + key + "' must be a non-negative integer, got " + value.dump());
+    }
+    return value.get<int64_t>();
+  };
+  if (integer(field("format"), "format") != kFormat) {
+    throw resume_error(file, "metadata key 'format' is " + field("format").dump() + "; this guidiff reads format " +
+                                 std::to_string(kFormat));
+  }
+  ResumeState state;
+  state.step = integer(field("step"), "step");
+  const auto& position = field("next_position");
+  if (!position.is_object() || !position.contains("epoch") || !position.contains("offset")) {
+    throw resume_error(file, "metadata key 'next_position' must be {\"epoch\", \"offset\"}, got " + position.dump());
+  }
+  state.next_position.epoch = integer(position.at("epoch"), "next_position.epoch");
+  state.next_position.offset = integer(position.at("offset"), "next_position.offset");
+  for (const char* key : {"options", "model_config", "dataset", "interval"}) {
+    if (!field(key).is_object()) throw resume_error(file, std::string("metadata key '") + key + "' must be an object");
+  }
+  state.options = field("options");
+  state.model_config = field("model_config");
+  state.dataset = field("dataset");
+  state.interval = field("interval");
+  return state;
+}
+
+// Checks every name belongs to one of the file's sections.
+void check_sections(const SafetensorsContents& contents, const std::string& file) {
+  for (const auto& [name, tensor] : contents.tensors) {
+    if (starts_with(name, kModelPrefix) || starts_with(name, kEmaPrefix) || starts_with(name, kOptimizerPrefix) ||
+        name == kRngKey) {
+      continue;
+    }
+    throw resume_error(file, "unexpected key '" + name + "'");
+  }
+}
+
+// A copy of `model`'s network with the `prefix` weights loaded: validates them without
+// touching the real network.
+Model checked_weights(const Model& model, const SafetensorsContents& contents, const std::string& prefix,
+                      const std::string& file) {
+  Model copy = build_model(model.config);
+  load_model_state(*copy.module, with_prefix(contents, prefix), file + "' section '" + prefix + "*");
+  return copy;
+}
+
+void copy_weights(const Model& from, Model& to) {
+  torch::NoGradGuard no_grad;
+  const auto source = model_state(*from.module);
+  auto target = model_state(*to.module);
+  for (size_t i = 0; i < target.size(); ++i) target[i].second.copy_(source[i].second);
+}
+
+}  // namespace
+
+RunFiles run_files(const std::string& out_dir) {
+  const std::filesystem::path dir(out_dir);
+  return {(dir / "model").string(), (dir / "raw").string(), (dir / "resume.safetensors").string(),
+          (dir / "log.jsonl").string(), (dir / "samples").string()};
+}
+
+NamedTensors adamw_state(const torch::nn::Module& module, torch::optim::AdamW& optimizer) {
+  NamedTensors tensors;
+  auto& states = optimizer.state();
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    const auto found = states.find(state_key(states, item.value()));
+    if (found == states.end()) continue;
+    const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*found->second);
+    const std::string base = kOptimizerPrefix + item.key() + ".";
+    tensors.emplace_back(base + "exp_avg", adam.exp_avg());
+    tensors.emplace_back(base + "exp_avg_sq", adam.exp_avg_sq());
+    tensors.emplace_back(base + "step", torch::tensor({adam.step()}, torch::kInt64));
+  }
+  return tensors;
+}
+
+void load_adamw_state(const torch::nn::Module& module, torch::optim::AdamW& optimizer,
+                      const SafetensorsContents& contents, const std::string& file) {
+  std::map<std::string, torch::Tensor> parameters;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) parameters.emplace(item.key(), item.value());
+  // Group the file's tensors by parameter, checking names, shapes and dtypes first.
+  std::map<std::string, std::map<std::string, torch::Tensor>> groups;
+  for (const auto& [name, tensor] : contents.tensors) {
+    if (!starts_with(name, kOptimizerPrefix)) continue;
+    const auto rest = name.substr(std::string(kOptimizerPrefix).size());
+    const auto dot = rest.rfind('.');
+    const auto parameter = dot == std::string::npos ? rest : rest.substr(0, dot);
+    const auto field = dot == std::string::npos ? std::string() : rest.substr(dot + 1);
+    const auto target = parameters.find(parameter);
+    if (target == parameters.end() || (field != "exp_avg" && field != "exp_avg_sq" && field != "step")) {
+      throw resume_error(file, "unexpected key '" + name + "' (the model has no such parameter or optimiser field)");
+    }
+    if (field == "step") {
+      if (tensor.scalar_type() != torch::kInt64 || tensor.numel() != 1 || tensor.item<int64_t>() < 1) {
+        throw resume_error(file, "key '" + name + "' must be one positive int64");
+      }
+    } else if (tensor.sizes() != target->second.sizes() || !tensor.is_floating_point()) {
+      throw resume_error(file, "key '" + name + "' has shape " + c10::str(tensor.sizes()) + " and dtype " +
+                                   c10::toString(tensor.scalar_type()) + "; parameter '" + parameter +
+                                   "' needs a floating tensor of shape " + c10::str(target->second.sizes()));
+    }
+    groups[parameter][field] = tensor;
+  }
+  for (const auto& [parameter, fields] : groups) {
+    for (const char* field : kAdamFields) {
+      if (fields.count(field) == 0) {
+        throw resume_error(file, std::string("missing key '") + kOptimizerPrefix + parameter + "." + field + "'");
+      }
+    }
+  }
+  auto& states = optimizer.state();
+  states.clear();
+  for (const auto& [parameter, fields] : groups) {
+    const auto& target = parameters.at(parameter);
+    auto adam = std::make_unique<torch::optim::AdamWParamState>();
+    adam->step(fields.at("step").item<int64_t>());
+    adam->exp_avg(fields.at("exp_avg").to(target.options()).clone());
+    adam->exp_avg_sq(fields.at("exp_avg_sq").to(target.options()).clone());
+    states[state_key(states, target)] = std::move(adam);
+  }
+}
+
+void save_resume_file(const std::string& path, const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
+                      const ResumeState& state) {
+  NamedTensors tensors;
+  add_prefixed(tensors, kModelPrefix, model_state(*model.module));
+  add_prefixed(tensors, kEmaPrefix, model_state(*ema.module));
+  const auto optimizer_tensors = adamw_state(*model.module, optimizer);
+  tensors.insert(tensors.end(), optimizer_tensors.begin(), optimizer_tensors.end());
+  tensors.emplace_back(kRngKey, state.cpu_rng_state);
+  const nlohmann::json meta = {
+      {"format", kFormat},
+      {"step", state.step},
+      {"next_position", {{"epoch", state.next_position.epoch}, {"offset", state.next_position.offset}}},
+      {"options", state.options},
+      {"model_config", state.model_config},
+      {"dataset", state.dataset},
+      {"interval", state.interval}};
+  save_safetensors(path, tensors, {{"format", "pt"}, {kMetadataKey, meta.dump()}});
+}
+
+ResumeState load_resume_file(const std::string& path, Model& model, Model& ema, torch::optim::AdamW& optimizer) {
+  if (!std::filesystem::exists(path)) throw resume_error(path, "not found (nothing to resume)");
+  const SafetensorsContents contents = load_safetensors(path);
+  ResumeState state = parse_metadata(contents, path);
+  if (state.model_config != model.config) {
+    throw resume_error(path, "the model config differs from the checkpoint's: " +
+                                 first_difference(state.model_config, model.config));
+  }
+  check_sections(contents, path);
+  const torch::Tensor* rng = contents.find(kRngKey);
+  const auto current_rng = cpu_rng_state();
+  if (rng == nullptr) throw resume_error(path, std::string("missing key '") + kRngKey + "'");
+  if (rng->scalar_type() != torch::kUInt8 || rng->sizes() != current_rng.sizes()) {
+    throw resume_error(path, std::string("key '") + kRngKey + "' must be uint8 " + c10::str(current_rng.sizes()) +
+                                 ", got " + c10::toString(rng->scalar_type()) + " " + c10::str(rng->sizes()));
+  }
+  state.cpu_rng_state = rng->clone();
+  // Validate both weight sets on copies, then the optimiser (all or nothing), then commit.
+  const Model loaded_model = checked_weights(model, contents, kModelPrefix, path);
+  const Model loaded_ema = checked_weights(ema, contents, kEmaPrefix, path);
+  load_adamw_state(*model.module, optimizer, contents, path);
+  copy_weights(loaded_model, model);
+  copy_weights(loaded_ema, ema);
+  return state;
+}
+
+void save_checkpoint(const RunFiles& files, const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
+                     const ResumeState& state) {
+  save_model(ema, files.ema_prefix);
+  save_model(model, files.raw_prefix);
+  save_resume_file(files.resume, model, ema, optimizer, state);
+}
+
+torch::Tensor cpu_rng_state() {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  return generator.get_state();
+}
+
+void set_cpu_rng_state(const torch::Tensor& state) {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state);
+}
+
+}  // namespace guidiff

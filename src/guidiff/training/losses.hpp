@@ -1,0 +1,140 @@
+// Training objectives: the denoiser losses of DDPM / Improved DDPM / classifier-free guidance
+// and the noisy classifier's cross-entropy, with the small named formulas they are built from.
+// Every random draw comes from the caller's generator, in the order each function states, so
+// a training step is a pure function of (weights, batch, generator seed).
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "guidiff/models/denoiser.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
+#include "guidiff/schedule/log_snr_schedule.hpp"
+
+namespace guidiff {
+
+// ---- Formulas -------------------------------------------------------------------------
+
+// KL(N(mean1, exp(log_var1)) || N(mean2, exp(log_var2))) per element, in nats:
+// 0.5 (-1 + log_var2 - log_var1 + exp(log_var1 - log_var2) + (mean1 - mean2)^2 exp(-log_var2)).
+// Arguments broadcast against each other.
+torch::Tensor normal_kl(const torch::Tensor& mean1, const torch::Tensor& log_var1,
+                        const torch::Tensor& mean2, const torch::Tensor& log_var2);
+
+// Phi(x) = (1 + erf(x / sqrt 2)) / 2, the standard normal CDF.
+torch::Tensor standard_normal_cdf(const torch::Tensor& x);
+
+// log p(x) per element under the discretised Gaussian decoder of DDPM Sec. 3.3 (eq. 13): data
+// in [-1, 1] quantised to 256 levels, each level the bin x +- 1/255 of N(mean, exp(log_scale)^2),
+// the two outermost bins extended to -inf / +inf. Probabilities are floored at 1e-12.
+torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const torch::Tensor& mean,
+                                                  const torch::Tensor& log_scale);
+
+// The mean over every dimension but the first: [N, ...] -> [N].
+torch::Tensor mean_over_sample(const torch::Tensor& x);
+
+// ---- Draws ----------------------------------------------------------------------------
+
+// t ~ U{0, ..., num_timesteps - 1}, int64 [batch] (one draw from `generator`).
+torch::Tensor uniform_timesteps(int64_t batch, int64_t num_timesteps, torch::Generator& generator);
+
+// Label dropout of classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label is
+// replaced by the null class `num_classes` with probability p_uncond (one U[0, 1) draw per
+// label from `generator`, made even when p_uncond is 0 so the stream does not depend on it).
+// labels: int64 [N]. Throws InputError unless 0 <= p_uncond <= 1.
+torch::Tensor drop_labels(const torch::Tensor& labels, double p_uncond, int64_t num_classes,
+                          torch::Generator& generator);
+
+// ---- Denoiser losses ------------------------------------------------------------------
+
+enum class DiffusionObjective {
+  eps,             // DDPM eq. 14, L_simple: || eps - eps_theta(x_t, t) ||^2, t uniform
+  hybrid,          // Improved DDPM Sec. 3.1: L_simple + lambda L_vlb (learned variance)
+  cfg_continuous,  // Ho & Salimans 2022 Algorithm 1: eps MSE at lambda(u), u ~ U[0, 1]
+};
+DiffusionObjective parse_objective(const std::string& name);  // "eps" | "hybrid" | "cfg-continuous"
+std::string to_string(DiffusionObjective objective);
+
+// Scalars averaged over the batch. mse is the per-sample mean of (eps - eps_theta)^2; vlb is
+// the per-sample L_t in bits per dimension (defined for hybrid only); loss is what is
+// minimised.
+struct DiffusionLoss {
+  torch::Tensor loss;
+  torch::Tensor mse;
+  torch::Tensor vlb;
+};
+
+// The VLB term L_t per sample, in bits per dimension (Improved DDPM eqs. 4-6; guided-diffusion's
+// _vb_terms_bpd): KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t)) for t > 0, and the decoder
+// NLL -log p_theta(x0 | x1) (discretised Gaussian) at t = 0. p_theta has the learned-range
+// variance of Improved DDPM eq. 15 and the mean implied by `eps`, without clipping. Pass
+// eps.detach() for the stop-gradient of Sec. 3.1 (then only the variance learns from L_vlb).
+// step_index indexes `schedule`, which must be the unrespaced training schedule.
+torch::Tensor vlb_terms(const DiscreteSchedule& schedule, const torch::Tensor& x0,
+                        const torch::Tensor& x_t, const torch::Tensor& step_index,
+                        const torch::Tensor& eps, const torch::Tensor& variance_output);
+
+// One batch of the discrete-time objective (eps or hybrid). Draws, in order: t (uniform_timesteps),
+// the noise eps ~ N(0, I) shaped like x0, and the label dropout (conditional models only).
+// Then x_t = q_sample(x0, t, eps) (DDPM eq. 4) and, for hybrid,
+//   loss = mse + vlb_weight * T * L_t,
+// the uniform-t estimate of lambda L_vlb with L_vlb = sum_t L_t (Improved DDPM Sec. 3.1,
+// lambda = 0.001), the KL computed with the model's eps detached. labels: int64 [N], ignored
+// by an unconditional model (num_classes() == 0). Throws ModelError when the objective does
+// not fit the model (hybrid without a learned variance, eps with one, a log-SNR-time model).
+DiffusionLoss discrete_diffusion_loss(Denoiser& model, const DiscreteSchedule& schedule,
+                                      DiffusionObjective objective, const torch::Tensor& x0,
+                                      const torch::Tensor& labels, double p_uncond,
+                                      double vlb_weight, torch::Generator& generator);
+
+// One batch of Ho & Salimans 2022 Algorithm 1 for a log-SNR-time model. Draws, in order:
+// u ~ U[0, 1) [N], eps ~ N(0, I) like x0, the label dropout (conditional models only). Then
+// lambda = schedule.lambda_of_u(u), z = alpha_lambda x0 + sigma_lambda eps with
+// alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda), and loss = mse of eps_theta(z, lambda).
+// Throws ModelError for a discrete-time model.
+DiffusionLoss continuous_diffusion_loss(Denoiser& model, const LogSnrSchedule& schedule,
+                                        const torch::Tensor& x0, const torch::Tensor& labels,
+                                        double p_uncond, torch::Generator& generator);
+
+// ---- Classifier loss ------------------------------------------------------------------
+
+struct ClassifierLoss {
+  torch::Tensor loss;       // mean cross-entropy, scalar
+  torch::Tensor timesteps;  // int64 [N], the t each sample was noised to
+  torch::Tensor correct;    // bool [N], argmax logits == label
+};
+
+// The noise-aware classifier of Dhariwal & Nichol 2021 (Sec. 4.1): t ~ U{0, ..., max_t - 1},
+// then eps ~ N(0, I), x_t = q_sample(x0, t, eps), loss = cross-entropy(classifier(x_t, t), y).
+// Throws ModelError for a log-SNR-time classifier and InputError unless 1 <= max_t <= T.
+ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& schedule,
+                               const torch::Tensor& x0, const torch::Tensor& labels, int64_t max_t,
+                               torch::Generator& generator);
+
+// Accuracy per noise-level bucket: [0, max_t) cut into `buckets` equal ranges of t.
+class BucketAccuracy {
+ public:
+  BucketAccuracy(int64_t max_t, int64_t buckets);  // InputError unless both >= 1
+  void add(const torch::Tensor& timesteps, const torch::Tensor& correct);
+  void clear();
+  int64_t bucket_of(int64_t t) const;
+  int64_t buckets() const { return static_cast<int64_t>(total_.size()); }
+  int64_t total(int64_t bucket) const { return total_.at(static_cast<size_t>(bucket)); }
+  int64_t correct(int64_t bucket) const { return correct_.at(static_cast<size_t>(bucket)); }
+  double overall() const;  // NaN when empty
+  // [{"t_min", "t_max" (inclusive), "count", "accuracy" (null when count is 0)}, ...]
+  nlohmann::json to_json() const;
+  // Counts as saved by counts_json() / restored by restore_counts() (for resume files).
+  nlohmann::json counts_json() const;
+  void restore_counts(const nlohmann::json& counts);  // InputError if the shape differs
+
+ private:
+  int64_t max_t_;
+  std::vector<int64_t> correct_;
+  std::vector<int64_t> total_;
+};
+
+}  // namespace guidiff

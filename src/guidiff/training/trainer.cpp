@@ -1,0 +1,440 @@
+// The training loop (see trainer.hpp).
+#include "guidiff/training/trainer.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/data/batch_loader.hpp"
+#include "guidiff/data/random_order.hpp"
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/models/model_sample_shape.hpp"
+#include "guidiff/training/checkpoint.hpp"
+#include "guidiff/training/preview.hpp"
+
+namespace guidiff {
+namespace {
+
+// The data_random_bits domain of the per-step training draws (the data layer uses 1 and 2).
+constexpr uint64_t kTrainingStepDomain = 16;
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// bfloat16 autocast over one forward pass (CPU or CUDA). Leaving the scope clears autocast's
+// cache of lower-precision weight copies, which the next optimiser step makes stale.
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, const torch::Device& device) : enabled_(enabled), cuda_(device.is_cuda()) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    const auto type = cuda_ ? at::kCUDA : at::kCPU;
+    at::autocast::set_autocast_dtype(type, at::kBFloat16);
+    at::autocast::set_autocast_enabled(type, true);
+#else
+    if (cuda_) {
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+      at::autocast::set_enabled(true);
+    } else {
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(true);
+    }
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, false);
+#else
+    if (cuda_) {
+      at::autocast::set_enabled(false);
+    } else {
+      at::autocast::set_cpu_enabled(false);
+    }
+#endif
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  bool cuda_;
+};
+
+// Sums over the steps since the last log line (kept in the resume file, so a resumed run
+// logs the same averages).
+struct IntervalStats {
+  double loss = 0.0, mse = 0.0, vlb = 0.0, grad_norm = 0.0;
+  int64_t steps = 0;
+  BucketAccuracy accuracy;
+
+  explicit IntervalStats(const BucketAccuracy& empty) : accuracy(empty) {}
+  void clear() {
+    loss = mse = vlb = grad_norm = 0.0;
+    steps = 0;
+    accuracy.clear();
+  }
+  nlohmann::json to_json() const {
+    return {{"loss", loss}, {"mse", mse}, {"vlb", vlb}, {"grad_norm", grad_norm}, {"steps", steps},
+            {"accuracy", accuracy.counts_json()}};
+  }
+  void restore(const nlohmann::json& saved, const std::string& file) {
+    try {
+      loss = saved.at("loss").get<double>();
+      mse = saved.at("mse").get<double>();
+      vlb = saved.at("vlb").get<double>();
+      grad_norm = saved.at("grad_norm").get<double>();
+      steps = saved.at("steps").get<int64_t>();
+      accuracy.restore_counts(saved.at("accuracy"));
+    } catch (const std::exception& error) {
+      throw FileError("resume file '" + file + "': metadata key 'interval' is malformed (" + error.what() + ")");
+    }
+  }
+};
+
+// Options whose change would alter the trajectory of a resumed run.
+const char* const kTrajectoryKeys[] = {"task",         "objective",    "schedule",  "timesteps", "p_uncond",
+                                       "vlb_weight",   "max_t",        "accuracy_buckets", "batch_size",
+                                       "lr",           "weight_decay", "warmup_steps", "ema_rate", "grad_clip",
+                                       "bf16",         "random_flip",  "seed"};
+
+void check_resumable(const nlohmann::json& saved, const TrainingOptions& options, const std::string& file) {
+  const nlohmann::json current = options.to_json();
+  for (const char* key : kTrajectoryKeys) {
+    if (!saved.contains(key) || saved.at(key) != current.at(key)) {
+      throw FileError("resume file '" + file + "': option '" + key + "' is " +
+                      (saved.contains(key) ? saved.at(key).dump() : std::string("absent")) +
+                      " in the checkpoint but " + current.at(key).dump() + " now; resume with the same value");
+    }
+  }
+}
+
+void check_data_fits(const Model& model, const Dataset& data, TrainingTask task) {
+  data.validate();
+  const auto shape = model_sample_shape(model);
+  const auto data_shape = data.images.sizes().slice(1).vec();
+  if (data_shape != shape) {
+    throw InputError("data '" + data.name + "' has samples of shape " + c10::str(data_shape) + " but the " +
+                     model_kind_name(model.kind) + " works on " + c10::str(shape));
+  }
+  const int64_t classes = task == TrainingTask::diffusion ? model.denoiser->num_classes() : model.classifier->num_classes();
+  if (classes > 0 && classes != data.num_classes) {
+    throw InputError("the model has num_classes " + std::to_string(classes) + " but data '" + data.name + "' has " +
+                     std::to_string(data.num_classes) + " classes");
+  }
+}
+
+LogSnrSchedule log_snr_schedule_of(const Model& model) {
+  LogSnrSchedule schedule;
+  schedule.lambda_min = model.config.value("lambda_min", schedule.lambda_min);
+  schedule.lambda_max = model.config.value("lambda_max", schedule.lambda_max);
+  return schedule;
+}
+
+void update_ema(const torch::nn::Module& model, torch::nn::Module& ema, double rate) {
+  torch::NoGradGuard no_grad;
+  const auto source = model.parameters();
+  auto target = ema.parameters();
+  for (size_t i = 0; i < target.size(); ++i) target[i].mul_(rate).add_(source[i], 1.0 - rate);
+  const auto source_buffers = model.buffers();
+  auto target_buffers = ema.buffers();
+  for (size_t i = 0; i < target_buffers.size(); ++i) target_buffers[i].copy_(source_buffers[i]);
+}
+
+// Log lines of steps up to `last_step` (earlier lines of a resumed run), rewritten atomically.
+void keep_log_until(const std::string& path, int64_t last_step) {
+  if (!std::filesystem::exists(path)) return;
+  std::istringstream lines(read_file_bytes(path));
+  std::string kept, line;
+  while (std::getline(lines, line)) {
+    try {
+      const auto record = nlohmann::json::parse(line);
+      if (record.value("step", std::numeric_limits<int64_t>::max()) <= last_step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // A line cut short by a crash: dropped.
+    }
+  }
+  write_file_atomically(path, kept);
+}
+
+class TrainingRun {
+ public:
+  TrainingRun(Model& model, const Dataset& data, const TrainingOptions& options, const TrainingHooks& hooks)
+      : model_(model),
+        data_(data),
+        options_(options),
+        hooks_(hooks),
+        files_(run_files(options.out_dir)),
+        max_t_(options.max_t > 0 ? options.max_t : options.timesteps),
+        schedule_(make_schedule(options.schedule, options.timesteps)),
+        interval_(BucketAccuracy(max_t_, options.accuracy_buckets)) {}
+
+  TrainingResult run();
+
+ private:
+  void prepare();
+  void start_fresh();
+  void resume();
+  struct StepResult {
+    double loss;
+    double grad_norm;  // before clipping
+  };
+  StepResult train_step(const Batch& batch, int64_t step);
+  torch::Tensor loss_of(const torch::Tensor& x0, const torch::Tensor& labels, torch::Generator& generator);
+  void save(int64_t steps_done);
+  void write_log_line(int64_t steps_done, double lr);
+  void notify(const std::string& message) const {
+    if (hooks_.on_message) hooks_.on_message(message);
+  }
+
+  Model& model_;
+  const Dataset& data_;
+  const TrainingOptions options_;
+  const TrainingHooks& hooks_;
+  const RunFiles files_;
+  const int64_t max_t_;
+  const DiscreteSchedule schedule_;
+  Model ema_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::vector<torch::Tensor> parameters_;
+  IntervalStats interval_;
+  ResumeState state_;
+  int64_t last_saved_ = -1;
+  Clock::time_point interval_start_ = Clock::now();
+  int64_t interval_images_ = 0;
+  // The current step's parts of the loss, for the log.
+  double step_mse_ = 0.0, step_vlb_ = 0.0;
+};
+
+void TrainingRun::prepare() {
+  options_.validate();
+  if (options_.task == TrainingTask::diffusion && !model_.denoiser) {
+    throw InputError(std::string("--config: diffusion training needs a denoiser (kind unet or mlp_denoiser), got ") +
+                     model_kind_name(model_.kind));
+  }
+  if (options_.task == TrainingTask::classifier && !model_.classifier) {
+    throw InputError(std::string("--config: classifier training needs a classifier (kind encoder_unet or mlp_classifier), got ") +
+                     model_kind_name(model_.kind));
+  }
+  check_data_fits(model_, data_, options_.task);
+  if (options_.random_flip && !data_.holds_images()) throw InputError("--random-flip applies to image data");
+  std::error_code error;
+  std::filesystem::create_directories(options_.out_dir, error);
+  if (error || !std::filesystem::is_directory(options_.out_dir)) {
+    throw FileError("--out-dir '" + options_.out_dir + "': cannot create the directory (" + error.message() + ")");
+  }
+  model_.module->to(options_.device);
+  model_.module->train();
+  ema_ = build_model(model_.config);
+  ema_.module->to(options_.device);
+  ema_.module->eval();
+  for (auto& parameter : ema_.module->parameters()) parameter.set_requires_grad(false);
+  parameters_ = model_.module->parameters();
+  optimizer_ = std::make_unique<torch::optim::AdamW>(
+      parameters_, torch::optim::AdamWOptions(options_.lr).weight_decay(options_.weight_decay));
+  state_.options = options_.to_json();
+  state_.model_config = model_.config;
+  state_.dataset = {{"name", data_.name}, {"size", data_.size()}};
+}
+
+void TrainingRun::start_fresh() {
+  if (std::filesystem::exists(files_.resume)) {
+    throw InputError("--out-dir '" + options_.out_dir +
+                     "' already holds a training run (resume.safetensors): pass --resume to continue it, or choose another directory");
+  }
+  update_ema(*model_.module, *ema_.module, 0.0);  // the EMA starts as the initial weights
+  write_file_atomically(files_.log, "");
+  torch::manual_seed(options_.seed);  // network dropout
+}
+
+void TrainingRun::resume() {
+  const ResumeState saved = load_resume_file(files_.resume, model_, ema_, *optimizer_);
+  check_resumable(saved.options, options_, files_.resume);
+  if (saved.dataset != state_.dataset) {
+    throw FileError("resume file '" + files_.resume + "': key 'dataset' is " + saved.dataset.dump() +
+                    " but this run's data is " + state_.dataset.dump());
+  }
+  interval_.restore(saved.interval, files_.resume);
+  set_cpu_rng_state(saved.cpu_rng_state);
+  state_.step = saved.step;
+  state_.next_position = saved.next_position;
+  last_saved_ = saved.step;
+  keep_log_until(files_.log, saved.step);
+  notify("resumed from step " + std::to_string(saved.step) + " (epoch " + std::to_string(saved.next_position.epoch) +
+         ", sample " + std::to_string(saved.next_position.offset) + ")");
+}
+
+torch::Tensor TrainingRun::loss_of(const torch::Tensor& x0, const torch::Tensor& labels, torch::Generator& generator) {
+  if (options_.task == TrainingTask::classifier) {
+    const ClassifierLoss result = classifier_loss(*model_.classifier, schedule_, x0, labels, max_t_, generator);
+    interval_.accuracy.add(result.timesteps, result.correct);
+    return result.loss;
+  }
+  DiffusionLoss result;
+  if (options_.objective == DiffusionObjective::cfg_continuous) {
+    result = continuous_diffusion_loss(*model_.denoiser, log_snr_schedule_of(model_), x0, labels, options_.p_uncond,
+                                       generator);
+  } else {
+    result = discrete_diffusion_loss(*model_.denoiser, schedule_, options_.objective, x0, labels, options_.p_uncond,
+                                     options_.vlb_weight, generator);
+  }
+  step_mse_ = result.mse.item<double>();
+  step_vlb_ = result.vlb.defined() ? result.vlb.item<double>() : 0.0;
+  return result.loss;
+}
+
+TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step) {
+  torch::Generator generator = training_step_generator(options_.seed, step);
+  const double lr = options_.learning_rate(step);
+  for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  torch::Tensor loss;
+  {
+    AutocastScope autocast(options_.bf16, options_.device);
+    loss = loss_of(batch.images.to(options_.device), batch.labels.to(options_.device), generator);
+  }
+  const double value = loss.item<double>();
+  const std::string kept = last_saved_ >= 0 ? "the checkpoint of step " + std::to_string(last_saved_) + " in '" +
+                                                  options_.out_dir + "' is kept"
+                                            : "no checkpoint had been written yet";
+  if (!std::isfinite(value)) {
+    throw NumericError("training loss is " + std::string(std::isnan(value) ? "nan" : "inf") + " at step " +
+                       std::to_string(step + 1) + " (lr " + std::to_string(lr) + "); stopped, " + kept);
+  }
+  loss.backward();
+  const double max_norm = options_.grad_clip > 0.0 ? options_.grad_clip : std::numeric_limits<double>::infinity();
+  const double grad_norm = torch::nn::utils::clip_grad_norm_(parameters_, max_norm);
+  if (!std::isfinite(grad_norm)) {
+    throw NumericError("gradient norm is not finite at step " + std::to_string(step + 1) + "; stopped, " + kept);
+  }
+  optimizer_->step();
+  // Gradients are dropped, not zeroed, so a parameter without one is skipped by AdamW alike in
+  // an uninterrupted and a resumed run.
+  for (auto& parameter : parameters_) parameter.mutable_grad().reset();
+  update_ema(*model_.module, *ema_.module, options_.ema_rate);
+
+  interval_.loss += value;
+  interval_.mse += step_mse_;
+  interval_.vlb += step_vlb_;
+  interval_.grad_norm += grad_norm;
+  interval_.steps += 1;
+  interval_images_ += batch.images.size(0);
+  return {value, grad_norm};
+}
+
+void TrainingRun::save(int64_t steps_done) {
+  state_.step = steps_done;
+  state_.interval = interval_.to_json();
+  state_.cpu_rng_state = cpu_rng_state();
+  save_checkpoint(files_, model_, ema_, *optimizer_, state_);
+  last_saved_ = steps_done;
+}
+
+void TrainingRun::write_log_line(int64_t steps_done, double lr) {
+  const double n = static_cast<double>(std::max<int64_t>(interval_.steps, 1));
+  nlohmann::json record = {{"step", steps_done},
+                           {"loss", interval_.loss / n},
+                           {"lr", lr},
+                           {"grad_norm", interval_.grad_norm / n},
+                           {"images_per_sec", interval_images_ / std::max(seconds_since(interval_start_), 1e-9)}};
+  if (options_.task == TrainingTask::classifier) {
+    record["accuracy"] = interval_.accuracy.overall();
+    record["accuracy_by_t"] = interval_.accuracy.to_json();
+  } else if (options_.objective == DiffusionObjective::hybrid) {
+    record["mse"] = interval_.mse / n;
+    record["vlb"] = interval_.vlb / n;
+  }
+  std::ofstream log(files_.log, std::ios::app);
+  log << record.dump() << "\n";
+  if (!log) throw FileError("cannot append to the training log '" + files_.log + "'");
+  interval_.clear();
+  interval_start_ = Clock::now();
+  interval_images_ = 0;
+}
+
+TrainingResult TrainingRun::run() {
+  prepare();
+  if (options_.resume) {
+    resume();
+  } else {
+    start_fresh();
+  }
+  TrainingResult result;
+  result.first_step = state_.step;
+  result.last_step = state_.step;
+  if (state_.step >= options_.steps) {
+    notify("nothing to do: the checkpoint is at step " + std::to_string(state_.step) + " and --steps is " +
+           std::to_string(options_.steps));
+    result.ema = ema_;
+    return result;
+  }
+  BatchLoaderOptions loader_options;
+  loader_options.batch_size = options_.batch_size;
+  loader_options.seed = options_.seed;
+  loader_options.random_flip = options_.random_flip;
+  loader_options.start = state_.next_position;
+  BatchLoader loader(data_, loader_options);
+
+  const auto run_start = Clock::now();
+  int64_t images = 0;
+  for (int64_t step = state_.step; step < options_.steps; ++step) {
+    if (hooks_.should_stop && hooks_.should_stop()) {
+      if (last_saved_ != step) save(step);
+      notify("interrupted: checkpoint saved at step " + std::to_string(step) + " in '" + options_.out_dir +
+             "'; continue with --resume");
+      result.interrupted = true;
+      break;
+    }
+    const Batch batch = loader.next();
+    const StepResult outcome = train_step(batch, step);
+    const int64_t done = step + 1;
+    state_.next_position = batch.next_position;
+    result.losses.push_back(outcome.loss);
+    result.last_step = done;
+    images += batch.images.size(0);
+
+    const double lr = options_.learning_rate(step);
+    if (hooks_.on_step) {
+      StepReport report;
+      report.step = done;
+      report.total_steps = options_.steps;
+      report.loss = outcome.loss;
+      report.lr = lr;
+      report.grad_norm = outcome.grad_norm;
+      report.images_per_second = images / std::max(seconds_since(run_start), 1e-9);
+      hooks_.on_step(report);
+    }
+    if (options_.log_every > 0 && done % options_.log_every == 0) write_log_line(done, lr);
+    if (options_.sample_every > 0 && done % options_.sample_every == 0 && options_.task == TrainingTask::diffusion) {
+      write_preview(ema_, data_, options_, log_snr_schedule_of(ema_), files_.samples_dir, done, hooks_.on_message);
+    }
+    if ((options_.save_every > 0 && done % options_.save_every == 0) || done == options_.steps) save(done);
+  }
+  if (!result.interrupted) notify("trained to step " + std::to_string(result.last_step) + "; weights in '" + options_.out_dir + "'");
+  result.ema = ema_;
+  return result;
+}
+
+}  // namespace
+
+torch::Generator training_step_generator(uint64_t seed, int64_t step) {
+  return at::detail::createCPUGenerator(data_random_bits(seed, kTrainingStepDomain, static_cast<uint64_t>(step), 0));
+}
+
+TrainingResult train(Model& model, const Dataset& data, const TrainingOptions& options, const TrainingHooks& hooks) {
+  TrainingRun run(model, data, options, hooks);
+  return run.run();
+}
+
+}  // namespace guidiff

@@ -1,0 +1,121 @@
+// TrainingOptions: validation, the warm-up schedule and JSON (see trainer.hpp).
+#include <cmath>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/training/trainer.hpp"
+
+namespace guidiff {
+namespace {
+
+void require(bool ok, const std::string& flag, const std::string& rule, const std::string& value) {
+  if (!ok) throw InputError(flag + " must be " + rule + ", got " + value);
+}
+
+std::string text(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%g", value);
+  return buffer;
+}
+
+TrainingTask parse_task(const std::string& name) {
+  if (name == "diffusion") return TrainingTask::diffusion;
+  if (name == "classifier") return TrainingTask::classifier;
+  throw InputError("training options: key \"task\" must be diffusion or classifier, got '" + name + "'");
+}
+
+}  // namespace
+
+std::string to_string(TrainingTask task) { return task == TrainingTask::diffusion ? "diffusion" : "classifier"; }
+
+void TrainingOptions::validate() const {
+  require(steps >= 1, "--steps", ">= 1", std::to_string(steps));
+  require(batch_size >= 1, "--batch-size", ">= 1", std::to_string(batch_size));
+  require(std::isfinite(lr) && lr > 0.0, "--lr", "a finite number > 0", text(lr));
+  require(std::isfinite(weight_decay) && weight_decay >= 0.0, "--weight-decay", ">= 0", text(weight_decay));
+  require(warmup_steps >= 0, "--warmup", ">= 0", std::to_string(warmup_steps));
+  require(ema_rate >= 0.0 && ema_rate <= 1.0, "--ema-rate", "in [0, 1]", text(ema_rate));
+  require(std::isfinite(grad_clip) && grad_clip >= 0.0, "--grad-clip", ">= 0 (0: no clipping)", text(grad_clip));
+  require(p_uncond >= 0.0 && p_uncond <= 1.0, "--p-uncond", "in [0, 1]", text(p_uncond));
+  require(std::isfinite(vlb_weight) && vlb_weight >= 0.0, "--vlb-weight", ">= 0", text(vlb_weight));
+  require(timesteps >= 1, "--timesteps", ">= 1", std::to_string(timesteps));
+  require(max_t >= 0 && max_t <= timesteps, "--max-t", "in [1, --timesteps] (0: all)", std::to_string(max_t));
+  require(accuracy_buckets >= 1, "--accuracy-buckets", ">= 1", std::to_string(accuracy_buckets));
+  require(log_every >= 0, "--log-every", ">= 0", std::to_string(log_every));
+  require(sample_every >= 0, "--sample-every", ">= 0", std::to_string(sample_every));
+  require(save_every >= 0, "--save-every", ">= 0", std::to_string(save_every));
+  require(preview_samples >= 1, "--preview-samples", ">= 1", std::to_string(preview_samples));
+  require(!out_dir.empty(), "--out-dir", "given", "nothing");
+}
+
+double TrainingOptions::learning_rate(int64_t step) const {
+  if (warmup_steps <= 0) return lr;
+  return lr * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
+}
+
+nlohmann::json TrainingOptions::to_json() const {
+  return {{"task", to_string(task)},
+          {"objective", to_string(objective)},
+          {"schedule", to_string(schedule)},
+          {"timesteps", timesteps},
+          {"p_uncond", p_uncond},
+          {"vlb_weight", vlb_weight},
+          {"max_t", max_t},
+          {"accuracy_buckets", accuracy_buckets},
+          {"steps", steps},
+          {"batch_size", batch_size},
+          {"lr", lr},
+          {"weight_decay", weight_decay},
+          {"warmup_steps", warmup_steps},
+          {"ema_rate", ema_rate},
+          {"grad_clip", grad_clip},
+          {"bf16", bf16},
+          {"random_flip", random_flip},
+          {"seed", seed},
+          {"log_every", log_every},
+          {"sample_every", sample_every},
+          {"save_every", save_every},
+          {"preview_samples", preview_samples}};
+}
+
+TrainingOptions TrainingOptions::from_json(const nlohmann::json& object) {
+  TrainingOptions options;
+  if (!object.is_object()) throw InputError("training options: expected a JSON object, got " + object.dump());
+  const auto get = [&](const char* key, auto& value) {
+    if (!object.contains(key)) return;
+    try {
+      object.at(key).get_to(value);
+    } catch (const nlohmann::json::exception&) {
+      throw InputError(std::string("training options: key \"") + key + "\" has the wrong type: " + object.at(key).dump());
+    }
+  };
+  std::string task = to_string(options.task), objective = to_string(options.objective),
+              schedule = to_string(options.schedule);
+  get("task", task);
+  get("objective", objective);
+  get("schedule", schedule);
+  options.task = parse_task(task);
+  options.objective = parse_objective(objective);
+  options.schedule = parse_beta_schedule(schedule);
+  get("timesteps", options.timesteps);
+  get("p_uncond", options.p_uncond);
+  get("vlb_weight", options.vlb_weight);
+  get("max_t", options.max_t);
+  get("accuracy_buckets", options.accuracy_buckets);
+  get("steps", options.steps);
+  get("batch_size", options.batch_size);
+  get("lr", options.lr);
+  get("weight_decay", options.weight_decay);
+  get("warmup_steps", options.warmup_steps);
+  get("ema_rate", options.ema_rate);
+  get("grad_clip", options.grad_clip);
+  get("bf16", options.bf16);
+  get("random_flip", options.random_flip);
+  get("seed", options.seed);
+  get("log_every", options.log_every);
+  get("sample_every", options.sample_every);
+  get("save_every", options.save_every);
+  get("preview_samples", options.preview_samples);
+  return options;
+}
+
+}  // namespace guidiff

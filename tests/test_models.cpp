@@ -1,0 +1,554 @@
+// Trainable networks: ADM UNet and encoder classifier (shapes for many configs, zero-init
+// output, guided-diffusion parameter names, null class row, log-SNR time), their blocks
+// against reference formulas, the MLPs, JSON configs. Files and the factory:
+// test_model_files.cpp.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/models/conditioning.hpp"
+#include "guidiff/models/mlp.hpp"
+#include "guidiff/models/network_adapters.hpp"
+#include "guidiff/models/unet.hpp"
+
+using namespace guidiff;
+using nlohmann::json;
+
+namespace {
+
+template <typename E, typename F>
+void expect_error(F&& call, const std::vector<std::string>& fragments) {
+  try {
+    call();
+    FAIL() << "expected an exception mentioning " << fragments.front();
+  } catch (const E& error) {
+    const std::string message = error.what();
+    for (const auto& fragment : fragments)
+      EXPECT_NE(message.find(fragment), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
+  }
+}
+
+// Replaces every parameter with N(0, scale^2) noise, so zero-initialised layers stop hiding
+// the rest of the network.
+void randomize(torch::nn::Module& module, double scale = 0.2) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) parameter.copy_(torch::randn_like(parameter) * scale);
+}
+
+std::map<std::string, std::vector<int64_t>> parameter_shapes(const torch::nn::Module& module) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& item : module.named_parameters())
+    shapes[item.key()] = item.value().sizes().vec();
+  return shapes;
+}
+
+torch::Tensor steps(std::vector<int64_t> values) { return torch::tensor(values, torch::kInt64); }
+
+// A small UNet: 16x16, one channel, two levels, norm_groups 8.
+UNetConfig tiny_unet() {
+  UNetConfig config;
+  config.image_size = 16;
+  config.in_channels = 1;
+  config.model_channels = 16;
+  config.channel_mult = {1, 2};
+  config.num_res_blocks = 1;
+  config.attention_resolutions = {8};
+  config.num_heads = 2;
+  config.norm_groups = 8;
+  return config;
+}
+
+ClassifierConfig tiny_classifier(const std::string& pool) {
+  ClassifierConfig config;
+  config.image_size = 16;
+  config.in_channels = 1;
+  config.model_channels = 16;
+  config.channel_mult = {1, 2};
+  config.num_res_blocks = 1;
+  config.attention_resolutions = {8};
+  config.num_head_channels = 8;
+  config.norm_groups = 8;
+  config.num_classes = 5;
+  config.pool = pool;
+  return config;
+}
+
+// ---- UNet shapes ---------------------------------------------------------------------
+
+struct ShapeCase {
+  std::string name;
+  UNetConfig config;
+  int64_t side;
+};
+
+std::vector<ShapeCase> shape_cases() {
+  std::vector<ShapeCase> cases;
+  {
+    auto c = tiny_unet();
+    c.image_size = 28;
+    c.attention_resolutions = {14};  // one level of attention, num_heads
+    cases.push_back({"fashion_28_mult_1_2_heads", c, 28});
+  }
+  {
+    auto c = tiny_unet();
+    c.image_size = 28;
+    c.channel_mult = {1, 2, 2};  // 28 -> 14 -> 7
+    c.attention_resolutions = {14, 7};
+    c.num_head_channels = 8;
+    c.num_classes = 10;
+    c.learn_sigma = true;
+    cases.push_back({"fashion_28_mult_1_2_2_head_channels_sigma_classes", c, 28});
+  }
+  {
+    auto c = tiny_unet();
+    c.image_size = 32;
+    c.in_channels = 3;
+    c.channel_mult = {1, 2, 2};
+    c.attention_resolutions = {16};
+    c.resblock_updown = true;
+    c.use_scale_shift_norm = true;
+    c.num_classes = 3;
+    cases.push_back({"cifar_32_updown_scale_shift", c, 32});
+  }
+  {
+    auto c = tiny_unet();
+    c.time.kind = TimeKind::log_snr;
+    c.conv_resample = false;
+    c.use_new_attention_order = true;
+    c.attention_resolutions = {};
+    c.dropout = 0.1;
+    cases.push_back({"log_snr_no_conv_resample_new_order", c, 16});
+  }
+  return cases;
+}
+
+TEST(UNet, OutputShapesForManyConfigs) {
+  torch::manual_seed(0);
+  for (const auto& test : shape_cases()) {
+    SCOPED_TRACE(test.name);
+    UNetDenoiser denoiser{UNetModel(test.config)};
+    randomize(*denoiser.network());
+    const int64_t c = test.config.in_channels;
+    const auto x = torch::randn({2, c, test.side, test.side});
+    const auto time = test.config.time.kind == TimeKind::log_snr ? torch::tensor({-3.0f, 5.0f})
+                                                                 : steps({10, 900});
+    const auto y =
+        test.config.num_classes > 0 ? steps({1, test.config.num_classes}) : torch::Tensor();
+    const auto out = denoiser.predict(x, time, y);
+    EXPECT_EQ(out.eps.sizes(), x.sizes());
+    EXPECT_TRUE(torch::isfinite(out.eps).all().item<bool>());
+    EXPECT_GT(out.eps.abs().max().item<double>(), 0.0);
+    EXPECT_EQ(denoiser.learns_variance(), test.config.learn_sigma);
+    if (test.config.learn_sigma) {
+      ASSERT_TRUE(out.variance_output.defined());
+      EXPECT_EQ(out.variance_output.sizes(), x.sizes());
+      const auto raw = denoiser.network()->forward(x, time, y);
+      EXPECT_EQ(raw.size(1), 2 * c);
+      EXPECT_TRUE(torch::equal(out.eps, raw.narrow(1, 0, c)));
+      EXPECT_TRUE(torch::equal(out.variance_output, raw.narrow(1, c, c)));
+    } else {
+      EXPECT_FALSE(out.variance_output.defined());
+    }
+  }
+}
+
+TEST(UNet, ZeroInitialisedOutputLayerGivesZeroAtInit) {
+  torch::manual_seed(1);
+  for (const auto& test : shape_cases()) {
+    SCOPED_TRACE(test.name);
+    UNetModel net(test.config);
+    const auto x = torch::randn({2, test.config.in_channels, test.side, test.side});
+    const auto time =
+        test.config.time.kind == TimeKind::log_snr ? torch::tensor({0.0f, 1.0f}) : steps({0, 5});
+    const auto out = net->forward(x, time);
+    EXPECT_TRUE(torch::equal(out, torch::zeros_like(out)));
+  }
+}
+
+TEST(UNet, ParameterNamesFollowGuidedDiffusion) {
+  auto config = tiny_unet();  // levels (1, 2), one res block, attention at 8 px (ds 2)
+  config.num_classes = 10;
+  config.learn_sigma = true;
+  const auto shapes = parameter_shapes(*UNetModel(config));
+  // key -> shape, as guided-diffusion's UNetModel(in 1, mc 16, out 2, ...) names them.
+  const std::map<std::string, std::vector<int64_t>> expected = {
+      {"time_embed.0.weight", {64, 16}},
+      {"time_embed.2.weight", {64, 64}},
+      {"label_emb.weight", {11, 64}},
+      {"input_blocks.0.0.weight", {16, 1, 3, 3}},
+      {"input_blocks.1.0.in_layers.0.weight", {16}},
+      {"input_blocks.1.0.in_layers.2.weight", {16, 16, 3, 3}},
+      {"input_blocks.1.0.emb_layers.1.weight", {16, 64}},
+      {"input_blocks.1.0.out_layers.0.bias", {16}},
+      {"input_blocks.1.0.out_layers.3.weight", {16, 16, 3, 3}},
+      {"input_blocks.2.0.op.weight", {16, 16, 3, 3}},
+      {"input_blocks.3.0.skip_connection.weight", {32, 16, 1, 1}},
+      {"input_blocks.3.1.norm.weight", {32}},
+      {"input_blocks.3.1.qkv.weight", {96, 32, 1}},
+      {"input_blocks.3.1.proj_out.weight", {32, 32, 1}},
+      {"middle_block.0.in_layers.2.weight", {32, 32, 3, 3}},
+      {"middle_block.1.qkv.weight", {96, 32, 1}},
+      {"middle_block.2.out_layers.3.bias", {32}},
+      {"output_blocks.0.0.skip_connection.weight", {32, 64, 1, 1}},
+      {"output_blocks.0.1.qkv.bias", {96}},
+      {"output_blocks.1.0.in_layers.0.weight", {48}},
+      {"output_blocks.1.2.conv.weight", {32, 32, 3, 3}},
+      {"output_blocks.2.0.skip_connection.weight", {16, 48, 1, 1}},
+      {"output_blocks.3.0.in_layers.0.weight", {32}},
+      {"out.0.weight", {16}},
+      {"out.2.weight", {2, 16, 3, 3}},
+      {"out.2.bias", {2}},
+  };
+  for (const auto& [key, shape] : expected) {
+    const auto it = shapes.find(key);
+    ASSERT_NE(it, shapes.end()) << "missing " << key;
+    EXPECT_EQ(it->second, shape) << key;
+  }
+  for (const char* absent :
+       {"input_blocks.1.0.skip_connection.weight", "input_blocks.1.1.norm.weight",
+        "input_blocks.4.0.op.weight", "output_blocks.4.0.in_layers.0.weight",
+        "input_blocks.1.0.in_layers.1.weight", "output_blocks.3.1.conv.weight"}) {
+    EXPECT_EQ(shapes.count(absent), 0u) << absent;
+  }
+  // Residual up/down-sampling blocks and scale-shift norm change what sits at those places.
+  config.resblock_updown = true;
+  config.use_scale_shift_norm = true;
+  const auto updown = parameter_shapes(*UNetModel(config));
+  EXPECT_EQ(updown.count("input_blocks.2.0.op.weight"), 0u);
+  EXPECT_EQ(updown.at("input_blocks.2.0.in_layers.2.weight"), (std::vector<int64_t>{16, 16, 3, 3}));
+  EXPECT_EQ(updown.at("output_blocks.1.2.out_layers.3.weight"),
+            (std::vector<int64_t>{32, 32, 3, 3}));
+  EXPECT_EQ(updown.at("input_blocks.1.0.emb_layers.1.weight"), (std::vector<int64_t>{32, 64}));
+}
+
+TEST(UNet, ClassifierParameterNamesFollowGuidedDiffusion) {
+  const auto attention = parameter_shapes(*EncoderUNetModel(tiny_classifier("attention")));
+  EXPECT_EQ(attention.at("out.0.weight"), (std::vector<int64_t>{32}));
+  EXPECT_EQ(attention.at("out.2.positional_embedding"), (std::vector<int64_t>{32, 8 * 8 + 1}));
+  EXPECT_EQ(attention.at("out.2.qkv_proj.weight"), (std::vector<int64_t>{96, 32, 1}));
+  EXPECT_EQ(attention.at("out.2.c_proj.weight"), (std::vector<int64_t>{5, 32, 1}));
+  EXPECT_EQ(attention.at("middle_block.1.proj_out.weight"), (std::vector<int64_t>{32, 32, 1}));
+  EXPECT_EQ(attention.count("output_blocks.0.0.in_layers.0.weight"), 0u);
+  EXPECT_EQ(attention.count("label_emb.weight"), 0u);
+  const auto adaptive = parameter_shapes(*EncoderUNetModel(tiny_classifier("adaptive")));
+  EXPECT_EQ(adaptive.at("out.3.weight"), (std::vector<int64_t>{5, 32, 1, 1}));
+  EXPECT_EQ(adaptive.count("out.2.positional_embedding"), 0u);
+}
+
+TEST(UNet, LabelEmbeddingHasANullRowUsedWhenYIsMissing) {
+  torch::manual_seed(2);
+  auto config = tiny_unet();
+  config.num_classes = 4;
+  UNetDenoiser denoiser{UNetModel(config)};
+  randomize(*denoiser.network());
+  EXPECT_EQ(denoiser.network()->named_parameters()["label_emb.weight"].size(0), 5);
+  EXPECT_EQ(denoiser.num_classes(), 4);
+  const auto x = torch::randn({3, 1, 16, 16});
+  const auto t = steps({1, 2, 3});
+  const auto null = denoiser.predict(x, t, steps({4, 4, 4})).eps;
+  EXPECT_TRUE(torch::equal(denoiser.predict(x, t, torch::Tensor()).eps, null));
+  EXPECT_FALSE(torch::allclose(denoiser.predict(x, t, steps({0, 1, 2})).eps, null));
+  expect_error<InputError>([&] { denoiser.predict(x, t, steps({0, 5, 1})); }, {"y", "5"});
+  expect_error<InputError>([&] { denoiser.predict(x, t, steps({0, -1, 1})); }, {"y", "-1"});
+  expect_error<InputError>([&] { denoiser.predict(x, t, steps({0, 1})); }, {"y", "[3]"});
+
+  // An unconditional model has no label embedding and ignores y.
+  UNetDenoiser unconditional{UNetModel(tiny_unet())};
+  randomize(*unconditional.network());
+  EXPECT_EQ(unconditional.network()->named_parameters().find("label_emb.weight"), nullptr);
+  EXPECT_TRUE(torch::equal(unconditional.predict(x, t, steps({0, 1, 2})).eps,
+                           unconditional.predict(x, t, torch::Tensor()).eps));
+}
+
+TEST(UNet, LogSnrTimeIsEmbeddedAsTheMatchingTimestep) {
+  // t' = 1000 (lambda_max - lambda) / (lambda_max - lambda_min): with lambda in [-10, 10],
+  // lambda = 10, 0, -10, 5 are the timesteps 0, 500, 1000, 250.
+  torch::manual_seed(3);
+  auto discrete_config = tiny_unet();
+  auto log_snr_config = discrete_config;
+  log_snr_config.time.kind = TimeKind::log_snr;
+  log_snr_config.time.log_snr.lambda_min = -10.0;
+  log_snr_config.time.log_snr.lambda_max = 10.0;
+  UNetModel discrete(discrete_config), continuous(log_snr_config);
+  randomize(*discrete);
+  {
+    torch::NoGradGuard no_grad;
+    const auto source = discrete->named_parameters();
+    for (auto& item : continuous->named_parameters()) item.value().copy_(source[item.key()]);
+  }
+  const auto x = torch::randn({4, 1, 16, 16});
+  const auto by_lambda =
+      continuous->forward(x, torch::tensor({10.0, 0.0, -10.0, 5.0}, torch::kFloat64));
+  const auto by_step = discrete->forward(x, steps({0, 500, 1000, 250}));
+  EXPECT_TRUE(torch::equal(by_lambda, by_step));
+  EXPECT_GT(by_step.abs().max().item<double>(), 0.0);
+
+  expect_error<InputError>([&] { discrete->forward(x, torch::zeros({4})); }, {"time", "discrete"});
+  expect_error<InputError>(
+      [&] {
+        continuous->forward(x, steps({1, 2, 3, 4}));
+      },
+      {"time", "log-SNR"});
+  expect_error<InputError>([&] { discrete->forward(x, steps({1, 2})); }, {"time", "[4]"});
+}
+
+TEST(UNet, RejectsInputsOfTheWrongShape) {
+  UNetModel net(tiny_unet());
+  expect_error<InputError>(
+      [&] {
+        net->forward(torch::zeros({1, 3, 16, 16}), steps({0}));
+      },
+      {"x", "[1, 3, 16, 16]"});
+  expect_error<InputError>(
+      [&] {
+        net->forward(torch::zeros({1, 1, 15, 16}), steps({0}));
+      },
+      {"x", "divisible by 2"});
+}
+
+// ---- blocks against reference formulas -----------------------------------------------
+
+TEST(Blocks, SinusoidalEmbeddingMatchesTheClosedForm) {
+  const auto t = torch::tensor({0.0f, 3.0f, 250.0f});
+  for (const int64_t dim : {6, 7}) {
+    const auto embedding = sinusoidal_embedding(t, dim);
+    ASSERT_EQ(embedding.sizes(), (std::vector<int64_t>{3, dim}));
+    for (int64_t n = 0; n < 3; ++n) {
+      for (int64_t i = 0; i < 3; ++i) {
+        const double frequency = std::pow(10000.0, -static_cast<double>(i) / 3.0);
+        const double arg = t[n].item<double>() * frequency;
+        EXPECT_NEAR(embedding[n][i].item<double>(), std::cos(arg), 2e-4);
+        EXPECT_NEAR(embedding[n][3 + i].item<double>(), std::sin(arg), 2e-4);
+      }
+      if (dim == 7) {
+        EXPECT_EQ(embedding[n][6].item<float>(), 0.0f);
+      }
+    }
+  }
+}
+
+// softmax(q^T k / sqrt(c)) v for one head, column-major tokens: q, k, v [c, T] -> [c, T].
+torch::Tensor reference_head(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v) {
+  const double c = static_cast<double>(q.size(0));
+  auto out = torch::zeros_like(v);
+  for (int64_t t = 0; t < q.size(1); ++t) {
+    const auto scores = (q.select(1, t).unsqueeze(1) * k).sum(0) / std::sqrt(c);  // [S]
+    out.select(1, t).copy_((v * torch::softmax(scores, 0).unsqueeze(0)).sum(1));
+  }
+  return out;
+}
+
+TEST(Blocks, QkvAttentionMatchesTheReferenceFormulaInBothLayouts) {
+  torch::manual_seed(4);
+  const int64_t batch = 2, heads = 3, c = 4, length = 5;
+  const auto qkv = torch::randn({batch, 3 * heads * c, length}, torch::kFloat64);
+  const auto legacy = qkv_attention_legacy(qkv, heads);
+  const auto split_first = qkv_attention(qkv, heads);
+  ASSERT_EQ(legacy.sizes(), (std::vector<int64_t>{batch, heads * c, length}));
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      // Legacy: head h owns channels [3ch, 3c(h+1)) = [q; k; v].
+      const auto own = qkv[b].narrow(0, 3 * c * h, 3 * c);
+      const auto expected_legacy =
+          reference_head(own.narrow(0, 0, c), own.narrow(0, c, c), own.narrow(0, 2 * c, c));
+      EXPECT_TRUE(torch::allclose(legacy[b].narrow(0, c * h, c), expected_legacy, 1e-10, 1e-12));
+      // New order: q, k, v are the three thirds; head h is channels [ch, c(h+1)) of each.
+      const auto q = qkv[b].narrow(0, c * h, c);
+      const auto k = qkv[b].narrow(0, heads * c + c * h, c);
+      const auto v = qkv[b].narrow(0, 2 * heads * c + c * h, c);
+      EXPECT_TRUE(torch::allclose(split_first[b].narrow(0, c * h, c), reference_head(q, k, v),
+                                  1e-10, 1e-12));
+    }
+  }
+}
+
+TEST(Blocks, AttentionHeadsComeFromTheConfigAndMustDivide) {
+  EXPECT_EQ(attention_heads(64, 4, -1), 4);
+  EXPECT_EQ(attention_heads(64, 4, 16), 4);
+  EXPECT_EQ(attention_heads(64, 1, 32), 2);
+  expect_error<InputError>([] { attention_heads(48, 1, 32); }, {"num_head_channels", "48"});
+  expect_error<InputError>([] { attention_heads(48, 5, -1); }, {"num_heads", "48"});
+}
+
+// ---- config validation and JSON ------------------------------------------------------
+
+TEST(Configs, InvalidFieldsAreNamed) {
+  const auto bad = [](auto edit, const std::vector<std::string>& fragments) {
+    auto config = tiny_unet();
+    edit(config);
+    expect_error<InputError>([&] { UNetModel{config}; }, fragments);
+  };
+  bad([](UNetConfig& c) { c.norm_groups = 32; }, {"unet config", "norm_groups", "16"});
+  bad([](UNetConfig& c) { c.num_head_channels = 12; }, {"unet config", "num_head_channels"});
+  bad([](UNetConfig& c) { c.num_heads = 3; }, {"unet config", "num_heads"});
+  bad(
+      [](UNetConfig& c) {
+        c.image_size = 30;
+        c.channel_mult = {1, 2, 2};
+        c.attention_resolutions = {};
+      },
+      {"\"image_size\"", "30"});
+  bad([](UNetConfig& c) { c.attention_resolutions = {5}; }, {"\"attention_resolutions\"", "5"});
+  bad([](UNetConfig& c) { c.attention_resolutions = {4}; },
+      {"\"attention_resolutions\"", "4"});  // rate 4 > 2
+  bad([](UNetConfig& c) { c.channel_mult = {}; }, {"\"channel_mult\""});
+  bad([](UNetConfig& c) { c.dropout = 1.0; }, {"\"dropout\""});
+  bad([](UNetConfig& c) { c.num_classes = -1; }, {"\"num_classes\""});
+  bad(
+      [](UNetConfig& c) {
+        c.time.kind = TimeKind::log_snr;
+        c.time.log_snr.lambda_min = 5;
+        c.time.log_snr.lambda_max = 1;
+      },
+      {"lambda_min"});
+  auto classifier = tiny_classifier("max");
+  expect_error<InputError>([&] { EncoderUNetModel{classifier}; },
+                           {"classifier config", "\"pool\"", "max"});
+  classifier.pool = "attention";
+  classifier.num_classes = 0;
+  expect_error<InputError>([&] { EncoderUNetModel{classifier}; }, {"\"num_classes\""});
+}
+
+TEST(Configs, JsonRoundTripsAndRejectsUnknownOrMistypedFields) {
+  auto config = shape_cases()[1].config;
+  config.time.kind = TimeKind::log_snr;
+  config.time.log_snr.lambda_min = -15;
+  const json text = config;
+  const auto back = text.get<UNetConfig>();
+  EXPECT_EQ(json(back), text);
+  EXPECT_EQ(back.channel_mult, config.channel_mult);
+  EXPECT_EQ(back.attention_resolutions, config.attention_resolutions);
+  EXPECT_EQ(back.time.log_snr.lambda_min, -15);
+  EXPECT_TRUE(back.learn_sigma);
+
+  // Missing fields take the defaults.
+  const auto defaults = json::object().get<UNetConfig>();
+  EXPECT_EQ(json(defaults), json(UNetConfig{}));
+
+  expect_error<InputError>(
+      [] {
+        json{{"model_chanels", 32}}.get<UNetConfig>();
+      },
+      {"unet config", "model_chanels"});
+  expect_error<InputError>(
+      [] {
+        json{{"model_channels", "32"}}.get<UNetConfig>();
+      },
+      {"\"model_channels\"", "integer"});
+  expect_error<InputError>(
+      [] {
+        json{{"channel_mult", {1, 2.5}}}.get<UNetConfig>();
+      },
+      {"\"channel_mult\""});
+  expect_error<InputError>([] { json{{"learn_sigma", 1}}.get<UNetConfig>(); }, {"\"learn_sigma\""});
+  expect_error<InputError>(
+      [] {
+        json{{"time_input", "seconds"}}.get<UNetConfig>();
+      },
+      {"\"time_input\"", "seconds"});
+
+  const auto classifier = tiny_classifier("adaptive");
+  EXPECT_EQ(json(json(classifier).get<ClassifierConfig>()), json(classifier));
+  MlpConfig mlp;
+  mlp.num_classes = 3;
+  mlp.time.kind = TimeKind::log_snr;
+  EXPECT_EQ(json(json(mlp).get<MlpConfig>()), json(mlp));
+  expect_error<InputError>([] { json{{"hidden", 3}}.get<MlpConfig>(); }, {"mlp config", "hidden"});
+}
+
+// ---- classifiers ---------------------------------------------------------------------
+
+// grad_x of sum(logits * w) against a central difference along a random direction, in float64.
+void expect_gradient_matches_finite_difference(Classifier& classifier, const torch::Tensor& x,
+                                               const torch::Tensor& time) {
+  const auto weights = torch::randn({x.size(0), classifier.num_classes()}, torch::kFloat64);
+  const auto objective = [&](const torch::Tensor& input) {
+    return (classifier.logits(input, time) * weights).sum();
+  };
+  auto input = x.clone().requires_grad_(true);
+  const auto gradient = torch::autograd::grad({objective(input)}, {input})[0];
+  EXPECT_GT(gradient.abs().max().item<double>(), 0.0);
+  const auto direction = torch::randn_like(x);
+  const double h = 1e-5;
+  torch::NoGradGuard no_grad;
+  const double numeric =
+      (objective(x + h * direction) - objective(x - h * direction)).item<double>() / (2 * h);
+  const double analytic = (gradient * direction).sum().item<double>();
+  EXPECT_NEAR(analytic, numeric, 1e-6 * (1.0 + std::abs(numeric)));
+}
+
+TEST(Classifiers, LogitsHaveOneRowPerSampleAndAreDifferentiableInX) {
+  torch::manual_seed(5);
+  for (const std::string pool : {"attention", "adaptive"}) {
+    SCOPED_TRACE(pool);
+    UNetClassifier classifier{EncoderUNetModel(tiny_classifier(pool))};
+    randomize(*classifier.network());  // the adaptive head starts at zero
+    classifier.network()->to(torch::kFloat64);
+    EXPECT_EQ(classifier.num_classes(), 5);
+    const auto x = torch::randn({3, 1, 16, 16}, torch::kFloat64);
+    const auto time = steps({0, 100, 999});
+    EXPECT_EQ(classifier.logits(x, time).sizes(), (std::vector<int64_t>{3, 5}));
+    expect_gradient_matches_finite_difference(classifier, x, time);
+  }
+  UNetClassifier attention{EncoderUNetModel(tiny_classifier("attention"))};
+  expect_error<InputError>(
+      [&] {
+        attention.logits(torch::zeros({1, 1, 8, 8}), steps({0}));
+      },
+      {"x", "16x16"});
+
+  MlpConfig config;
+  config.num_classes = 4;
+  config.hidden_channels = 32;
+  MlpClassifier mlp{MlpClassifierNet(config)};
+  mlp.network()->to(torch::kFloat64);
+  const auto points = torch::randn({6, 2}, torch::kFloat64);
+  const auto time = steps({0, 1, 2, 3, 4, 5});
+  EXPECT_EQ(mlp.logits(points, time).sizes(), (std::vector<int64_t>{6, 4}));
+  expect_gradient_matches_finite_difference(mlp, points, time);
+}
+
+// ---- MLP denoiser --------------------------------------------------------------------
+
+TEST(Mlp, DenoiserShapesZeroInitAndNullClass) {
+  torch::manual_seed(6);
+  MlpConfig config;
+  config.hidden_channels = 32;
+  config.num_blocks = 2;
+  config.num_classes = 3;
+  MlpDenoiser denoiser{MlpDenoiserNet(config)};
+  const auto x = torch::randn({5, 2});
+  const auto t = steps({0, 10, 100, 500, 999});
+  EXPECT_TRUE(torch::equal(denoiser.predict(x, t, torch::Tensor()).eps, torch::zeros({5, 2})));
+  randomize(*denoiser.network());
+  const auto null = denoiser.predict(x, t, torch::Tensor()).eps;
+  EXPECT_EQ(null.sizes(), x.sizes());
+  EXPECT_TRUE(torch::equal(denoiser.predict(x, t, steps({3, 3, 3, 3, 3})).eps, null));
+  EXPECT_FALSE(torch::allclose(denoiser.predict(x, t, steps({0, 1, 2, 0, 1})).eps, null));
+  EXPECT_EQ(denoiser.network()->named_parameters()["label_emb.weight"].size(0), 4);
+  EXPECT_FALSE(denoiser.learns_variance());
+  // float64 input comes back as float64, equal to the float32 computation.
+  const auto doubled = denoiser.predict(x.to(torch::kFloat64), t, torch::Tensor()).eps;
+  EXPECT_EQ(doubled.scalar_type(), torch::kFloat64);
+  EXPECT_TRUE(torch::equal(doubled.to(torch::kFloat32), null));
+  expect_error<InputError>(
+      [&] {
+        denoiser.predict(torch::zeros({5, 3}), t, torch::Tensor());
+      },
+      {"x", "[N, 2]"});
+  config.num_classes = 0;
+  config.data_dim = 0;
+  expect_error<InputError>([&] { MlpDenoiserNet{config}; },
+                           {"mlp_denoiser config", "\"data_dim\""});
+}
+
+}  // namespace
