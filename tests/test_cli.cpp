@@ -115,7 +115,8 @@ TEST_F(CliTest, ThreadsComeFromTheEnvironmentUnlessTheFlagIsGiven) {
 
 TEST_F(CliTest, EverySubcommandHasHelp) {
   const std::pair<std::string, std::string> expected[] = {
-      {"", "sample"}, {"info ", "Usage: guidiff info"}, {"sample ", "--classifier-scale"}, {"demo ", "--out-dir"}};
+      {"", "sample"}, {"info ", "Usage: guidiff info"}, {"sample ", "--classifier-scale"}, {"demo ", "--out-dir"},
+      {"train diffusion ", "--p-uncond"}, {"train classifier ", "--max-t"}};
   for (const auto& [command, fragment] : expected) {
     const CliResult result = run(command + "--help");
     EXPECT_EQ(result.exit_code, 0) << command;
@@ -318,6 +319,63 @@ TEST_F(CliTest, UnavailableDeviceIsAOneLineError) {
   expect_one_line_error("--device cuda sample --model " + fixture_path("linear_unconditional.pt") +
                             " --shape 2 --steps 5 --out " + path("x.npy"),
                         "cuda");
+}
+
+// ---- training and sampling the trained models -------------------------------------------
+
+TEST_F(CliTest, TrainedCheckpointsSampleWithEveryGuidanceRule) {
+  const std::string common = " --data mixture --mixture-size 2000 --steps 60 --batch-size 64 --timesteps 100 --lr 2e-3";
+  const std::string mlp = R"({"kind": "mlp_denoiser", "hidden_channels": 32, "num_blocks": 1})";
+  {
+    std::ofstream(path("mlp.json")) << mlp;
+  }
+  CliResult result = run("train diffusion --conditional --p-uncond 0.2 --config " + path("mlp.json") + " --out-dir " +
+                         path("denoiser") + common);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.err.find("trained to step 60"), std::string::npos) << result.err;
+  for (const char* file : {"model.safetensors", "model.json", "raw.safetensors", "resume.safetensors", "log.jsonl"}) {
+    EXPECT_TRUE(fs::exists(path("denoiser") + "/" + file)) << file;
+  }
+  result = run("train classifier --out-dir " + path("classifier") + common);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+
+  // CFG on the conditional model, classifier guidance on its null class, and both.
+  const std::string sample = "sample --timesteps 100 --steps 10 --num-samples 8 --class 0,1 --model " + path("denoiser");
+  result = run(sample + " --cfg-scale 2 --out " + path("cfg.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(read_npy(path("cfg.npy")).sizes(), torch::IntArrayRef({8, 2}));
+  result = run(sample + " --unconditional --classifier " + path("classifier") + " --classifier-scale 2 --out " +
+               path("cg.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  result = run(sample + " --sampler ddpm --classifier " + path("classifier") +
+               " --classifier-scale 1 --cfg-scale 1 --out " + path("both.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_FALSE(torch::equal(read_npy(path("cfg.npy")), read_npy(path("cg.npy"))));
+
+  // The same run directory again needs --resume; with it, training continues to --steps.
+  expect_one_line_error("train diffusion --conditional --p-uncond 0.2 --config " + path("mlp.json") + " --out-dir " +
+                            path("denoiser") + common,
+                        "--resume");
+  result = run("train diffusion --conditional --p-uncond 0.2 --resume --out-dir " + path("denoiser") +
+               " --data mixture --mixture-size 2000 --steps 70 --batch-size 64 --timesteps 100 --lr 2e-3");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.err.find("resumed from step 60"), std::string::npos) << result.err;
+}
+
+TEST_F(CliTest, BadTrainingRequestsAreOneLineErrors) {
+  const std::string out = " --out-dir " + path("run");
+  expect_one_line_error("train diffusion --data nowhere" + out, "--data");
+  expect_one_line_error("train diffusion --data mnist:" + path("empty") + out, "empty");
+  expect_one_line_error("train diffusion --data mixture --batch-size 0" + out, "--batch-size");
+  expect_one_line_error("train diffusion --data mixture --p-uncond 2" + out, "--p-uncond");
+  expect_one_line_error("train diffusion --data mixture --objective fancy" + out, "fancy");
+  expect_one_line_error("train diffusion --data mixture --config " + path("missing.json") + out, "missing.json");
+  {
+    std::ofstream(path("unet.json")) << R"({"kind": "unet"})";
+  }
+  expect_one_line_error("train diffusion --data mixture --config " + path("unet.json") + out, "does not fit");
+  expect_one_line_error("sample --model " + path("run") + " --steps 5 --out " + path("x.npy"), "run");
+  EXPECT_FALSE(fs::exists(path("x.npy")));
 }
 
 }  // namespace

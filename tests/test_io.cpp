@@ -232,8 +232,8 @@ TEST_F(IoTest, PngGridHasTheGridSizeAndPixelValues) {
   ASSERT_EQ(png.channels, 3);
   EXPECT_EQ(png.at(0, 0, 0), 7);  // padding
   // Image i's top-left pixel at x = 1 + (i % 2) * 5, y = 1 + (i / 2) * 4;
-  // value = trunc((v + 1) * 127.5): -1 -> 0, -0.5 -> 63, 0 -> 127, 0.5 -> 191.
-  const int expected[] = {0, 63, 127, 191};
+  // value = round((v + 1) * 127.5), half to even: -1 -> 0, -0.5 -> 64, 0 -> 128, 0.5 -> 191.
+  const int expected[] = {0, 64, 128, 191};
   for (int i = 0; i < 4; ++i) {
     for (int c = 0; c < 3; ++c) EXPECT_EQ(png.at(1 + (i % 2) * 5, 1 + (i / 2) * 4, c), expected[i]) << i;
   }
@@ -252,7 +252,7 @@ TEST_F(IoTest, PngGridOfGreyImagesIsGreyscale) {
   ASSERT_EQ(png.channels, 1);
   EXPECT_EQ(png.width, 4);
   EXPECT_EQ(png.height, 2);
-  const torch::Tensor expected = ((images + 1) * 127.5).clamp(0, 255).to(torch::kUInt8);
+  const torch::Tensor expected = ((images + 1) * 127.5).round().clamp(0, 255).to(torch::kUInt8);
   EXPECT_EQ(png.at(0, 0, 0), expected[0][0][0][0].item<uint8_t>());
   EXPECT_EQ(png.at(3, 1, 0), 255);
   EXPECT_EQ(png.at(2, 0, 0), expected[1][0][0][0].item<uint8_t>());

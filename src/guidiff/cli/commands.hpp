@@ -25,5 +25,6 @@ struct Command {
 Command add_info_command(CLI::App& app, const GlobalOptions& global);
 Command add_sample_command(CLI::App& app, const GlobalOptions& global);
 Command add_demo_command(CLI::App& app, const GlobalOptions& global);
+Command add_train_command(CLI::App& app, const GlobalOptions& global);
 
 }  // namespace guidiff::cli

@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
       guidiff::cli::add_info_command(app, global),
       guidiff::cli::add_sample_command(app, global),
       guidiff::cli::add_demo_command(app, global),
+      guidiff::cli::add_train_command(app, global),
   };
   // Set after the subcommands exist, so only the top level collects unknown arguments (the
   // subcommands pass theirs up) and they can be named in one line.
@@ -61,9 +62,9 @@ int main(int argc, char** argv) {
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +
-                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample or demo)" : ""));
+                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, demo or train)" : ""));
   }
-  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample or demo (see guidiff --help)");
+  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, demo or train (see guidiff --help)");
 
   try {
     if (global.threads < 0) {

@@ -28,7 +28,7 @@ ProgressBar::~ProgressBar() {
   if (drawn_) std::fputc('\n', stderr);
 }
 
-void ProgressBar::update(int64_t done, int64_t total) {
+void ProgressBar::update(int64_t done, int64_t total, const std::string& status) {
   if (!enabled_ || total <= 0) return;
   const auto now = std::chrono::steady_clock::now();
   if (drawn_ && done < total && now - last_draw_ < std::chrono::milliseconds(100)) return;
@@ -40,11 +40,18 @@ void ProgressBar::update(int64_t done, int64_t total) {
   const int filled = static_cast<int>(fraction * kWidth);
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   const std::string eta = done > 0 ? clock_text(elapsed * (total - done) / done) : "--:--";
-  std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld  elapsed %s  ETA %s \x1b[K", label_.c_str(),
+  std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld  elapsed %s  ETA %s  %s\x1b[K", label_.c_str(),
                std::string(filled, '#').c_str(), std::string(kWidth - filled, '.').c_str(),
                static_cast<int>(fraction * 100), static_cast<long long>(done), static_cast<long long>(total),
-               clock_text(elapsed).c_str(), eta.c_str());
+               clock_text(elapsed).c_str(), eta.c_str(), status.c_str());
   std::fflush(stderr);
+}
+
+void ProgressBar::print_line(const std::string& line) {
+  if (drawn_) std::fputs("\r\x1b[K", stderr);
+  std::fprintf(stderr, "%s\n", line.c_str());
+  drawn_ = false;  // redrawn by the next update
+  last_draw_ = start_;
 }
 
 }  // namespace guidiff::cli

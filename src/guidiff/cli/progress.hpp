@@ -14,8 +14,11 @@ class ProgressBar {
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  // Redraws (at most ~10 times a second, and always at the end) for done of total steps.
-  void update(int64_t done, int64_t total);
+  // Redraws (at most ~10 times a second, and always at the end) for done of total steps,
+  // with `status` (e.g. the loss) after the ETA.
+  void update(int64_t done, int64_t total, const std::string& status = "");
+  // Prints a whole line on stderr (terminal or not) without breaking the bar.
+  void print_line(const std::string& line);
 
  private:
   std::string label_;

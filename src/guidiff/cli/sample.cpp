@@ -16,6 +16,9 @@
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/plot.hpp"
 #include "guidiff/models/gaussian_mixture.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/models/model_sample_shape.hpp"
+#include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/models/torchscript_models.hpp"
 #include "guidiff/sampling/generate.hpp"
 
@@ -30,7 +33,7 @@ struct SampleFlags {
   std::string sampler = "ddim", respacing, schedule = "linear", variance = "fixed-small";
   int64_t steps = 0, timesteps = 1000;
   double eta = 0.0, variance_exponent = 0.3;
-  bool clip = false, no_clip = false;
+  bool clip = false, no_clip = false, unconditional = false;
   // Guidance and which samples.
   std::string class_spec, guidance_interval, noise;
   double classifier_scale = 0.0, cfg_scale = 0.0;
@@ -91,6 +94,27 @@ Models toy_models(const SampleFlags& flags, const GenerationConfig& config, cons
   return models;
 }
 
+// A path names a guidiff checkpoint (safetensors + JSON config: a run directory, a prefix or
+// either file) rather than a TorchScript archive (.pt / .pth / .ts).
+bool is_checkpoint(const std::string& path) {
+  const auto ends_with = [&](const std::string& suffix) {
+    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return !(ends_with(".pt") || ends_with(".pth") || ends_with(".ts") || ends_with(".zip"));
+}
+
+// A classifier from a checkpoint or a TorchScript archive.
+std::shared_ptr<Classifier> load_classifier(const SampleFlags& flags, TorchScriptOptions options,
+                                            const torch::Device& device) {
+  if (!is_checkpoint(flags.classifier)) return std::make_shared<TorchScriptClassifier>(flags.classifier, options);
+  const Model model = load_model(flags.classifier, device);
+  if (!model.classifier) {
+    throw InputError("--classifier '" + flags.classifier + "' holds a " + model_kind_name(model.kind) +
+                     ", not a classifier");
+  }
+  return model.classifier;
+}
+
 Models torchscript_models(const SampleFlags& flags, const GenerationConfig& config, const GlobalOptions& global) {
   reject_if_given(flags.mixture_option, "applies to the built-in mixture only (no --model)");
   reject_if_given(flags.dim_option, "applies to the built-in mixture only (no --model)");
@@ -109,10 +133,46 @@ Models torchscript_models(const SampleFlags& flags, const GenerationConfig& conf
   TorchScriptOptions denoiser_options = options;
   denoiser_options.learn_sigma = config.fixed_variance == VarianceKind::learned_range;
   models.denoiser = std::make_shared<TorchScriptDenoiser>(flags.model, denoiser_options);
-  if (!flags.classifier.empty()) models.classifier = std::make_shared<TorchScriptClassifier>(flags.classifier, options);
+  if (flags.unconditional) models.denoiser = std::make_shared<NullClassDenoiser>(models.denoiser);
+  if (!flags.classifier.empty()) models.classifier = load_classifier(flags, options, options.device);
   const int64_t classes = models.denoiser->num_classes() > 0
                               ? models.denoiser->num_classes()
                               : (models.classifier ? models.classifier->num_classes() : 0);
+  models.labels = labels_from_spec(flags.class_spec, config.num_samples, classes);
+  return models;
+}
+
+// Networks trained by `guidiff train`: the config beside the weights gives the shape, time
+// input and classes, so none of --shape, --time, --num-classes is needed.
+Models checkpoint_models(const SampleFlags& flags, GenerationConfig& config, const GlobalOptions& global) {
+  reject_if_given(flags.mixture_option, "applies to the built-in mixture only (no --model)");
+  reject_if_given(flags.dim_option, "applies to the built-in mixture only (no --model)");
+  reject_if_given(flags.time_option, "applies to TorchScript models (a checkpoint's config has its time input)");
+  const torch::Device device = global.torch_device();
+  const Model model = load_model(flags.model, device);
+  if (!model.denoiser) {
+    throw InputError("--model '" + flags.model + "' holds a " + model_kind_name(model.kind) + ", not a denoiser");
+  }
+  const std::vector<int64_t> shape = model_sample_shape(model);
+  if (flags.shape_option->count() > 0 && config.sample_shape != shape) {
+    throw InputError("--shape " + flags.shape + " does not match the model's sample shape");
+  }
+  config.sample_shape = shape;
+  Models models;
+  models.denoiser = flags.unconditional ? std::make_shared<NullClassDenoiser>(model.denoiser) : model.denoiser;
+  int64_t classes = models.denoiser->num_classes();
+  if (!flags.classifier.empty()) {
+    TorchScriptOptions options;
+    options.time_kind = model.denoiser->time_kind();
+    options.num_classes = flags.num_classes > 0 ? flags.num_classes : model.denoiser->num_classes();
+    options.device = device;
+    models.classifier = load_classifier(flags, options, device);
+    if (classes == 0) classes = models.classifier->num_classes();
+  }
+  if (flags.num_classes_option->count() > 0 && flags.num_classes != classes) {
+    throw InputError("--num-classes " + std::to_string(flags.num_classes) + " does not match the model's " +
+                     std::to_string(classes) + " classes");
+  }
   models.labels = labels_from_spec(flags.class_spec, config.num_samples, classes);
   return models;
 }
@@ -200,6 +260,8 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
     models = toy_models(flags, config, global);
     // The toy's shape is its dimension; --shape, if given, was only checked against it.
     config.sample_shape = {models.mixture->dim()};
+  } else if (is_checkpoint(flags.model)) {
+    models = checkpoint_models(flags, config, global);
   } else {
     models = torchscript_models(flags, config, global);
   }
@@ -224,10 +286,10 @@ Command add_sample_command(CLI::App& app, const GlobalOptions& global) {
   auto flags = std::make_shared<SampleFlags>();
   SampleFlags& f = *flags;
 
-  command->add_option("--model", f.model, "TorchScript denoiser (.pt); absent: the built-in Gaussian-mixture toy");
+  command->add_option("--model", f.model, "denoiser: a guidiff checkpoint (run dir, .safetensors or .json) or TorchScript (.pt); absent: the built-in Gaussian-mixture toy");
   f.mixture_option = command->add_option("--mixture", f.mixture, "toy mixture: 'demo' or a mixture .json (default demo)");
   f.dim_option = command->add_option("--dim", f.dim, "dimension of the demo mixture (default 2)");
-  command->add_option("--classifier", f.classifier, "TorchScript noisy classifier (.pt) for classifier guidance");
+  command->add_option("--classifier", f.classifier, "noisy classifier for classifier guidance: a guidiff checkpoint or TorchScript (.pt)");
   f.shape_option = command->add_option("--shape", f.shape, "per-sample shape: C,H,W (images) or D (vectors)");
   f.num_classes_option = command->add_option("--num-classes", f.num_classes, "classes of the TorchScript model/classifier");
   f.time_option = command->add_option("--time", f.time, "TorchScript model time input: discrete (int64 t) or log-snr (float lambda); default discrete");
@@ -241,6 +303,8 @@ Command add_sample_command(CLI::App& app, const GlobalOptions& global) {
   command->add_flag("--no-clip", f.no_clip, "do not clamp predicted x0 (default for vectors)");
   command->add_option("--variance", f.variance, "DDPM variance: fixed-small | fixed-large | learned-range (model outputs 2C channels)");
   command->add_option("--class", f.class_spec, "class to sample: an index, a comma list cycled over samples, or labels.npy");
+  command->add_flag("--unconditional", f.unconditional,
+                    "use a class-conditional model's null class (its unconditional half), e.g. for classifier guidance");
   command->add_option("--classifier-scale", f.classifier_scale, "classifier guidance scale s (default 0)");
   command->add_option("--cfg-scale", f.cfg_scale, "classifier-free guidance weight w (default 0)");
   command->add_option("--variance-exponent", f.variance_exponent, "cfg-continuous variance exponent v in [0, 1] (default 0.3)");

@@ -37,15 +37,13 @@ torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOpti
   const int64_t cols = std::min(options.nrow, n);
   const int64_t rows = (n + cols - 1) / cols;
   const int64_t pad = options.padding;
-  // ((x + 1) * 127.5).clamp(0, 255).to(uint8), guided-diffusion's image_sample.py.
-  const torch::Tensor pixels =
-      ((images.detach().to(torch::kCPU, torch::kFloat32) + 1) * 127.5).clamp(0, 255).to(torch::kUInt8);
+  const torch::Tensor pixels = images_to_uint8_nhwc(images.detach());  // [N, H, W, C]
   torch::Tensor grid = torch::full({rows * (height + pad) + pad, cols * (width + pad) + pad, channels},
                                    static_cast<int64_t>(options.pad_value), torch::kUInt8);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t top = pad + (i / cols) * (height + pad);
     const int64_t left = pad + (i % cols) * (width + pad);
-    grid.narrow(0, top, height).narrow(1, left, width).copy_(pixels[i].permute({1, 2, 0}));
+    grid.narrow(0, top, height).narrow(1, left, width).copy_(pixels[i]);
   }
   return grid;
 }
@@ -60,6 +58,27 @@ void write_png_grid(const std::string& path, const torch::Tensor& images, const 
     throw FileError("cannot encode PNG '" + path + "'");
   }
   write_file_atomically(path, png);
+}
+
+torch::Tensor images_to_uint8_nhwc(const torch::Tensor& images_nchw) {
+  if (!images_nchw.defined() || !images_nchw.is_floating_point() || images_nchw.dim() != 4) {
+    throw InputError("images must be a floating [N, C, H, W] tensor, got " +
+                     (images_nchw.defined() ? c10::str(images_nchw.scalar_type(), " ", images_nchw.sizes()) : std::string("an undefined tensor")));
+  }
+  torch::Tensor x = images_nchw.detach().to(torch::kCPU);
+  // float64 keeps its precision; half types are widened so the arithmetic is exact enough.
+  if (x.scalar_type() != torch::kFloat64) x = x.to(torch::kFloat32);
+  if (!torch::isfinite(x).all().item<bool>()) throw NumericError("images contain NaN or infinity");
+  // torch::round rounds half to even, as numpy's np.round does.
+  return ((x + 1) * 127.5).round().clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
+}
+
+torch::Tensor uint8_nhwc_to_images(const torch::Tensor& pixels_nhwc) {
+  if (!pixels_nhwc.defined() || pixels_nhwc.scalar_type() != torch::kUInt8 || pixels_nhwc.dim() != 4) {
+    throw InputError("pixels must be a uint8 [N, H, W, C] tensor, got " +
+                     (pixels_nhwc.defined() ? c10::str(pixels_nhwc.scalar_type(), " ", pixels_nhwc.sizes()) : std::string("an undefined tensor")));
+  }
+  return (pixels_nhwc.detach().to(torch::kCPU).permute({0, 3, 1, 2}).to(torch::kFloat32) / 127.5 - 1).contiguous();
 }
 
 }  // namespace guidiff

@@ -25,4 +25,16 @@ torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOpti
 void write_png_grid(const std::string& path, const torch::Tensor& images,
                     const ImageGridOptions& options = {});
 
+// Float NCHW images in [-1, 1] to uint8 NHWC pixels: round((x + 1) * 127.5) clamped to
+// [0, 255], rounding half to even. Rounding (rather than the truncation guided-diffusion's
+// image_sample.py uses) makes uint8 -> uint8_nhwc_to_images -> here
+// the identity. Throws InputError unless images is a 4-D floating tensor, NumericError if it
+// holds NaN or infinity. The result is a contiguous CPU tensor.
+torch::Tensor images_to_uint8_nhwc(const torch::Tensor& images_nchw);
+
+// uint8 NHWC pixels to float32 NCHW images in [-1, 1]: v / 127.5 - 1, as guided-diffusion's
+// image_datasets.py scales its inputs. Throws InputError unless pixels is uint8 and 4-D.
+// The result is a contiguous CPU tensor.
+torch::Tensor uint8_nhwc_to_images(const torch::Tensor& pixels_nhwc);
+
 }  // namespace guidiff

@@ -173,4 +173,10 @@ Model load_model(const std::string& dir_or_prefix, const torch::Device& device) 
   return model;
 }
 
+int64_t count_parameters(const torch::nn::Module& module) {
+  int64_t total = 0;
+  for (const torch::Tensor& parameter : module.parameters()) total += parameter.numel();
+  return total;
+}
+
 }  // namespace guidiff

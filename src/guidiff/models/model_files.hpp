@@ -39,6 +39,9 @@ struct ModelFiles {
 };
 ModelFiles model_files(const std::string& dir_or_prefix);
 
+// The number of trainable scalars in `module`.
+int64_t count_parameters(const torch::nn::Module& module);
+
 // The tensors a checkpoint holds: parameters then buffers, by their full names.
 NamedTensors model_state(const torch::nn::Module& module);
 // Copies `state` into `module`, all or nothing. Throws FileError naming `file` and the key

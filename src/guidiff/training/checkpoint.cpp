@@ -144,6 +144,19 @@ void copy_weights(const Model& from, Model& to) {
 
 }  // namespace
 
+void check_run_directory(const std::string& out_dir, bool resume) {
+  const std::string resume_file = run_files(out_dir).resume;
+  const bool exists = std::filesystem::exists(resume_file);
+  if (!resume && exists) {
+    throw InputError("--out-dir '" + out_dir +
+                     "' already holds a training run (resume.safetensors): pass --resume to continue it, or choose "
+                     "another directory");
+  }
+  if (resume && !exists) {
+    throw FileError("--resume: '" + resume_file + "' does not exist (no run to continue in --out-dir '" + out_dir + "')");
+  }
+}
+
 RunFiles run_files(const std::string& out_dir) {
   const std::filesystem::path dir(out_dir);
   return {(dir / "model").string(), (dir / "raw").string(), (dir / "resume.safetensors").string(),

@@ -31,6 +31,10 @@ struct RunFiles {
 };
 RunFiles run_files(const std::string& out_dir);
 
+// Before a run starts: a fresh run must not overwrite one (InputError pointing to --resume
+// when out_dir holds a resume file) and a resumed run needs one (FileError naming it).
+void check_run_directory(const std::string& out_dir, bool resume);
+
 // The non-tensor part of a resume file.
 struct ResumeState {
   int64_t step = 0;              // optimiser steps done

@@ -250,10 +250,6 @@ void TrainingRun::prepare() {
 }
 
 void TrainingRun::start_fresh() {
-  if (std::filesystem::exists(files_.resume)) {
-    throw InputError("--out-dir '" + options_.out_dir +
-                     "' already holds a training run (resume.safetensors): pass --resume to continue it, or choose another directory");
-  }
   update_ema(*model_.module, *ema_.module, 0.0);  // the EMA starts as the initial weights
   write_file_atomically(files_.log, "");
   torch::manual_seed(options_.seed);  // network dropout
@@ -364,6 +360,7 @@ void TrainingRun::write_log_line(int64_t steps_done, double lr) {
 }
 
 TrainingResult TrainingRun::run() {
+  check_run_directory(options_.out_dir, options_.resume);
   prepare();
   if (options_.resume) {
     resume();

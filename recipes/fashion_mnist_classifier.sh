@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Recipe (b): the noise-aware classifier p_phi(y | x_t, t) for classifier guidance: the
+# encoder half of the same UNet with attention pooling (recipes/classifier.json), trained with
+# cross-entropy on x_t = q_sample(x0, t), t uniform over all 1000 steps of the linear
+# schedule. It guides the null class of recipe (a)'s model (`guidiff sample --unconditional`).
+# About 10 minutes on 2 cores. Writes the run to out/recipes/classifier/ and copies the EMA
+# weights to models/fashion-mnist/classifier.{safetensors,json}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=out/recipes/classifier
+start=$(date +%s)
+build/guidiff train classifier --data fashion-mnist --config recipes/classifier.json \
+  --steps 1200 --batch-size 64 --lr 1e-3 --warmup 100 --ema-rate 0.995 --weight-decay 0.05 --seed 0 \
+  --log-every 100 --save-every 200 --out-dir "$run" "$@"
+mkdir -p models/fashion-mnist
+cp "$run/model.safetensors" models/fashion-mnist/classifier.safetensors
+cp "$run/model.json" models/fashion-mnist/classifier.json
+echo "recipe classifier: $(( $(date +%s) - start )) s of wall time; log in $run/log.jsonl"

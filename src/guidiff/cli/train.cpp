@@ -1,0 +1,200 @@
+// `guidiff train diffusion` and `guidiff train classifier`: read the data and the model config,
+// fill what the data decides (image size, channels, classes), and run the training loop with a
+// progress bar; Ctrl-C saves a checkpoint and exits cleanly.
+#include <sys/resource.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/progress.hpp"
+#include "guidiff/core/errors.hpp"
+#include "guidiff/data/dataset_spec.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/training/checkpoint.hpp"
+#include "guidiff/training/interrupt.hpp"
+#include "guidiff/training/trainer.hpp"
+
+namespace guidiff::cli {
+namespace {
+
+struct TrainFlags {
+  std::string config;  // model config JSON; default: a small network that fits the data
+  bool conditional = false;
+  std::string objective = "eps", schedule = "linear";
+  DatasetRequest data;
+  TrainingOptions options;
+};
+
+nlohmann::json read_json_file(const std::string& path, const std::string& flag) {
+  std::ifstream in(path);
+  if (!in) throw FileError(flag + " '" + path + "' cannot be opened");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& error) {
+    throw FileError(flag + " '" + path + "' is not valid JSON: " + error.what());
+  }
+}
+
+// The model config: the given file (or, when resuming without one, the run's own), with
+// the fields the data decides filled in where the file leaves them out.
+nlohmann::json model_config(const TrainFlags& flags, const Dataset& data) {
+  nlohmann::json config;
+  if (!flags.config.empty()) {
+    config = read_json_file(flags.config, "--config");
+  } else if (flags.options.resume) {
+    config = read_json_file(run_files(flags.options.out_dir).raw_prefix + ".json", "--resume");
+  }
+  if (!config.is_object()) config = nlohmann::json::object();
+  const bool classifier = flags.options.task == TrainingTask::classifier;
+  if (!config.contains("kind")) {
+    if (data.holds_images()) {
+      config["kind"] = classifier ? "encoder_unet" : "unet";
+    } else {
+      config["kind"] = classifier ? "mlp_classifier" : "mlp_denoiser";
+    }
+  }
+  const std::string kind = config["kind"].is_string() ? config["kind"].get<std::string>() : "";
+  const bool image_model = kind == "unet" || kind == "encoder_unet";
+  if (image_model != data.holds_images()) {
+    throw InputError("--config kind '" + kind + "' does not fit the data '" + data.name + "' (" +
+                     (data.holds_images() ? "images" : "vectors") + ")");
+  }
+  if (image_model) {
+    if (!config.contains("image_size")) config["image_size"] = data.images.size(2);
+    if (!config.contains("in_channels")) config["in_channels"] = data.images.size(1);
+    // A network too small for the default 32 GroupNorm groups gets as many as fit.
+    if (!config.contains("norm_groups") && config.value("model_channels", int64_t{64}) < 32) {
+      config["norm_groups"] = config.value("model_channels", int64_t{64}) / 2;
+    }
+  } else if (!config.contains("data_dim")) {
+    config["data_dim"] = data.images.size(1);
+  }
+  if (!config.contains("num_classes") && (classifier || flags.conditional)) config["num_classes"] = data.num_classes;
+  if (flags.options.objective == DiffusionObjective::cfg_continuous && !config.contains("time_input")) {
+    config["time_input"] = "log_snr";
+  }
+  if (flags.options.objective == DiffusionObjective::hybrid && kind == "unet" && !config.contains("learn_sigma")) {
+    config["learn_sigma"] = true;
+  }
+  return config;
+}
+
+std::string format_step(const StepReport& report) {
+  char text[96];
+  std::snprintf(text, sizeof text, "loss %.4f  %.0f img/s", report.loss, report.images_per_second);
+  return text;
+}
+
+void run_train(TrainFlags flags) {
+  flags.options.objective = parse_objective(flags.objective);
+  flags.options.schedule = parse_beta_schedule(flags.schedule);
+  flags.data.seed = flags.options.seed;
+  flags.options.validate();
+  check_run_directory(flags.options.out_dir, flags.options.resume);
+  const Dataset data = load_dataset(flags.data);
+  // The initial weights come from the global generator: seeded, so a recipe rerun gives the
+  // same weights (on the same libtorch and thread count).
+  torch::manual_seed(flags.options.seed);
+  Model model = build_model(model_config(flags, data));
+
+  std::error_code ignored;
+  std::filesystem::create_directories(flags.options.out_dir, ignored);
+  if (!std::filesystem::is_directory(flags.options.out_dir)) {
+    throw FileError("--out-dir '" + flags.options.out_dir + "' cannot be created");
+  }
+  std::fprintf(stderr, "training %s (%s) on %s: %lld samples, %lld classes, %lld parameters\n",
+               to_string(flags.options.task).c_str(), model_kind_name(model.kind), data.name.c_str(),
+               static_cast<long long>(data.size()), static_cast<long long>(data.num_classes),
+               static_cast<long long>(count_parameters(*model.module)));
+
+  ProgressBar bar("train");
+  InterruptFlag interrupt;
+  TrainingHooks hooks;
+  double images_per_second = 0.0;
+  hooks.on_step = [&](const StepReport& report) {
+    images_per_second = report.images_per_second;
+    bar.update(report.step, report.total_steps, format_step(report));
+  };
+  hooks.should_stop = [&]() { return interrupt.raised(); };
+  hooks.on_message = [&](const std::string& message) { bar.print_line(message); };
+  const TrainingResult result = train(model, data, flags.options, hooks);
+  if (!result.losses.empty()) {
+    rusage usage{};
+    ::getrusage(RUSAGE_SELF, &usage);  // ru_maxrss is in KiB on Linux
+    std::fprintf(stderr, "steps %lld..%lld, last loss %.5f, %.1f images/s, peak memory %.0f MiB\n",
+                 static_cast<long long>(result.first_step), static_cast<long long>(result.last_step),
+                 result.losses.back(), images_per_second, static_cast<double>(usage.ru_maxrss) / 1024.0);
+  }
+}
+
+void add_training_flags(CLI::App& command, TrainFlags& flags) {
+  TrainingOptions& o = flags.options;
+  command.add_option("--config", flags.config, "model config JSON (docs/formats.md); default: a small network for the data");
+  command.add_option("--data", flags.data.spec,
+                     "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR | mixture[:FILE.json]")
+      ->capture_default_str();
+  command.add_option("--split", flags.data.split, "train or test")->capture_default_str();
+  command.add_option("--image-size", flags.data.image_size, "folder data: centre-crop and resize to this side");
+  command.add_option("--channels", flags.data.channels, "folder data: 1 (grey) or 3 (RGB)")->capture_default_str();
+  command.add_option("--mixture-size", flags.data.mixture_size, "mixture data: points drawn")->capture_default_str();
+  command.add_option("--out-dir", o.out_dir, "run directory: weights, resume file, log, previews")->required();
+  command.add_flag("--resume", o.resume, "continue the run in --out-dir from its last checkpoint");
+  command.add_option("--steps", o.steps, "total optimiser steps")->capture_default_str();
+  command.add_option("--batch-size", o.batch_size)->capture_default_str();
+  command.add_option("--lr", o.lr, "AdamW learning rate")->capture_default_str();
+  command.add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  command.add_option("--warmup", o.warmup_steps, "linear learning-rate warm-up steps")->capture_default_str();
+  command.add_option("--ema-rate", o.ema_rate, "EMA decay per step (EMA weights are what sampling uses)")
+      ->capture_default_str();
+  command.add_option("--grad-clip", o.grad_clip, "max gradient L2 norm (0: none)")->capture_default_str();
+  command.add_flag("--bf16", o.bf16, "bfloat16 autocast for the forward pass");
+  command.add_flag("--flip", o.random_flip, "random horizontal flips");
+  command.add_option("--seed", o.seed)->capture_default_str();
+  command.add_option("--schedule", flags.schedule, "linear or cosine")->capture_default_str();
+  command.add_option("--timesteps", o.timesteps, "T of the discrete schedule")->capture_default_str();
+  command.add_option("--log-every", o.log_every, "steps between log.jsonl lines")->capture_default_str();
+  command.add_option("--save-every", o.save_every, "steps between checkpoints")->capture_default_str();
+}
+
+}  // namespace
+
+Command add_train_command(CLI::App& app, const GlobalOptions& global) {
+  CLI::App* train_app = app.add_subcommand("train", "train a denoiser or a noise-aware classifier");
+  train_app->require_subcommand(1);
+  auto flags = std::make_shared<TrainFlags>();
+  auto classifier_flags = std::make_shared<TrainFlags>();
+  classifier_flags->options.task = TrainingTask::classifier;
+  classifier_flags->options.lr = 3e-4;
+
+  CLI::App* diffusion = train_app->add_subcommand("diffusion", "train a denoiser eps(x_t, t [, y])");
+  add_training_flags(*diffusion, *flags);
+  diffusion->add_option("--objective", flags->objective, "eps | hybrid (learned variance) | cfg-continuous")
+      ->capture_default_str();
+  diffusion->add_flag("--conditional", flags->conditional, "class-conditional (num_classes from the data)");
+  diffusion->add_option("--p-uncond", flags->options.p_uncond, "label dropout probability (classifier-free)")
+      ->capture_default_str();
+  diffusion->add_option("--vlb-weight", flags->options.vlb_weight, "lambda of the hybrid loss")->capture_default_str();
+  diffusion->add_option("--sample-every", flags->options.sample_every, "steps between preview grids (0: never)")
+      ->capture_default_str();
+  diffusion->add_option("--preview-samples", flags->options.preview_samples)->capture_default_str();
+
+  CLI::App* classifier = train_app->add_subcommand("classifier", "train a noise-aware classifier p(y | x_t, t)");
+  add_training_flags(*classifier, *classifier_flags);
+  classifier->add_option("--max-t", classifier_flags->options.max_t, "train on t < max-t (0: all)")
+      ->capture_default_str();
+  classifier->add_option("--accuracy-buckets", classifier_flags->options.accuracy_buckets,
+                         "t ranges the logged accuracy is split into")
+      ->capture_default_str();
+
+  return {train_app, [=, &global]() {
+            const torch::Device device = global.torch_device();
+            TrainFlags chosen = diffusion->parsed() ? *flags : *classifier_flags;
+            chosen.options.device = device;
+            run_train(chosen);
+          }};
+}
+
+}  // namespace guidiff::cli

@@ -1,0 +1,41 @@
+#include "guidiff/data/dataset_spec.hpp"
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/data/cifar.hpp"
+#include "guidiff/data/idx.hpp"
+#include "guidiff/data/image_folder.hpp"
+#include "guidiff/data/mixture_dataset.hpp"
+#include "guidiff/models/gaussian_mixture.hpp"
+
+namespace guidiff {
+
+Dataset load_dataset(const DatasetRequest& request) {
+  const std::string& spec = request.spec;
+  const auto colon = spec.find(':');
+  const std::string kind = spec.substr(0, colon);
+  const std::string source = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  const auto need_source = [&]() {
+    if (source.empty()) throw InputError("--data " + spec + ": give the directory as " + kind + ":DIR");
+  };
+  if (kind == "fashion-mnist") return load_fashion_mnist(request.split, source.empty() ? kFashionMnistDirectory : source);
+  if (kind == "mnist") return need_source(), load_mnist(source, request.split);
+  if (kind == "cifar10") return need_source(), load_cifar10(source, request.split);
+  if (kind == "cifar100") return need_source(), load_cifar100(source, request.split);
+  if (kind == "folder") {
+    need_source();
+    ImageFolderOptions options;
+    options.channels = request.channels;
+    options.image_size = request.image_size;
+    return load_image_folder(source, options);
+  }
+  if (kind == "mixture") {
+    const GaussianMixture mixture = source.empty() || source == "demo" ? GaussianMixture::demo(2)
+                                                                        : GaussianMixture::from_json_file(source);
+    return mixture_dataset(mixture, request.mixture_size, request.seed, source.empty() ? "mixture-demo" : spec);
+  }
+  throw InputError("--data '" + spec +
+                   "' is not a known dataset (fashion-mnist, mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR, "
+                   "mixture, mixture:FILE.json)");
+}
+
+}  // namespace guidiff

@@ -1,0 +1,27 @@
+// Datasets named on the command line: one string picks a reader and its source, so every
+// subcommand that reads data (train, eval) accepts the same spellings.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "guidiff/data/dataset.hpp"
+
+namespace guidiff {
+
+struct DatasetRequest {
+  // "fashion-mnist" (Debian's dataset-fashion-mnist), "mnist:DIR", "cifar10:DIR",
+  // "cifar100:DIR", "folder:DIR" (one sub-folder per class), "mixture" (the demo 2-D
+  // Gaussian mixture) or "mixture:FILE.json".
+  std::string spec = "fashion-mnist";
+  std::string split = "train";  // "train" or "test" (IDX and CIFAR)
+  int64_t image_size = 0;       // folder: centre-crop and resize to this side (0: keep)
+  int64_t channels = 3;         // folder: 1 (grey) or 3 (RGB)
+  int64_t mixture_size = 20000; // mixture: how many points to draw
+  uint64_t seed = 0;            // mixture: which points
+};
+
+// Loads the dataset. Throws InputError for an unknown spec (listing the known ones) and the
+// readers' FileError naming the file at fault.
+Dataset load_dataset(const DatasetRequest& request);
+
+}  // namespace guidiff

@@ -1,0 +1,343 @@
+// Training: the loss formulas against closed forms, small networks that must learn, exact
+// resumption, and the failures a run must survive (NaN, Ctrl-C, bad resume files).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/data/mixture_dataset.hpp"
+#include "guidiff/diffusion/gaussian_diffusion.hpp"
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/models/gaussian_mixture.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/training/checkpoint.hpp"
+#include "guidiff/training/losses.hpp"
+#include "guidiff/training/trainer.hpp"
+
+namespace fs = std::filesystem;
+using namespace guidiff;
+
+namespace {
+
+class TrainingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "guidiff-test-training-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+};
+
+// A freshly initialised network: initial weights come from the global generator, seeded
+// here so that every run in a test starts from the same weights.
+Model fresh_model(const nlohmann::json& config) {
+  torch::manual_seed(0);
+  return build_model(config);
+}
+
+nlohmann::json mlp_denoiser_config() {
+  return {{"kind", "mlp_denoiser"}, {"data_dim", 2}, {"hidden_channels", 64}, {"num_blocks", 2}};
+}
+
+nlohmann::json mlp_classifier_config() {
+  return {{"kind", "mlp_classifier"}, {"data_dim", 2}, {"hidden_channels", 64}, {"num_blocks", 2}, {"num_classes", 4}};
+}
+
+TrainingOptions quick_options(const std::string& out_dir, int64_t steps) {
+  TrainingOptions options;
+  options.out_dir = out_dir;
+  options.steps = steps;
+  options.batch_size = 32;
+  options.lr = 1e-3;
+  options.ema_rate = 0.9;
+  options.log_every = 5;
+  options.save_every = 0;
+  options.seed = 3;
+  options.timesteps = 100;
+  return options;
+}
+
+double mean(const std::vector<double>& values, size_t begin, size_t end) {
+  double sum = 0.0;
+  for (size_t i = begin; i < end; ++i) sum += values[i];
+  return sum / static_cast<double>(end - begin);
+}
+
+bool same_weights(const Model& a, const Model& b) {
+  const NamedTensors left = model_state(*a.module);
+  const NamedTensors right = model_state(*b.module);
+  if (left.size() != right.size()) return false;
+  for (size_t i = 0; i < left.size(); ++i) {
+    if (left[i].first != right[i].first || !torch::equal(left[i].second, right[i].second)) return false;
+  }
+  return true;
+}
+
+std::string file_bytes(const std::string& file) { return read_file_bytes(file); }
+
+}  // namespace
+
+TEST(Losses, NormalKlIsTheClosedForm) {
+  // KL(N(0, 1) || N(1, 4)) = 0.5 (log 4 - 1 + 1/4 + 1/4).
+  const torch::Tensor kl = normal_kl(torch::zeros({1}), torch::zeros({1}), torch::ones({1}),
+                                     torch::full({1}, std::log(4.0)));
+  EXPECT_NEAR(kl.item<double>(), 0.5 * (std::log(4.0) - 0.5), 1e-6);
+  // Identical Gaussians: zero.
+  EXPECT_NEAR(normal_kl(torch::full({1}, 0.3), torch::full({1}, -1.0), torch::full({1}, 0.3), torch::full({1}, -1.0))
+                  .item<double>(),
+              0.0, 1e-7);
+}
+
+TEST(Losses, DiscretisedLikelihoodSumsToOneOverTheLevels) {
+  // The 256 bins of the decoder partition the real line, so their probabilities sum to 1.
+  const torch::Tensor levels = torch::linspace(-1.0, 1.0, 256, torch::kFloat64);
+  const torch::Tensor log_p = discretized_gaussian_log_likelihood(levels, torch::full({256}, 0.1, torch::kFloat64),
+                                                                  torch::full({256}, std::log(0.3), torch::kFloat64));
+  EXPECT_NEAR(log_p.exp().sum().item<double>(), 1.0, 1e-6);
+}
+
+TEST(Losses, LabelDropoutReplacesAtTheRequestedRate) {
+  const torch::Tensor labels = torch::randint(0, 10, {20000}, torch::kInt64);
+  auto generator = training_step_generator(1, 0);
+  const torch::Tensor dropped = drop_labels(labels, 0.3, 10, generator);
+  const torch::Tensor is_null = dropped.eq(10);
+  EXPECT_NEAR(is_null.to(torch::kFloat64).mean().item<double>(), 0.3, 0.015);
+  // The labels that were kept are unchanged.
+  EXPECT_TRUE(torch::equal(dropped.masked_select(is_null.logical_not()), labels.masked_select(is_null.logical_not())));
+  auto none = training_step_generator(1, 1);
+  EXPECT_TRUE(torch::equal(drop_labels(labels, 0.0, 10, none), labels));
+  auto all = training_step_generator(1, 2);
+  EXPECT_TRUE(drop_labels(labels, 1.0, 10, all).eq(10).all().item<bool>());
+  auto bad = training_step_generator(1, 3);
+  EXPECT_THROW(drop_labels(labels, 1.5, 10, bad), InputError);
+}
+
+TEST(Losses, EpsLossIsTheMseOfTheModelAtTheDrawnNoise) {
+  // A model that predicts zero has loss E[eps^2] = 1 whatever t is.
+  const Model model = fresh_model(mlp_denoiser_config());  // zero-initialised output layer
+  const DiscreteSchedule schedule = make_schedule(BetaScheduleKind::linear, 100);
+  auto generator = training_step_generator(0, 0);
+  const torch::Tensor x0 = torch::randn({4096, 2});
+  const DiffusionLoss loss = discrete_diffusion_loss(*model.denoiser, schedule, DiffusionObjective::eps, x0,
+                                                     torch::zeros({4096}, torch::kInt64), 0.0, 0.0, generator);
+  EXPECT_NEAR(loss.loss.item<double>(), 1.0, 0.05);
+  EXPECT_NEAR(loss.mse.item<double>(), loss.loss.item<double>(), 1e-7);
+}
+
+TEST_F(TrainingTest, TinyDenoiserOverfitsAFixedBatch) {
+  // 32 points, every step the same batch: the eps loss must fall to under half its start.
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 32, 5);
+  Model model = fresh_model(mlp_denoiser_config());
+  TrainingOptions options = quick_options(path("run"), 400);
+  options.lr = 3e-3;
+  const TrainingResult result = train(model, data, options);
+  ASSERT_EQ(result.losses.size(), 400u);
+  const double start = mean(result.losses, 0, 20);
+  const double end = mean(result.losses, 380, 400);
+  EXPECT_LT(end, 0.5 * start) << "start " << start << " end " << end;
+  // The run left loadable EMA weights.
+  const Model loaded = load_model(path("run"));
+  EXPECT_TRUE(same_weights(loaded, result.ema));
+}
+
+TEST_F(TrainingTest, ClassifierLearnsTheNoisyMixture) {
+  const GaussianMixture mixture = GaussianMixture::demo();
+  const Dataset data = mixture_dataset(mixture, 8000, 1);
+  Model model = fresh_model(mlp_classifier_config());
+  TrainingOptions options = quick_options(path("run"), 500);
+  options.task = TrainingTask::classifier;
+  options.batch_size = 128;
+  options.lr = 2e-3;
+  options.ema_rate = 0.95;
+  train(model, data, options);
+
+  const Model trained = load_model(path("run"));
+  const DiscreteSchedule schedule = make_schedule(BetaScheduleKind::linear, 100);
+  const Dataset held_out = mixture_dataset(mixture, 4000, 99);
+  const auto accuracy_at = [&](int64_t t) {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor steps = torch::full({held_out.size()}, t, torch::kInt64);
+    const torch::Tensor x_t = q_sample(schedule, held_out.images, steps, torch::randn_like(held_out.images));
+    const torch::Tensor predicted = trained.classifier->logits(x_t, steps).argmax(1);
+    return predicted.eq(held_out.labels).to(torch::kFloat64).mean().item<double>();
+  };
+  // Nearly clean points are separable; at t = T - 1 (abar ~ 4e-5) nothing of x0 is left,
+  // so the best is the largest class prior.
+  const double largest_prior = torch::bincount(held_out.labels).max().item<double>() / held_out.size();
+  EXPECT_GT(accuracy_at(1), 0.95);
+  EXPECT_LT(accuracy_at(99), largest_prior + 0.05);
+}
+
+TEST_F(TrainingTest, ResumedRunEqualsTheUninterruptedOne) {
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 200, 2);
+  Model straight = fresh_model(mlp_denoiser_config());
+  const TrainingResult whole = train(straight, data, quick_options(path("whole"), 30));
+
+  Model first = fresh_model(mlp_denoiser_config());
+  const TrainingResult part1 = train(first, data, quick_options(path("split"), 12));
+  Model second = fresh_model(mlp_denoiser_config());
+  TrainingOptions resume = quick_options(path("split"), 30);
+  resume.resume = true;
+  const TrainingResult part2 = train(second, data, resume);
+
+  EXPECT_EQ(part2.first_step, 12);
+  std::vector<double> joined = part1.losses;
+  joined.insert(joined.end(), part2.losses.begin(), part2.losses.end());
+  ASSERT_EQ(joined.size(), whole.losses.size());
+  for (size_t i = 0; i < joined.size(); ++i) EXPECT_EQ(joined[i], whole.losses[i]) << "step " << i + 1;
+  EXPECT_TRUE(same_weights(second, straight));
+  EXPECT_TRUE(same_weights(part2.ema, whole.ema));
+  // The log of the resumed run is the uninterrupted run's log (timing fields aside).
+  const auto log_losses = [](const std::string& file) {
+    std::vector<std::pair<int64_t, double>> lines;
+    std::istringstream log(read_file_bytes(file));
+    for (std::string line; std::getline(log, line);) {
+      const nlohmann::json record = nlohmann::json::parse(line);
+      lines.emplace_back(record.at("step").get<int64_t>(), record.at("loss").get<double>());
+    }
+    return lines;
+  };
+  const auto whole_log = log_losses(run_files(path("whole")).log);
+  EXPECT_EQ(whole_log.size(), 6u);  // every 5 of 30 steps
+  EXPECT_EQ(log_losses(run_files(path("split")).log), whole_log);
+}
+
+TEST_F(TrainingTest, StopRequestSavesACheckpointThatResumes) {
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 200, 2);
+  Model model = fresh_model(mlp_denoiser_config());
+  TrainingHooks hooks;
+  int polls = 0;
+  hooks.should_stop = [&]() { return ++polls > 7; };  // Ctrl-C during step 8
+  const TrainingResult stopped = train(model, data, quick_options(path("run"), 20), hooks);
+  EXPECT_TRUE(stopped.interrupted);
+  EXPECT_EQ(stopped.last_step, 7);
+
+  Model resumed_model = fresh_model(mlp_denoiser_config());
+  TrainingOptions resume = quick_options(path("run"), 20);
+  resume.resume = true;
+  const TrainingResult resumed = train(resumed_model, data, resume);
+  EXPECT_EQ(resumed.first_step, 7);
+  EXPECT_EQ(resumed.last_step, 20);
+
+  Model straight = fresh_model(mlp_denoiser_config());
+  train(straight, data, quick_options(path("straight"), 20));
+  EXPECT_TRUE(same_weights(resumed_model, straight));
+}
+
+TEST_F(TrainingTest, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 200, 2);
+  Model model = fresh_model(mlp_denoiser_config());
+  TrainingOptions options = quick_options(path("run"), 5);
+  train(model, data, options);
+  const std::string saved = file_bytes(run_files(path("run")).ema_prefix + ".safetensors");
+
+  // Resume with a learning rate that blows the weights up: the step with a non-finite loss
+  // must be named, and the step-5 checkpoint left as it was.
+  Model again = fresh_model(mlp_denoiser_config());
+  TrainingOptions explode = quick_options(path("run"), 200);
+  explode.resume = true;
+  explode.save_every = 1000;
+  explode.grad_clip = 0.0;
+  explode.lr = 1e30;
+  try {
+    train(again, data, explode);
+    FAIL() << "expected a NumericError";
+  } catch (const NumericError& error) {
+    EXPECT_NE(std::string(error.what()).find("step"), std::string::npos) << error.what();
+  } catch (const FileError& error) {
+    // The learning rate is part of the trajectory, so the resume may refuse it first; then
+    // run from scratch to reach the numeric failure.
+    EXPECT_NE(std::string(error.what()).find("lr"), std::string::npos) << error.what();
+    explode.resume = false;
+    explode.out_dir = path("fresh");
+    Model fresh = fresh_model(mlp_denoiser_config());
+    EXPECT_THROW(train(fresh, data, explode), NumericError);
+  }
+  EXPECT_EQ(file_bytes(run_files(path("run")).ema_prefix + ".safetensors"), saved);
+}
+
+TEST_F(TrainingTest, ExistingRunNeedsResumeAndResumeNeedsTheSameTrajectory) {
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 200, 2);
+  Model model = fresh_model(mlp_denoiser_config());
+  train(model, data, quick_options(path("run"), 4));
+
+  Model again = fresh_model(mlp_denoiser_config());
+  try {
+    train(again, data, quick_options(path("run"), 8));
+    FAIL() << "expected an error: the directory holds a run";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("--resume"), std::string::npos) << error.what();
+  }
+  TrainingOptions other_seed = quick_options(path("run"), 8);
+  other_seed.resume = true;
+  other_seed.seed = 4;
+  try {
+    train(again, data, other_seed);
+    FAIL() << "expected a FileError naming the seed";
+  } catch (const FileError& error) {
+    EXPECT_NE(std::string(error.what()).find("seed"), std::string::npos) << error.what();
+  }
+}
+
+TEST_F(TrainingTest, CorruptOrMismatchedResumeFilesAreNamed) {
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 200, 2);
+  Model model = fresh_model(mlp_denoiser_config());
+  train(model, data, quick_options(path("run"), 4));
+  const std::string resume_file = run_files(path("run")).resume;
+
+  // A resume file of a differently shaped network names the tensor.
+  nlohmann::json wider = mlp_denoiser_config();
+  wider["hidden_channels"] = 32;
+  Model other = fresh_model(wider);
+  TrainingOptions resume = quick_options(path("run"), 8);
+  resume.resume = true;
+  try {
+    train(other, data, resume);
+    FAIL() << "expected a FileError";
+  } catch (const FileError& error) {
+    EXPECT_NE(std::string(error.what()).find(resume_file), std::string::npos) << error.what();
+  }
+
+  // A truncated resume file is named too, and nothing is trained.
+  const std::string bytes = file_bytes(resume_file);
+  {
+    std::ofstream out(resume_file, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  }
+  Model same = fresh_model(mlp_denoiser_config());
+  try {
+    train(same, data, resume);
+    FAIL() << "expected a FileError";
+  } catch (const FileError& error) {
+    EXPECT_NE(std::string(error.what()).find(resume_file), std::string::npos) << error.what();
+  }
+}
+
+TEST(TrainingOptions, InvalidValuesNameTheFlag) {
+  TrainingOptions options;
+  options.out_dir = "x";
+  options.batch_size = 0;
+  try {
+    options.validate();
+    FAIL();
+  } catch (const InputError& error) {
+    EXPECT_NE(std::string(error.what()).find("--batch-size"), std::string::npos);
+  }
+  options.batch_size = 1;
+  options.p_uncond = 1.5;
+  EXPECT_THROW(options.validate(), InputError);
+  options.p_uncond = 0.1;
+  options.warmup_steps = 10;
+  options.lr = 1.0;
+  EXPECT_DOUBLE_EQ(options.learning_rate(0), 0.1);
+  EXPECT_DOUBLE_EQ(options.learning_rate(9), 1.0);
+  EXPECT_DOUBLE_EQ(options.learning_rate(50), 1.0);
+}
