@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstring>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
@@ -50,7 +51,7 @@ std::optional<DtypeCode> dtype_from_tensor(torch::ScalarType type) {
 // 'shape': (3, 2), }. This parser accepts exactly the literals numpy writes there.
 class HeaderParser {
  public:
-  HeaderParser(const std::string& text, const std::string& path) : text_(text), path_(path) {}
+  HeaderParser(const std::string& text, const std::string& source) : text_(text), source_(source) {}
 
   void parse(std::string& descr, bool& fortran_order, std::vector<int64_t>& shape) {
     bool seen_descr = false, seen_order = false, seen_shape = false;
@@ -87,7 +88,7 @@ class HeaderParser {
 
  private:
   [[noreturn]] void fail(const std::string& why) const {
-    throw FileError("'" + path_ + "' is not a valid .npy file: " + why);
+    throw FileError(source_ + " is not a valid .npy file: " + why);
   }
   char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
   void skip_space() {
@@ -143,7 +144,7 @@ class HeaderParser {
   }
 
   const std::string& text_;
-  const std::string& path_;
+  const std::string& source_;  // how error messages name the bytes, e.g. a quoted path
   size_t pos_ = 0;
 };
 
@@ -164,54 +165,57 @@ std::string shape_literal(torch::IntArrayRef sizes) {
 
 }  // namespace
 
-torch::Tensor read_npy(const std::string& path) {
-  const std::string bytes = read_file_bytes(path);
+torch::Tensor decode_npy(std::string_view bytes, const std::string& source) {
   const auto* raw = reinterpret_cast<const unsigned char*>(bytes.data());
   if (bytes.size() < kMagicSize + 4 || std::memcmp(bytes.data(), kMagic, kMagicSize) != 0) {
-    throw FileError("'" + path + "' is not a .npy file (bad magic)");
+    throw FileError(source + " is not a .npy file (bad magic)");
   }
   const int major = raw[6];
   if (major < 1 || major > 3) {
-    throw FileError("'" + path + "': unsupported .npy format version " + std::to_string(major));
+    throw FileError(source + ": unsupported .npy format version " + std::to_string(major));
   }
   const int length_bytes = major == 1 ? 2 : 4;
   const size_t preamble = kMagicSize + 2 + length_bytes;
-  if (bytes.size() < preamble) throw FileError("'" + path + "' is truncated (in the header)");
+  if (bytes.size() < preamble) throw FileError(source + " is truncated (in the header)");
   const size_t header_length = read_little_endian(raw + kMagicSize + 2, length_bytes);
   if (bytes.size() < preamble + header_length) {
-    throw FileError("'" + path + "' is truncated (in the header)");
+    throw FileError(source + " is truncated (in the header)");
   }
-  const std::string header = bytes.substr(preamble, header_length);
+  const std::string header(bytes.substr(preamble, header_length));
 
   std::string descr;
   bool fortran_order = false;
   std::vector<int64_t> shape;
-  HeaderParser(header, path).parse(descr, fortran_order, shape);
+  HeaderParser(header, source).parse(descr, fortran_order, shape);
   const std::optional<DtypeCode> code = dtype_from_descr(descr);
   if (!code) {
-    throw FileError("'" + path + "': unsupported dtype '" + descr +
+    throw FileError(source + ": unsupported dtype '" + descr +
                     "' (supported: little-endian float32, float64, int64, int32, uint8)");
   }
   if (fortran_order) {
-    throw FileError("'" + path + "': Fortran-ordered arrays are not supported (save with C order)");
+    throw FileError(source + ": Fortran-ordered arrays are not supported (save with C order)");
   }
 
   int64_t count = 1;
   for (int64_t dim : shape) {
     if (dim != 0 && count > static_cast<int64_t>(bytes.size()) / dim) {
-      throw FileError("'" + path + "' is truncated: its header's shape needs more data than the file holds");
+      throw FileError(source + " is truncated: its header's shape needs more data than the file holds");
     }
     count *= dim;
   }
   const size_t data_bytes = static_cast<size_t>(count) * code->item_size;
   const size_t available = bytes.size() - preamble - header_length;
   if (available < data_bytes) {
-    throw FileError("'" + path + "' is truncated: its header promises " + std::to_string(data_bytes) +
+    throw FileError(source + " is truncated: its header promises " + std::to_string(data_bytes) +
                     " bytes of data, the file holds " + std::to_string(available));
   }
   torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(code->type));
   if (data_bytes > 0) std::memcpy(tensor.data_ptr(), bytes.data() + preamble + header_length, data_bytes);
   return tensor;
+}
+
+torch::Tensor read_npy(const std::string& path) {
+  return decode_npy(read_file_bytes(path), "'" + path + "'");
 }
 
 std::string encode_npy(const torch::Tensor& tensor, const std::string& name_for_errors) {

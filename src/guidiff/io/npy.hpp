@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <string_view>
 
 namespace guidiff {
 
@@ -12,6 +13,11 @@ namespace guidiff {
 // the file when it is missing, truncated, not a .npy file (bad magic or header), or holds
 // an unsupported dtype, big-endian data or Fortran-ordered data.
 torch::Tensor read_npy(const std::string& path);
+
+// Decodes the bytes of a whole .npy file (e.g. a member of an .npz archive) as read_npy
+// does. `source` names the bytes in error messages exactly as given, e.g. "'a.npy'" or
+// "'a.npz' member 'x.npy'"; every failure is a FileError starting with it.
+torch::Tensor decode_npy(std::string_view bytes, const std::string& source);
 
 // Writes a tensor (any device, any strides) as a C-order .npy file, version 1.0 unless the
 // header needs 2.0, atomically. Throws InputError naming the file for an unsupported dtype

@@ -1,0 +1,252 @@
+#include "guidiff/eval/feature_statistics.hpp"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/safetensors.hpp"
+
+namespace guidiff {
+namespace {
+
+constexpr const char* kMetadataKey = "guidiff_feature_statistics";
+constexpr int64_t kFormat = 1;
+
+std::string shape_string(const torch::Tensor& tensor) {
+  std::ostringstream out;
+  out << tensor.sizes();
+  return out.str();
+}
+
+bool all_finite(const torch::Tensor& tensor) { return tensor.isfinite().all().item<bool>(); }
+
+// Averages away the rounding asymmetry of a computed symmetric matrix, so that the symmetric
+// eigensolver (which reads one triangle) sees the matrix we mean.
+torch::Tensor symmetrized(const torch::Tensor& matrix) { return (matrix + matrix.t()) * 0.5; }
+
+// The PSD square root V diag(sqrt(max(lambda, 0))) V^T of a symmetric PSD matrix. A
+// covariance is PSD in exact arithmetic; eigenvalues a few ulps below zero are rounding.
+torch::Tensor psd_square_root(const torch::Tensor& symmetric) {
+  auto [eigenvalues, eigenvectors] = torch::linalg::eigh(symmetric, "L");
+  if (!all_finite(eigenvalues) || !all_finite(eigenvectors)) {
+    throw NumericError("Frechet distance: the eigendecomposition of a covariance produced NaN or infinity");
+  }
+  return (eigenvectors * eigenvalues.clamp_min(0).sqrt().unsqueeze(0)).mm(eigenvectors.t());
+}
+
+// Checks one side of a Frechet distance and returns its dimension D.
+int64_t checked_dimension(const FeatureStatistics& statistics, const char* which) {
+  const std::string side = std::string("Frechet distance: the ") + which + " statistics' ";
+  if (!statistics.mean.defined() || statistics.mean.dim() != 1 || statistics.mean.size(0) == 0) {
+    throw InputError(side + "mean must be a non-empty 1-D tensor, got " +
+                     (statistics.mean.defined() ? shape_string(statistics.mean) : "none"));
+  }
+  const int64_t dim = statistics.mean.size(0);
+  if (!statistics.covariance.defined() || statistics.covariance.dim() != 2 ||
+      statistics.covariance.size(0) != dim || statistics.covariance.size(1) != dim) {
+    throw InputError(side + "covariance must be [" + std::to_string(dim) + ", " + std::to_string(dim) +
+                     "] to match its mean, got " +
+                     (statistics.covariance.defined() ? shape_string(statistics.covariance) : "none"));
+  }
+  if (!statistics.mean.is_floating_point() || !statistics.covariance.is_floating_point() ||
+      !all_finite(statistics.mean) || !all_finite(statistics.covariance)) {
+    throw InputError(side + "mean and covariance must be floating point and finite (found NaN, infinity or integers)");
+  }
+  return dim;
+}
+
+// Checks statistics about to be saved (same rules as the loader applies to a file).
+void check_savable(const FeatureStatistics& statistics) {
+  const std::string what = "cannot save feature statistics: ";
+  if (!statistics.mean.defined() || statistics.mean.dim() != 1 || statistics.mean.size(0) == 0) {
+    throw InputError(what + "mean must be a non-empty 1-D tensor, got " +
+                     (statistics.mean.defined() ? shape_string(statistics.mean) : "none"));
+  }
+  const int64_t dim = statistics.mean.size(0);
+  if (!statistics.covariance.defined() || statistics.covariance.dim() != 2 ||
+      statistics.covariance.size(0) != dim || statistics.covariance.size(1) != dim) {
+    throw InputError(what + "covariance must be [" + std::to_string(dim) + ", " + std::to_string(dim) + "], got " +
+                     (statistics.covariance.defined() ? shape_string(statistics.covariance) : "none"));
+  }
+  if (statistics.count < 2) {
+    throw InputError(what + "count must be at least 2, got " + std::to_string(statistics.count));
+  }
+  if (statistics.features.defined() &&
+      (statistics.features.dim() != 2 || statistics.features.size(1) != dim || statistics.features.size(0) == 0)) {
+    throw InputError(what + "features must be [N, " + std::to_string(dim) + "] with N >= 1, got " +
+                     shape_string(statistics.features));
+  }
+  for (const auto& [name, tensor] : {std::pair<const char*, const torch::Tensor*>{"mean", &statistics.mean},
+                                     {"covariance", &statistics.covariance},
+                                     {"features", &statistics.features}}) {
+    if (tensor->defined() && (!tensor->is_floating_point() || !all_finite(*tensor))) {
+      throw InputError(what + name + " must be floating point and finite");
+    }
+  }
+}
+
+FileError statistics_file_error(const std::string& file, const std::string& what) {
+  return FileError("feature statistics file '" + file + "': " + what);
+}
+
+}  // namespace
+
+FeatureStatistics feature_statistics(const torch::Tensor& features) {
+  if (!features.defined() || features.dim() != 2) {
+    throw InputError("feature statistics need features [N, D], got " +
+                     (features.defined() ? shape_string(features) : std::string("none")));
+  }
+  if (features.size(0) < 2 || features.size(1) == 0) {
+    throw InputError("feature statistics need at least 2 feature vectors of dimension >= 1, got " +
+                     shape_string(features));
+  }
+  if (!features.is_floating_point() || !all_finite(features)) {
+    throw InputError("feature statistics: the features must be floating point and finite (found NaN, infinity or integers)");
+  }
+  const torch::Tensor x = features.to(torch::kCPU, torch::kFloat64);
+  const int64_t count = x.size(0);
+  FeatureStatistics statistics;
+  statistics.mean = x.mean(0);
+  // Two-pass (centre, then multiply): avoids the cancellation of E[xx^T] - mu mu^T when the
+  // mean is large compared with the spread.
+  const torch::Tensor centred = x - statistics.mean.unsqueeze(0);
+  statistics.covariance = symmetrized(centred.t().mm(centred) / static_cast<double>(count - 1));
+  statistics.count = count;
+  return statistics;
+}
+
+double frechet_distance(const FeatureStatistics& a, const FeatureStatistics& b) {
+  const int64_t dim_a = checked_dimension(a, "first");
+  const int64_t dim_b = checked_dimension(b, "second");
+  if (dim_a != dim_b) {
+    throw InputError("Frechet distance: feature dimensions differ (" + std::to_string(dim_a) + " vs " +
+                     std::to_string(dim_b) + ")");
+  }
+  const torch::Tensor mu1 = a.mean.to(torch::kCPU, torch::kFloat64);
+  const torch::Tensor mu2 = b.mean.to(torch::kCPU, torch::kFloat64);
+  const torch::Tensor s1 = symmetrized(a.covariance.to(torch::kCPU, torch::kFloat64));
+  const torch::Tensor s2 = symmetrized(b.covariance.to(torch::kCPU, torch::kFloat64));
+
+  // tr (S1 S2)^{1/2}: S1 S2 = R (R S2 R) R^{-1} with R = S1^{1/2}, so S1 S2 is similar to the
+  // symmetric PSD matrix R S2 R (by continuity also when S1 is singular) and the trace of its
+  // principal square root is the sum of the square roots of the eigenvalues of R S2 R. This
+  // stays in real symmetric arithmetic, unlike scipy.linalg.sqrtm(S1 @ S2), which needs a
+  // complex Schur form and returns spurious imaginary parts for near-singular covariances.
+  const torch::Tensor root_s1 = psd_square_root(s1);
+  const torch::Tensor sandwiched = symmetrized(root_s1.mm(s2).mm(root_s1));
+  const torch::Tensor eigenvalues = torch::linalg::eigvalsh(sandwiched, "L");
+  if (!all_finite(eigenvalues)) {
+    throw NumericError("Frechet distance: the eigenvalues of S1^(1/2) S2 S1^(1/2) are NaN or infinite");
+  }
+  const double trace_sqrt = eigenvalues.clamp_min(0).sqrt().sum().item<double>();
+  const double mean_term = (mu1 - mu2).square().sum().item<double>();
+  const double distance = mean_term + s1.trace().item<double>() + s2.trace().item<double>() - 2.0 * trace_sqrt;
+  // d^2 >= 0 exactly (it is a squared Wasserstein-2 distance); a negative value is rounding.
+  return std::max(distance, 0.0);
+}
+
+std::string fid_sample_warning(int64_t count, int64_t dim) {
+  if (count < dim) {
+    return "FID from only " + std::to_string(count) + " feature vectors of dimension " + std::to_string(dim) +
+           ": the covariance is rank-deficient and the distance is biased upward; compare only with FIDs from the "
+           "same count";
+  }
+  if (count < 1000) {
+    return "FID from only " + std::to_string(count) +
+           " feature vectors is strongly biased upward; compare only with FIDs from the same count (10000 or more "
+           "is usual)";
+  }
+  return "";
+}
+
+void save_feature_statistics(const std::string& path, const FeatureStatistics& statistics,
+                             const nlohmann::json& description) {
+  check_savable(statistics);
+  NamedTensors tensors = {
+      {"mean", statistics.mean.to(torch::kCPU, torch::kFloat64)},
+      {"covariance", statistics.covariance.to(torch::kCPU, torch::kFloat64)},
+  };
+  if (statistics.features.defined()) {
+    tensors.emplace_back("features", statistics.features.to(torch::kCPU, torch::kFloat32));
+  }
+  const nlohmann::json metadata = {{"format", kFormat}, {"count", statistics.count}, {"description", description}};
+  save_safetensors(path, tensors, {{kMetadataKey, metadata.dump()}});  // atomic
+}
+
+FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::json* description) {
+  const SafetensorsContents contents = load_safetensors(path);  // FileError naming the file
+
+  const auto found = contents.metadata.find(kMetadataKey);
+  if (found == contents.metadata.end()) {
+    throw statistics_file_error(path, std::string("metadata key '") + kMetadataKey +
+                                          "' is missing (not a guidiff feature statistics file)");
+  }
+  nlohmann::json metadata;
+  try {
+    metadata = nlohmann::json::parse(found->second);
+  } catch (const nlohmann::json::exception& error) {
+    throw statistics_file_error(path, std::string("metadata '") + kMetadataKey + "' is not valid JSON (" +
+                                          error.what() + ")");
+  }
+  if (!metadata.is_object() || !metadata.contains("format") || !metadata.contains("count") ||
+      !metadata.contains("description")) {
+    throw statistics_file_error(path, std::string("metadata '") + kMetadataKey +
+                                          "' must be an object with keys format, count and description");
+  }
+  if (metadata.at("format") != kFormat) {
+    throw statistics_file_error(path, "metadata format is " + metadata.at("format").dump() +
+                                          "; this guidiff reads format " + std::to_string(kFormat));
+  }
+  const auto& count = metadata.at("count");
+  if (!count.is_number_integer() || count.get<int64_t>() < 2) {
+    throw statistics_file_error(path, "metadata count must be an integer >= 2, got " + count.dump());
+  }
+
+  for (const auto& [name, tensor] : contents.tensors) {
+    if (name != "mean" && name != "covariance" && name != "features") {
+      throw statistics_file_error(path, "unexpected tensor '" + name + "'");
+    }
+  }
+  const auto tensor = [&](const char* name, torch::ScalarType type, bool required) -> torch::Tensor {
+    const torch::Tensor* stored = contents.find(name);
+    if (stored == nullptr) {
+      if (required) throw statistics_file_error(path, std::string("tensor '") + name + "' is missing");
+      return {};
+    }
+    if (stored->scalar_type() != type) {
+      throw statistics_file_error(path, std::string("tensor '") + name + "' must be " + c10::toString(type) +
+                                            ", got " + c10::toString(stored->scalar_type()));
+    }
+    if (!all_finite(*stored)) {
+      throw statistics_file_error(path, std::string("tensor '") + name + "' holds NaN or infinity");
+    }
+    return *stored;
+  };
+  FeatureStatistics statistics;
+  statistics.mean = tensor("mean", torch::kFloat64, true);
+  statistics.covariance = tensor("covariance", torch::kFloat64, true);
+  statistics.features = tensor("features", torch::kFloat32, false);
+  statistics.count = count.get<int64_t>();
+
+  if (statistics.mean.dim() != 1 || statistics.mean.size(0) == 0) {
+    throw statistics_file_error(path, "tensor 'mean' must be [D] with D >= 1, got " + shape_string(statistics.mean));
+  }
+  const int64_t dim = statistics.mean.size(0);
+  if (statistics.covariance.dim() != 2 || statistics.covariance.size(0) != dim ||
+      statistics.covariance.size(1) != dim) {
+    throw statistics_file_error(path, "tensor 'covariance' must be [" + std::to_string(dim) + ", " +
+                                          std::to_string(dim) + "] to match 'mean', got " +
+                                          shape_string(statistics.covariance));
+  }
+  if (statistics.features.defined() && (statistics.features.dim() != 2 || statistics.features.size(0) == 0 ||
+                                        statistics.features.size(1) != dim)) {
+    throw statistics_file_error(path, "tensor 'features' must be [N, " + std::to_string(dim) +
+                                          "] to match 'mean', got " + shape_string(statistics.features));
+  }
+  if (description != nullptr) *description = metadata.at("description");
+  return statistics;
+}
+
+}  // namespace guidiff
