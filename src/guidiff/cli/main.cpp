@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   guidiff::cli::GlobalOptions global;
   app.add_option("--threads", global.threads,
                  "intra-op threads (default: GUIDIFF_THREADS, else all cores)");
-  app.add_option("--device", global.device, "where TorchScript models run: cpu or cuda");
+  app.add_option("--device", global.device, "where models run (sampling and training): cpu or cuda");
 
   const guidiff::cli::Command commands[] = {
       guidiff::cli::add_info_command(app, global),
