@@ -31,27 +31,15 @@
 #include "guidiff/data/mixture_dataset.hpp"
 #include "guidiff/data/random_order.hpp"
 #include "guidiff/data/transforms.hpp"
+#include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
+using guidiff::testing::expect_error;
 
 namespace {
 
 using Bytes = std::vector<uint8_t>;
-
-// Expects `call` to throw E whose one-line message contains every fragment.
-template <typename E, typename F>
-void expect_error(F&& call, const std::vector<std::string>& fragments) {
-  try {
-    call();
-    FAIL() << "expected an exception mentioning " << fragments.front();
-  } catch (const E& error) {
-    const std::string message = error.what();
-    for (const auto& fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
-  }
-}
 
 // Whether images are float32 of `shape` and equal the reference scaling p / 127.5 - 1,
 // computed in double from the raw bytes (to within float rounding; adjacent levels are 0.0078
@@ -64,16 +52,8 @@ bool matches_pixels(const torch::Tensor& images, const Bytes& pixels, torch::Int
          (images.to(torch::kFloat64) - expected).abs().max().item<double>() < 1e-6;
 }
 
-class DataTest : public ::testing::Test {
+class DataTest : public guidiff::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "guidiff-test-data-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
   void write_raw(const std::string& name, const Bytes& bytes) const {
     fs::create_directories(fs::path(path(name)).parent_path());
     std::ofstream(path(name), std::ios::binary)
@@ -105,8 +85,6 @@ class DataTest : public ::testing::Test {
                              width * channels),
               0);
   }
-
-  fs::path dir_;
 };
 
 // Three 2 x 3 images whose pixels cover 0 and 255, and labels 3, 0, 9.
@@ -406,9 +384,9 @@ TEST_F(DataTest, UnreadableImagesFailOrAreSkippedWithOneWarning) {
   expect_error<FileError>([&] { load_image_folder(path("mixed")); },
                           {path("mixed/b/broken.png"), "skip_unreadable"});
 
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   const Dataset data = load_image_folder(path("mixed"), {1, 0, true});
-  const std::string warning = testing::internal::GetCapturedStderr();
+  const std::string warning = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(data.size(), 2);
   EXPECT_TRUE(torch::equal(data.labels, torch::tensor({0, 1}, torch::kInt64)));
   EXPECT_EQ(std::count(warning.begin(), warning.end(), '\n'), 1) << warning;
@@ -417,13 +395,13 @@ TEST_F(DataTest, UnreadableImagesFailOrAreSkippedWithOneWarning) {
 
   // A class whose every file is unreadable is still an error, even when skipping.
   write_raw("dead/a/x.png", {1, 2, 3});
-  testing::internal::CaptureStderr();
+  ::testing::internal::CaptureStderr();
   expect_error<FileError>(
       [&] {
         load_image_folder(path("dead"), {1, 0, true});
       },
       {path("dead/a"), "no readable images"});
-  testing::internal::GetCapturedStderr();
+  ::testing::internal::GetCapturedStderr();
 }
 
 // ---- mixture data --------------------------------------------------------------------------

@@ -19,23 +19,13 @@
 #include "guidiff/eval/metrics.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/safetensors.hpp"
+#include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
+using guidiff::testing::expect_error;
 
 namespace {
-
-template <typename E, typename F>
-void expect_error(F&& call, const std::vector<std::string>& fragments) {
-  try {
-    call();
-    FAIL() << "expected an exception mentioning " << fragments.front();
-  } catch (const E& error) {
-    const std::string message = error.what();
-    for (const auto& fragment : fragments) EXPECT_NE(message.find(fragment), std::string::npos) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
-  }
-}
 
 torch::Tensor doubles(std::vector<double> values, std::vector<int64_t> shape) {
   return torch::tensor(values, torch::kFloat64).reshape(shape);
@@ -397,17 +387,8 @@ TEST(ClassAccuracy, RejectsBadInput) {
 // ---------------------------------------------------------------------------------------
 // The statistics cache
 
-class StatisticsCacheTest : public ::testing::Test {
+class StatisticsCacheTest : public guidiff::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "guidiff-test-metrics-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
 };
 
 bool bit_equal(const torch::Tensor& a, const torch::Tensor& b) {

@@ -15,26 +15,14 @@
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/safetensors.hpp"
 #include "guidiff/models/model_files.hpp"
+#include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
+using guidiff::testing::expect_error;
 using nlohmann::json;
 
 namespace {
-
-template <typename E, typename F>
-void expect_error(F&& call, const std::vector<std::string>& fragments) {
-  try {
-    call();
-    FAIL() << "expected an exception mentioning " << fragments.front();
-  } catch (const E& error) {
-    const std::string message = error.what();
-    for (const auto& fragment : fragments) {
-      EXPECT_NE(message.find(fragment), std::string::npos) << message;
-    }
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
-  }
-}
 
 torch::Tensor steps(std::vector<int64_t> values) { return torch::tensor(values, torch::kInt64); }
 
@@ -61,16 +49,8 @@ json tiny_unet_json() {
           {"dropout", 0.3}};
 }
 
-class ModelFilesTest : public ::testing::Test {
+class ModelFilesTest : public guidiff::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "guidiff-test-model-files-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
 };
 
 // ---- against guided-diffusion itself --------------------------------------------------

@@ -17,24 +17,13 @@
 #include "guidiff/models/mlp.hpp"
 #include "guidiff/models/network_adapters.hpp"
 #include "guidiff/models/unet.hpp"
+#include "support/test_files.hpp"
 
 using namespace guidiff;
+using guidiff::testing::expect_error;
 using nlohmann::json;
 
 namespace {
-
-template <typename E, typename F>
-void expect_error(F&& call, const std::vector<std::string>& fragments) {
-  try {
-    call();
-    FAIL() << "expected an exception mentioning " << fragments.front();
-  } catch (const E& error) {
-    const std::string message = error.what();
-    for (const auto& fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
-  }
-}
 
 // Replaces every parameter with N(0, scale^2) noise, so zero-initialised layers stop hiding
 // the rest of the network.

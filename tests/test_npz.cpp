@@ -19,54 +19,21 @@
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/npz.hpp"
+#include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
+using guidiff::testing::expect_error;
+using guidiff::testing::same_bytes;
 
 namespace {
 
 const std::string kData = GUIDIFF_TEST_DATA_DIR;
 
 // A fresh directory per test, removed afterwards.
-class NpzTest : public ::testing::Test {
+class NpzTest : public guidiff::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "guidiff-test-npz-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::set<std::string> listing() const {
-    std::set<std::string> names;
-    for (const auto& entry : fs::directory_iterator(dir_)) names.insert(entry.path().filename().string());
-    return names;
-  }
-  void write_raw(const std::string& name, const std::string& bytes) const {
-    std::ofstream(path(name), std::ios::binary) << bytes;
-  }
-
-  fs::path dir_;
 };
-
-// Expects `call` to throw E whose message contains every fragment, on one line.
-template <typename E, typename F>
-void expect_error(F&& call, const std::vector<std::string>& fragments) {
-  try {
-    call();
-    FAIL() << "expected an exception mentioning " << fragments.front();
-  } catch (const E& error) {
-    const std::string message = error.what();
-    for (const auto& fragment : fragments) EXPECT_NE(message.find(fragment), std::string::npos) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
-  }
-}
-
-bool same_bytes(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  const auto ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
-}
 
 std::vector<std::string> names_of(const NamedArrays& arrays) {
   std::vector<std::string> names;

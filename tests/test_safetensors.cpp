@@ -16,46 +16,18 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/safetensors.hpp"
+#include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
+using guidiff::testing::expect_error;
+using guidiff::testing::same_bytes;
 
 namespace {
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public guidiff::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "guidiff-test-safetensors-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  void write_raw(const std::string& name, const std::string& bytes) const {
-    std::ofstream(path(name), std::ios::binary) << bytes;
-  }
-
-  fs::path dir_;
 };
-
-template <typename E, typename F>
-void expect_error(F&& call, const std::vector<std::string>& fragments) {
-  try {
-    call();
-    FAIL() << "expected an exception mentioning " << fragments.front();
-  } catch (const E& error) {
-    const std::string message = error.what();
-    for (const auto& fragment : fragments)
-      EXPECT_NE(message.find(fragment), std::string::npos) << message;
-    EXPECT_EQ(message.find('\n'), std::string::npos) << "message must be one line: " << message;
-  }
-}
-
-bool same_bytes(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  const auto ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
-}
 
 // A tensor of `type` whose bytes are random (so float payloads include NaNs, denormals and
 // infinities); booleans stay 0/1.

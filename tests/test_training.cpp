@@ -17,23 +17,15 @@
 #include "guidiff/training/checkpoint.hpp"
 #include "guidiff/training/losses.hpp"
 #include "guidiff/training/trainer.hpp"
+#include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
 
 namespace {
 
-class TrainingTest : public ::testing::Test {
+class TrainingTest : public guidiff::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "guidiff-test-training-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
 };
 
 // A freshly initialised network: initial weights come from the global generator, seeded
