@@ -24,6 +24,7 @@
 namespace fs = std::filesystem;
 using namespace guidiff;
 using guidiff::testing::expect_error;
+using guidiff::testing::same_bytes;
 
 namespace {
 
@@ -391,12 +392,6 @@ class StatisticsCacheTest : public guidiff::testing::TempDirTest {
  protected:
 };
 
-bool bit_equal(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  const auto ca = a.contiguous(), cb = b.contiguous();
-  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
-}
-
 TEST_F(StatisticsCacheTest, RoundTripsBitExactly) {
   torch::manual_seed(7);
   const auto features = torch::randn({50, 6});
@@ -408,10 +403,10 @@ TEST_F(StatisticsCacheTest, RoundTripsBitExactly) {
   nlohmann::json loaded_description;
   const auto loaded = load_feature_statistics(path("stats.safetensors"), &loaded_description);
   EXPECT_EQ(loaded.count, 50);
-  EXPECT_TRUE(bit_equal(loaded.mean, statistics.mean));
-  EXPECT_TRUE(bit_equal(loaded.covariance, statistics.covariance));
+  EXPECT_TRUE(same_bytes(loaded.mean, statistics.mean));
+  EXPECT_TRUE(same_bytes(loaded.covariance, statistics.covariance));
   ASSERT_TRUE(loaded.features.defined());
-  EXPECT_TRUE(bit_equal(loaded.features, features));
+  EXPECT_TRUE(same_bytes(loaded.features, features));
   EXPECT_EQ(loaded_description, description);
   EXPECT_EQ(frechet_distance(loaded, statistics), frechet_distance(statistics, statistics));
   // Written atomically: no temporary is left beside the file.
