@@ -9,10 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/image.hpp"
+#include "guidiff/io/npz.hpp"
+#include "guidiff/models/model_files.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/sampling/generate.hpp"
 #include "support/fixture_models.hpp"
@@ -376,6 +380,151 @@ TEST_F(CliTest, BadTrainingRequestsAreOneLineErrors) {
   expect_one_line_error("train diffusion --data mixture --config " + path("unet.json") + out, "does not fit");
   expect_one_line_error("sample --model " + path("run") + " --steps 5 --out " + path("x.npy"), "run");
   EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+// ---- sample outputs, eval and sweep ------------------------------------------------------
+
+// The TorchScript run of TorchScriptConditionalModelWithCfgMatchesTheClosedForm, as files.
+TEST_F(CliTest, SampleWritesNpzManifestAndSingleImages) {
+  const CliResult result =
+      run("sample --model " + fixture_path("linear_conditional.pt") + " --num-classes 3 --shape 1,4,4 "
+          "--steps 10 --num-samples 6 --batch-size 4 --seed 11 --class 0,1,2 --cfg-scale 2 --npz " +
+          path("x.npz") + " --image-dir " + path("images") + " --out " + path("x.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const SampleBatchNpz batch = read_sample_batch_npz(path("x.npz"));
+  EXPECT_EQ(batch.images.sizes(), (std::vector<int64_t>{6, 4, 4, 1}));
+  EXPECT_TRUE(torch::equal(batch.labels, torch::tensor({0, 1, 2, 0, 1, 2}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(batch.images, images_to_uint8_nhwc(read_npy(path("x.npy")))));
+  const auto manifest = nlohmann::json::parse(read_file_bytes(path("x.json")));
+  EXPECT_EQ(manifest.at("seed"), 11);
+  EXPECT_EQ(manifest.at("sampler"), "ddim");
+  EXPECT_EQ(manifest.at("steps"), 10);
+  EXPECT_EQ(manifest.at("guidance").at("cfg_scale"), 2.0);
+  EXPECT_EQ(manifest.at("guidiff_version"), GUIDIFF_VERSION);
+  EXPECT_EQ(png_size(path("images/000005.png")), std::make_pair(4, 4));
+  EXPECT_FALSE(fs::exists(path("images/000006.png")));
+  expect_one_line_error("sample --num-samples 4 --npz " + path("toy.npz"), "--npz needs image samples");
+}
+
+class EvalCliTest : public CliTest {
+ protected:
+  // A random cnn_classifier for side x side grey images and 3 classes, and a reference
+  // folder of 3 classes x 8 images.
+  void SetUp() override {
+    CliTest::SetUp();
+    torch::manual_seed(1);
+    save_model(build_model({{"kind", "cnn_classifier"}, {"image_size", 8}, {"in_channels", 1}, {"channels", {8, 16}},
+                            {"norm_groups", 4}, {"num_classes", 3}}),
+               path("evaluator"));
+    for (int c = 0; c < 3; ++c) {
+      const std::string folder = path("reference/c" + std::to_string(c));
+      fs::create_directories(folder);
+      write_png_images(folder, torch::rand({8, 1, 8, 8}) * 2 - 1);
+    }
+    common_ = " --evaluator " + path("evaluator") + " --reference folder:" + path("reference") + " --cache-dir " +
+              path("cache");
+  }
+  std::string common_;
+};
+
+TEST_F(EvalCliTest, EvalScoresAnNpzAndWritesJson) {
+  write_sample_batch_npz(path("s.npz"), images_to_uint8_nhwc(torch::rand({12, 1, 8, 8}) * 2 - 1),
+                         torch::arange(12, torch::kLong) % 3);
+  const CliResult result = run("eval --samples " + path("s.npz") + common_ + " --json " + path("scores.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.out.find("FID"), std::string::npos) << result.out;
+  EXPECT_NE(result.err.find("FID from only 12 feature vectors"), std::string::npos) << result.err;  // the warning
+  const auto json = nlohmann::json::parse(read_file_bytes(path("scores.json")));
+  EXPECT_EQ(json.at("count"), 12);
+  EXPECT_EQ(json.at("reference_count"), 24);
+  EXPECT_GE(json.at("fid").get<double>(), 0.0);
+  EXPECT_GE(json.at("class_accuracy").get<double>(), 0.0);
+  EXPECT_LE(json.at("class_accuracy").get<double>(), 1.0);
+  // The cache exists now; a second run reads it and prints the same FID.
+  const CliResult again = run("eval --samples " + path("s.npz") + common_ + " --json " + path("again.json"));
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.err.find("computing reference"), std::string::npos) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(read_file_bytes(path("again.json"))).at("fid"), json.at("fid"));
+}
+
+TEST_F(EvalCliTest, EvalOfTheReferenceDataIsItsOwnFloor) {
+  const CliResult result = run("eval --data folder:" + path("reference") + common_ + " --json " + path("j.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto json = nlohmann::json::parse(read_file_bytes(path("j.json")));
+  EXPECT_NEAR(json.at("fid").get<double>(), 0.0, 1e-6);
+  EXPECT_EQ(json.at("precision"), 1.0);
+  EXPECT_EQ(json.at("recall"), 1.0);
+}
+
+TEST_F(EvalCliTest, EvalBadInputsAreOneLineErrors) {
+  write_sample_batch_npz(path("small.npz"), images_to_uint8_nhwc(torch::zeros({12, 1, 6, 6})), {});
+  expect_one_line_error("eval --samples " + path("small.npz") + common_, "takes [1, 8, 8]");
+  write_file_atomically(path("broken.npz"), "PK\x03\x04 not really");
+  expect_one_line_error("eval --samples " + path("broken.npz") + common_, "broken.npz");
+  expect_one_line_error("eval" + common_, "exactly one of --samples");
+  expect_one_line_error("eval --samples " + path("small.npz") + common_ + " --features " +
+                            fixture_path("features_wrong_rank.pt"),
+                        "features_wrong_rank.pt");
+  expect_one_line_error("eval --samples " + path("small.npz") + " --evaluator " + path("nothing") +
+                            " --reference folder:" + path("reference"),
+                        "evaluator");
+  EXPECT_FALSE(fs::exists(path("cache")));  // nothing half-written
+}
+
+TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
+  torch::manual_seed(2);
+  save_model(build_model({{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                          {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                          {"norm_groups", 4}, {"num_classes", 3}}),
+             path("unet"));
+  save_model(build_model({{"kind", "encoder_unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                          {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                          {"norm_groups", 4}, {"pool", "adaptive"}, {"num_classes", 3}}),
+             path("classifier"));
+  const std::string args = "sweep --model " + path("unet") + " --classifier " + path("classifier") +
+                           " --classifier-scales 0,2 --cfg-scales 0:1:1 --steps 2,3 --num-samples 12 --batch-size 5 "
+                           "--out-dir " + path("sweep") + common_;
+  const CliResult result = run(args);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const std::string csv = read_file_bytes(path("sweep/results.csv"));
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 8) << csv;
+  for (const char* file : {"plots/fid_vs_is.png", "plots/precision_recall.png", "plots/accuracy_vs_strength.png",
+                           "plots/fid_vs_steps.png", "report.md", "report.html", "results.json",
+                           "settings/cfg_w1_steps3/samples.npz", "settings/classifier_s2_steps2/grid.png"}) {
+    EXPECT_TRUE(fs::exists(path("sweep/") + file)) << file;
+  }
+  // rows = 3 classes, columns = 2 strengths, 8 px images with 2 px padding.
+  EXPECT_EQ(png_size(path("sweep/grids/cfg_steps2.png")), std::make_pair(22, 32));
+  const std::string report = read_file_bytes(path("sweep/report.md"));
+  EXPECT_NE(report.find("cfg w=1, 3 steps"), std::string::npos) << report;
+  EXPECT_NE(report.find("real"), std::string::npos);
+  EXPECT_NE(report.find("not comparable to Inception"), std::string::npos);
+  // The same x_T in every setting: unguided classifier-method samples ignore the label, so
+  // s = 0 at 2 steps is one set of images whatever the class asked.
+  const SampleBatchNpz cfg0 = read_sample_batch_npz(path("sweep/settings/cfg_w0_steps2/samples.npz"));
+  EXPECT_EQ(cfg0.images.size(0), 12);
+
+  // Interrupted: one setting lost. The rerun redoes only that one, with the same result.
+  fs::remove(path("sweep/settings/cfg_w1_steps3/scores.json"));
+  const CliResult resumed = run(args);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  size_t skipped = 0;
+  for (size_t at = 0; (at = resumed.err.find("already done", at)) != std::string::npos; ++at) ++skipped;
+  EXPECT_EQ(skipped, 7u) << resumed.err;
+  const auto columns_without_seconds = [](const std::string& text) {
+    std::string out;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) out += line.substr(0, line.rfind(',')) + "\n";
+    return out;
+  };
+  EXPECT_EQ(columns_without_seconds(read_file_bytes(path("sweep/results.csv"))), columns_without_seconds(csv));
+  // Another request in the same directory is refused, not mixed in.
+  expect_one_line_error("sweep --model " + path("unet") + " --classifier " + path("classifier") +
+                            " --cfg-scales 0 --steps 2 --num-samples 11 --out-dir " +
+                            path("sweep") + common_,
+                        "num_samples");
+  expect_one_line_error("sweep --model " + path("unet") + " --classifier-scales 1 --out-dir " + path("s2") + common_,
+                        "--classifier-scales needs --classifier");
 }
 
 }  // namespace

@@ -26,5 +26,7 @@ Command add_info_command(CLI::App& app, const GlobalOptions& global);
 Command add_sample_command(CLI::App& app, const GlobalOptions& global);
 Command add_demo_command(CLI::App& app, const GlobalOptions& global);
 Command add_train_command(CLI::App& app, const GlobalOptions& global);
+Command add_eval_command(CLI::App& app, const GlobalOptions& global);
+Command add_sweep_command(CLI::App& app, const GlobalOptions& global);
 
 }  // namespace guidiff::cli

@@ -45,6 +45,8 @@ int main(int argc, char** argv) {
       guidiff::cli::add_sample_command(app, global),
       guidiff::cli::add_demo_command(app, global),
       guidiff::cli::add_train_command(app, global),
+      guidiff::cli::add_eval_command(app, global),
+      guidiff::cli::add_sweep_command(app, global),
   };
   // Set after the subcommands exist, so only the top level collects unknown arguments (the
   // subcommands pass theirs up) and they can be named in one line.

@@ -57,7 +57,7 @@ nlohmann::json model_config(const TrainFlags& flags, const Dataset& data) {
     }
   }
   const std::string kind = config["kind"].is_string() ? config["kind"].get<std::string>() : "";
-  const bool image_model = kind == "unet" || kind == "encoder_unet";
+  const bool image_model = kind == "unet" || kind == "encoder_unet" || kind == "cnn_classifier";
   if (image_model != data.holds_images()) {
     throw InputError("--config kind '" + kind + "' does not fit the data '" + data.name + "' (" +
                      (data.holds_images() ? "images" : "vectors") + ")");
@@ -66,7 +66,7 @@ nlohmann::json model_config(const TrainFlags& flags, const Dataset& data) {
     if (!config.contains("image_size")) config["image_size"] = data.images.size(2);
     if (!config.contains("in_channels")) config["in_channels"] = data.images.size(1);
     // A network too small for the default 32 GroupNorm groups gets as many as fit.
-    if (!config.contains("norm_groups") && config.value("model_channels", int64_t{64}) < 32) {
+    if (kind != "cnn_classifier" && !config.contains("norm_groups") && config.value("model_channels", int64_t{64}) < 32) {
       config["norm_groups"] = config.value("model_channels", int64_t{64}) / 2;
     }
   } else if (!config.contains("data_dim")) {

@@ -93,15 +93,70 @@ torch::Tensor center_crop_and_resize(const torch::Tensor& pixels, int64_t size) 
   return F::interpolate(square, options).squeeze(0);
 }
 
-Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options) {
+namespace {
+
+// Decodes files one by one into a common size (resizing them, or checking they agree),
+// skipping unreadable ones when asked; shared by the labelled and the flat folder readers.
+class ImageCollector {
+ public:
+  ImageCollector(const ImageFolderOptions& options, std::string root) : options_(options), root_(std::move(root)) {}
+
+  // Returns false when the file was skipped.
+  bool add(const fs::path& file) {
+    std::string reason;
+    torch::Tensor pixels = decode_image(file, options_.channels, reason);
+    if (!pixels.defined()) {
+      if (!options_.skip_unreadable) {
+        throw FileError("cannot read image '" + file.string() + "': " + reason + " (skip_unreadable skips such files)");
+      }
+      if (skipped_++ == 0) first_skipped_ = "'" + file.string() + "': " + reason;
+      return false;
+    }
+    if (options_.image_size > 0) {
+      pixels = center_crop_and_resize(pixels.to(torch::kFloat32), options_.image_size);
+    } else if (images_.empty()) {
+      first_file_ = file;
+    } else if (pixels.sizes() != images_.front().sizes()) {
+      throw FileError("images differ in size: '" + first_file_.string() + "' is " +
+                      size_text(images_.front().size(2), images_.front().size(1)) + " but '" + file.string() +
+                      "' is " + size_text(pixels.size(2), pixels.size(1)) +
+                      " (width x height; give an image size to crop and resize them)");
+    }
+    images_.push_back(pixels);
+    return true;
+  }
+
+  // The images as float32 [N, C, H, W] in [-1, 1], after one warning line for skipped files.
+  torch::Tensor finish() {
+    if (skipped_ > 0) {
+      std::cerr << "guidiff: warning: skipped " << skipped_ << " unreadable image" << (skipped_ == 1 ? "" : "s")
+                << " under '" << root_ << "' (first: " << first_skipped_ << ")\n";
+    }
+    return pixels_to_unit_range(torch::stack(images_));
+  }
+
+ private:
+  const ImageFolderOptions& options_;
+  std::string root_;
+  std::vector<torch::Tensor> images_;
+  fs::path first_file_;  // the image whose size the others must match (no resizing)
+  int64_t skipped_ = 0;
+  std::string first_skipped_;  // "'path': reason" of the first skipped file
+};
+
+void check_options(const ImageFolderOptions& options) {
   if (options.channels != 1 && options.channels != 3) {
-    throw InputError("image folder: channels must be 1 or 3, got " +
-                     std::to_string(options.channels));
+    throw InputError("image folder: channels must be 1 or 3, got " + std::to_string(options.channels));
   }
   if (options.image_size < 0) {
-    throw InputError("image folder: image size must be >= 0, got " +
-                     std::to_string(options.image_size));
+    throw InputError("image folder: image size must be >= 0, got " + std::to_string(options.image_size));
   }
+}
+
+}  // namespace
+
+Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options) {
+  check_options(options);
   if (!fs::is_directory(root))
     throw FileError("image folder '" + root + "' does not exist or is not a directory");
   const std::vector<fs::path> class_folders = sorted_entries(root, /*want_directories=*/true);
@@ -115,11 +170,8 @@ Dataset load_image_folder(const std::string& root, const ImageFolderOptions& opt
   dataset.name = root_path.filename().string();
   dataset.num_classes = static_cast<int64_t>(class_folders.size());
 
-  std::vector<torch::Tensor> images;
+  ImageCollector collector(options, root);
   std::vector<int64_t> labels;
-  fs::path first_file;  // the image whose size the others must match (no resizing)
-  int64_t skipped = 0;
-  std::string first_skipped;  // "'path': reason" of the first skipped file
   for (int64_t label = 0; label < dataset.num_classes; ++label) {
     const fs::path& folder = class_folders[static_cast<size_t>(label)];
     dataset.class_names.push_back(folder.filename().string());
@@ -128,27 +180,7 @@ Dataset load_image_folder(const std::string& root, const ImageFolderOptions& opt
       throw FileError("class folder '" + folder.string() + "' holds no .png/.jpg/.jpeg images");
     int64_t read_in_class = 0;
     for (const auto& file : files) {
-      std::string reason;
-      torch::Tensor pixels = decode_image(file, options.channels, reason);
-      if (!pixels.defined()) {
-        if (!options.skip_unreadable) {
-          throw FileError("cannot read image '" + file.string() + "': " + reason +
-                          " (skip_unreadable skips such files)");
-        }
-        if (skipped++ == 0) first_skipped = "'" + file.string() + "': " + reason;
-        continue;
-      }
-      if (options.image_size > 0) {
-        pixels = center_crop_and_resize(pixels.to(torch::kFloat32), options.image_size);
-      } else if (images.empty()) {
-        first_file = file;
-      } else if (pixels.sizes() != images.front().sizes()) {
-        throw FileError("images differ in size: '" + first_file.string() + "' is " +
-                        size_text(images.front().size(2), images.front().size(1)) + " but '" +
-                        file.string() + "' is " + size_text(pixels.size(2), pixels.size(1)) +
-                        " (width x height; give an image size to crop and resize them)");
-      }
-      images.push_back(pixels);
+      if (!collector.add(file)) continue;
       labels.push_back(label);
       ++read_in_class;
     }
@@ -157,14 +189,21 @@ Dataset load_image_folder(const std::string& root, const ImageFolderOptions& opt
                       std::to_string(files.size()) + " unreadable)");
     }
   }
-  if (skipped > 0) {
-    std::cerr << "guidiff: warning: skipped " << skipped << " unreadable image"
-              << (skipped == 1 ? "" : "s") << " under '" << root << "' (first: " << first_skipped
-              << ")\n";
-  }
-  dataset.images = pixels_to_unit_range(torch::stack(images));
+  dataset.images = collector.finish();
   dataset.labels = torch::tensor(labels, torch::kInt64);
   return dataset;
+}
+
+torch::Tensor load_image_files(const std::string& dir, const ImageFolderOptions& options) {
+  check_options(options);
+  if (!fs::is_directory(dir)) throw FileError("image folder '" + dir + "' does not exist or is not a directory");
+  const std::vector<fs::path> files = sorted_entries(dir, /*want_directories=*/false);
+  if (files.empty()) throw FileError("image folder '" + dir + "' holds no .png/.jpg/.jpeg images");
+  ImageCollector collector(options, dir);
+  int64_t read = 0;
+  for (const auto& file : files) read += collector.add(file) ? 1 : 0;
+  if (read == 0) throw FileError("image folder '" + dir + "' has no readable images");
+  return collector.finish();
 }
 
 }  // namespace guidiff

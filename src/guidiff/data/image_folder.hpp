@@ -27,6 +27,10 @@ struct ImageFolderOptions {
 // sizes are quoted).
 Dataset load_image_folder(const std::string& root, const ImageFolderOptions& options = {});
 
+// The images directly inside `dir` (no labels; sub-folders ignored), sorted by name, as
+// float32 [N, channels, H, W] in [-1, 1]. Throws FileError as load_image_folder.
+torch::Tensor load_image_files(const std::string& dir, const ImageFolderOptions& options = {});
+
 // The central min(H, W) square of float pixels [C, H, W], resized to [C, size, size]: box
 // (area) averaging when shrinking, bilinear interpolation (half-pixel centres) when enlarging.
 torch::Tensor center_crop_and_resize(const torch::Tensor& pixels, int64_t size);

@@ -81,4 +81,15 @@ torch::Tensor uint8_nhwc_to_images(const torch::Tensor& pixels_nhwc) {
   return (pixels_nhwc.detach().to(torch::kCPU).permute({0, 3, 1, 2}).to(torch::kFloat32) / 127.5 - 1).contiguous();
 }
 
+void write_png_images(const std::string& dir, const torch::Tensor& images, int64_t first_index) {
+  ImageGridOptions single;
+  single.nrow = 1;
+  single.padding = 0;
+  for (int64_t i = 0; i < images.size(0); ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/%06lld.png", static_cast<long long>(i + first_index));
+    write_png_grid(dir + name, images.slice(0, i, i + 1), single);
+  }
+}
+
 }  // namespace guidiff

@@ -25,6 +25,10 @@ torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOpti
 void write_png_grid(const std::string& path, const torch::Tensor& images,
                     const ImageGridOptions& options = {});
 
+// One PNG per image: dir/000000.png, dir/000001.png, ... (index + first_index, six digits),
+// each written atomically; `dir` must exist. Throws as write_png_grid.
+void write_png_images(const std::string& dir, const torch::Tensor& images, int64_t first_index = 0);
+
 // Float NCHW images in [-1, 1] to uint8 NHWC pixels: round((x + 1) * 127.5) clamped to
 // [0, 255], rounding half to even. Rounding (rather than the truncation guided-diffusion's
 // image_sample.py uses) makes uint8 -> uint8_nhwc_to_images -> here

@@ -202,4 +202,59 @@ void write_scatter_plot(const std::string& path, const std::vector<ScatterPanel>
   });
 }
 
+void write_line_plot(const std::string& path, const std::vector<LineSeries>& series,
+                     const LinePlotOptions& options) {
+  if (series.empty()) throw InputError("line plot '" + path + "': no series");
+  const TempDirectory temp;
+  const std::string data_path = temp.file("lines.dat");
+  const std::string script_path = temp.file("plot.gp");
+  const std::string log_path = temp.file("gnuplot.log");
+  std::ofstream data(data_path);
+  data.precision(10);
+  std::string plot = "plot ";
+  for (size_t s = 0; s < series.size(); ++s) {
+    const LineSeries& line = series[s];
+    const std::string name = "line plot '" + path + "', series '" + line.title + "'";
+    if (line.x.size() != line.y.size()) throw InputError(name + ": x and y differ in length");
+    if (!line.point_labels.empty() && line.point_labels.size() != line.x.size()) {
+      throw InputError(name + ": point_labels must be empty or one per point");
+    }
+    int64_t finite = 0;
+    for (size_t i = 0; i < line.x.size(); ++i) {
+      if (!std::isfinite(line.x[i]) || !std::isfinite(line.y[i])) continue;
+      if (options.log_x && line.x[i] <= 0) throw InputError(name + ": log-scale x needs x > 0");
+      std::string label = line.point_labels.empty() ? "" : line.point_labels[i];
+      for (char& c : label) if (c == '"' || c == '\n') c = ' ';
+      data << line.x[i] << ' ' << line.y[i] << " \"" << label << "\"\n";
+      ++finite;
+    }
+    if (finite == 0) throw InputError(name + ": no finite point");
+    data << "\n\n";
+    const std::string colour = quoted(kClassColours[s % 10]);
+    plot += (s == 0 ? "" : ", ") + quoted(data_path) + " index " + std::to_string(s) +
+            " using 1:2 with linespoints pt 7 ps 1.2 lw 2 lc rgb " + colour + " title " + quoted(line.title);
+    if (!line.point_labels.empty()) {
+      plot += ", " + quoted(data_path) + " index " + std::to_string(s) +
+              " using 1:2:3 with labels offset char 0.8,0.6 left font ',9' tc rgb " + colour + " notitle";
+    }
+  }
+  data.close();
+  if (!data) throw FileError("cannot write gnuplot data file '" + data_path + "'");
+  write_file_atomically_via(path, [&](const std::string& temp_png) {
+    std::ofstream script(script_path);
+    script << "set terminal pngcairo size " << options.width << "," << options.height << " font ',10' noenhanced\n"
+           << "set output " << quoted(temp_png) << "\n"
+           << "set grid\nset key outside below center horizontal\nset offsets graph 0.08, graph 0.12, graph 0.08, graph 0.08\n";
+    if (!options.title.empty()) script << "set title " << quoted(options.title) << "\n";
+    if (!options.x_label.empty()) script << "set xlabel " << quoted(options.x_label) << "\n";
+    if (!options.y_label.empty()) script << "set ylabel " << quoted(options.y_label) << "\n";
+    if (options.log_x) script << "set logscale x\n";
+    script << plot << "\nset output\n";
+    script.close();
+    if (!script) throw FileError("cannot write gnuplot script '" + script_path + "'");
+    run_gnuplot(script_path, log_path, path);
+    if (std::filesystem::file_size(temp_png) == 0) throw FileError("cannot draw '" + path + "': gnuplot wrote nothing");
+  });
+}
+
 }  // namespace guidiff

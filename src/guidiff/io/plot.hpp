@@ -1,5 +1,6 @@
-// Scatter plots of 2-D points coloured by class, drawn by gnuplot (pngcairo terminal).
-// One figure may hold several panels side by side (e.g. unguided vs. guided samples).
+// Plots drawn by gnuplot (pngcairo terminal): scatter plots of 2-D points coloured by class
+// (several panels side by side, e.g. unguided vs. guided samples), and line plots of
+// metric curves (e.g. FID against IS as guidance grows), with a label at every point.
 #pragma once
 #include <torch/torch.h>
 
@@ -26,5 +27,25 @@ struct ScatterPlotOptions {
 // installed, fails (its first error line is quoted) or the file cannot be written.
 void write_scatter_plot(const std::string& path, const std::vector<ScatterPanel>& panels,
                         const ScatterPlotOptions& options = {});
+
+// One curve: points (x[i], y[i]) joined in order, point i labelled point_labels[i] (optional).
+struct LineSeries {
+  std::string title;
+  std::vector<double> x, y;
+  std::vector<std::string> point_labels;  // empty, or one per point
+};
+
+struct LinePlotOptions {
+  std::string title, x_label, y_label;
+  bool log_x = false;  // log-scale x axis (x must then be > 0)
+  int64_t width = 640, height = 460;
+};
+
+// Writes one PNG with every series on the same axes, atomically. Non-finite points are left
+// out (a metric that could not be computed). Throws InputError for no series, x and y (or
+// labels) of different lengths, a series with no finite point, or log_x with x <= 0; and
+// FileError as write_scatter_plot.
+void write_line_plot(const std::string& path, const std::vector<LineSeries>& series,
+                     const LinePlotOptions& options = {});
 
 }  // namespace guidiff

@@ -14,7 +14,7 @@ namespace guidiff {
 namespace {
 
 constexpr ModelKind kKinds[] = {ModelKind::unet, ModelKind::encoder_unet, ModelKind::mlp_denoiser,
-                                ModelKind::mlp_classifier};
+                                ModelKind::mlp_classifier, ModelKind::cnn_classifier};
 constexpr const char* kDefaultName = "model";
 
 ModelKind parse_kind(const nlohmann::json& config) {
@@ -24,14 +24,14 @@ ModelKind parse_kind(const nlohmann::json& config) {
   if (it == config.end() || !it->is_string()) {
     throw InputError(
         "model config: field \"kind\" must be one of unet, encoder_unet, mlp_denoiser, "
-        "mlp_classifier");
+        "mlp_classifier, cnn_classifier");
   }
   const auto name = it->get<std::string>();
   for (const ModelKind kind : kKinds) {
     if (name == model_kind_name(kind)) return kind;
   }
   throw InputError("model config: field \"kind\" is \"" + name +
-                   "\"; expected unet, encoder_unet, mlp_denoiser or mlp_classifier");
+                   "\"; expected unet, encoder_unet, mlp_denoiser, mlp_classifier or cnn_classifier");
 }
 
 // Wraps a typed network: the module, its adapter and its complete config.
@@ -64,6 +64,8 @@ const char* model_kind_name(ModelKind kind) {
       return "mlp_denoiser";
     case ModelKind::mlp_classifier:
       return "mlp_classifier";
+    case ModelKind::cnn_classifier:
+      return "cnn_classifier";
   }
   return "unknown";
 }
@@ -85,6 +87,9 @@ Model build_model(const nlohmann::json& config) {
       break;
     case ModelKind::mlp_classifier:
       wrap<MlpConfig, MlpClassifierNet, MlpClassifier>(model, fields);
+      break;
+    case ModelKind::cnn_classifier:
+      wrap<CnnClassifierConfig, CnnClassifierNet, CnnClassifier>(model, fields);
       break;
   }
   return model;

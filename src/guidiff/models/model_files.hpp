@@ -1,5 +1,6 @@
 // Trainable networks as files: a JSON config {"kind": "unet" | "encoder_unet" |
-// "mlp_denoiser" | "mlp_classifier", <that kind's config fields>} builds the network, and
+// "mlp_denoiser" | "mlp_classifier" |
+// "cnn_classifier", <that kind's config fields>} builds the network, and
 // its weights live beside the config as <name>.safetensors with <name>.json (docs/formats.md).
 #pragma once
 #include <torch/torch.h>
@@ -13,11 +14,11 @@
 
 namespace guidiff {
 
-enum class ModelKind { unet, encoder_unet, mlp_denoiser, mlp_classifier };
+enum class ModelKind { unet, encoder_unet, mlp_denoiser, mlp_classifier, cnn_classifier };
 const char* model_kind_name(ModelKind kind);
 
 // A network and the interface it implements: denoiser for unet / mlp_denoiser, classifier
-// for encoder_unet / mlp_classifier (the other one is null).
+// for encoder_unet / mlp_classifier / cnn_classifier (the other one is null).
 struct Model {
   ModelKind kind = ModelKind::unet;
   nlohmann::json config;                      // complete: every field, and "kind"

@@ -14,7 +14,8 @@ std::vector<int64_t> model_sample_shape(const Model& model) {
   };
   switch (model.kind) {
     case ModelKind::unet:
-    case ModelKind::encoder_unet: {
+    case ModelKind::encoder_unet:
+    case ModelKind::cnn_classifier: {
       const int64_t side = field("image_size");
       return {field("in_channels"), side, side};
     }

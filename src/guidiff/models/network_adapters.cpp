@@ -60,4 +60,8 @@ torch::Tensor MlpClassifier::logits(const torch::Tensor& x_t, const torch::Tenso
                  x_t);
 }
 
+torch::Tensor CnnClassifier::logits(const torch::Tensor& x_t, const torch::Tensor& /*time*/) {
+  return back_to(network_->forward(to_network(x_t, network_options(*network_))), x_t);
+}
+
 }  // namespace guidiff

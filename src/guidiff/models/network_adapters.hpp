@@ -5,6 +5,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "guidiff/models/cnn_classifier.hpp"
 #include "guidiff/models/denoiser.hpp"
 #include "guidiff/models/mlp.hpp"
 #include "guidiff/models/unet.hpp"
@@ -63,6 +64,20 @@ class MlpClassifier : public Classifier {
 
  private:
   MlpClassifierNet network_;
+};
+
+// A clean-image classifier as a Classifier: the time is ignored (it was trained at t = 0),
+// so it is the evaluator, not a guide; time_kind says discrete only to fit the interface.
+class CnnClassifier : public Classifier {
+ public:
+  explicit CnnClassifier(CnnClassifierNet network) : network_(std::move(network)) {}
+  torch::Tensor logits(const torch::Tensor& x_t, const torch::Tensor& time) override;
+  TimeKind time_kind() const override { return TimeKind::discrete_timestep; }
+  int64_t num_classes() const override { return network_->config().num_classes; }
+  CnnClassifierNet& network() { return network_; }
+
+ private:
+  CnnClassifierNet network_;
 };
 
 }  // namespace guidiff

@@ -32,13 +32,15 @@ std::string shape_string(torch::IntArrayRef sizes) {
   return out.str();
 }
 
-torch::jit::script::Module load_module(const std::string& path, const TorchScriptOptions& options) {
+}  // namespace
+
+torch::jit::script::Module load_torchscript_module(const std::string& path, const torch::Device& device) {
   std::error_code ignored;
   if (!std::filesystem::exists(path, ignored)) throw FileError("model file '" + path + "' does not exist");
   if (std::filesystem::is_directory(path, ignored)) throw FileError("model file '" + path + "' is a directory");
   torch::jit::script::Module module;
   try {
-    module = torch::jit::load(path, options.device);
+    module = torch::jit::load(path, device);
   } catch (const c10::Error& error) {
     throw FileError("'" + path + "' is not a TorchScript archive (save it with torch.jit.save): " +
                     summary_line(error.what_without_backtrace()));
@@ -46,6 +48,8 @@ torch::jit::script::Module load_module(const std::string& path, const TorchScrip
   module.eval();
   return module;
 }
+
+namespace {
 
 // Number of arguments of forward, not counting self.
 size_t forward_arity(const torch::jit::script::Module& module, const std::string& path) {
@@ -61,17 +65,29 @@ torch::Tensor time_input(const torch::Tensor& time, const TorchScriptOptions& op
   return time.to(options.device, dtype);
 }
 
-// Calls forward, turning c10::Error into ModelError, and requires a tensor result.
-torch::Tensor call_forward(torch::jit::script::Module& module, std::vector<torch::jit::IValue> inputs,
-                           const std::string& path) {
-  torch::jit::IValue output;
+}  // namespace
+
+torch::jit::IValue call_torchscript_forward(torch::jit::script::Module& module, std::vector<torch::jit::IValue> inputs,
+                                            const std::string& path) {
   try {
-    output = module.forward(std::move(inputs));
+    return module.forward(std::move(inputs));
   } catch (const c10::Error& error) {
     throw ModelError("'" + path + "': forward failed: " + summary_line(error.what_without_backtrace()));
   } catch (const std::exception& error) {  // the TorchScript interpreter's own exceptions
     throw ModelError("'" + path + "': forward failed: " + summary_line(error.what()));
   }
+}
+
+namespace {
+
+torch::jit::script::Module load_module(const std::string& path, const TorchScriptOptions& options) {
+  return load_torchscript_module(path, options.device);
+}
+
+// Calls forward and requires a tensor result.
+torch::Tensor call_forward(torch::jit::script::Module& module, std::vector<torch::jit::IValue> inputs,
+                           const std::string& path) {
+  const torch::jit::IValue output = call_torchscript_forward(module, std::move(inputs), path);
   if (!output.isTensor()) {
     throw ModelError("'" + path + "': forward must return one tensor, got " + output.tagKind());
   }

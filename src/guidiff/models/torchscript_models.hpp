@@ -11,10 +11,18 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <vector>
 
 #include "guidiff/models/denoiser.hpp"
 
 namespace guidiff {
+
+// Loads an archive in eval mode on `device`. Throws FileError naming the path if it is
+// missing, a directory or not a TorchScript archive.
+torch::jit::script::Module load_torchscript_module(const std::string& path, const torch::Device& device);
+// module.forward(inputs), with every error turned into one ModelError line naming `path`.
+torch::jit::IValue call_torchscript_forward(torch::jit::script::Module& module, std::vector<torch::jit::IValue> inputs,
+                                            const std::string& path);
 
 struct TorchScriptOptions {
   TimeKind time_kind = TimeKind::discrete_timestep;

@@ -225,7 +225,7 @@ void TrainingRun::prepare() {
                      model_kind_name(model_.kind));
   }
   if (options_.task == TrainingTask::classifier && !model_.classifier) {
-    throw InputError(std::string("--config: classifier training needs a classifier (kind encoder_unet or mlp_classifier), got ") +
+    throw InputError(std::string("--config: classifier training needs a classifier (kind encoder_unet, mlp_classifier or cnn_classifier), got ") +
                      model_kind_name(model_.kind));
   }
   check_data_fits(model_, data_, options_.task);

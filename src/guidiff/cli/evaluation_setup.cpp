@@ -1,0 +1,115 @@
+// Evaluation flags and the scorer shared by `eval` and `sweep` (see evaluation_setup.hpp).
+#include "guidiff/cli/evaluation_setup.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "guidiff/core/errors.hpp"
+
+namespace guidiff::cli {
+
+void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags) {
+  flags.evaluator_option =
+      command.add_option("--evaluator", flags.evaluator, "evaluator network (cnn_classifier checkpoint): features, IS, class accuracy")
+          ->capture_default_str();
+  command.add_option("--features", flags.features,
+                     "TorchScript feature extractor for FID/precision/recall (forward(x) -> [N, D] or (features, logits))");
+  command.add_option("--reference", flags.reference, "reference data set (same specs as --data of train)")
+      ->capture_default_str();
+  command.add_option("--reference-split", flags.reference_split, "train or test")->capture_default_str();
+  command.add_option("--reference-stats", flags.reference_stats, "reference statistics cache file (default: in --cache-dir)");
+  command.add_option("--cache-dir", flags.cache_dir, "cache directory (default $GUIDIFF_CACHE_DIR or ~/.cache/guidiff)");
+  command.add_option("--inception-splits", flags.inception_splits, "IS splits")->capture_default_str();
+}
+
+Evaluation::Evaluation(const EvaluationFlags& flags, const torch::Device& device) : flags_(flags) {
+  if (flags.inception_splits < 1) throw InputError("--inception-splits must be >= 1");
+  options_.inception_splits = flags.inception_splits;
+  // Without --features the evaluator is required; with it, the evaluator is only used for
+  // IS and class accuracy, and skipped when the default one is not there.
+  std::error_code ignored;
+  const bool evaluator_given = flags.evaluator_option != nullptr && flags.evaluator_option->count() > 0;
+  const bool evaluator_present = std::filesystem::exists(flags.evaluator, ignored) ||
+                                 std::filesystem::exists(flags.evaluator + ".safetensors", ignored);
+  if (flags.features.empty() || evaluator_given || evaluator_present) {
+    if (!evaluator_present) {
+      throw FileError("evaluator '" + flags.evaluator +
+                      "' not found: run from the guidiff source directory, or pass --evaluator (recipes/fashion_mnist_evaluator.sh trains one)");
+    }
+    evaluator_ = load_evaluator_network(flags.evaluator, device);
+  }
+  if (!flags.features.empty()) {
+    features_ = load_torchscript_feature_network(flags.features, device);
+    feature_space_ = "TorchScript features '" + flags.features + "'";
+  } else {
+    feature_space_ = "evaluator '" + flags.evaluator + "'";
+  }
+}
+
+const ReferenceSet& Evaluation::reference() {
+  if (!reference_) {
+    DatasetRequest data;
+    data.spec = flags_.reference;
+    data.split = flags_.reference_split;
+    data.channels = image_channels();
+    FeatureNetwork& network = features_ ? *features_ : *evaluator_;
+    reference_ = reference_set(network, data, flags_.reference_stats,
+                               flags_.cache_dir.empty() ? default_cache_directory() : flags_.cache_dir,
+                               [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
+  }
+  return *reference_;
+}
+
+void Evaluation::check_images(const torch::Tensor& images) {
+  FeatureNetwork& network = features_ ? *features_ : *evaluator_;
+  const std::vector<int64_t> expected = network.image_shape();
+  if (!images.defined() || images.dim() != 4) throw InputError("images must be [N, C, H, W]");
+  if (!expected.empty() && images.sizes().slice(1).vec() != expected) {
+    throw InputError("images are " + c10::str(images.sizes().slice(1)) + " (C, H, W) but " + network.description() +
+                     " takes " + c10::str(torch::IntArrayRef(expected)));
+  }
+  // One image through the network checks its output before minutes of reference statistics.
+  if (images.size(0) > 0) run_feature_network(network, images.slice(0, 0, 1));
+}
+
+SampleScores Evaluation::score(const torch::Tensor& images, const torch::Tensor& labels) {
+  check_images(images);
+  const ReferenceSet& set = reference();
+  FeatureNetwork& network = features_ ? *features_ : *evaluator_;
+  return score_images(network, evaluator_.get(), images, labels, set, options_);
+}
+
+int64_t Evaluation::image_channels() const {
+  for (const FeatureNetwork* network : {features_.get(), evaluator_.get()}) {
+    if (network != nullptr && !network->image_shape().empty()) return network->image_shape()[0];
+  }
+  return 3;
+}
+
+std::string scores_table(const std::vector<std::pair<std::string, SampleScores>>& rows) {
+  size_t name_width = 7;
+  for (const auto& row : rows) name_width = std::max(name_width, row.first.size());
+  const auto cell = [](double value, const char* format) {
+    if (!std::isfinite(value)) return std::string("-");
+    char text[32];
+    std::snprintf(text, sizeof text, format, value);
+    return std::string(text);
+  };
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-*s %6s %8s %7s %7s %7s %7s %7s %8s\n", static_cast<int>(name_width), "setting",
+                "N", "FID", "IS", "prec", "recall", "density", "cover", "class_acc");
+  out += line;
+  for (const auto& [name, s] : rows) {
+    std::snprintf(line, sizeof line, "%-*s %6lld %8s %7s %7s %7s %7s %7s %8s\n", static_cast<int>(name_width),
+                  name.c_str(), static_cast<long long>(s.count), cell(s.fid, "%.2f").c_str(),
+                  cell(s.inception_score, "%.3f").c_str(), cell(s.precision, "%.3f").c_str(),
+                  cell(s.recall, "%.3f").c_str(), cell(s.density, "%.3f").c_str(), cell(s.coverage, "%.3f").c_str(),
+                  cell(s.class_accuracy, "%.3f").c_str());
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace guidiff::cli

@@ -1,0 +1,58 @@
+// The evaluation flags that `guidiff eval` and `guidiff sweep` share (feature network,
+// evaluator, reference data and its statistics cache) and the scorer they build.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "guidiff/eval/evaluator.hpp"
+#include "guidiff/eval/sample_scores.hpp"
+
+namespace guidiff::cli {
+
+struct EvaluationFlags {
+  std::string evaluator = "models/fashion-mnist/evaluator";  // cnn_classifier checkpoint
+  std::string features;                                      // TorchScript extractor; empty: the evaluator
+  std::string reference = "fashion-mnist", reference_split = "test";
+  std::string reference_stats;                               // cache file; empty: one in cache_dir
+  std::string cache_dir;                                     // empty: default_cache_directory()
+  int64_t inception_splits = 10;
+  CLI::Option* evaluator_option = nullptr;
+};
+
+void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags);
+
+class Evaluation {
+ public:
+  // Loads the networks (the reference statistics wait for the first score()).
+  Evaluation(const EvaluationFlags& flags, const torch::Device& device);
+  // Throws InputError when the feature network cannot take images of this shape, before any
+  // reference statistics are computed.
+  void check_images(const torch::Tensor& images);
+  // images float [N, C, H, W] in [-1, 1]; labels int64 [N] (requested classes) or undefined.
+  // The first call loads or computes (and caches) the reference statistics.
+  SampleScores score(const torch::Tensor& images, const torch::Tensor& labels);
+  // "evaluator 'models/fashion-mnist/evaluator'" or "TorchScript features 'x.pt'", for reports.
+  const std::string& feature_space() const { return feature_space_; }
+  const ReferenceSet& reference();
+  // The channels images should be read with: the feature network's, else the evaluator's, else 3.
+  int64_t image_channels() const;
+
+ private:
+  std::unique_ptr<FeatureNetwork> evaluator_, features_;
+  EvaluationFlags flags_;
+  std::optional<ReferenceSet> reference_;
+  ScoreOptions options_;
+  std::string feature_space_;
+};
+
+// A fixed-width table, one row per named result, of every metric.
+std::string scores_table(const std::vector<std::pair<std::string, SampleScores>>& rows);
+
+}  // namespace guidiff::cli

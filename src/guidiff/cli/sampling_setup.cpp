@@ -1,0 +1,237 @@
+// Model, sampler and guidance flags shared by `sample` and `eval` (see sampling_setup.hpp).
+#include "guidiff/cli/sampling_setup.hpp"
+
+#include "guidiff/cli/common.hpp"
+#include "guidiff/core/errors.hpp"
+#include "guidiff/io/npy.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/models/model_sample_shape.hpp"
+#include "guidiff/models/null_class_denoiser.hpp"
+#include "guidiff/models/torchscript_models.hpp"
+
+namespace guidiff::cli {
+namespace {
+
+void reject_if_given(const CLI::Option* option, const std::string& why) {
+  if (option->count() > 0) throw InputError(option->get_name() + " " + why);
+}
+
+// The built-in Gaussian-mixture toy with its exact denoiser (and exact classifier when
+// classifier guidance is asked for without --classifier). Classifier guidance alone uses the
+// unconditional mixture, as Dhariwal & Nichol guide unconditional models; every other
+// request with classes uses the class-conditional one (CFG's w = 0 is plain conditional).
+SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& config, const GlobalOptions& global) {
+  reject_if_given(flags.time_option, "applies to --model (the built-in mixture picks its time input from --sampler)");
+  reject_if_given(flags.num_classes_option, "applies to --model (the built-in mixture knows its classes)");
+  if (global.device != "cpu") throw InputError("--device " + global.device + " applies to --model; the built-in mixture runs on the CPU");
+  SamplingModels models;
+  if (flags.mixture == "demo") {
+    models.mixture = GaussianMixture::demo(flags.dim);
+  } else {
+    reject_if_given(flags.dim_option, "applies to --mixture demo only (a mixture file has its own dimension)");
+    models.mixture = GaussianMixture::from_json_file(flags.mixture);
+  }
+  const GaussianMixture& mixture = *models.mixture;
+  if (flags.shape_option->count() > 0 && config.sample_shape != std::vector<int64_t>{mixture.dim()}) {
+    throw InputError("--shape " + flags.shape + " does not match the mixture's dimension " + std::to_string(mixture.dim()));
+  }
+  const NoiseLevelMap levels = config.sampler == SamplerKind::cfg_continuous
+                                   ? NoiseLevelMap::log_snr()
+                                   : NoiseLevelMap::discrete(make_schedule(config.schedule, config.timesteps));
+  models.labels = labels_from_spec(flags.class_spec, config.num_samples, mixture.num_classes);
+  const bool classifier_only = config.classifier_scale != 0.0 && config.cfg_scale == 0.0;
+  const bool conditional = models.labels.defined() && !classifier_only;
+  models.denoiser = std::make_shared<MixtureDenoiser>(mixture, levels, conditional);
+  if (!flags.classifier.empty()) {
+    TorchScriptOptions options;
+    options.time_kind = levels.kind();
+    options.num_classes = mixture.num_classes;
+    models.classifier = std::make_shared<TorchScriptClassifier>(flags.classifier, options);
+  } else if (config.classifier_scale != 0.0) {
+    models.classifier = std::make_shared<MixtureClassifier>(mixture, levels);
+  }
+  return models;
+}
+
+// A path names a guidiff checkpoint (safetensors + JSON config: a run directory, a prefix or
+// either file) rather than a TorchScript archive (.pt / .pth / .ts).
+bool is_checkpoint(const std::string& path) {
+  const auto ends_with = [&](const std::string& suffix) {
+    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return !(ends_with(".pt") || ends_with(".pth") || ends_with(".ts") || ends_with(".zip"));
+}
+
+// A classifier from a checkpoint or a TorchScript archive.
+std::shared_ptr<Classifier> load_classifier(const SamplingFlags& flags, TorchScriptOptions options,
+                                            const torch::Device& device) {
+  if (!is_checkpoint(flags.classifier)) return std::make_shared<TorchScriptClassifier>(flags.classifier, options);
+  const Model model = load_model(flags.classifier, device);
+  if (!model.classifier) {
+    throw InputError("--classifier '" + flags.classifier + "' holds a " + model_kind_name(model.kind) +
+                     ", not a classifier");
+  }
+  return model.classifier;
+}
+
+SamplingModels torchscript_models(const SamplingFlags& flags, const GenerationConfig& config, const GlobalOptions& global) {
+  reject_if_given(flags.mixture_option, "applies to the built-in mixture only (no --model)");
+  reject_if_given(flags.dim_option, "applies to the built-in mixture only (no --model)");
+  if (flags.shape_option->count() == 0) throw InputError("--shape is required with --model (C,H,W for images, D for vectors)");
+  TorchScriptOptions options;
+  if (flags.time == "discrete") {
+    options.time_kind = TimeKind::discrete_timestep;
+  } else if (flags.time == "log-snr") {
+    options.time_kind = TimeKind::log_snr;
+  } else {
+    throw InputError("unknown --time '" + flags.time + "' (expected discrete or log-snr)");
+  }
+  options.num_classes = flags.num_classes;
+  options.device = global.torch_device();
+  SamplingModels models;
+  TorchScriptOptions denoiser_options = options;
+  denoiser_options.learn_sigma = config.fixed_variance == VarianceKind::learned_range;
+  models.denoiser = std::make_shared<TorchScriptDenoiser>(flags.model, denoiser_options);
+  if (flags.unconditional) models.denoiser = std::make_shared<NullClassDenoiser>(models.denoiser);
+  if (!flags.classifier.empty()) models.classifier = load_classifier(flags, options, options.device);
+  const int64_t classes = models.denoiser->num_classes() > 0
+                              ? models.denoiser->num_classes()
+                              : (models.classifier ? models.classifier->num_classes() : 0);
+  models.labels = labels_from_spec(flags.class_spec, config.num_samples, classes);
+  return models;
+}
+
+// Networks trained by `guidiff train`: the config beside the weights gives the shape, time
+// input and classes, so none of --shape, --time, --num-classes is needed.
+SamplingModels checkpoint_models(const SamplingFlags& flags, GenerationConfig& config, const GlobalOptions& global) {
+  reject_if_given(flags.mixture_option, "applies to the built-in mixture only (no --model)");
+  reject_if_given(flags.dim_option, "applies to the built-in mixture only (no --model)");
+  reject_if_given(flags.time_option, "applies to TorchScript models (a checkpoint's config has its time input)");
+  const torch::Device device = global.torch_device();
+  const Model model = load_model(flags.model, device);
+  if (!model.denoiser) {
+    throw InputError("--model '" + flags.model + "' holds a " + model_kind_name(model.kind) + ", not a denoiser");
+  }
+  const std::vector<int64_t> shape = model_sample_shape(model);
+  if (flags.shape_option->count() > 0 && config.sample_shape != shape) {
+    throw InputError("--shape " + flags.shape + " does not match the model's sample shape");
+  }
+  config.sample_shape = shape;
+  SamplingModels models;
+  models.denoiser = flags.unconditional ? std::make_shared<NullClassDenoiser>(model.denoiser) : model.denoiser;
+  int64_t classes = models.denoiser->num_classes();
+  if (!flags.classifier.empty()) {
+    TorchScriptOptions options;
+    options.time_kind = model.denoiser->time_kind();
+    options.num_classes = flags.num_classes > 0 ? flags.num_classes : model.denoiser->num_classes();
+    options.device = device;
+    models.classifier = load_classifier(flags, options, device);
+    if (classes == 0) classes = models.classifier->num_classes();
+  }
+  if (flags.num_classes_option->count() > 0 && flags.num_classes != classes) {
+    throw InputError("--num-classes " + std::to_string(flags.num_classes) + " does not match the model's " +
+                     std::to_string(classes) + " classes");
+  }
+  models.labels = labels_from_spec(flags.class_spec, config.num_samples, classes);
+  return models;
+}
+
+GenerationConfig generation_config(const SamplingFlags& flags) {
+  GenerationConfig config;
+  // Names first, so a misspelt sampler or schedule is the error reported.
+  config.sampler = parse_sampler(flags.sampler);
+  config.schedule = parse_beta_schedule(flags.schedule);
+  config.fixed_variance = parse_variance_kind(flags.variance);
+  config.timesteps = flags.timesteps;
+  config.respacing = flags.respacing;
+  config.steps = flags.steps;
+  config.eta = flags.eta;
+  config.variance_exponent = flags.variance_exponent;
+  config.classifier_scale = flags.classifier_scale;
+  config.cfg_scale = flags.cfg_scale;
+  if (!flags.guidance_interval.empty()) {
+    const auto [low, high] = parse_number_pair("--guidance-interval", flags.guidance_interval);
+    config.interval.low = low;
+    config.interval.high = high;
+  }
+  config.num_samples = flags.num_samples;
+  config.batch_size = flags.batch_size;
+  config.seed = flags.seed;
+    if (flags.shape_option->count() > 0) config.sample_shape = parse_positive_list("--shape", flags.shape);
+  return config;
+}
+
+}  // namespace
+
+void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
+  command.add_option("--model", flags.model, "denoiser: a guidiff checkpoint (run dir, .safetensors or .json) or TorchScript (.pt); absent: the built-in Gaussian-mixture toy");
+  flags.mixture_option = command.add_option("--mixture", flags.mixture, "toy mixture: 'demo' or a mixture .json (default demo)");
+  flags.dim_option = command.add_option("--dim", flags.dim, "dimension of the demo mixture (default 2)");
+  command.add_option("--classifier", flags.classifier, "noisy classifier for classifier guidance: a guidiff checkpoint or TorchScript (.pt)");
+  flags.shape_option = command.add_option("--shape", flags.shape, "per-sample shape: C,H,W (images) or D (vectors)");
+  flags.num_classes_option = command.add_option("--num-classes", flags.num_classes, "classes of the TorchScript model/classifier");
+  flags.time_option = command.add_option("--time", flags.time, "TorchScript model time input: discrete (int64 t) or log-snr (float lambda); default discrete");
+  command.add_option("--sampler", flags.sampler, "ddpm | ddim | cfg-continuous (default ddim)");
+  command.add_option("--respacing", flags.respacing, "timestep respacing, guided-diffusion syntax: ddimN, N or a,b,c");
+  command.add_option("--steps", flags.steps, "number of sampling steps (evenly spaced); default all T");
+  command.add_option("--eta", flags.eta, "DDIM eta (0: deterministic)");
+  command.add_option("--schedule", flags.schedule, "beta schedule: linear | cosine (default linear)");
+  command.add_option("--timesteps", flags.timesteps, "T of the model's training schedule (default 1000)");
+  command.add_flag("--clip", flags.clip, "clamp predicted x0 to [-1, 1] (default for C,H,W shapes)");
+  command.add_flag("--no-clip", flags.no_clip, "do not clamp predicted x0 (default for vectors)");
+  command.add_option("--variance", flags.variance, "DDPM variance: fixed-small | fixed-large | learned-range (model outputs 2C channels)");
+  command.add_option("--class", flags.class_spec, "class to sample: an index, a comma list cycled over samples, or labels.npy");
+  command.add_flag("--unconditional", flags.unconditional,
+                    "use a class-conditional model's null class (its unconditional half), e.g. for classifier guidance");
+  command.add_option("--classifier-scale", flags.classifier_scale, "classifier guidance scale s (default 0)");
+  command.add_option("--cfg-scale", flags.cfg_scale, "classifier-free guidance weight w (default 0)");
+  command.add_option("--variance-exponent", flags.variance_exponent, "cfg-continuous variance exponent v in [0, 1] (default 0.3)");
+  command.add_option("--guidance-interval", flags.guidance_interval, "guide only for model times in [a,b]: 'a,b'");
+  command.add_option("--seed", flags.seed, "random seed (default 0); sample k's noise depends only on (seed, k)");
+  command.add_option("--batch-size", flags.batch_size, "samples per model batch (default 64); does not change results");
+  command.add_option("--num-samples", flags.num_samples, "number of samples (default 16)");
+  command.add_option("--noise", flags.noise, "starting noise x_T as .npy [num_samples, shape...]");
+}
+
+SamplingSetup prepare_sampling(const SamplingFlags& flags, const GlobalOptions& global) {
+  if (flags.clip && flags.no_clip) throw InputError("give --clip or --no-clip, not both");
+  SamplingSetup setup;
+  setup.config = generation_config(flags);
+  GenerationConfig& config = setup.config;
+  if (flags.model.empty()) {
+    setup.models = toy_models(flags, config, global);
+    // The toy's shape is its dimension; --shape, if given, was only checked against it.
+    config.sample_shape = {setup.models.mixture->dim()};
+  } else if (is_checkpoint(flags.model)) {
+    setup.models = checkpoint_models(flags, config, global);
+  } else {
+    setup.models = torchscript_models(flags, config, global);
+  }
+  // Clipping x0 to [-1, 1] suits images (C,H,W), not vectors, unless asked.
+  config.clip_x0 = flags.clip || (!flags.no_clip && config.sample_shape.size() == 3);
+  if (!flags.noise.empty()) setup.initial_noise = read_npy(flags.noise);
+  return setup;
+}
+
+nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config) {
+  nlohmann::json guidance = {{"classifier_scale", config.classifier_scale}, {"cfg_scale", config.cfg_scale}};
+  if (!flags.guidance_interval.empty()) guidance["interval"] = {config.interval.low, config.interval.high};
+  return {{"guidiff_version", GUIDIFF_VERSION},
+          {"model", flags.model.empty() ? "built-in mixture '" + flags.mixture + "'" : flags.model},
+          {"classifier", flags.classifier},
+          {"unconditional", flags.unconditional},
+          {"sampler", to_string(config.sampler)},
+          {"steps", config.steps},
+          {"respacing", config.respacing},
+          {"timesteps", config.timesteps},
+          {"eta", config.eta},
+          {"clip_x0", config.clip_x0},
+          {"guidance", guidance},
+          {"classes", flags.class_spec},
+          {"seed", config.seed},
+          {"num_samples", config.num_samples},
+          {"sample_shape", config.sample_shape},
+          {"noise", flags.noise}};
+}
+
+}  // namespace guidiff::cli

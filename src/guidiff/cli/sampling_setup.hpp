@@ -1,0 +1,63 @@
+// The model, sampler and guidance flags that `guidiff sample` and `guidiff eval` share, and
+// what they turn into: the denoiser (a guidiff checkpoint, a TorchScript archive or the
+// built-in Gaussian-mixture toy), the classifier, the requested labels and a GenerationConfig.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "guidiff/cli/commands.hpp"
+#include "guidiff/models/denoiser.hpp"
+#include "guidiff/models/gaussian_mixture.hpp"
+#include "guidiff/sampling/generate.hpp"
+
+namespace guidiff::cli {
+
+struct SamplingFlags {
+  // The model.
+  std::string model, classifier, mixture = "demo", shape, time = "discrete";
+  int64_t dim = 2, num_classes = 0;
+  // The sampler.
+  std::string sampler = "ddim", respacing, schedule = "linear", variance = "fixed-small";
+  int64_t steps = 0, timesteps = 1000;
+  double eta = 0.0, variance_exponent = 0.3;
+  bool clip = false, no_clip = false, unconditional = false;
+  // Guidance and which samples.
+  std::string class_spec, guidance_interval, noise;
+  double classifier_scale = 0.0, cfg_scale = 0.0;
+  uint64_t seed = 0;
+  int64_t batch_size = 64, num_samples = 16;
+  // Which flags were given (for flags that apply to one kind of model only).
+  CLI::Option *dim_option = nullptr, *mixture_option = nullptr, *time_option = nullptr,
+              *num_classes_option = nullptr, *shape_option = nullptr;
+};
+
+struct SamplingModels {
+  std::shared_ptr<Denoiser> denoiser;
+  std::shared_ptr<Classifier> classifier;
+  std::optional<GaussianMixture> mixture;  // the toy's, for plots
+  torch::Tensor labels;                    // requested classes, or undefined
+};
+
+// Registers every flag of SamplingFlags on `command`.
+void add_sampling_flags(CLI::App& command, SamplingFlags& flags);
+
+struct SamplingSetup {
+  GenerationConfig config;
+  SamplingModels models;
+  torch::Tensor initial_noise;  // from --noise, or undefined
+};
+
+// Validates the flags and loads the models. Throws InputError / FileError / ModelError with
+// one line naming the flag or file at fault.
+SamplingSetup prepare_sampling(const SamplingFlags& flags, const GlobalOptions& global);
+
+// What produced a set of samples, for the JSON manifest beside them: model, classifier,
+// sampler, steps, guidance, seed, count and the guidiff version.
+nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config);
+
+}  // namespace guidiff::cli

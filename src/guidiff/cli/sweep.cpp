@@ -1,0 +1,576 @@
+// `guidiff sweep`: the fidelity/diversity trade-off of guidance, measured. For every setting
+// (classifier scale s, CFG weight w, number of steps) it draws the same N samples (same seed,
+// so sample k starts from the same x_T everywhere), scores them (FID, IS, precision/recall,
+// density/coverage, class accuracy), and writes
+//   DIR/settings/<id>/{samples.npz, grid.png, scores.json}   one folder per setting
+//   DIR/results.csv, DIR/results.json                          every setting's scores
+//   DIR/plots/*.png                                            FID vs IS, precision vs recall,
+//                                                              class accuracy vs strength, FID vs steps
+//   DIR/grids/<method>_steps<T>.png                            rows = classes, columns = strength
+//   DIR/report.md, DIR/report.html                             all of it, for a person
+// A setting whose scores.json exists (for the same request) is not redone: an interrupted
+// sweep continues where it stopped.
+#include <sys/utsname.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/common.hpp"
+#include "guidiff/cli/evaluation_setup.hpp"
+#include "guidiff/cli/progress.hpp"
+#include "guidiff/core/errors.hpp"
+#include "guidiff/core/threads.hpp"
+#include "guidiff/data/dataset_spec.hpp"
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/image.hpp"
+#include "guidiff/io/npz.hpp"
+#include "guidiff/io/plot.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/models/null_class_denoiser.hpp"
+#include "guidiff/sampling/generate.hpp"
+
+namespace guidiff::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct SweepFlags {
+  std::string model, classifier, classifier_scales, cfg_scales, steps = "50", sampler = "ddim", out_dir;
+  double eta = 0.0;
+  int64_t num_samples = 250, batch_size = 64, grid_columns = 8;
+  uint64_t seed = 0;
+  bool no_real_baseline = false;
+  EvaluationFlags evaluation;
+};
+
+enum class Method { classifier, cfg };
+const char* method_name(Method method) { return method == Method::classifier ? "classifier" : "cfg"; }
+
+struct Setting {
+  Method method;
+  double strength;  // s or w
+  int64_t steps;
+  std::string id() const {
+    char text[64];
+    std::snprintf(text, sizeof text, "%s_%s%g_steps%lld", method_name(method), method == Method::classifier ? "s" : "w",
+                  strength, static_cast<long long>(steps));
+    std::string id = text;
+    for (char& c : id) if (c == '.') c = 'p';
+    return id;
+  }
+  std::string label() const {
+    char text[64];
+    std::snprintf(text, sizeof text, "%s=%g", method == Method::classifier ? "s" : "w", strength);
+    return text;
+  }
+  nlohmann::json to_json() const {
+    return {{"method", method_name(method)}, {"strength", strength}, {"steps", steps}};
+  }
+};
+
+struct SettingResult {
+  Setting setting;
+  SampleScores scores;
+  double seconds = 0;  // sampling time (0 when resumed from an earlier run)
+};
+
+// "0,1,3" or "start:stop:step" (inclusive stop) -> numbers.
+std::vector<double> parse_number_list(const std::string& flag, const std::string& text) {
+  std::vector<double> values;
+  if (text.empty()) return values;
+  const auto number = [&](const std::string& part) {
+    try {
+      size_t used = 0;
+      const double value = std::stod(part, &used);
+      if (used != part.size() || !std::isfinite(value)) throw std::invalid_argument(part);
+      return value;
+    } catch (const std::exception&) {
+      throw InputError(flag + ": '" + part + "' is not a number (expected a list 0,1,3 or a range start:stop:step)");
+    }
+  };
+  if (text.find(':') != std::string::npos) {
+    std::vector<std::string> parts;
+    std::stringstream stream(text);
+    for (std::string part; std::getline(stream, part, ':');) parts.push_back(part);
+    if (parts.size() != 3) throw InputError(flag + ": a range is start:stop:step, got '" + text + "'");
+    const double start = number(parts[0]), stop = number(parts[1]), step = number(parts[2]);
+    if (step <= 0 || stop < start) throw InputError(flag + ": range '" + text + "' needs step > 0 and stop >= start");
+    for (int64_t i = 0; start + i * step <= stop + 1e-9 * step; ++i) values.push_back(start + i * step);
+    if (values.size() > 1000) throw InputError(flag + ": range '" + text + "' has more than 1000 values");
+    return values;
+  }
+  std::stringstream stream(text);
+  for (std::string part; std::getline(stream, part, ',');) values.push_back(number(part));
+  for (double value : values) {
+    if (value < 0) throw InputError(flag + ": guidance strengths must be >= 0, got " + std::to_string(value));
+  }
+  return values;
+}
+
+std::string format_number(double value, const char* format = "%.4g") {
+  if (!std::isfinite(value)) return "";
+  char text[32];
+  std::snprintf(text, sizeof text, format, value);
+  return text;
+}
+
+// The sweep's identity: a directory holding another sweep's results is not reused.
+nlohmann::json sweep_request(const SweepFlags& flags) {
+  return {{"model", flags.model},         {"classifier", flags.classifier}, {"sampler", flags.sampler},
+          {"eta", flags.eta},             {"num_samples", flags.num_samples}, {"seed", flags.seed},
+          {"evaluator", flags.evaluation.evaluator}, {"features", flags.evaluation.features},
+          {"reference", flags.evaluation.reference}, {"reference_split", flags.evaluation.reference_split}};
+}
+
+void check_or_write_request(const SweepFlags& flags) {
+  const std::string path = flags.out_dir + "/sweep.json";
+  const nlohmann::json request = sweep_request(flags);
+  if (fs::exists(path)) {
+    std::ifstream in(path);
+    nlohmann::json saved;
+    try {
+      saved = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception&) {
+      throw FileError("'" + path + "' is not valid JSON; remove it or use another --out-dir");
+    }
+    for (auto it = request.begin(); it != request.end(); ++it) {
+      if (!saved.contains(it.key()) || saved.at(it.key()) != it.value()) {
+        throw InputError("--out-dir '" + flags.out_dir + "' holds a sweep with " + it.key() + " = " +
+                         (saved.contains(it.key()) ? saved.at(it.key()).dump() : std::string("(absent)")) + ", not " +
+                         it.value().dump() + "; use another --out-dir to keep both");
+      }
+    }
+    return;
+  }
+  write_file_atomically(path, request.dump(2) + "\n");
+}
+
+// Samples of the sweep's N sorted into rows of classes: row c holds the first `columns`
+// samples that asked for class c. labels cycle 0..K-1, so sample c + K j is class c.
+torch::Tensor class_rows(const torch::Tensor& samples, int64_t num_classes, int64_t columns) {
+  std::vector<torch::Tensor> picked;
+  for (int64_t c = 0; c < num_classes; ++c) {
+    for (int64_t j = 0; j < columns; ++j) {
+      const int64_t index = c + j * num_classes;
+      picked.push_back(index < samples.size(0) ? samples[index] : torch::zeros_like(samples[0]));
+    }
+  }
+  return torch::stack(picked);
+}
+
+class Sweep {
+ public:
+  Sweep(const SweepFlags& flags, const GlobalOptions& global) : flags_(flags), device_(global.torch_device()) {}
+
+  void run() {
+    validate();
+    fs::create_directories(flags_.out_dir + "/settings");
+    fs::create_directories(flags_.out_dir + "/plots");
+    fs::create_directories(flags_.out_dir + "/grids");
+    check_or_write_request(flags_);
+    const auto started = std::chrono::steady_clock::now();
+    model_ = load_model(flags_.model, device_);
+    if (!model_.denoiser) throw InputError("--model '" + flags_.model + "' is not a denoiser");
+    if (model_.config.value("image_size", int64_t{0}) == 0) throw InputError("--model must be an image model (unet)");
+    if (!flags_.classifier.empty()) classifier_ = load_model(flags_.classifier, device_).classifier;
+    if (!flags_.classifier.empty() && !classifier_) throw InputError("--classifier '" + flags_.classifier + "' is not a classifier");
+    num_classes_ = model_.denoiser->num_classes() > 0 ? model_.denoiser->num_classes() : classifier_->num_classes();
+    evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_);
+    const int64_t side = model_.config.at("image_size").get<int64_t>();
+    evaluation_->check_images(torch::zeros({1, model_.config.at("in_channels").get<int64_t>(), side, side}));
+
+    if (!flags_.no_real_baseline) score_real_baseline();
+    run_settings();
+    seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    write_tables();
+    write_plots();
+    write_strength_grids();
+    write_report();
+    std::fprintf(stderr, "sweep: %zu settings in %.0f s; report in %s/report.html and report.md\n", results_.size(),
+                 seconds_, flags_.out_dir.c_str());
+  }
+
+ private:
+  void validate() {
+    if (flags_.model.empty()) throw InputError("--model is required");
+    const std::vector<double> s = parse_number_list("--classifier-scales", flags_.classifier_scales);
+    const std::vector<double> w = parse_number_list("--cfg-scales", flags_.cfg_scales);
+    if (s.empty() && w.empty()) throw InputError("nothing to sweep: give --classifier-scales and/or --cfg-scales");
+    bool needs_classifier = false;
+    for (double value : s) needs_classifier = needs_classifier || value != 0.0;
+    if (needs_classifier && flags_.classifier.empty()) throw InputError("--classifier-scales needs --classifier");
+    const std::vector<int64_t> steps = parse_positive_list("--steps", flags_.steps);
+    if (flags_.num_samples < 10) throw InputError("--num-samples must be >= 10 for the metrics to mean anything");
+    if (flags_.grid_columns < 1) throw InputError("--grid-columns must be >= 1");
+    parse_sampler(flags_.sampler);
+    for (int64_t t : steps) {
+      for (double value : s) settings_.push_back({Method::classifier, value, t});
+      for (double value : w) settings_.push_back({Method::cfg, value, t});
+    }
+    steps_ = steps;
+  }
+
+  GenerationConfig config_for(const Setting& setting) const {
+    GenerationConfig config;
+    config.sampler = parse_sampler(flags_.sampler);
+    config.steps = setting.steps;
+    config.eta = flags_.eta;
+    config.clip_x0 = true;
+    config.classifier_scale = setting.method == Method::classifier ? setting.strength : 0.0;
+    config.cfg_scale = setting.method == Method::cfg ? setting.strength : 0.0;
+    const int64_t side = model_.config.at("image_size").get<int64_t>();
+    config.sample_shape = {model_.config.at("in_channels").get<int64_t>(), side, side};
+    config.num_samples = flags_.num_samples;
+    config.batch_size = flags_.batch_size;
+    config.seed = flags_.seed;
+    return config;
+  }
+
+  // The relative cost of a setting, for the ETA: model forwards per sample.
+  double cost(const Setting& setting) const {
+    const double per_step = setting.method == Method::cfg && setting.strength != 0.0 ? 2.0
+                            : setting.method == Method::classifier && setting.strength != 0.0 ? 1.6 : 1.0;
+    return per_step * static_cast<double>(setting.steps);
+  }
+
+  torch::Tensor labels() const { return torch::arange(flags_.num_samples, torch::kLong) % num_classes_; }
+
+  void score_real_baseline() {
+    DatasetRequest request;
+    request.spec = flags_.evaluation.reference;
+    request.split = flags_.evaluation.reference_split == "test" ? "train" : "test";
+    request.channels = evaluation_->image_channels();
+    const Dataset data = load_dataset(request);
+    const int64_t n = std::min(flags_.num_samples, data.size());
+    torch::Generator generator = at::detail::createCPUGenerator(flags_.seed);
+    const torch::Tensor rows = torch::randperm(data.size(), generator).slice(0, 0, n);
+    real_ = evaluation_->score(data.images.index_select(0, rows), data.labels.index_select(0, rows));
+    real_name_ = "real " + request.split + " images";
+  }
+
+  void run_settings() {
+    double total = 0, done = 0;
+    for (const Setting& setting : settings_) total += cost(setting);
+    ProgressBar bar("sweep");
+    for (const Setting& setting : settings_) {
+      const std::string dir = flags_.out_dir + "/settings/" + setting.id();
+      fs::create_directories(dir);
+      const std::string scores_path = dir + "/scores.json";
+      if (auto finished = read_finished(scores_path, setting)) {
+        results_.push_back(*finished);
+        bar.print_line("sweep: " + setting.id() + " already done, skipped");
+        done += cost(setting);
+        continue;
+      }
+      const auto started = std::chrono::steady_clock::now();
+      const GenerationConfig config = config_for(setting);
+      std::shared_ptr<Denoiser> denoiser = model_.denoiser;
+      if (setting.method == Method::classifier && denoiser->num_classes() > 0) {
+        denoiser = std::make_shared<NullClassDenoiser>(denoiser);
+      }
+      const std::shared_ptr<Classifier> classifier = config.classifier_scale != 0.0 ? classifier_ : nullptr;
+      const double weight = cost(setting);
+      // Unguided samples of the unconditional model ignore the class; it is still "requested",
+      // so their class accuracy is the chance baseline.
+      const torch::Tensor requested = labels();
+      const bool uses_labels = denoiser->num_classes() > 0 || classifier != nullptr;
+      const GenerationResult result =
+          generate(denoiser, classifier, config, uses_labels ? requested : torch::Tensor(), {}, [&](int64_t step, int64_t steps) {
+            bar.update(static_cast<int64_t>(1000.0 * (done + weight * step / steps) / total), 1000, setting.id());
+          });
+      done += weight;
+      const torch::Tensor pixels = images_to_uint8_nhwc(result.samples);
+      write_sample_batch_npz(dir + "/samples.npz", pixels, requested);
+      ImageGridOptions grid;
+      grid.nrow = std::min(flags_.grid_columns, std::max<int64_t>(1, flags_.num_samples / num_classes_));
+      write_png_grid(dir + "/grid.png", class_rows(result.samples, num_classes_, grid.nrow), grid);
+      // Scored as saved: the 8-bit images of the .npz.
+      SettingResult finished{setting, evaluation_->score(uint8_nhwc_to_images(pixels), requested), 0.0};
+      finished.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      nlohmann::json json = {{"setting", setting.to_json()}, {"scores", finished.scores.to_json()},
+                             {"seconds", finished.seconds}};
+      write_file_atomically(scores_path, json.dump(2) + "\n");
+      bar.print_line("sweep: " + setting.id() + ": FID " + format_number(finished.scores.fid, "%.2f") + ", class accuracy " +
+                     format_number(finished.scores.class_accuracy, "%.3f") + ", " +
+                     format_number(finished.seconds, "%.0f") + " s");
+      results_.push_back(finished);
+    }
+  }
+
+  static std::optional<SettingResult> read_finished(const std::string& path, const Setting& setting) {
+    if (!fs::exists(path)) return std::nullopt;
+    try {
+      std::ifstream in(path);
+      const nlohmann::json json = nlohmann::json::parse(in);
+      if (json.at("setting") != setting.to_json()) return std::nullopt;
+      const nlohmann::json& s = json.at("scores");
+      const auto number = [&](const char* key) {
+        return s.at(key).is_null() ? NAN : s.at(key).get<double>();
+      };
+      SettingResult result{setting, {}, json.value("seconds", 0.0)};
+      result.scores.count = s.at("count").get<int64_t>();
+      result.scores.reference_count = s.at("reference_count").get<int64_t>();
+      result.scores.neighbour_count = s.at("neighbour_count").get<int64_t>();
+      result.scores.fid = number("fid");
+      result.scores.inception_score = number("inception_score");
+      result.scores.inception_score_std = number("inception_score_std");
+      result.scores.precision = number("precision");
+      result.scores.recall = number("recall");
+      result.scores.density = number("density");
+      result.scores.coverage = number("coverage");
+      result.scores.class_accuracy = number("class_accuracy");
+      for (const auto& value : s.at("per_class_accuracy")) {
+        result.scores.per_class_accuracy.push_back(value.is_null() ? NAN : value.get<double>());
+      }
+      result.scores.fid_warning = s.value("fid_warning", "");
+      return result;
+    } catch (const std::exception&) {
+      return std::nullopt;  // a damaged file: redo the setting
+    }
+  }
+
+  void write_tables() const {
+    std::ostringstream csv;
+    csv << "method,strength,steps,num_samples,fid,inception_score,inception_score_std,precision,recall,density,"
+           "coverage,class_accuracy,seconds\n";
+    nlohmann::json json = {{"request", sweep_request(flags_)}, {"feature_space", evaluation_->feature_space()},
+                           {"reference", evaluation_->reference().description}, {"guidiff_version", GUIDIFF_VERSION},
+                           {"seconds", seconds_}, {"settings", nlohmann::json::array()}};
+    for (const SettingResult& r : results_) {
+      const SampleScores& s = r.scores;
+      csv << method_name(r.setting.method) << ',' << r.setting.strength << ',' << r.setting.steps << ',' << s.count
+          << ',' << format_number(s.fid, "%.6g") << ',' << format_number(s.inception_score, "%.6g") << ','
+          << format_number(s.inception_score_std, "%.6g") << ',' << format_number(s.precision, "%.6g") << ','
+          << format_number(s.recall, "%.6g") << ',' << format_number(s.density, "%.6g") << ','
+          << format_number(s.coverage, "%.6g") << ',' << format_number(s.class_accuracy, "%.6g") << ','
+          << format_number(r.seconds, "%.2f") << '\n';
+      json["settings"].push_back({{"setting", r.setting.to_json()}, {"scores", s.to_json()}, {"seconds", r.seconds}});
+    }
+    if (!flags_.no_real_baseline) json["real_baseline"] = {{"name", real_name_}, {"scores", real_.to_json()}};
+    write_file_atomically(flags_.out_dir + "/results.csv", csv.str());
+    write_file_atomically(flags_.out_dir + "/results.json", json.dump(2) + "\n");
+  }
+
+  // One series per (method, steps) over strength, with the given metrics as x and y.
+  std::vector<LineSeries> series_by_method(double SampleScores::*x, double SampleScores::*y, bool x_is_strength) const {
+    std::vector<LineSeries> series;
+    for (Method method : {Method::classifier, Method::cfg}) {
+      for (int64_t steps : steps_) {
+        LineSeries line;
+        line.title = std::string(method == Method::classifier ? "classifier guidance (s)" : "classifier-free (w)") +
+                     (steps_.size() > 1 ? ", " + std::to_string(steps) + " steps" : "");
+        for (const SettingResult& r : results_) {
+          if (r.setting.method != method || r.setting.steps != steps) continue;
+          line.x.push_back(x_is_strength ? r.setting.strength : r.scores.*x);
+          line.y.push_back(r.scores.*y);
+          line.point_labels.push_back(r.setting.label());
+        }
+        bool any = false;
+        for (size_t i = 0; i < line.x.size(); ++i) any = any || (std::isfinite(line.x[i]) && std::isfinite(line.y[i]));
+        if (any) series.push_back(line);
+      }
+    }
+    return series;
+  }
+
+  void plot(const std::string& name, const std::vector<LineSeries>& series, const LinePlotOptions& options) {
+    if (series.empty()) return;
+    write_line_plot(flags_.out_dir + "/plots/" + name, series, options);
+    plots_.push_back({name, options.title});
+  }
+
+  void write_plots() {
+    LinePlotOptions options;
+    options.title = "FID against Inception Score as guidance grows";
+    options.x_label = "Inception Score (evaluator softmax; higher: more confident, class-distinct)";
+    options.y_label = "FID (lower: closer to the data)";
+    plot("fid_vs_is.png", series_by_method(&SampleScores::inception_score, &SampleScores::fid, false), options);
+    options.title = "Precision (fidelity) against recall (diversity)";
+    options.x_label = "recall";
+    options.y_label = "precision";
+    plot("precision_recall.png", series_by_method(&SampleScores::recall, &SampleScores::precision, false), options);
+    options.title = "Class accuracy against guidance strength";
+    options.x_label = "guidance strength (s for classifier guidance, w for classifier-free)";
+    options.y_label = "class accuracy (evaluator agrees with the requested class)";
+    plot("accuracy_vs_strength.png",
+         series_by_method(nullptr, &SampleScores::class_accuracy, true), options);
+    if (steps_.size() > 1) {
+      std::vector<LineSeries> series;
+      for (const SettingResult& anchor : results_) {
+        if (anchor.setting.steps != steps_.front()) continue;
+        LineSeries line;
+        line.title = std::string(method_name(anchor.setting.method)) + " " + anchor.setting.label();
+        for (const SettingResult& r : results_) {
+          if (r.setting.method == anchor.setting.method && r.setting.strength == anchor.setting.strength) {
+            line.x.push_back(static_cast<double>(r.setting.steps));
+            line.y.push_back(r.scores.fid);
+          }
+        }
+        series.push_back(line);
+      }
+      options.title = "FID against sampling steps";
+      options.x_label = "sampling steps";
+      options.y_label = "FID";
+      options.log_x = true;
+      plot("fid_vs_steps.png", series, options);
+    }
+  }
+
+  void write_strength_grids() {
+    for (Method method : {Method::classifier, Method::cfg}) {
+      for (int64_t steps : steps_) {
+        std::vector<torch::Tensor> columns;
+        std::vector<std::string> labels;
+        for (const SettingResult& r : results_) {
+          if (r.setting.method != method || r.setting.steps != steps) continue;
+          const SampleBatchNpz batch =
+              read_sample_batch_npz(flags_.out_dir + "/settings/" + r.setting.id() + "/samples.npz");
+          // The first sample of each class: the same x_T in every setting.
+          columns.push_back(uint8_nhwc_to_images(batch.images.slice(0, 0, std::min(num_classes_, batch.images.size(0)))));
+          labels.push_back(r.setting.label());
+        }
+        if (columns.empty()) continue;
+        // rows = classes, columns = strength.
+        const torch::Tensor grid = torch::stack(columns, 1).flatten(0, 1);
+        const std::string name = std::string(method_name(method)) + "_steps" + std::to_string(steps) + ".png";
+        ImageGridOptions options;
+        options.nrow = static_cast<int64_t>(columns.size());
+        write_png_grid(flags_.out_dir + "/grids/" + name, grid, options);
+        std::string caption = std::string(method == Method::classifier ? "Classifier guidance" : "Classifier-free guidance") +
+                              ", " + std::to_string(steps) + " steps: rows are classes 0.." +
+                              std::to_string(num_classes_ - 1) + ", columns ";
+        for (size_t i = 0; i < labels.size(); ++i) caption += (i ? ", " : "") + labels[i];
+        grids_.push_back({name, caption});
+      }
+    }
+  }
+
+  std::vector<std::pair<std::string, SampleScores>> table_rows() const {
+    std::vector<std::pair<std::string, SampleScores>> rows;
+    if (!flags_.no_real_baseline) rows.push_back({real_name_, real_});
+    for (const SettingResult& r : results_) {
+      rows.push_back({std::string(method_name(r.setting.method)) + " " + r.setting.label() + ", " +
+                          std::to_string(r.setting.steps) + " steps",
+                      r.scores});
+    }
+    return rows;
+  }
+
+  std::string machine() const {
+    utsname name{};
+    ::uname(&name);
+    return std::string(name.machine) + ", " + std::to_string(torch::get_num_threads()) + " threads, libtorch " +
+           TORCH_VERSION + ", guidiff " + GUIDIFF_VERSION;
+  }
+
+  void write_report() const {
+    const auto rows = table_rows();
+    const std::string caveat =
+        "All metrics are computed in the feature space of " + evaluation_->feature_space() + " against " +
+        flags_.evaluation.reference + " (" + flags_.evaluation.reference_split + " split, " +
+        std::to_string(evaluation_->reference().statistics.count) +
+        " images). They compare settings of this sweep with each other; they are not comparable to "
+        "Inception-based FID/IS in papers. With " + std::to_string(flags_.num_samples) +
+        " samples per setting FID is biased upward; the real-data row shows the floor at this sample count.";
+    std::string settings_line = "model `" + flags_.model + "`" + (flags_.classifier.empty() ? "" : ", classifier `" + flags_.classifier + "`") +
+                                ", sampler " + flags_.sampler + ", " + std::to_string(flags_.num_samples) +
+                                " samples per setting (class k mod " + std::to_string(num_classes_) + "), seed " +
+                                std::to_string(flags_.seed);
+    char timing[160];
+    std::snprintf(timing, sizeof timing, "%.0f s for the whole sweep on %s.", seconds_, machine().c_str());
+
+    std::ostringstream md;
+    md << "# guidiff guidance sweep\n\n" << settings_line << ".\n\n" << timing << "\n\n> " << caveat << "\n\n";
+    md << "| setting | N | FID | IS | precision | recall | density | coverage | class accuracy | seconds |\n"
+          "|---|---|---|---|---|---|---|---|---|---|\n";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const SampleScores& s = rows[i].second;
+      const bool real_row = !flags_.no_real_baseline && i == 0;
+      const double seconds = real_row ? NAN : results_[i - (flags_.no_real_baseline ? 0 : 1)].seconds;
+      md << "| " << rows[i].first << " | " << s.count << " | " << format_number(s.fid, "%.2f") << " | "
+         << format_number(s.inception_score, "%.3f") << " | " << format_number(s.precision, "%.3f") << " | "
+         << format_number(s.recall, "%.3f") << " | " << format_number(s.density, "%.3f") << " | "
+         << format_number(s.coverage, "%.3f") << " | " << format_number(s.class_accuracy, "%.3f") << " | "
+         << format_number(seconds, "%.0f") << " |\n";
+    }
+    md << "\n## Trade-off plots\n\n";
+    for (const auto& [file, title] : plots_) md << "![" << title << "](plots/" << file << ")\n\n";
+    md << "## Samples\n\n";
+    for (const auto& [file, caption] : grids_) md << caption << ":\n\n![" << caption << "](grids/" << file << ")\n\n";
+    md << "Every setting's samples (`samples.npz`), grid (rows = classes) and scores are in `settings/<id>/`; "
+          "all scores in `results.csv` and `results.json`.\n";
+    write_file_atomically(flags_.out_dir + "/report.md", md.str());
+
+    std::ostringstream html;
+    html << "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>guidiff guidance sweep</title>\n"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+            "img{max-width:100%;image-rendering:pixelated}blockquote{color:#555}</style></head><body>\n"
+         << "<h1>guidiff guidance sweep</h1>\n<p>" << settings_line << ".</p>\n<p>" << timing << "</p>\n<blockquote>"
+         << caveat << "</blockquote>\n<table><tr><th>setting</th><th>N</th><th>FID</th><th>IS</th><th>precision</th>"
+                      "<th>recall</th><th>density</th><th>coverage</th><th>class accuracy</th></tr>\n";
+    for (const auto& [name, s] : rows) {
+      html << "<tr><td>" << name << "</td><td>" << s.count << "</td><td>" << format_number(s.fid, "%.2f") << "</td><td>"
+           << format_number(s.inception_score, "%.3f") << "</td><td>" << format_number(s.precision, "%.3f")
+           << "</td><td>" << format_number(s.recall, "%.3f") << "</td><td>" << format_number(s.density, "%.3f")
+           << "</td><td>" << format_number(s.coverage, "%.3f") << "</td><td>"
+           << format_number(s.class_accuracy, "%.3f") << "</td></tr>\n";
+    }
+    html << "</table>\n<h2>Trade-off plots</h2>\n";
+    for (const auto& [file, title] : plots_) html << "<p><img src=\"plots/" << file << "\" alt=\"" << title << "\"></p>\n";
+    html << "<h2>Samples</h2>\n";
+    for (const auto& [file, caption] : grids_) {
+      // Grids of 28-pixel images are small: drawn 3x, crisp.
+      html << "<p>" << caption << "</p><p><img src=\"grids/" << file << "\" style=\"zoom:3\"></p>\n";
+    }
+    html << "</body></html>\n";
+    write_file_atomically(flags_.out_dir + "/report.html", html.str());
+    std::printf("%s", scores_table(rows).c_str());
+  }
+
+  const SweepFlags& flags_;
+  torch::Device device_;
+  Model model_;
+  std::shared_ptr<Classifier> classifier_;
+  int64_t num_classes_ = 0;
+  std::unique_ptr<Evaluation> evaluation_;
+  std::vector<Setting> settings_;
+  std::vector<int64_t> steps_;
+  std::vector<SettingResult> results_;
+  SampleScores real_;
+  std::string real_name_;
+  std::vector<std::pair<std::string, std::string>> plots_, grids_;
+  double seconds_ = 0;
+};
+
+}  // namespace
+
+Command add_sweep_command(CLI::App& app, const GlobalOptions& global) {
+  CLI::App* command = app.add_subcommand("sweep", "sample and score a model over guidance strengths and steps; plots and a report");
+  auto flags = std::make_shared<SweepFlags>();
+  SweepFlags& f = *flags;
+  command->add_option("--model", f.model, "denoiser checkpoint (conditional for CFG; its null class for classifier guidance)")->required();
+  command->add_option("--classifier", f.classifier, "noise-aware classifier checkpoint (for --classifier-scales)");
+  command->add_option("--classifier-scales", f.classifier_scales, "classifier scales s: list 0,1,3 or range start:stop:step");
+  command->add_option("--cfg-scales", f.cfg_scales, "CFG weights w: list 0,1,3 or range start:stop:step");
+  command->add_option("--steps", f.steps, "sampling steps, a list (e.g. 10,25,50)")->capture_default_str();
+  command->add_option("--sampler", f.sampler, "ddim | ddpm")->capture_default_str();
+  command->add_option("--eta", f.eta, "DDIM eta")->capture_default_str();
+  command->add_option("--num-samples", f.num_samples, "samples per setting (sample k asks for class k mod K)")->capture_default_str();
+  command->add_option("--batch-size", f.batch_size)->capture_default_str();
+  command->add_option("--seed", f.seed, "the same seed, so the same x_T, for every setting")->capture_default_str();
+  command->add_option("--grid-columns", f.grid_columns, "samples per class in each setting's grid")->capture_default_str();
+  command->add_flag("--no-real-baseline", f.no_real_baseline, "skip scoring N real images (the metrics' floor at this N)");
+  command->add_option("--out-dir", f.out_dir, "where the sweep writes (rerun with the same flags to resume)")->required();
+  add_evaluation_flags(*command, f.evaluation);
+  return {command, [flags, &global] { Sweep(*flags, global).run(); }};
+}
+
+}  // namespace guidiff::cli

@@ -1,0 +1,137 @@
+// The evaluator network and TorchScript feature extractors (see evaluator.hpp).
+#include "guidiff/eval/evaluator.hpp"
+
+#include <filesystem>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/models/network_adapters.hpp"
+#include "guidiff/models/torchscript_models.hpp"
+
+namespace guidiff {
+namespace {
+
+// Size and modification time make a retrained file a different network for the cache.
+std::string file_identity(const std::string& path) {
+  std::error_code error;
+  const auto size = std::filesystem::file_size(path, error);
+  const auto time = std::filesystem::last_write_time(path, error);
+  if (error) return path;
+  return path + " " + std::to_string(size) + " " + std::to_string(time.time_since_epoch().count());
+}
+
+class EvaluatorNetwork : public FeatureNetwork {
+ public:
+  EvaluatorNetwork(Model model, std::string weights_file)
+      : model_(std::move(model)),
+        network_(std::dynamic_pointer_cast<CnnClassifier>(model_.classifier)->network()),
+        weights_file_(std::move(weights_file)) {}
+
+  FeatureOutput run_batch(const torch::Tensor& images) override {
+    const auto parameter = network_->parameters().front();
+    const torch::Tensor features = network_->features(images.to(parameter.device(), parameter.scalar_type()));
+    FeatureOutput output;
+    output.features = features.to(torch::kCPU, torch::kFloat32);
+    output.probabilities = torch::softmax(network_->logits_from_features(features), 1).to(torch::kCPU, torch::kFloat32);
+    return output;
+  }
+  std::string description() const override { return "guidiff cnn_classifier '" + weights_file_ + "'"; }
+  std::string cache_key() const override { return "cnn_classifier " + file_identity(weights_file_); }
+  std::vector<int64_t> image_shape() const override {
+    const auto& config = network_->config();
+    return {config.in_channels, config.image_size, config.image_size};
+  }
+
+ private:
+  Model model_;
+  CnnClassifierNet network_;
+  std::string weights_file_;
+};
+
+class TorchScriptFeatureNetwork : public FeatureNetwork {
+ public:
+  TorchScriptFeatureNetwork(const std::string& path, const torch::Device& device)
+      : path_(path), device_(device), module_(load_torchscript_module(path, device)) {}
+
+  FeatureOutput run_batch(const torch::Tensor& images) override {
+    const torch::jit::IValue output = call_torchscript_forward(module_, {images.to(device_, torch::kFloat32)}, path_);
+    FeatureOutput result;
+    if (output.isTensor()) {
+      result.features = output.toTensor();
+    } else if (output.isTuple() && output.toTuple()->elements().size() == 2 &&
+               output.toTuple()->elements()[0].isTensor() && output.toTuple()->elements()[1].isTensor()) {
+      result.features = output.toTuple()->elements()[0].toTensor();
+      const torch::Tensor logits = output.toTuple()->elements()[1].toTensor();
+      check_rows("logits", logits, images.size(0));
+      result.probabilities = torch::softmax(logits.to(torch::kFloat32), 1).to(torch::kCPU);
+    } else {
+      throw ModelError("feature network '" + path_ + "': forward must return features [N, D] or (features, logits), got " +
+                       output.tagKind());
+    }
+    check_rows("features", result.features, images.size(0));
+    result.features = result.features.to(torch::kCPU, torch::kFloat32);
+    return result;
+  }
+  std::string description() const override { return "TorchScript '" + path_ + "'"; }
+  std::string cache_key() const override { return "TorchScript " + file_identity(path_); }
+  std::vector<int64_t> image_shape() const override { return {}; }
+
+ private:
+  void check_rows(const char* what, const torch::Tensor& tensor, int64_t rows) const {
+    if (tensor.dim() != 2 || tensor.size(0) != rows || tensor.size(1) == 0 || !tensor.is_floating_point()) {
+      throw ModelError("feature network '" + path_ + "' returned " + what + " of shape " + c10::str(tensor.sizes()) +
+                       " for " + std::to_string(rows) + " images; expected a floating [" + std::to_string(rows) + ", D]");
+    }
+    if (!torch::isfinite(tensor).all().item<bool>()) {
+      throw ModelError("feature network '" + path_ + "' returned NaN or infinite " + what);
+    }
+  }
+
+  std::string path_;
+  torch::Device device_;
+  torch::jit::script::Module module_;
+};
+
+}  // namespace
+
+std::unique_ptr<FeatureNetwork> load_evaluator_network(const std::string& path, const torch::Device& device) {
+  Model model = load_model(path, device);
+  if (model.kind != ModelKind::cnn_classifier) {
+    throw InputError("evaluator '" + path + "' holds a " + std::string(model_kind_name(model.kind)) +
+                     "; the evaluator must be a cnn_classifier (recipes/fashion_mnist_evaluator.sh)");
+  }
+  const std::string weights = model_files(path).weights;
+  return std::make_unique<EvaluatorNetwork>(std::move(model), weights);
+}
+
+std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::string& path, const torch::Device& device) {
+  return std::make_unique<TorchScriptFeatureNetwork>(path, device);
+}
+
+FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size) {
+  const std::string name = network.description();
+  if (!images.defined() || images.dim() != 4 || images.size(0) == 0 || !images.is_floating_point()) {
+    throw InputError("images for " + name + " must be a non-empty floating [N, C, H, W] tensor, got " +
+                     (images.defined() ? c10::str(images.sizes()) : std::string("nothing")));
+  }
+  const std::vector<int64_t> expected = network.image_shape();
+  const std::vector<int64_t> actual = images.sizes().slice(1).vec();
+  if (!expected.empty() && expected != actual) {
+    throw InputError("images are " + c10::str(torch::IntArrayRef(actual)) + " (C, H, W) but " + name + " takes " +
+                     c10::str(torch::IntArrayRef(expected)));
+  }
+  if (torch::isnan(images).any().item<bool>()) throw InputError("images for " + name + " contain NaN");
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> features, probabilities;
+  for (int64_t begin = 0; begin < images.size(0); begin += batch_size) {
+    FeatureOutput batch = network.run_batch(images.slice(0, begin, std::min(begin + batch_size, images.size(0))));
+    features.push_back(batch.features);
+    if (batch.probabilities.defined()) probabilities.push_back(batch.probabilities);
+  }
+  FeatureOutput output;
+  output.features = torch::cat(features);
+  if (probabilities.size() == features.size()) output.probabilities = torch::cat(probabilities);
+  return output;
+}
+
+}  // namespace guidiff

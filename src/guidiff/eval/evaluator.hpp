@@ -1,0 +1,53 @@
+// Feature networks: what turns images into the features behind FID, precision/recall and
+// density/coverage, and the class probabilities behind IS and class accuracy.
+//   - guidiff's evaluator: a cnn_classifier checkpoint (models/fashion-mnist/evaluator,
+//     recipes/fashion_mnist_evaluator.sh): penultimate (globally pooled) features + softmax.
+//   - any TorchScript module (`--features net.pt`), e.g. an exported Inception network:
+//     forward(x) -> features [N, D], or -> (features [N, D], logits [N, K]).
+// Images go in as float [N, C, H, W] in [-1, 1], the range guidiff samples in; a TorchScript
+// module does its own resizing and normalisation.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace guidiff {
+
+struct FeatureOutput {
+  torch::Tensor features;       // float32 [N, D], CPU
+  torch::Tensor probabilities;  // float32 [N, K] rows summing to 1, CPU; undefined if the network has none
+};
+
+class FeatureNetwork {
+ public:
+  virtual ~FeatureNetwork() = default;
+  // One batch; checks the output (InputError/ModelError naming the network).
+  virtual FeatureOutput run_batch(const torch::Tensor& images) = 0;
+  // What the network is, for messages and reports: its kind and file.
+  virtual std::string description() const = 0;
+  // The description plus the file's size and modification time: the key of the
+  // reference-statistics cache, so a retrained network gets new statistics.
+  virtual std::string cache_key() const = 0;
+  // The image shape {C, H, W} the network accepts, or empty when it takes any.
+  virtual std::vector<int64_t> image_shape() const = 0;
+};
+
+// guidiff's own evaluator: a cnn_classifier checkpoint (dir, prefix or file). Throws
+// FileError naming the path when it is missing or broken, InputError when it holds another
+// kind of network.
+std::unique_ptr<FeatureNetwork> load_evaluator_network(const std::string& path, const torch::Device& device);
+
+// A TorchScript feature extractor. Throws FileError naming the path when it cannot be
+// loaded; its forward's output is checked on every batch (ModelError naming the path:
+// not a tensor or a (tensor, tensor) tuple, not [N, D] for N images, non-finite values).
+std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::string& path, const torch::Device& device);
+
+// Runs `network` over images [N, C, H, W] (any floating dtype, in [-1, 1]) in batches,
+// without autograd. Throws InputError naming the network when the images are not 4-D, are
+// empty, hold NaN, or do not have the shape the network accepts (both shapes quoted).
+FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size = 500);
+
+}  // namespace guidiff

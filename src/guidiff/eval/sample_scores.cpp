@@ -1,0 +1,151 @@
+// Scoring a set of images against a reference set (see sample_scores.hpp).
+#include "guidiff/eval/sample_scores.hpp"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <sstream>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/eval/metrics.hpp"
+
+namespace guidiff {
+namespace {
+
+nlohmann::json number_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
+
+// A file name from free text: letters, digits, '-', '_' and '.'; everything else '_'.
+std::string file_name_part(const std::string& text) {
+  std::string out;
+  for (char c : text) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.') ? c : '_';
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json SampleScores::to_json() const {
+  nlohmann::json per_class = nlohmann::json::array();
+  for (double value : per_class_accuracy) per_class.push_back(number_or_null(value));
+  return {{"count", count},
+          {"reference_count", reference_count},
+          {"neighbour_count", neighbour_count},
+          {"fid", number_or_null(fid)},
+          {"inception_score", number_or_null(inception_score)},
+          {"inception_score_std", number_or_null(inception_score_std)},
+          {"precision", precision},
+          {"recall", recall},
+          {"density", density},
+          {"coverage", coverage},
+          {"class_accuracy", number_or_null(class_accuracy)},
+          {"per_class_accuracy", per_class},
+          {"fid_warning", fid_warning}};
+}
+
+SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, const torch::Tensor& images,
+                          const torch::Tensor& requested_labels, const ReferenceSet& reference,
+                          const ScoreOptions& options) {
+  if (requested_labels.defined() && (requested_labels.dim() != 1 || requested_labels.size(0) != images.size(0))) {
+    throw InputError("there are " + std::to_string(images.size(0)) + " images but the labels have shape " +
+                     c10::str(requested_labels.sizes()));
+  }
+  const FeatureOutput output = run_feature_network(features, images);
+  torch::Tensor probabilities = output.probabilities;
+  if (!probabilities.defined() && classifier != nullptr) {
+    const std::vector<int64_t> shape = classifier->image_shape();
+    if (shape.empty() || shape == images.sizes().slice(1).vec()) {
+      probabilities = run_feature_network(*classifier, images).probabilities;
+    }
+  }
+  const FeatureStatistics& stats = reference.statistics;
+  if (output.features.size(1) != stats.mean.size(0)) {
+    throw InputError("the sample features have dimension " + std::to_string(output.features.size(1)) +
+                     " but the reference statistics " + std::to_string(stats.mean.size(0)) +
+                     " (computed with another feature network?)");
+  }
+  SampleScores scores;
+  scores.count = output.features.size(0);
+  scores.reference_count = stats.count;
+  scores.fid = frechet_distance(feature_statistics(output.features), stats);
+  scores.fid_warning = fid_sample_warning(scores.count, output.features.size(1));
+  if (!stats.features.defined()) throw InputError("the reference statistics hold no features for precision/recall");
+  const torch::Tensor neighbours = stats.features.slice(0, 0, std::min(scores.count, stats.features.size(0)));
+  scores.neighbour_count = neighbours.size(0);
+  const PrecisionRecall pr = precision_recall(neighbours, output.features, options.precision_recall_k);
+  scores.precision = pr.precision;
+  scores.recall = pr.recall;
+  const DensityCoverage dc = density_coverage(neighbours, output.features, options.density_coverage_k);
+  scores.density = dc.density;
+  scores.coverage = dc.coverage;
+  if (probabilities.defined()) {
+    scores.inception_score = inception_score(probabilities, std::min(options.inception_splits, scores.count),
+                                             &scores.inception_score_std);
+    if (requested_labels.defined()) {
+      scores.class_accuracy = class_accuracy(probabilities, requested_labels);
+      const torch::Tensor per_class = per_class_accuracy(probabilities, requested_labels, probabilities.size(1));
+      for (int64_t c = 0; c < per_class.size(0); ++c) scores.per_class_accuracy.push_back(per_class[c].item<double>());
+    }
+  }
+  return scores;
+}
+
+std::string default_cache_directory() {
+  if (const char* dir = std::getenv("GUIDIFF_CACHE_DIR"); dir != nullptr && *dir != '\0') return dir;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    return (std::filesystem::path(xdg) / "guidiff").string();
+  }
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+    return (std::filesystem::path(home) / ".cache" / "guidiff").string();
+  }
+  return ".guidiff-cache";
+}
+
+ReferenceSet reference_set(FeatureNetwork& network, const DatasetRequest& data, const std::string& cache_file,
+                           const std::string& cache_directory, const std::function<void(const std::string&)>& log) {
+  const auto say = [&](const std::string& line) {
+    if (log) log(line);
+  };
+  nlohmann::json wanted = {{"dataset", data.spec},
+                           {"split", data.split},
+                           {"image_size", data.image_size},
+                           {"channels", data.channels},
+                           {"network", network.cache_key()}};
+  std::string path = cache_file;
+  if (path.empty()) {
+    std::ostringstream name;
+    name << file_name_part(data.spec) << '-' << data.split << '-' << std::hex
+         << std::hash<std::string>{}(wanted.dump()) << ".stats";
+    path = (std::filesystem::path(cache_directory) / name.str()).string();
+  }
+  std::error_code ignored;
+  if (std::filesystem::exists(path, ignored)) {
+    try {
+      nlohmann::json found;
+      FeatureStatistics statistics = load_feature_statistics(path, &found);
+      nlohmann::json found_key = found;
+      found_key.erase("count");
+      if (found_key == wanted && statistics.features.defined()) return {std::move(statistics), found};
+      say("reference statistics '" + path + "' are for " + found.dump() + "; recomputing them");
+    } catch (const Error& error) {
+      say(std::string("reference statistics cache unusable (") + error.what() + "); recomputing it");
+    }
+  }
+  const Dataset dataset = load_dataset(data);
+  if (!dataset.holds_images()) throw InputError("reference data '" + data.spec + "' holds no images");
+  say("computing reference statistics of " + dataset.name + " (" + std::to_string(dataset.size()) +
+      " images) with " + network.description());
+  const FeatureOutput output = run_feature_network(network, dataset.images);
+  ReferenceSet reference;
+  reference.statistics = feature_statistics(output.features);
+  // A seeded random order, so that any prefix is a fair subset for the neighbour metrics.
+  torch::Generator generator = at::detail::createCPUGenerator(0);
+  reference.statistics.features = output.features.index_select(0, torch::randperm(output.features.size(0), generator));
+  reference.description = wanted;
+  reference.description["count"] = reference.statistics.count;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ignored);
+  save_feature_statistics(path, reference.statistics, reference.description);
+  say("reference statistics cached in '" + path + "'");
+  return reference;
+}
+
+}  // namespace guidiff

@@ -1,0 +1,70 @@
+// Every metric of a set of generated images at once, against a reference data set: FID, IS,
+// precision/recall, density/coverage and class accuracy, in the feature space of a
+// FeatureNetwork (evaluator.hpp). Also the reference statistics, computed once per (data
+// set, split, network) and cached as a file.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "guidiff/data/dataset_spec.hpp"
+#include "guidiff/eval/evaluator.hpp"
+#include "guidiff/eval/feature_statistics.hpp"
+
+namespace guidiff {
+
+struct ScoreOptions {
+  int64_t inception_splits = 10;    // capped at the number of samples
+  int64_t precision_recall_k = 3;   // Kynkaanniemi et al.'s default
+  int64_t density_coverage_k = 5;   // Naeem et al.'s default
+};
+
+// NaN marks a metric that could not be computed (no class probabilities, no labels).
+struct SampleScores {
+  int64_t count = 0;            // samples scored
+  int64_t reference_count = 0;  // reference images behind the FID statistics
+  int64_t neighbour_count = 0;  // reference images used for precision/recall, density/coverage (= count when it can)
+  double fid = 0;
+  double inception_score = NAN, inception_score_std = NAN;
+  double precision = 0, recall = 0, density = 0, coverage = 0;
+  double class_accuracy = NAN;              // with requested labels and class probabilities
+  std::vector<double> per_class_accuracy;   // per requested class (NaN: none requested)
+  std::string fid_warning;                  // fid_sample_warning(count, D), or ""
+  nlohmann::json to_json() const;           // NaN as null
+};
+
+// The reference side of every comparison: moments for FID and the features themselves for
+// the nearest-neighbour metrics.
+struct ReferenceSet {
+  FeatureStatistics statistics;  // with .features: every reference feature, in a seeded random order
+  nlohmann::json description;    // {"dataset", "split", "network", "count"}
+};
+
+// Images [N, C, H, W] in [-1, 1] plus, optionally, the class each image was asked to be
+// (int64 [N]; undefined: no class accuracy). `features` gives the features; the class
+// probabilities come from `features` when it has them, else from `classifier` (may be null)
+// when the images fit it. Precision/recall and density/coverage compare the samples with the
+// first min(N, reference) reference features (equal-sized sets, as in the papers).
+// Throws InputError for images the networks cannot take (shapes quoted), labels of the wrong
+// length or outside the probabilities' classes, and the metrics' own errors (e.g. N <= k).
+SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, const torch::Tensor& images,
+                          const torch::Tensor& requested_labels, const ReferenceSet& reference,
+                          const ScoreOptions& options = {});
+
+// Where caches go: $GUIDIFF_CACHE_DIR, else $XDG_CACHE_HOME/guidiff, else $HOME/.cache/guidiff.
+std::string default_cache_directory();
+
+// The reference statistics of `data` under `network`. With a non-empty `cache_file` (or,
+// when it is empty, a file named after the data set, split and network in `cache_directory`)
+// a matching cache is loaded; otherwise the data set is read, run through the network and
+// the cache written atomically. A cache for another data set or network, or one that
+// cannot be read, is recomputed and replaced (reported through `log`).
+ReferenceSet reference_set(FeatureNetwork& network, const DatasetRequest& data, const std::string& cache_file,
+                           const std::string& cache_directory, const std::function<void(const std::string&)>& log = {});
+
+}  // namespace guidiff

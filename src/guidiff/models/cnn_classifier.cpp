@@ -1,0 +1,84 @@
+// The plain CNN image classifier (see cnn_classifier.hpp).
+#include "guidiff/models/cnn_classifier.hpp"
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/models/config_fields.hpp"
+
+namespace guidiff {
+
+void CnnClassifierConfig::validate() const {
+  const auto fail = [](const char* field, const std::string& what) {
+    throw InputError(std::string("cnn_classifier config: field \"") + field + "\" " + what);
+  };
+  if (image_size < 1) fail("image_size", "must be >= 1");
+  if (in_channels < 1) fail("in_channels", "must be >= 1");
+  if (channels.empty()) fail("channels", "must list at least one stage");
+  for (const int64_t width : channels) {
+    if (width < 1 || norm_groups < 1 || width % norm_groups != 0) {
+      fail("channels", "entries must be positive multiples of norm_groups (" + std::to_string(norm_groups) + ")");
+    }
+  }
+  if (convs_per_stage < 1) fail("convs_per_stage", "must be >= 1");
+  if (!(dropout >= 0.0 && dropout < 1.0)) fail("dropout", "must lie in [0, 1)");
+  if (num_classes < 1) fail("num_classes", "must be >= 1");
+  // Every stage but the last halves the side; the last must keep at least one pixel.
+  if ((image_size >> (channels.size() - 1)) < 1) fail("channels", "has more stages than image_size can be halved");
+}
+
+void to_json(nlohmann::json& object, const CnnClassifierConfig& config) {
+  object = {{"image_size", config.image_size},   {"in_channels", config.in_channels},
+            {"channels", config.channels},       {"convs_per_stage", config.convs_per_stage},
+            {"norm_groups", config.norm_groups}, {"dropout", config.dropout},
+            {"num_classes", config.num_classes}};
+}
+
+void from_json(const nlohmann::json& object, CnnClassifierConfig& config) {
+  ConfigFields fields(object, "cnn_classifier config");
+  CnnClassifierConfig result;
+  fields.read("image_size", result.image_size);
+  fields.read("in_channels", result.in_channels);
+  fields.read("channels", result.channels);
+  fields.read("convs_per_stage", result.convs_per_stage);
+  fields.read("norm_groups", result.norm_groups);
+  fields.read("dropout", result.dropout);
+  fields.read("num_classes", result.num_classes);
+  fields.reject_unknown();
+  config = std::move(result);
+}
+
+CnnClassifierNetImpl::CnnClassifierNetImpl(const CnnClassifierConfig& config) : config_(config) {
+  config_.validate();
+  torch::nn::Sequential body;
+  int64_t width_in = config_.in_channels;
+  for (size_t stage = 0; stage < config_.channels.size(); ++stage) {
+    const int64_t width = config_.channels[stage];
+    for (int64_t i = 0; i < config_.convs_per_stage; ++i) {
+      body->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(width_in, width, 3).padding(1)));
+      body->push_back(torch::nn::GroupNorm(config_.norm_groups, width));
+      body->push_back(torch::nn::SiLU());
+      width_in = width;
+    }
+    if (stage + 1 < config_.channels.size()) body->push_back(torch::nn::MaxPool2d(2));
+  }
+  body_ = register_module("body", body);
+  dropout_ = register_module("dropout", torch::nn::Dropout(config_.dropout));
+  head_ = register_module("head", torch::nn::Linear(width_in, config_.num_classes));
+}
+
+torch::Tensor CnnClassifierNetImpl::features(const torch::Tensor& x) {
+  const int64_t side = config_.image_size;
+  if (!x.defined() || x.dim() != 4 || x.size(1) != config_.in_channels || x.size(2) != side || x.size(3) != side) {
+    throw InputError("cnn_classifier expects images [N, " + std::to_string(config_.in_channels) + ", " +
+                     std::to_string(side) + ", " + std::to_string(side) + "], got " +
+                     (x.defined() ? c10::str(x.sizes()) : std::string("nothing")));
+  }
+  return body_->forward(x).mean({2, 3});
+}
+
+torch::Tensor CnnClassifierNetImpl::logits_from_features(const torch::Tensor& features) {
+  return head_->forward(dropout_->forward(features));
+}
+
+torch::Tensor CnnClassifierNetImpl::forward(const torch::Tensor& x) { return logits_from_features(features(x)); }
+
+}  // namespace guidiff

@@ -1,0 +1,284 @@
+// The evaluator network (cnn_classifier), TorchScript feature extractors, scoring a set of
+// images against reference statistics and the statistics cache, line plots and flat image
+// folders.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "guidiff/core/errors.hpp"
+#include "guidiff/data/image_folder.hpp"
+#include "guidiff/eval/evaluator.hpp"
+#include "guidiff/eval/metrics.hpp"
+#include "guidiff/eval/sample_scores.hpp"
+#include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/image.hpp"
+#include "guidiff/io/plot.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/models/network_adapters.hpp"
+#include "support/fixture_models.hpp"
+#include "support/test_files.hpp"
+
+namespace fs = std::filesystem;
+using namespace guidiff;
+using guidiff::testing::expect_error;
+using guidiff::testing::fixture_path;
+
+namespace {
+
+nlohmann::json tiny_cnn_config() {
+  return {{"kind", "cnn_classifier"}, {"image_size", 8},  {"in_channels", 1}, {"channels", {8, 16}},
+          {"norm_groups", 4},         {"num_classes", 3}, {"dropout", 0.2}};
+}
+
+class EvaluationTest : public guidiff::testing::TempDirTest {
+ protected:
+  // A saved random cnn_classifier for 8x8 grey images, 3 classes.
+  std::string saved_evaluator() {
+    torch::manual_seed(3);
+    Model model = build_model(tiny_cnn_config());
+    const std::string prefix = path("evaluator");
+    save_model(model, prefix);
+    return prefix;
+  }
+  // Images quantised to 8 bits, so a PNG round trip gives them back exactly.
+  static torch::Tensor images(int64_t n, int64_t side, uint64_t seed) {
+    torch::Generator generator = at::detail::createCPUGenerator(seed);
+    const torch::Tensor x = torch::rand({n, 1, side, side}, generator) * 2 - 1;
+    return uint8_nhwc_to_images(images_to_uint8_nhwc(x));
+  }
+  // A class-per-folder tree of PNGs: n_per_class images of each of `classes` classes.
+  std::string image_tree(const std::string& name, int64_t classes, int64_t n_per_class, int64_t side) {
+    const fs::path root = dir_ / name;
+    for (int64_t c = 0; c < classes; ++c) {
+      const fs::path folder = root / ("class" + std::to_string(c));
+      fs::create_directories(folder);
+      write_png_images(folder.string(), images(n_per_class, side, 100 + c));
+    }
+    return root.string();
+  }
+};
+
+// ---- the evaluator network ----------------------------------------------------------------
+
+TEST_F(EvaluationTest, CnnClassifierGivesPooledFeaturesAndLogitsFromThem) {
+  torch::manual_seed(0);
+  Model model = build_model(tiny_cnn_config());
+  ASSERT_EQ(model.kind, ModelKind::cnn_classifier);
+  ASSERT_TRUE(model.classifier);
+  model.module->eval();
+  auto& network = std::dynamic_pointer_cast<CnnClassifier>(model.classifier)->network();
+  const torch::Tensor x = images(5, 8, 1);
+  const torch::Tensor features = network->features(x);
+  EXPECT_EQ(features.sizes(), (std::vector<int64_t>{5, 16}));
+  const torch::Tensor logits = model.classifier->logits(x, torch::zeros({5}, torch::kLong));
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{5, 3}));
+  EXPECT_TRUE(torch::allclose(logits, network->logits_from_features(features), 1e-5, 1e-6));
+  // Features are spatial means: after the 2 stages, GroupNorm + SiLU outputs are > -0.279.
+  EXPECT_GT(features.min().item<double>(), -0.2785);
+  // The config is complete, so a rebuild from it is the same network shape.
+  EXPECT_EQ(model.config.at("convs_per_stage"), 1);
+  EXPECT_EQ(model.config.at("kind"), "cnn_classifier");
+}
+
+TEST_F(EvaluationTest, CnnClassifierConfigErrorsNameTheField) {
+  nlohmann::json config = tiny_cnn_config();
+  config["channels"] = {8, 10};
+  expect_error<InputError>([&] { build_model(config); }, {"cnn_classifier config", "\"channels\"", "norm_groups"});
+  config = tiny_cnn_config();
+  config["channels"] = {4, 4, 4, 4, 4};
+  expect_error<InputError>([&] { build_model(config); }, {"\"channels\"", "halved"});
+  config = tiny_cnn_config();
+  config["widths"] = 3;
+  expect_error<InputError>([&] { build_model(config); }, {"widths"});
+}
+
+TEST_F(EvaluationTest, EvaluatorNetworkGivesFeaturesAndSoftmaxOfTheSavedWeights) {
+  const std::string prefix = saved_evaluator();
+  const auto evaluator = load_evaluator_network(prefix, torch::kCPU);
+  EXPECT_EQ(evaluator->image_shape(), (std::vector<int64_t>{1, 8, 8}));
+  const Model model = load_model(prefix);
+  auto& network = std::dynamic_pointer_cast<CnnClassifier>(model.classifier)->network();
+  const torch::Tensor x = images(7, 8, 2);
+  // Batches of 3 (3 + 3 + 1) give what one pass gives.
+  const FeatureOutput output = run_feature_network(*evaluator, x, /*batch_size=*/3);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::allclose(output.features, network->features(x), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(output.probabilities, torch::softmax(network->forward(x), 1), 1e-5, 1e-6));
+  EXPECT_NE(evaluator->cache_key(), evaluator->description());
+}
+
+TEST_F(EvaluationTest, EvaluatorMustBeACnnClassifierAndTakeTheImagesShape) {
+  Model mlp = build_model({{"kind", "mlp_classifier"}, {"num_classes", 2}});
+  save_model(mlp, path("mlp"));
+  expect_error<InputError>([&] { load_evaluator_network(path("mlp"), torch::kCPU); }, {"mlp_classifier", "cnn_classifier"});
+  const auto evaluator = load_evaluator_network(saved_evaluator(), torch::kCPU);
+  expect_error<InputError>([&] { run_feature_network(*evaluator, images(2, 6, 0)); }, {"[1, 6, 6]", "[1, 8, 8]"});
+  torch::Tensor bad = images(2, 8, 0);
+  bad[1][0][3][3] = NAN;
+  expect_error<InputError>([&] { run_feature_network(*evaluator, bad); }, {"NaN"});
+}
+
+// ---- TorchScript feature networks ---------------------------------------------------------
+
+TEST_F(EvaluationTest, TorchScriptFeaturesAreTheModulesOutput) {
+  const auto network = load_torchscript_feature_network(fixture_path("features_mean_pixels.pt"), torch::kCPU);
+  EXPECT_TRUE(network->image_shape().empty());
+  const torch::Tensor x = images(5, 6, 4);
+  const FeatureOutput output = run_feature_network(*network, x, 2);
+  const torch::Tensor flat = x.flatten(1);
+  const torch::Tensor expected =
+      torch::cat({flat.mean(1, true), (flat * flat).mean(1, true), x.mean(std::vector<int64_t>{1, 3})}, 1);
+  EXPECT_TRUE(torch::allclose(output.features, expected, 1e-5, 1e-6));
+  EXPECT_FALSE(output.probabilities.defined());
+}
+
+TEST_F(EvaluationTest, TorchScriptTupleGivesFeaturesAndSoftmaxOfTheLogits) {
+  const auto network = load_torchscript_feature_network(fixture_path("features_and_logits.pt"), torch::kCPU);
+  const torch::Tensor x = images(4, 3, 5);
+  const FeatureOutput output = run_feature_network(*network, x);
+  const torch::Tensor flat = x.flatten(1);
+  EXPECT_TRUE(torch::allclose(output.features, flat.slice(1, 0, 4)));
+  EXPECT_TRUE(torch::allclose(output.probabilities, torch::softmax(flat.slice(1, 0, 3) * 10, 1), 1e-5, 1e-6));
+}
+
+TEST_F(EvaluationTest, TorchScriptWithTheWrongOutputIsAOneLineModelError) {
+  const auto network = load_torchscript_feature_network(fixture_path("features_wrong_rank.pt"), torch::kCPU);
+  expect_error<ModelError>([&] { run_feature_network(*network, images(2, 4, 0)); },
+                           {"features_wrong_rank.pt", "[2, 1, 4, 4]", "[2, D]"});
+  expect_error<FileError>([&] { load_torchscript_feature_network(path("missing.pt"), torch::kCPU); }, {"missing.pt"});
+}
+
+// ---- scoring ------------------------------------------------------------------------------
+
+ReferenceSet reference_of(FeatureNetwork& network, const torch::Tensor& x) {
+  ReferenceSet reference;
+  const FeatureOutput output = run_feature_network(network, x);
+  reference.statistics = feature_statistics(output.features);
+  reference.statistics.features = output.features;
+  return reference;
+}
+
+TEST_F(EvaluationTest, ScoringTheReferenceImagesThemselvesIsPerfect) {
+  const auto network = load_torchscript_feature_network(fixture_path("features_and_logits.pt"), torch::kCPU);
+  const torch::Tensor x = images(40, 3, 6);
+  const ReferenceSet reference = reference_of(*network, x);
+  const torch::Tensor predicted = x.flatten(1).slice(1, 0, 3).argmax(1);
+  const SampleScores scores = score_images(*network, nullptr, x, predicted, reference);
+  EXPECT_NEAR(scores.fid, 0.0, 1e-6);
+  EXPECT_DOUBLE_EQ(scores.precision, 1.0);
+  EXPECT_DOUBLE_EQ(scores.recall, 1.0);
+  EXPECT_DOUBLE_EQ(scores.coverage, 1.0);
+  EXPECT_DOUBLE_EQ(scores.class_accuracy, 1.0);
+  EXPECT_EQ(scores.count, 40);
+  EXPECT_EQ(scores.neighbour_count, 40);
+  EXPECT_FALSE(scores.fid_warning.empty());  // 40 samples: FID is biased, and the warning says so
+  // Asking for the next class every time: no image is what it was asked to be.
+  const SampleScores wrong = score_images(*network, nullptr, x, (predicted + 1) % 3, reference);
+  EXPECT_DOUBLE_EQ(wrong.class_accuracy, 0.0);
+  EXPECT_EQ(wrong.per_class_accuracy.size(), 3u);
+}
+
+TEST_F(EvaluationTest, ScoresAreTheMetricFunctionsOnTheFeatures) {
+  const auto network = load_torchscript_feature_network(fixture_path("features_mean_pixels.pt"), torch::kCPU);
+  const auto evaluator = load_evaluator_network(saved_evaluator(), torch::kCPU);
+  const torch::Tensor real = images(60, 8, 7);
+  const torch::Tensor fake = (images(30, 8, 8) * 0.5).clamp(-1, 1);
+  const ReferenceSet reference = reference_of(*network, real);
+  const torch::Tensor labels = torch::arange(30, torch::kLong) % 3;
+  // Features from the TorchScript network (no logits), IS and accuracy from the evaluator.
+  const SampleScores scores = score_images(*network, evaluator.get(), fake, labels, reference);
+  const torch::Tensor fake_features = run_feature_network(*network, fake).features;
+  EXPECT_NEAR(scores.fid, frechet_distance(feature_statistics(fake_features), reference.statistics), 1e-9);
+  const PrecisionRecall pr = precision_recall(reference.statistics.features.slice(0, 0, 30), fake_features, 3);
+  EXPECT_DOUBLE_EQ(scores.precision, pr.precision);
+  EXPECT_DOUBLE_EQ(scores.recall, pr.recall);
+  EXPECT_EQ(scores.neighbour_count, 30);
+  const torch::Tensor probabilities = run_feature_network(*evaluator, fake).probabilities;
+  EXPECT_NEAR(scores.inception_score, inception_score(probabilities, 10), 1e-9);
+  EXPECT_DOUBLE_EQ(scores.class_accuracy, class_accuracy(probabilities, labels));
+  // Images the evaluator cannot take: no IS, no accuracy, but the feature metrics still.
+  const torch::Tensor rgb = images(30, 8, 9).repeat({1, 3, 1, 1});  // mean-pixel features still have D = 2 + 8
+  const SampleScores other_size = score_images(*network, evaluator.get(), rgb, labels, reference);
+  EXPECT_TRUE(std::isnan(other_size.inception_score));
+  EXPECT_TRUE(std::isnan(other_size.class_accuracy));
+  EXPECT_TRUE(other_size.to_json().at("class_accuracy").is_null());
+  expect_error<InputError>([&] { score_images(*network, nullptr, fake, labels.slice(0, 0, 5), reference); }, {"labels"});
+}
+
+TEST_F(EvaluationTest, ReferenceStatisticsAreCachedPerDataAndNetwork) {
+  const std::string tree = image_tree("reference", 3, 10, 8);
+  const auto evaluator = load_evaluator_network(saved_evaluator(), torch::kCPU);
+  DatasetRequest data;
+  data.spec = "folder:" + tree;
+  data.channels = 1;
+  std::vector<std::string> log;
+  const auto record = [&](const std::string& line) { log.push_back(line); };
+  const ReferenceSet first = reference_set(*evaluator, data, "", path("cache"), record);
+  EXPECT_EQ(first.statistics.count, 30);
+  ASSERT_EQ(first.statistics.features.size(0), 30);
+  ASSERT_EQ(log.size(), 2u);  // computing ..., cached in ...
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(path("cache"))) files.push_back(entry.path());
+  ASSERT_EQ(files.size(), 1u);
+  // The same request loads the file: no new log line, the same numbers.
+  const ReferenceSet second = reference_set(*evaluator, data, "", path("cache"), record);
+  EXPECT_EQ(log.size(), 2u);
+  EXPECT_TRUE(torch::equal(first.statistics.mean, second.statistics.mean));
+  EXPECT_TRUE(torch::equal(first.statistics.features, second.statistics.features));
+  // The features are the data's, in a random order: the same multiset of rows.
+  const torch::Tensor direct = run_feature_network(*evaluator, load_image_folder(tree, {1}).images).features;
+  EXPECT_TRUE(torch::allclose(std::get<0>(first.statistics.features.sum(1).sort()), std::get<0>(direct.sum(1).sort()), 1e-4));
+  // Another network through the same file: recomputed and replaced.
+  const auto other = load_torchscript_feature_network(fixture_path("features_mean_pixels.pt"), torch::kCPU);
+  const ReferenceSet third = reference_set(*other, data, files.front().string(), "", record);
+  EXPECT_EQ(third.statistics.mean.size(0), 2 + 8);
+  ASSERT_GE(log.size(), 3u);
+  EXPECT_NE(log[2].find("recomputing"), std::string::npos) << log[2];
+  // A damaged cache is recomputed too.
+  write_file_atomically(files.front().string(), "not safetensors");
+  const ReferenceSet fourth = reference_set(*other, data, files.front().string(), "", record);
+  EXPECT_TRUE(torch::allclose(fourth.statistics.mean, third.statistics.mean));
+  EXPECT_NE(log[log.size() - 3].find("unusable"), std::string::npos) << log[log.size() - 3];
+}
+
+TEST_F(EvaluationTest, DefaultCacheDirectoryFollowsTheEnvironment) {
+  ::setenv("GUIDIFF_CACHE_DIR", "/tmp/somewhere", 1);
+  EXPECT_EQ(default_cache_directory(), "/tmp/somewhere");
+  ::unsetenv("GUIDIFF_CACHE_DIR");
+  ::setenv("XDG_CACHE_HOME", "/tmp/xdg", 1);
+  EXPECT_EQ(default_cache_directory(), "/tmp/xdg/guidiff");
+  ::unsetenv("XDG_CACHE_HOME");
+}
+
+// ---- flat image folders and line plots ----------------------------------------------------
+
+TEST_F(EvaluationTest, FlatImageFolderReadsEveryImageInNameOrder) {
+  const torch::Tensor x = images(4, 5, 10);
+  fs::create_directories(path("flat"));
+  write_png_images(path("flat"), x);
+  fs::create_directories(path("flat/ignored_subfolder"));
+  const torch::Tensor read = load_image_files(path("flat"), {1});
+  EXPECT_TRUE(torch::equal(read, x));
+  fs::create_directories(path("empty"));
+  expect_error<FileError>([&] { load_image_files(path("empty")); }, {"empty", "no .png"});
+}
+
+TEST_F(EvaluationTest, LinePlotIsAPngAndRejectsMalformedSeries) {
+  LineSeries a{"classifier", {1.0, 2.0, 3.0}, {30.0, 20.0, 25.0}, {"s=0", "s=1", "s=3"}};
+  LineSeries b{"cfg", {1.5, NAN}, {28.0, 1.0}, {}};
+  write_line_plot(path("plot.png"), {a, b}, {"title", "IS", "FID"});
+  const std::string bytes = read_file_bytes(path("plot.png"));
+  EXPECT_EQ(bytes.substr(1, 3), "PNG");
+  LineSeries uneven{"bad", {1.0}, {1.0, 2.0}, {}};
+  expect_error<InputError>([&] { write_line_plot(path("bad.png"), {uneven}); }, {"bad", "length"});
+  LineSeries empty{"nan", {NAN}, {1.0}, {}};
+  expect_error<InputError>([&] { write_line_plot(path("bad.png"), {empty}); }, {"no finite point"});
+  EXPECT_FALSE(fs::exists(path("bad.png")));
+}
+
+}  // namespace
