@@ -135,7 +135,9 @@ TEST_F(CliTest, ToySampleWritesSamplesAndLabels) {
   const CliResult result = run("sample --num-samples 10 --steps 20 --class 2 --cfg-scale 1 --out " + path("x.npy") +
                                " --labels-out " + path("y.npy"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  EXPECT_EQ(result.err, "");  // no progress bar when stderr is not a terminal
+  // No progress bar when stderr is not a terminal: only the one timing line.
+  EXPECT_EQ(result.err.rfind("sampling: 10 samples in ", 0), 0u) << result.err;
+  EXPECT_EQ(result.stderr_lines(), 1) << result.err;
   const torch::Tensor samples = read_npy(path("x.npy"));
   EXPECT_EQ(samples.scalar_type(), torch::kFloat32);
   EXPECT_EQ(samples.sizes(), torch::IntArrayRef({10, 2}));

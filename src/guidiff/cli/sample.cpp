@@ -3,6 +3,7 @@
 // guided-diffusion's layout, PNG grids or single PNGs, plots, and a JSON manifest.
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -108,10 +109,17 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   config.keep_trajectory = !flags.trajectory.empty();
   check_outputs(flags, config.sample_shape, setup.models.labels);
 
-  ProgressBar progress("sampling");
-  const GenerationResult result =
-      generate(setup.models.denoiser, setup.models.classifier, config, setup.models.labels, setup.initial_noise,
-               [&progress](int64_t done, int64_t total) { progress.update(done, total); });
+  const auto started = std::chrono::steady_clock::now();
+  GenerationResult result;
+  {
+    ProgressBar progress("sampling");
+    result = generate(setup.models.denoiser, setup.models.classifier, config, setup.models.labels,
+                      setup.initial_noise, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
+  }
+  // Sampling time alone (no start-up, loading or writing): what bench/ compares.
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::fprintf(stderr, "sampling: %lld samples in %.3f s (%.2f samples/s)\n", static_cast<long long>(config.num_samples),
+               seconds, static_cast<double>(config.num_samples) / seconds);
   write_outputs(flags, config, setup.models, result);
 }
 
