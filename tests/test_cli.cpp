@@ -109,6 +109,7 @@ TEST_F(CliTest, InfoReportsVersionThreadsBlasAndDevices) {
   EXPECT_NE(result.out.find("libtorch "), std::string::npos) << result.out;
   EXPECT_NE(result.out.find("threads  2\n"), std::string::npos) << result.out;
   EXPECT_NE(result.out.find("blas     "), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("malloc   glibc malloc: mmap threshold 32 MiB"), std::string::npos) << result.out;
   EXPECT_NE(result.out.find("devices  cpu"), std::string::npos) << result.out;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
 
 namespace guidiff::cli {
@@ -17,6 +18,7 @@ Command add_info_command(CLI::App& app, const GlobalOptions& global) {
             std::printf("libtorch %s\n", TORCH_VERSION);
             std::printf("threads  %d\n", at::get_num_threads());
             std::printf("blas     %s %s\n", blas.name.c_str(), blas.path.empty() ? "(none mapped)" : blas.path.c_str());
+            std::printf("malloc   %s\n", configure_allocator().c_str());  // idempotent: reports main's set-up
             if (torch::cuda::is_available()) {
               std::printf("devices  cpu, cuda (%d device%s)\n", static_cast<int>(torch::cuda::device_count()),
                           torch::cuda::device_count() == 1 ? "" : "s");

@@ -8,6 +8,7 @@
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
 
 namespace {
@@ -64,15 +65,16 @@ int main(int argc, char** argv) {
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +
-                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, demo or train)" : ""));
+                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, eval, sweep, train or demo)" : ""));
   }
-  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, demo or train (see guidiff --help)");
+  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, eval, sweep, train or demo (see guidiff --help)");
 
   try {
     if (global.threads < 0) {
       throw guidiff::InputError("--threads must be >= 1 (or 0 for the default), got " +
                                 std::to_string(global.threads));
     }
+    guidiff::configure_allocator();
     guidiff::configure_threads(global.threads);
     for (const guidiff::cli::Command& command : commands) {
       if (command.app->parsed()) command.run();
