@@ -62,15 +62,10 @@ const ReferenceSet& Evaluation::reference() {
 }
 
 void Evaluation::check_images(const torch::Tensor& images) {
+  // One image through the network checks the shape it takes and its output, before minutes
+  // of reference statistics.
   FeatureNetwork& network = features_ ? *features_ : *evaluator_;
-  const std::vector<int64_t> expected = network.image_shape();
-  if (!images.defined() || images.dim() != 4) throw InputError("images must be [N, C, H, W]");
-  if (!expected.empty() && images.sizes().slice(1).vec() != expected) {
-    throw InputError("images are " + c10::str(images.sizes().slice(1)) + " (C, H, W) but " + network.description() +
-                     " takes " + c10::str(torch::IntArrayRef(expected)));
-  }
-  // One image through the network checks its output before minutes of reference statistics.
-  if (images.size(0) > 0) run_feature_network(network, images.slice(0, 0, 1));
+  run_feature_network(network, images.defined() && images.dim() == 4 ? images.slice(0, 0, 1) : images);
 }
 
 SampleScores Evaluation::score(const torch::Tensor& images, const torch::Tensor& labels) {

@@ -310,27 +310,7 @@ class Sweep {
       std::ifstream in(path);
       const nlohmann::json json = nlohmann::json::parse(in);
       if (json.at("setting") != setting.to_json()) return std::nullopt;
-      const nlohmann::json& s = json.at("scores");
-      const auto number = [&](const char* key) {
-        return s.at(key).is_null() ? NAN : s.at(key).get<double>();
-      };
-      SettingResult result{setting, {}, json.value("seconds", 0.0)};
-      result.scores.count = s.at("count").get<int64_t>();
-      result.scores.reference_count = s.at("reference_count").get<int64_t>();
-      result.scores.neighbour_count = s.at("neighbour_count").get<int64_t>();
-      result.scores.fid = number("fid");
-      result.scores.inception_score = number("inception_score");
-      result.scores.inception_score_std = number("inception_score_std");
-      result.scores.precision = number("precision");
-      result.scores.recall = number("recall");
-      result.scores.density = number("density");
-      result.scores.coverage = number("coverage");
-      result.scores.class_accuracy = number("class_accuracy");
-      for (const auto& value : s.at("per_class_accuracy")) {
-        result.scores.per_class_accuracy.push_back(value.is_null() ? NAN : value.get<double>());
-      }
-      result.scores.fid_warning = s.value("fid_warning", "");
-      return result;
+      return SettingResult{setting, SampleScores::from_json(json.at("scores")), json.value("seconds", 0.0)};
     } catch (const std::exception&) {
       return std::nullopt;  // a damaged file: redo the setting
     }

@@ -42,6 +42,25 @@ nlohmann::json SampleScores::to_json() const {
           {"fid_warning", fid_warning}};
 }
 
+SampleScores SampleScores::from_json(const nlohmann::json& json) {
+  const auto number = [](const nlohmann::json& value) { return value.is_null() ? NAN : value.get<double>(); };
+  SampleScores scores;
+  scores.count = json.at("count").get<int64_t>();
+  scores.reference_count = json.at("reference_count").get<int64_t>();
+  scores.neighbour_count = json.at("neighbour_count").get<int64_t>();
+  scores.fid = number(json.at("fid"));
+  scores.inception_score = number(json.at("inception_score"));
+  scores.inception_score_std = number(json.at("inception_score_std"));
+  scores.precision = number(json.at("precision"));
+  scores.recall = number(json.at("recall"));
+  scores.density = number(json.at("density"));
+  scores.coverage = number(json.at("coverage"));
+  scores.class_accuracy = number(json.at("class_accuracy"));
+  for (const auto& value : json.at("per_class_accuracy")) scores.per_class_accuracy.push_back(number(value));
+  scores.fid_warning = json.at("fid_warning").get<std::string>();
+  return scores;
+}
+
 SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, const torch::Tensor& images,
                           const torch::Tensor& requested_labels, const ReferenceSet& reference,
                           const ScoreOptions& options) {

@@ -36,6 +36,9 @@ struct SampleScores {
   std::vector<double> per_class_accuracy;   // per requested class (NaN: none requested)
   std::string fid_warning;                  // fid_sample_warning(count, D), or ""
   nlohmann::json to_json() const;           // NaN as null
+  // The inverse of to_json (null as NaN). Throws nlohmann::json::exception for a missing or
+  // mistyped field.
+  static SampleScores from_json(const nlohmann::json& json);
 };
 
 // The reference side of every comparison: moments for FID and the features themselves for
