@@ -142,9 +142,10 @@ TEST(ClassifierGuidance, GradientIsTheExactPosteriorGradientWhateverTheGradMode)
     EXPECT_FALSE(gradient.requires_grad());
   }
   {
-    c10::InferenceMode inference;
-    const auto x_inference = batch.x.clone();
-    const auto gradient = class_log_prob_gradient(*oracle.classifier, x_inference, batch.t, batch.y);
+    c10::InferenceMode inference;  // as the samplers run: x_t, time and y are inference tensors
+    const auto x_inference = batch.x.clone(), t_inference = batch.t.clone(), y_inference = batch.y.clone();
+    ASSERT_TRUE(y_inference.is_inference());
+    const auto gradient = class_log_prob_gradient(*oracle.classifier, x_inference, t_inference, y_inference);
     EXPECT_TRUE(close(gradient, exact, 1e-4));
   }
   EXPECT_TRUE(torch::equal(batch.x, x_before));

@@ -12,11 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "guidiff/core/autocast.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/models/conditioning.hpp"
 #include "guidiff/models/mlp.hpp"
 #include "guidiff/models/network_adapters.hpp"
 #include "guidiff/models/unet.hpp"
+#include "guidiff/models/unet_blocks.hpp"
 #include "support/test_files.hpp"
 
 using namespace guidiff;
@@ -160,6 +162,40 @@ TEST(UNet, ZeroInitialisedOutputLayerGivesZeroAtInit) {
     const auto out = net->forward(x, time);
     EXPECT_TRUE(torch::equal(out, torch::zeros_like(out)));
   }
+}
+
+TEST(UNet, Bf16AutocastForwardRunsAndStaysCloseToFloat32) {
+  torch::manual_seed(3);
+  UNetModel net(tiny_unet());
+  randomize(*net);
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({2, 1, 16, 16});
+  const auto time = steps({10, 500});
+  const auto reference = net->forward(x, time);
+  torch::Tensor lower;
+  {
+    AutocastScope autocast(true, torch::kCPU);
+    lower = net->forward(x, time);
+  }
+  EXPECT_EQ(lower.scalar_type(), torch::kBFloat16);  // the last convolution ran in bf16
+  // bf16 keeps 8 significant bits: a few percent of the output's scale, not more.
+  const double scale = reference.abs().max().item<double>();
+  EXPECT_GT(scale, 0.1);
+  EXPECT_LT((lower.to(torch::kFloat32) - reference).abs().max().item<double>(), 0.05 * scale);
+}
+
+TEST(Blocks, GroupNormOfBfloat16IsTheFloat32NormRounded) {
+  torch::manual_seed(4);
+  auto norm = make_group_norm(4, 8);
+  randomize(*norm, 1.0);
+  const auto x = torch::randn({3, 8, 5, 5}) * 3.0 + 1.0;
+  const auto x_bf16 = x.to(torch::kBFloat16);
+  const auto out = norm(x_bf16);
+  EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+  const auto expected = norm(x_bf16.to(torch::kFloat32)).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(out, expected));
+  expect_error<InputError>([] { make_group_norm(3, 8); }, {"norm_groups = 3", "8 channels"});
 }
 
 TEST(UNet, ParameterNamesFollowGuidedDiffusion) {

@@ -25,7 +25,7 @@ struct SamplingFlags {
   std::string sampler = "ddim", respacing, schedule = "linear", variance = "fixed-small";
   int64_t steps = 0, timesteps = 1000;
   double eta = 0.0, variance_exponent = 0.3;
-  bool clip = false, no_clip = false, unconditional = false;
+  bool clip = false, no_clip = false, unconditional = false, bf16 = false;
   // Guidance and which samples.
   std::string class_spec, guidance_interval, noise;
   double classifier_scale = 0.0, cfg_scale = 0.0;

@@ -16,11 +16,12 @@ std::string configure_allocator() {
   if (tunables != nullptr && std::strstr(tunables, "glibc.malloc.") != nullptr) {
     return "glibc malloc: left as GLIBC_TUNABLES sets it";
   }
-  // 32 MiB is glibc's ceiling for M_MMAP_THRESHOLD on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX).
-  constexpr int kMmapThreshold = 32 * 1024 * 1024;
+  // No mmap()ed chunks at all: glibc caps M_MMAP_THRESHOLD at 32 MiB, and a 64x64 UNet's
+  // activations at batch 64 are larger than that, so only M_MMAP_MAX = 0 keeps every size in
+  // the heap. Requests a thread's arena cannot hold fall back to the main arena (sbrk).
   constexpr int kTrimThreshold = 1024 * 1024 * 1024;
-  const bool ok = mallopt(M_MMAP_THRESHOLD, kMmapThreshold) == 1 && mallopt(M_TRIM_THRESHOLD, kTrimThreshold) == 1;
-  return ok ? "glibc malloc: mmap threshold 32 MiB, trim threshold 1 GiB" : "glibc malloc: mallopt refused, defaults kept";
+  const bool ok = mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, kTrimThreshold) == 1;
+  return ok ? "glibc malloc: no mmap chunks, trim threshold 1 GiB" : "glibc malloc: mallopt refused, defaults kept";
 #else
   return "not glibc: allocator left as it is";
 #endif

@@ -52,7 +52,7 @@ torch::Tensor class_log_prob_gradient(Classifier& classifier, const torch::Tenso
   if (!y.defined() || y.dim() != 1 || y.size(0) != n || y.is_floating_point()) {
     throw InputError("classifier guidance needs integer class labels y [" + std::to_string(n) + "]");
   }
-  const auto labels = y.to(x_t.device(), torch::kInt64);
+  auto labels = y.to(x_t.device(), torch::kInt64);
   if (n > 0 && (labels.min().item<int64_t>() < 0 || labels.max().item<int64_t>() >= num_classes)) {
     throw InputError("classifier guidance: class labels must lie in [0, " +
                      std::to_string(num_classes) + ") of the classifier");
@@ -60,8 +60,12 @@ torch::Tensor class_log_prob_gradient(Classifier& classifier, const torch::Tenso
   // Guidance runs inside samplers that disable autograd; the gradient needs it back on.
   c10::InferenceMode no_inference(false);
   torch::AutoGradMode enable_grad(true);
+  // Tensors made under an inference-mode sampler cannot be saved for backward (gather saves
+  // its index, the time embedding its input): ordinary copies of them can.
+  const auto ordinary = [](const torch::Tensor& tensor) { return tensor.is_inference() ? tensor.clone() : tensor; };
+  labels = ordinary(labels);
   auto x = x_t.detach().clone().requires_grad_(true);
-  const auto logits = classifier.logits(x, time);
+  const auto logits = classifier.logits(x, ordinary(time));
   if (logits.dim() != 2 || logits.size(0) != n || logits.size(1) != num_classes) {
     throw ModelError("classifier logits must be [" + std::to_string(n) + ", " +
                      std::to_string(num_classes) + "]");

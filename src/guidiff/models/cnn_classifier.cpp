@@ -3,6 +3,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/models/config_fields.hpp"
+#include "guidiff/models/unet_blocks.hpp"
 
 namespace guidiff {
 
@@ -54,7 +55,7 @@ CnnClassifierNetImpl::CnnClassifierNetImpl(const CnnClassifierConfig& config) : 
     const int64_t width = config_.channels[stage];
     for (int64_t i = 0; i < config_.convs_per_stage; ++i) {
       body->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(width_in, width, 3).padding(1)));
-      body->push_back(torch::nn::GroupNorm(config_.norm_groups, width));
+      body->push_back(make_group_norm(config_.norm_groups, width));
       body->push_back(torch::nn::SiLU());
       width_in = width;
     }

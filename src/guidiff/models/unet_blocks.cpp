@@ -38,12 +38,21 @@ void check_qkv(const torch::Tensor& qkv, int64_t heads) {
 
 }  // namespace
 
-torch::nn::GroupNorm make_group_norm(int64_t groups, int64_t channels) {
+torch::Tensor Float32GroupNormImpl::forward(const torch::Tensor& input) {
+  // float32 and float64 (the gradient checks) as they are, and a network converted to 16 bits
+  // as a whole; only 16-bit activations next to wider weights (autocast) are widened.
+  if (input.element_size() >= 4 || !weight.defined() || weight.scalar_type() == input.scalar_type()) {
+    return torch::nn::GroupNormImpl::forward(input);
+  }
+  return torch::nn::GroupNormImpl::forward(input.to(torch::kFloat32)).to(input.scalar_type());
+}
+
+Float32GroupNorm make_group_norm(int64_t groups, int64_t channels) {
   if (groups <= 0 || channels % groups != 0) {
     throw InputError("norm_groups = " + std::to_string(groups) + " does not divide the " +
                      std::to_string(channels) + " channels of a normalisation layer");
   }
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(1e-5));
+  return Float32GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(1e-5));
 }
 
 void zero_parameters(torch::nn::Module& module) {

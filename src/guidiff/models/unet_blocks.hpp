@@ -14,9 +14,20 @@
 
 namespace guidiff {
 
+// GroupNorm computed in float32 for 16-bit inputs (bf16, half), the result cast back to them
+// (guided-diffusion's GroupNorm32). Under bf16 autocast the convolutions hand it bfloat16
+// activations, which libtorch's GroupNorm would refuse next to its float32 weights; the
+// statistics are also more accurate in float32. Same parameters as torch::nn::GroupNorm.
+class Float32GroupNormImpl : public torch::nn::GroupNormImpl {
+ public:
+  using torch::nn::GroupNormImpl::GroupNormImpl;
+  torch::Tensor forward(const torch::Tensor& input);
+};
+TORCH_MODULE(Float32GroupNorm);
+
 // GroupNorm(groups, channels), eps 1e-5 (guided-diffusion's normalization() with 32 groups).
 // Throws InputError naming norm_groups unless groups divides channels.
-torch::nn::GroupNorm make_group_norm(int64_t groups, int64_t channels);
+Float32GroupNorm make_group_norm(int64_t groups, int64_t channels);
 // Sets every parameter of `module` to zero (guided-diffusion's zero_module): the layers that
 // end a residual branch start as the identity map.
 void zero_parameters(torch::nn::Module& module);
@@ -46,10 +57,10 @@ class ResBlockImpl : public torch::nn::Module {
 
  private:
   ResBlockOptions options_;
-  torch::nn::GroupNorm in_norm_{nullptr};
+  Float32GroupNorm in_norm_{nullptr};
   torch::nn::Conv2d in_conv_{nullptr};
   torch::nn::Linear emb_linear_{nullptr};
-  torch::nn::GroupNorm out_norm_{nullptr};
+  Float32GroupNorm out_norm_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
   torch::nn::Conv2d out_conv_{nullptr};
   torch::nn::Conv2d skip_conv_{nullptr};  // null: identity skip
@@ -78,7 +89,7 @@ class AttentionBlockImpl : public torch::nn::Module {
  private:
   int64_t heads_;
   bool new_attention_order_;
-  torch::nn::GroupNorm norm_{nullptr};
+  Float32GroupNorm norm_{nullptr};
   torch::nn::Conv1d qkv_{nullptr};
   torch::nn::Conv1d proj_out_{nullptr};
 };

@@ -49,7 +49,7 @@ SamplingResult sample_cfg_continuous(Denoiser& model, const SampleBatch& batch,
   }
   support::check_batch(batch, /*needs_noise=*/options.steps > 1, name);
 
-  torch::NoGradGuard no_grad;  // classifier gradients re-enable autograd locally
+  c10::InferenceMode inference;  // classifier gradients turn autograd back on locally
   const std::vector<LogSnrLevel> levels = log_snr_levels(options.schedule, options.steps);
   support::StepRecorder recorder(options, options.steps, batch.x_T);
   torch::Tensor z = batch.x_T;

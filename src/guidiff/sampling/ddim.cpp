@@ -50,7 +50,7 @@ SamplingResult sample_ddim(Denoiser& model, const DiscreteSchedule& schedule,
   const bool stochastic = options.eta > 0.0;
   support::check_batch(batch, /*needs_noise=*/stochastic, name);
 
-  torch::NoGradGuard no_grad;  // classifier gradients re-enable autograd locally
+  c10::InferenceMode inference;  // classifier gradients turn autograd back on locally
   const int64_t num_steps = schedule.num_steps();
   support::StepRecorder recorder(options, num_steps, batch.x_T);
   torch::Tensor x = batch.x_T;
@@ -80,7 +80,7 @@ torch::Tensor ddim_invert(Denoiser& model, const DiscreteSchedule& schedule,
   support::check_schedule(schedule, name);
   support::check_start(x0, labels, "x0", name);
 
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;
   // As guided-diffusion's ddim_reverse_sample_loop, the data is taken as x at step 0; each
   // update runs eq. 12 (eta = 0) from step i to i + 1 with eps evaluated at (x_i, t_i):
   //   x_{i+1} = sqrt(abar_{i+1}) x0_pred + sqrt(1 - abar_{i+1}) eps.

@@ -21,7 +21,7 @@ SamplingResult sample_ddpm(Denoiser& model, const DiscreteSchedule& schedule,
   }
 
   // No autograd graph through the loop; the classifier's gradient re-enables it locally.
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;
   const int64_t num_steps = schedule.num_steps();
   support::StepRecorder recorder(options, num_steps, batch.x_T);
   torch::Tensor x = batch.x_T;

@@ -1,0 +1,254 @@
+// Micro-benchmarks (Google Benchmark) of the work that dominates sampling: one UNet forward
+// in GFLOP/s next to the machine's measured peak, the cost of a guided step against an
+// unguided one, and images/s against batch size and image size.
+//
+//   build/bench/micro_benchmarks [--threads T] [--device cpu|cuda] [Google Benchmark flags]
+//
+// bench/side_by_side.py runs it with --benchmark_format=json and turns the counters into
+// docs/performance.md. Counters: "flops" is the FLOPs of one iteration (counted once, outside
+// the timed loop, by guidiff::FlopCounter), "GFLOP/s" the achieved rate, "images/s" the
+// throughput. Every benchmark uses real (wall-clock) time, since the work is multi-threaded.
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "guidiff/core/allocator.hpp"
+#include "guidiff/core/autocast.hpp"
+#include "guidiff/core/flop_counter.hpp"
+#include "guidiff/core/threads.hpp"
+#include "guidiff/guidance/guidance.hpp"
+#include "guidiff/models/model_files.hpp"
+#include "guidiff/models/null_class_denoiser.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
+
+namespace {
+
+using guidiff::AutocastScope;
+using guidiff::FlopCounter;
+
+torch::Device bench_device = torch::kCPU;
+const std::string models_dir = std::string(GUIDIFF_SOURCE_DIR) + "/models/fashion-mnist/";
+
+void synchronize() {
+  if (bench_device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Numerical precision / layout variants of the same work.
+enum class Variant { fp32, bf16_autocast, fp32_channels_last };
+const char* variant_name(Variant variant) {
+  switch (variant) {
+    case Variant::fp32: return "fp32";
+    case Variant::bf16_autocast: return "bf16";
+    case Variant::fp32_channels_last: return "fp32_channels_last";
+  }
+  return "?";
+}
+
+// FLOPs of one call of `work`, counted in a run of its own (the counter's hooks cost time).
+template <typename Work>
+int64_t flops_of(Work&& work) {
+  FlopCounter counter;
+  work();
+  synchronize();
+  return counter.flops();
+}
+
+template <typename Work>
+void time_loop(benchmark::State& state, int64_t flops, int64_t images, Work&& work) {
+  work();  // warm-up: oneDNN primitives and the heap are set up outside the timing
+  synchronize();
+  for (auto _ : state) {
+    work();
+    synchronize();
+  }
+  state.counters["flops"] = static_cast<double>(flops);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(static_cast<double>(flops) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  if (images > 0) {
+    state.counters["images/s"] = benchmark::Counter(static_cast<double>(images), benchmark::Counter::kIsIterationInvariantRate);
+  }
+}
+
+// ---- the machine's peak: a large matrix product and a large 3x3 convolution -------------
+
+void BM_PeakMatmul(benchmark::State& state, torch::Dtype dtype) {
+  c10::InferenceMode inference;
+  const int64_t n = state.range(0);
+  const auto options = torch::dtype(dtype).device(bench_device);
+  const auto a = torch::randn({n, n}, options), b = torch::randn({n, n}, options);
+  const auto work = [&] { benchmark::DoNotOptimize(torch::mm(a, b)); };
+  time_loop(state, flops_of(work), 0, work);
+}
+
+void BM_PeakConv3x3(benchmark::State& state, torch::Dtype dtype) {
+  c10::InferenceMode inference;
+  const int64_t batch = state.range(0), channels = state.range(1), size = state.range(2);
+  const auto options = torch::dtype(dtype).device(bench_device);
+  const auto x = torch::randn({batch, channels, size, size}, options);
+  const auto weight = torch::randn({channels, channels, 3, 3}, options) * 0.05;
+  const auto work = [&] { benchmark::DoNotOptimize(torch::conv2d(x, weight, {}, 1, 1)); };
+  time_loop(state, flops_of(work), 0, work);
+}
+
+// ---- the default UNet --------------------------------------------------------------------
+
+// The committed Fashion-MNIST UNet at 28x28; other sizes build the same config with the
+// attention kept at a quarter of the image size (random weights: the cost does not depend on them).
+guidiff::Model unet_model(int64_t image_size) {
+  guidiff::Model model;
+  if (image_size == 28) {
+    model = guidiff::load_model(models_dir + "cfg_unet", bench_device);
+  } else {
+    auto config = guidiff::load_model(models_dir + "cfg_unet").config;
+    config["image_size"] = image_size;
+    config["attention_resolutions"] = std::vector<int64_t>{image_size / 4};
+    model = guidiff::build_model(config);
+    model.module->to(bench_device);
+    model.module->eval();
+  }
+  return model;
+}
+
+void to_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) {
+    if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
+void BM_UNetForward(benchmark::State& state, Variant variant) {
+  const int64_t batch = state.range(0), image_size = state.range(1);
+  auto model = unet_model(image_size);
+  if (variant == Variant::fp32_channels_last) to_channels_last(*model.module);
+  c10::InferenceMode inference;
+  auto x = torch::randn({batch, 1, image_size, image_size}, torch::device(bench_device));
+  if (variant == Variant::fp32_channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  const auto time = torch::full({batch}, 500, torch::dtype(torch::kLong).device(bench_device));
+  const auto null_class = torch::full({batch}, model.denoiser->num_classes(), time.options());
+  const auto work = [&] {
+    AutocastScope autocast(variant == Variant::bf16_autocast, bench_device);
+    benchmark::DoNotOptimize(model.denoiser->predict(x, time, null_class).eps);
+  };
+  time_loop(state, flops_of(work), batch, work);
+}
+
+// ---- one sampling step with and without guidance (the model calls of a DDIM step) --------
+
+enum class Step { unguided, cfg, classifier, classifier_gradient };
+
+void BM_GuidedStep(benchmark::State& state, Step step, Variant variant) {
+  const int64_t batch = state.range(0);
+  const auto unet = guidiff::load_model(models_dir + "cfg_unet", bench_device);
+  const auto classifier = guidiff::load_model(models_dir + "classifier", bench_device);
+  const auto unconditional = std::make_shared<guidiff::NullClassDenoiser>(unet.denoiser);
+  const auto levels = guidiff::NoiseLevelMap::discrete(
+      guidiff::make_schedule(guidiff::BetaScheduleKind::linear, unet.config.value("timesteps", 1000)));
+  std::shared_ptr<guidiff::Denoiser> denoiser;
+  switch (step) {
+    case Step::unguided: denoiser = unconditional; break;
+    case Step::cfg: denoiser = std::make_shared<guidiff::ClassifierFreeGuidance>(unet.denoiser, 3.0); break;
+    case Step::classifier:
+    case Step::classifier_gradient:
+      denoiser = std::make_shared<guidiff::ClassifierGuidedDenoiser>(unconditional, classifier.classifier, levels, 1.0);
+      break;
+  }
+  c10::InferenceMode inference;  // as the samplers run; the classifier gradient turns autograd back on
+  const auto x = torch::randn({batch, 1, 28, 28}, torch::device(bench_device));
+  const auto time = torch::full({batch}, 500, torch::dtype(torch::kLong).device(bench_device));
+  const auto labels = torch::arange(batch, time.options()) % 10;
+  const auto work = [&] {
+    AutocastScope autocast(variant == Variant::bf16_autocast, bench_device);
+    if (step == Step::classifier_gradient) {
+      benchmark::DoNotOptimize(guidiff::class_log_prob_gradient(*classifier.classifier, x, time, labels));
+    } else {
+      benchmark::DoNotOptimize(denoiser->predict(x, time, labels).eps);
+    }
+  };
+  time_loop(state, flops_of(work), batch, work);
+}
+
+void register_benchmarks() {
+  const auto configure = [](benchmark::internal::Benchmark* b) {
+    b->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+  for (const auto& [name, dtype] : std::vector<std::pair<const char*, torch::Dtype>>{{"fp32", torch::kFloat32},
+                                                                                      {"bf16", torch::kBFloat16}}) {
+    configure(benchmark::RegisterBenchmark((std::string("peak/matmul/") + name).c_str(), BM_PeakMatmul, dtype)
+                  ->ArgNames({"n"})
+                  ->Arg(2048));
+    configure(benchmark::RegisterBenchmark((std::string("peak/conv3x3/") + name).c_str(), BM_PeakConv3x3, dtype)
+                  ->ArgNames({"batch", "channels", "size"})
+                  ->Args({32, 128, 28}));
+  }
+  for (const Variant variant : {Variant::fp32, Variant::bf16_autocast, Variant::fp32_channels_last}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("unet_forward/") + variant_name(variant)).c_str(),
+                                           BM_UNetForward, variant)
+                  ->ArgNames({"batch", "size"});
+    if (variant == Variant::fp32) {
+      for (const int64_t batch : {1, 4, 16, 64, 128, 256}) b->Args({batch, 28});
+      for (const int64_t size : {32, 64}) b->Args({64, size});
+    } else {
+      b->Args({64, 28});
+    }
+    configure(b);
+  }
+  const std::vector<std::pair<const char*, Step>> steps = {{"unguided", Step::unguided},
+                                                           {"cfg_w3", Step::cfg},
+                                                           {"classifier_s1", Step::classifier},
+                                                           {"classifier_gradient", Step::classifier_gradient}};
+  for (const auto& [name, step] : steps) {
+    configure(benchmark::RegisterBenchmark((std::string("step/") + name + "/fp32").c_str(), BM_GuidedStep, step,
+                                           Variant::fp32)
+                  ->ArgNames({"batch"})
+                  ->Arg(64));
+  }
+  for (const auto& [name, step] : {steps[2], steps[3]}) {
+    configure(benchmark::RegisterBenchmark((std::string("step/") + name + "/bf16").c_str(), BM_GuidedStep, step,
+                                           Variant::bf16_autocast)
+                  ->ArgNames({"batch"})
+                  ->Arg(64));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Our flags first; the rest go to Google Benchmark.
+  int threads = 0;
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+      bench_device = torch::Device(argv[++i]);
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  try {
+    if (bench_device.is_cuda() && !torch::cuda::is_available()) {
+      std::fprintf(stderr, "micro_benchmarks: --device cuda but this libtorch sees no CUDA device\n");
+      return 2;
+    }
+    guidiff::configure_allocator();
+    const int in_effect = guidiff::configure_threads(threads);
+    benchmark::AddCustomContext("guidiff_threads", std::to_string(in_effect));
+    benchmark::AddCustomContext("guidiff_device", bench_device.str());
+    int rest_count = static_cast<int>(rest.size());
+    benchmark::Initialize(&rest_count, rest.data());
+    if (benchmark::ReportUnrecognizedArguments(rest_count, rest.data())) return 2;
+    register_benchmarks();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "micro_benchmarks: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}
