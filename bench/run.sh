@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-python
-bash scripts/build.sh
+bash scripts/build.sh -DGUIDIFF_BUILD_BENCH=ON
 /usr/bin/python3 bench/reference/check_against_guidiff.py
 /usr/bin/python3 bench/side_by_side.py "$@"

@@ -918,7 +918,8 @@ def generate(model, x_T, labels=None, classifier=None, sampler="ddim", steps=0, 
     """Samples like guidiff's generate(): x_T [N, ...] float32, labels int64 [N] or None.
 
     model / classifier: networks from load_network. noise: "guidiff" (guidiff's streams, so
-    stochastic samplers give guidiff's values) or "torch" (torch.randn). CFG wraps the
+    stochastic samplers give guidiff's values), "torch" (torch.randn), or an object with
+    GuidiffNoise's normal(sample_indices, stream, shape). CFG wraps the
     model first and classifier guidance (DDIM) then shifts its eps, as guidiff combines
     them. Returns float32 [N, ...]."""
     if cfg_scale != 0.0 and (labels is None or model.num_classes == 0):
@@ -938,7 +939,10 @@ def generate(model, x_T, labels=None, classifier=None, sampler="ddim", steps=0, 
               else plain_denoiser(model, unconditional))
     if classifier_scale != 0.0 and sampler == "ddim":
         eps_fn = classifier_guided_denoiser(eps_fn, classifier, classifier_scale, original)
-    noise_source = GuidiffNoise(seed) if noise == "guidiff" else TorchNoise(seed)
+    if isinstance(noise, str):
+        noise_source = GuidiffNoise(seed) if noise == "guidiff" else TorchNoise(seed)
+    else:
+        noise_source = noise  # an object with normal(sample_indices, stream, shape)
 
     # The diffusion model never needs gradients; the classifier's gradient does, so the
     # loop runs under no_grad (enable_grad is local to the gradient) when guided by a
