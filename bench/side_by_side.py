@@ -155,28 +155,26 @@ def run_case(name, reference_case, samples, threads, steps, workdir, shape=(1, 2
     reference = json.loads(stdout)
     tuned_reference = json.loads(peak_rss_of(command, HEAP_TUNED)[0])
     guidiff_out = os.path.join(workdir, f"{name}_guidiff.npy")
-    guidiff_command = [GUIDIFF, "--threads", str(threads), "sample"] + reference["guidiff_args"] + ["--out", guidiff_out]
+    guidiff_command = [GUIDIFF, "--threads", str(threads), "sample"] + reference["guidiff_args"]
 
-    def guidiff_time(env):
-        _, stderr, rss = peak_rss_of(guidiff_command, env)
+    def guidiff_time(out, extra=(), env=None):
+        _, stderr, rss = peak_rss_of(guidiff_command + list(extra) + ["--out", out], env)
         match = re.search(r"sampling: (\d+) samples in ([0-9.]+) s", stderr)
         if not match:
             sys.exit(f"side_by_side: no timing line from guidiff:\n{stderr}")
         return float(match.group(2)), rss
 
-    untuned_seconds, _ = guidiff_time(GLIBC_DEFAULTS)
+    untuned_seconds, _ = guidiff_time(guidiff_out, env=GLIBC_DEFAULTS)
+    images = shape == (1, 28, 28)  # the UNet cases also measure the bf16 lever
+    if images:
+        bf16_out = os.path.join(workdir, f"{name}_guidiff_bf16.npy")
+        bf16_seconds, _ = guidiff_time(bf16_out, ["--bf16"])
+    guidiff_seconds, guidiff_rss = guidiff_time(guidiff_out)
+    guidiff_samples = np.load(guidiff_out)
+    difference = float(np.abs(guidiff_samples - np.load(reference_out)).max())
     bf16 = {}
-    if shape == (1, 28, 28):  # the bf16 lever (guidiff sample --bf16), against guidiff's own float32 samples
-        guidiff_command[-1] = os.path.join(workdir, f"{name}_guidiff_bf16.npy")
-        guidiff_command.insert(-2, "--bf16")
-        bf16_seconds, _ = guidiff_time(None)
-        bf16_samples = np.load(guidiff_command[-1])
-        guidiff_command.remove("--bf16")
-        guidiff_command[-1] = guidiff_out
-    guidiff_seconds, guidiff_rss = guidiff_time(None)
-    difference = float(np.abs(np.load(guidiff_out) - np.load(reference_out)).max())
-    if shape == (1, 28, 28):
-        distance = np.abs(bf16_samples - np.load(guidiff_out))
+    if images:  # against guidiff's own float32 samples
+        distance = np.abs(np.load(bf16_out) - guidiff_samples)
         bf16 = {"guidiff_bf16_seconds": bf16_seconds, "bf16_mean_abs_difference": float(distance.mean()),
                 "bf16_max_abs_difference": float(distance.max())}
     return {

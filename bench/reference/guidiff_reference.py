@@ -847,18 +847,24 @@ def classifier_guided_denoiser(base_eps, classifier, scale, original_schedule):
 # Samplers (docs/maths.md section 4)
 # --------------------------------------------------------------------------------------
 
+def model_prediction(eps_fn, schedule, x, i, labels, clip_x0):
+    """The start of every step: the original timestep t of step i, the model's eps at x and
+    the x0 it predicts (clamped to [-1, 1] when asked)."""
+    t = torch.full((x.shape[0],), schedule.timestep_map[i], dtype=torch.long, device=x.device)
+    eps = eps_fn(x, t, labels)
+    x0 = predict_x0_from_eps(schedule, x, i, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    return t, eps, x0
+
+
 def ddim_sample(eps_fn, schedule, x_T, labels, clip_x0, eta=0.0, noise=None, sample_indices=None):
     """DDIM eq. 12 with sigma_t(eta) of eq. 16, in guided-diffusion's ddim_sample form:
     x_{t-1} = sqrt(abar_{t-1}) x0 + sqrt(1 - abar_{t-1} - sigma^2) eps + sigma z, where x0 is
     clamped to [-1, 1] when asked and eps recomputed from it so the two terms agree."""
     x = x_T
-    n = x.shape[0]
     for i in reversed(range(schedule.num_steps)):
-        t = torch.full((n,), schedule.timestep_map[i], dtype=torch.long, device=x.device)
-        eps = eps_fn(x, t, labels)
-        x0 = predict_x0_from_eps(schedule, x, i, eps)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        t, eps, x0 = model_prediction(eps_fn, schedule, x, i, labels, clip_x0)
         eps = predict_eps_from_x0(schedule, x, i, x0)
         abar = schedule.alphas_cumprod[i].item()
         abar_prev = schedule.alphas_cumprod_prev[i].item()
@@ -878,13 +884,8 @@ def ddpm_sample(eps_fn, schedule, x_T, labels, clip_x0, noise, sample_indices,
     predicted (optionally clamped) x0; no noise at the last step. With a classifier,
     ADM Algorithm 1: mu + s Sigma grad log p_phi(y | x_t), gradient at x_t and original t."""
     x = x_T
-    n = x.shape[0]
     for i in reversed(range(schedule.num_steps)):
-        t = torch.full((n,), schedule.timestep_map[i], dtype=torch.long, device=x.device)
-        eps = eps_fn(x, t, labels)
-        x0 = predict_x0_from_eps(schedule, x, i, eps)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        t, eps, x0 = model_prediction(eps_fn, schedule, x, i, labels, clip_x0)
         mean = (schedule.posterior_mean_coef1[i] * x0.double()
                 + schedule.posterior_mean_coef2[i] * x.double()).to(x.dtype)
         variance = schedule.posterior_variance[i].to(x.dtype)

@@ -39,7 +39,7 @@ int64_t product(const std::vector<int64_t>& numbers, size_t from = 0) {
 // For a transposed convolution the roles of input and output swap.
 int64_t convolution_flops(const std::vector<int64_t>& input, const std::vector<int64_t>& weight,
                           const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
-                          const std::vector<int64_t>& dilation, bool transposed, int64_t groups,
+                          const std::vector<int64_t>& dilation, bool transposed,
                           const std::vector<int64_t>* known_output) {
   const int64_t kernel = product(weight, 2);
   if (transposed) {  // weight [C_in, C_out / groups, k...]: each input element feeds C_out/g * k outputs
@@ -57,7 +57,7 @@ int64_t convolution_flops(const std::vector<int64_t>& input, const std::vector<i
       output_positions *= (input[d] + 2 * p - dl * (weight[d] - 1) - 1) / s + 1;
     }
   }
-  (void)groups;  // weight[1] is already C_in / groups
+  // weight[1] is C_in / groups: the inputs each output element sees, grouped or not.
   return 2 * input[0] * weight[0] * output_positions * weight[1] * kernel;
 }
 
@@ -69,14 +69,13 @@ std::unique_ptr<at::ObserverContext> count_operation(const at::RecordFunction& f
   if (std::strcmp(name, "aten::convolution") == 0 && inputs.size() >= 9) {
     // (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     flops = convolution_flops(sizes(0), sizes(1), int_list(inputs[3]), int_list(inputs[4]), int_list(inputs[5]),
-                              inputs[6].toBool(), inputs[8].toInt(), nullptr);
+                              inputs[6].toBool(), nullptr);
   } else if (std::strcmp(name, "aten::convolution_backward") == 0 && inputs.size() >= 11) {
     // (grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
     //  output_padding, groups, output_mask): each of the input and weight gradients costs one forward.
     const auto grad_output = sizes(0);
     const int64_t forward = convolution_flops(sizes(1), sizes(2), int_list(inputs[4]), int_list(inputs[5]),
-                                              int_list(inputs[6]), inputs[7].toBool(), inputs[9].toInt(),
-                                              &grad_output);
+                                              int_list(inputs[6]), inputs[7].toBool(), &grad_output);
     const auto mask = inputs[10].toBoolList();
     flops = forward * ((mask.get(0) ? 1 : 0) + (mask.get(1) ? 1 : 0));
   } else if (std::strcmp(name, "aten::mm") == 0 && inputs.size() >= 2) {
