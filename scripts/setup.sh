@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build ccache git
+  build-essential cmake ninja-build ccache git pkg-config
   libtorch-dev libopenblas0-openmp
   libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libbenchmark-dev

@@ -10,6 +10,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
+#include "guidiff/version.hpp"
 
 namespace {
 
