@@ -87,6 +87,12 @@ def sections(micro, plot_path):
     b = micro["benchmarks"]
     peak_name, peak = _peak(b, "fp32")
     peak16_name, peak16 = _peak(b, "bf16")
+    # Without bf16 hardware the direct bf16 rows run libtorch's fallback kernels, which
+    # accumulate in bf16 and are far slower than float32; guidiff's autocast avoids them
+    # (float32 arithmetic on bf16-rounded operands), so its bf16 forward is measured against
+    # the float32 peak there.
+    bf16_emulated = peak16 < peak
+    forward16_reference = peak if bf16_emulated else peak16
     lines = ["## One UNet forward against the machine's peak", "",
              "Google Benchmark (`build/bench/micro_benchmarks`, source `bench/micro_benchmarks.cpp`), same run. "
              "FLOPs are counted from the operand shapes of every convolution and matrix product that libtorch "
@@ -100,7 +106,7 @@ def sections(micro, plot_path):
             ("unet_forward/fp32_channels_last/batch:64/size:28", "UNet forward, fp32 channels_last, batch 64", peak),
             ("peak/matmul/bf16/n:2048", "bf16 matrix product 2048³", peak16),
             ("peak/conv3x3/bf16/batch:32/channels:128/size:28", "bf16 3x3 convolution", peak16),
-            ("unet_forward/bf16/batch:64/size:28", "UNet forward, bf16 autocast, batch 64", peak16)]
+            ("unet_forward/bf16/batch:64/size:28", "UNet forward, bf16 autocast, batch 64", forward16_reference)]
     for name, label, reference in rows:
         if name in b:
             lines.append(f"| {label} | {b[name]['flops'] / 1e9:.2f} G | {b[name]['ms']:.1f} | "
@@ -108,7 +114,11 @@ def sections(micro, plot_path):
     forward = b["unet_forward/fp32/batch:64/size:28"]
     lines += ["", f"Peak fp32: {peak:.0f} GFLOP/s ({peak_name.split('/')[1]}); peak bf16: {peak16:.0f} GFLOP/s "
               f"({peak16_name.split('/')[1]}). The bf16 forward is {forward['ms'] / b['unet_forward/bf16/batch:64/size:28']['ms']:.2f}x "
-              "as fast as fp32.", ""]
+              "as fast as fp32." + (
+                  " The bf16 peak is below the fp32 one: this CPU has no bf16 arithmetic, and the direct bf16 rows "
+                  "run libtorch's fallback kernels, which accumulate in bf16. guidiff's autocast does not use them "
+                  "(it computes in float32 on bf16-rounded operands), so the bf16 forward's percentage is of the "
+                  "fp32 peak." if bf16_emulated else ""), ""]
     targets = [(f"UNet forward >= 75% of the measured fp32 peak (batch 64)", f"{100 * forward['gflops'] / peak:.0f}%",
                 forward["gflops"] / peak >= 0.75)]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """guidiff against the same work in plain PyTorch, side by side, in one run (issue 6).
 
-    /usr/bin/python3 bench/side_by_side.py [--threads T] [--quick] [--out docs/performance.md]
+    /usr/bin/python3 bench/side_by_side.py --out docs/performance_KIND.md [--threads T] [--quick]
         [--cases ddim50,cfg3,classifier1,ddpm1000,train_unet,train_classifier,toy2d,toy2d_ddim,
                  toy2d_ddim_small,micro]
 
@@ -10,8 +10,8 @@ For each case, guidiff (`build/guidiff sample`) and the Python reference
 safetensors reader, the usual PyTorch way) sample from the same x_T with the same thread
 count, one process at a time. The script checks that both give the same samples (max abs
 difference under TOLERANCE: a fast wrong answer does not count) and records the sampling
-time, images/s, the ratio and each process's peak RSS. It writes docs/performance.md (or
---out) and the raw figures as JSON beside it. --quick runs every case with 3 steps, to check
+time, images/s, the ratio and each process's peak RSS. It writes --out (bench/run.sh names it
+docs/performance_<kind of CPU>.md) and the raw figures as JSON beside it. --quick runs every case with 3 steps, to check
 the script itself.
 
 Sampling cases: DDIM 50 steps of the committed Fashion-MNIST UNet at batch 64 (unguided =
@@ -37,9 +37,9 @@ from guidiff's float32 samples.
 micro: the Google Benchmark micro-benchmarks (bench/micro_benchmarks.cpp, through
 bench/micro_report.py): one UNet forward in GFLOP/s against the machine's peak measured in
 the same run, guided steps against unguided ones, and the cost growth with batch size and
-image size (a table and docs/performance_growth.png, drawn with gnuplot).
+image size (a table and <out>_growth.png, drawn with gnuplot).
 
---render docs/performance.json rewrites the markdown (and the plot) from an earlier run's
+--render docs/performance_KIND.json rewrites the markdown (and the plot) from an earlier run's
 figures without measuring anything, for when only the text around them changes.
 """
 import argparse
@@ -353,6 +353,8 @@ def markdown(facts, results, quick, training=(), toy=(), toy_model=None, micro_l
         lines.append(f"| 2-D toy >= 3x PyTorch: {descriptions[r['case']]} | {r['speedup']:.2f}x | "
                      f"{'met' if r['speedup'] >= 3.0 else 'missed'} |")
     lines += ["", "## Where the time goes", "",
+              "The `perf` profiles and percentages below were taken on the AVX-512-BF16 machine "
+              "(docs/performance_avx512_bf16.md, 2026-11-25); the tables above are this run's.", "",
               "- **The heap.** With glibc's default heap, every step's multi-MiB activations are munmap()ed when "
               "freed and come back as zeroed pages: a `perf` profile of CFG sampling put 22% of the time in the "
               "kernel's page-fault handler, and at image size 64 (tensors above glibc's 32 MiB mmap-threshold "
@@ -365,8 +367,12 @@ def markdown(facts, results, quick, training=(), toy=(), toy_model=None, micro_l
               "run near the measured peak; the shortfall against 75% of peak is the unfused element-wise work "
               "between them, which libtorch 1.13 offers no fused CPU kernels for (GroupNorm + scale-shift + SiLU "
               "would be the one to write). channels_last makes it slower here (GroupNorm and the adds re-layout).",
-              "- **bf16** runs the convolutions and matrix products 2-4x faster than fp32 on this CPU (see the peak "
-              "rows), but the forward gains less because the element-wise work is unchanged.",
+              ("- **bf16** runs the convolutions and matrix products faster than fp32 on this CPU (see the peak "
+               "rows), but the forward gains less because the element-wise work is unchanged."
+               if facts.get("avx512_bf16") else
+               "- **bf16** has no hardware on this CPU: guidiff's autocast rounds the operands and results to bf16 "
+               "and computes in float32, so `--bf16` pays the conversions on top of float32's work and is slower "
+               "(docs/performance.md, \"bf16 without bf16 hardware\")."),
               "- **Classifier guidance** adds one forward and one input-gradient backward of the encoder classifier "
               "(0.49M parameters) per step. The FLOP counter shows no weight gradients are computed, and the "
               "gradient runs without a graph through the diffusion model; what is left is the backward's "
@@ -516,7 +522,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="3 steps per case: check the script, not the speed")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "performance.md"))
+    # No default: docs/performance.md is the index of the per-CPU pages that bench/run.sh writes.
+    parser.add_argument("--out", required=True, help="the page to write, e.g. docs/performance_avx2.md")
     all_cases = [case[0] for case in CASES + TRAINING_CASES + TOY_CASES] + ["micro"]
     parser.add_argument("--cases", default=",".join(all_cases), help="comma list of: " + ", ".join(all_cases))
     parser.add_argument("--render", metavar="JSON",

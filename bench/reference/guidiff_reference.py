@@ -27,7 +27,8 @@ docs/maths.md states every formula with its equation; this file follows it.
 Numerics follow guidiff so the results agree to float32 rounding: schedule coefficients
 are float64, the x0 / eps / posterior-mean formulas are evaluated in float64 and rounded to
 float32, everything else (the networks, the guidance combinations, the DDIM update) runs in
-float32.
+float32. `--float64` runs all of it in float64 instead: the yardstick check_against_guidiff.py
+measures float32 rounding with.
 
 Usage as a script (a subset of `guidiff sample`'s flags, same meaning):
     python3 guidiff_reference.py --model models/fashion-mnist/cfg_unet --noise x_T.npy \
@@ -43,6 +44,15 @@ import sys
 
 import numpy as np
 import torch
+
+# The networks' and the sampler's working precision: float32 as guidiff, or float64
+# (`--float64`, set_compute_dtype) for a run whose own rounding is negligible.
+COMPUTE_DTYPE = torch.float32
+
+
+def set_compute_dtype(dtype):
+    global COMPUTE_DTYPE
+    COMPUTE_DTYPE = dtype
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -124,8 +134,8 @@ def timestep_embedding(t, dim, max_period=10000.0):
     [cos(t f_0) .. cos(t f_{h-1}), sin(t f_0) .. sin(t f_{h-1})], f_i = max_period^(-i/h),
     h = dim // 2, a zero column appended for odd dim (guided-diffusion's layout)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None, :].to(t.device)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=COMPUTE_DTYPE) / half)
+    args = t.to(COMPUTE_DTYPE)[:, None] * freqs[None, :].to(t.device)
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
         embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=1)
@@ -148,9 +158,9 @@ class TimeInput:
 
     def __call__(self, time):
         if self.kind == "discrete_timestep":
-            return time.float()
+            return time.to(COMPUTE_DTYPE)
         span = self.lambda_max - self.lambda_min
-        return (1000.0 * (self.lambda_max - time.double()) / span).float()
+        return (1000.0 * (self.lambda_max - time.double()) / span).to(COMPUTE_DTYPE)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,7 +189,7 @@ def attend(q, k, v):
     with the 1/sqrt(c) applied as c^(-1/4) to q and to k, as guided-diffusion does."""
     scale = 1.0 / math.sqrt(math.sqrt(q.shape[1]))
     weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-    weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+    weight = torch.softmax(weight.to(torch.promote_types(weight.dtype, torch.float32)), dim=-1).type(weight.dtype)
     return torch.einsum("bts,bcs->bct", weight, v)
 
 
@@ -571,7 +581,7 @@ def load_network(path, device="cpu"):
         config = json.load(f)
     network = build_network(config)
     network.load_state_dict(load_safetensors(weights), strict=True)
-    network.to(device).eval().requires_grad_(False)
+    network.to(device, COMPUTE_DTYPE).eval().requires_grad_(False)
     return network, config
 
 
@@ -953,7 +963,7 @@ def generate(model, x_T, labels=None, classifier=None, sampler="ddim", steps=0, 
     with (torch.no_grad() if needs_grad else torch.inference_mode()):
         for begin in range(0, x_T.shape[0], batch_size):
             end = min(begin + batch_size, x_T.shape[0])
-            x = x_T[begin:end].float()
+            x = x_T[begin:end].to(COMPUTE_DTYPE)
             y = labels[begin:end] if labels is not None else None
             indices = np.arange(begin, end)
             if sampler == "ddim":
@@ -963,7 +973,7 @@ def generate(model, x_T, labels=None, classifier=None, sampler="ddim", steps=0, 
                                   classifier, classifier_scale)
             else:
                 raise ValueError(f"unknown sampler '{sampler}' (ddim or ddpm)")
-            parts.append(out.float())
+            parts.append(out.to(COMPUTE_DTYPE))
     return torch.cat(parts)
 
 
@@ -989,8 +999,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--noise-source", default="guidiff", choices=["guidiff", "torch"])
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--float64", action="store_true",
+                        help="networks and sampler in float64 (a yardstick, not guidiff's arithmetic)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    set_compute_dtype(torch.float64 if args.float64 else torch.float32)
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
