@@ -13,6 +13,10 @@
 namespace guidiff {
 namespace {
 
+// The noise stream of random class labels (x_T uses SampleNoise::initial_stream, step i
+// stream i >= 0).
+constexpr int64_t kClassStream = -2;
+
 std::string shape_string(torch::IntArrayRef sizes) {
   std::ostringstream out;
   out << sizes;
@@ -112,6 +116,10 @@ int64_t check_models(const Denoiser* model, const Classifier* classifier,
   }
   if (config.cfg_scale != 0.0 && model->num_classes() < 1) {
     throw ModelError("--cfg-scale needs a class-conditional model (this model is unconditional)");
+  }
+  if (config.cfg_scale != 0.0 && !model->has_null_class()) {
+    throw ModelError("--cfg-scale needs a model with a null class; this class-conditional model has none "
+                     "(guided-diffusion's models: use classifier guidance, --classifier-scale)");
   }
   if (config.classifier_scale != 0.0 && classifier == nullptr) {
     throw InputError("--classifier-scale " + number_string(config.classifier_scale) +
@@ -290,6 +298,10 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   check_config(config);
   const int64_t num_classes = check_models(model.get(), classifier.get(), config);
   const torch::Tensor sample_labels = check_labels(labels, num_classes, config);
+  if (!sample_labels.defined() && model->num_classes() > 0 && !model->has_null_class()) {
+    throw InputError("this class-conditional model has no null class, so it cannot sample unconditionally: "
+                     "give --class");
+  }
   const torch::Tensor given_noise = check_initial_noise(initial_noise, config);
   const SamplingPlan plan = make_plan(model, classifier, config);
 
@@ -344,7 +356,8 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   return out;
 }
 
-torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, int64_t num_classes) {
+torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, int64_t num_classes, uint64_t seed,
+                               int64_t first_sample_index) {
   const auto first = spec_in.find_first_not_of(" \t");
   if (first == std::string::npos) return {};
   const std::string spec = spec_in.substr(first, spec_in.find_last_not_of(" \t") - first + 1);
@@ -355,7 +368,14 @@ torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, 
   }
   torch::Tensor labels;
   const std::string npy_suffix = ".npy";
-  if (spec.size() > npy_suffix.size() &&
+  if (spec == "random") {
+    // A standard normal z of the sample's own stream, mapped through its CDF to a uniform u
+    // in (0, 1), then to floor(u C).
+    const auto indices = torch::arange(first_sample_index, first_sample_index + num_samples, torch::kLong);
+    const auto z = SampleNoise(seed).normal(indices, kClassStream, {}).to(torch::kFloat64);
+    const auto u = 0.5 * torch::erfc(-z / std::sqrt(2.0));
+    labels = (u * static_cast<double>(num_classes)).floor().clamp(0, num_classes - 1).to(torch::kLong);
+  } else if (spec.size() > npy_suffix.size() &&
       spec.compare(spec.size() - npy_suffix.size(), npy_suffix.size(), npy_suffix) == 0) {
     const torch::Tensor stored = read_npy(spec);
     if (!(stored.scalar_type() == torch::kLong || stored.scalar_type() == torch::kInt) ||

@@ -60,9 +60,12 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
                           const GenerationConfig& config, const torch::Tensor& labels,
                           const torch::Tensor& initial_noise, const StepCallback& on_progress = {});
 
-// "--class" values: one index, a comma list cycled over the samples, or a .npy file of
-// per-sample labels (int64 or int32, length num_samples). Throws InputError for a class
-// outside [0, num_classes) or a malformed spec. Empty spec: undefined tensor.
-torch::Tensor labels_from_spec(const std::string& spec, int64_t num_samples, int64_t num_classes);
+// "--class" values: one index, a comma list cycled over the samples, a .npy file of
+// per-sample labels (int64 or int32, length num_samples), or "random": uniform classes, sample
+// k's (k counted from first_sample_index) a function of (seed, k) alone, as guided-diffusion's
+// sampling scripts draw theirs. Throws InputError for a class outside [0, num_classes) or a
+// malformed spec. Empty spec: undefined tensor.
+torch::Tensor labels_from_spec(const std::string& spec, int64_t num_samples, int64_t num_classes, uint64_t seed = 0,
+                               int64_t first_sample_index = 0);
 
 }  // namespace guidiff
