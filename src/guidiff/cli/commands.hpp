@@ -24,6 +24,8 @@ struct Command {
 
 Command add_info_command(CLI::App& app, const GlobalOptions& global);
 Command add_sample_command(CLI::App& app, const GlobalOptions& global);
+Command add_upsample_command(CLI::App& app, const GlobalOptions& global);
+Command add_convert_command(CLI::App& app, const GlobalOptions& global);
 Command add_demo_command(CLI::App& app, const GlobalOptions& global);
 Command add_train_command(CLI::App& app, const GlobalOptions& global);
 Command add_eval_command(CLI::App& app, const GlobalOptions& global);

@@ -44,6 +44,8 @@ int main(int argc, char** argv) {
   const guidiff::cli::Command commands[] = {
       guidiff::cli::add_info_command(app, global),
       guidiff::cli::add_sample_command(app, global),
+      guidiff::cli::add_upsample_command(app, global),
+      guidiff::cli::add_convert_command(app, global),
       guidiff::cli::add_demo_command(app, global),
       guidiff::cli::add_train_command(app, global),
       guidiff::cli::add_eval_command(app, global),
@@ -65,9 +67,9 @@ int main(int argc, char** argv) {
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +
-                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, eval, sweep, train or demo)" : ""));
+                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, upsample, convert, eval, sweep, train or demo)" : ""));
   }
-  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, eval, sweep, train or demo (see guidiff --help)");
+  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, upsample, convert, eval, sweep, train or demo (see guidiff --help)");
 
   try {
     if (global.threads < 0) {

@@ -3,6 +3,7 @@
 // guided-diffusion's layout, PNG grids or single PNGs, plots, and a JSON manifest.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -29,6 +30,19 @@ struct SampleFlags {
   // Outputs.
   std::string out, labels_out, plot, grid, trajectory, npz, manifest, image_dir;
 };
+
+// The model card goes beside every sample output: x.npz -> x.model_card.json, and
+// DIR/model_card.json for --image-dir.
+std::vector<std::string> model_card_paths(const SampleFlags& flags) {
+  std::vector<std::string> paths;
+  for (const std::string* output : {&flags.npz, &flags.out, &flags.grid}) {
+    if (output->empty()) continue;
+    const std::string path = std::filesystem::path(*output).replace_extension(".model_card.json").string();
+    if (std::find(paths.begin(), paths.end(), path) == paths.end()) paths.push_back(path);
+  }
+  if (!flags.image_dir.empty()) paths.push_back((std::filesystem::path(flags.image_dir) / "model_card.json").string());
+  return paths;
+}
 
 // The manifest goes where --manifest says, or beside the .npz (x.npz -> x.json).
 std::string manifest_path(const SampleFlags& flags) {
@@ -91,6 +105,9 @@ void write_outputs(const SampleFlags& flags, const GenerationConfig& config, con
     json["outputs"] = {{"npy", flags.out}, {"npz", flags.npz}, {"grid", flags.grid}, {"image_dir", flags.image_dir}};
     write_file_atomically(manifest, json.dump(2) + "\n");
   }
+  nlohmann::json card = models.model_card;
+  card["sampling"] = sampling_manifest(flags.sampling, config);
+  for (const std::string& path : model_card_paths(flags)) write_file_atomically(path, card.dump(2) + "\n");
   if (!flags.plot.empty()) {
     // Colour by the requested class; without one, the toy's samples by the class of their
     // nearest mixture component.
@@ -113,8 +130,7 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   GenerationResult result;
   {
     ProgressBar progress("sampling");
-    result = generate(setup.models.denoiser, setup.models.classifier, config, setup.models.labels,
-                      setup.initial_noise, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
+    result = run_sampling(setup, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
   }
   // Sampling time alone (no start-up, loading or writing): what bench/ compares.
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -123,13 +139,20 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   write_outputs(flags, config, setup.models, result);
 }
 
-}  // namespace
-
-Command add_sample_command(CLI::App& app, const GlobalOptions& global) {
-  CLI::App* command = app.add_subcommand("sample", "draw samples from a diffusion model, optionally guided");
+// `sample` and `upsample` share every flag; upsample adds the base samples it conditions on.
+Command add_sampling_command(CLI::App& app, const GlobalOptions& global, bool upsample) {
+  CLI::App* command = upsample ? app.add_subcommand("upsample", "upsample base samples with a super-resolution model "
+                                                                "(guided-diffusion's upsamplers)")
+                               : app.add_subcommand("sample", "draw samples from a diffusion model, optionally guided");
   auto flags = std::make_shared<SampleFlags>();
   SampleFlags& f = *flags;
   add_sampling_flags(*command, f.sampling);
+  if (upsample) {
+    f.sampling.super_resolution = true;
+    command->add_option("--base-samples,--base_samples", f.sampling.base_samples,
+                        "low-resolution samples to upsample: .npz in guided-diffusion's layout (arr_0 uint8 NHWC, arr_1 labels)")
+        ->required();
+  }
   command->add_option("--out", f.out, "samples as float32 .npy [num_samples, shape...]");
   command->add_option("--labels-out", f.labels_out, "requested labels as int64 .npy [num_samples]");
   command->add_option("--npz", f.npz, "images as .npz in guided-diffusion's layout: arr_0 uint8 NHWC, arr_1 labels");
@@ -140,5 +163,10 @@ Command add_sample_command(CLI::App& app, const GlobalOptions& global) {
   command->add_option("--trajectory", f.trajectory, "every step's x as float32 .npy [steps + 1, num_samples, shape...]");
   return {command, [flags, &global] { run_sample(*flags, global); }};
 }
+
+}  // namespace
+
+Command add_sample_command(CLI::App& app, const GlobalOptions& global) { return add_sampling_command(app, global, false); }
+Command add_upsample_command(CLI::App& app, const GlobalOptions& global) { return add_sampling_command(app, global, true); }
 
 }  // namespace guidiff::cli
