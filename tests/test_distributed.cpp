@@ -750,6 +750,27 @@ TEST_F(DistributedCliTest, UnderTheLauncherTheOthersSayHowTheKilledRankEnded) {
   EXPECT_EQ(errors[1].rfind("guidiff: error: --nproc 2: rank 1 was killed by signal 9", 0), 0u) << err;
 }
 
+TEST_F(DistributedCliTest, AFrozenRankIsNamedWhenTheCollectiveTimesOut) {
+  // Rank 1 stops (SIGSTOP) without closing its connections: rank 0 waits in its collective
+  // for --dist-timeout (5 s), then finds rank 1's heartbeat still (3 s) and names it.
+  LocalRendezvousStore store;
+  const Process rank0 = start_guidiff(endless_training(path("run"), "5"), rank_environment(0, 2, store.port()), path("rank0.txt"));
+  const Process rank1 = start_guidiff(endless_training(path("run"), "5"), rank_environment(1, 2, store.port()), path("rank1.txt"));
+  ASSERT_TRUE(wait_for_file(path("run/resume.safetensors"))) << read_file_bytes(path("rank0.txt"));
+  ::kill(rank1.pid, SIGSTOP);
+  const Ended ended = wait_for(rank0, std::chrono::seconds(60));
+  ::kill(rank1.pid, SIGKILL);
+  wait_for(rank1, std::chrono::seconds(10));
+  const std::string err = read_file_bytes(path("rank0.txt"));
+  EXPECT_FALSE(ended.timed_out) << err;
+  EXPECT_EQ(ended.exit_code, 2) << err;
+  EXPECT_GT(ended.seconds, 5.0) << err;
+  EXPECT_LT(ended.seconds, 25.0) << err;
+  const auto errors = error_lines(err);
+  ASSERT_EQ(errors.size(), 1u) << err;
+  EXPECT_EQ(errors[0].rfind("guidiff: error: [rank 0 of 2] rank 1 is gone", 0), 0u) << err;
+}
+
 TEST_F(DistributedCliTest, ARankThatFailsIsNamedWithItsReason) {
   LocalRendezvousStore store;
   auto args = endless_training(path("run"));
