@@ -175,26 +175,33 @@ struct Communicator::Connection {
         c10::make_intrusive<c10d::PrefixStore>(prefix, open_store(/*server=*/false));
     heartbeat = std::thread([this, beat_store] {
       int64_t beats = 0;
-      std::unique_lock<std::mutex> lock(heartbeat_mutex);
-      while (!stopping) {
+      while (true) {
         try {
           beat_store->set(key("heartbeat", rank()),
                           bytes_of(std::to_string(++beats) + " " + std::to_string(collectives.load())));
         } catch (const std::exception&) {
           return;  // the store is gone; the main thread finds out at its next collective
         }
-        heartbeat_stop.wait_for(lock, kHeartbeatInterval, [this] { return stopping; });
+        std::unique_lock<std::mutex> lock(heartbeat_mutex);
+        if (heartbeat_stop.wait_for(lock, kHeartbeatInterval, [this] { return stopping; })) return;
       }
     });
   }
 
-  void stop_heartbeat() {
+  // Stops the heartbeat; waits for its thread unless told not to (after a failure, when a
+  // store that no longer answers could hold it up to the timeout).
+  void stop_heartbeat(bool wait = true) {
     {
       std::lock_guard<std::mutex> lock(heartbeat_mutex);
       stopping = true;
     }
     heartbeat_stop.notify_all();
-    if (heartbeat.joinable()) heartbeat.join();
+    if (!heartbeat.joinable()) return;
+    if (wait) {
+      heartbeat.join();
+    } else {
+      heartbeat.detach();
+    }
   }
 
   void open_group() {
@@ -348,14 +355,15 @@ Communicator::~Communicator() {
       // Nothing to do: the run's work is done, and the others report their own failure.
     }
   }
-  connection_->stop_heartbeat();
   if (connection_->failed) {
     // A process group whose peers failed may still hold collectives that only end at the
-    // timeout; destroying it would wait for them. The process is about to exit: let it go.
-    (void)connection_->group.release();
-    (void)connection_->store.release();
-    (void)connection_->tcp_store.release();
+    // timeout, and the heartbeat may be waiting on a store that no longer answers; waiting
+    // for either would delay the exit. The process is about to end: let them go.
+    connection_->stop_heartbeat(/*wait=*/false);
+    (void)connection_.release();
+    return;
   }
+  connection_->stop_heartbeat();
 }
 
 std::string Communicator::backend() const { return connection_ ? connection_->backend : "none"; }
