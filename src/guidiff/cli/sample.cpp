@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/common.hpp"
@@ -124,18 +125,31 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   SamplingSetup setup = prepare_sampling(flags.sampling, global);
   GenerationConfig& config = setup.config;
   config.keep_trajectory = !flags.trajectory.empty();
-  check_outputs(flags, config.sample_shape, setup.models.labels);
+  Communicator& communicator = *global.communicator;
+  // Rank 0 alone writes (and checks where it will write); every rank samples its share.
+  if (communicator.is_main()) check_outputs(flags, config.sample_shape, setup.models.labels);
+  communicator.barrier("checking the outputs");  // the others learn at once if rank 0 refused them
+  const int64_t batches = (config.num_samples + config.batch_size - 1) / config.batch_size;
+  if (communicator.is_main() && batches < communicator.world_size()) {
+    std::fprintf(stderr, "sampling: note: %lld batch(es) for %lld processes, so some have nothing to do; a smaller --batch-size spreads the work\n",
+                 static_cast<long long>(batches), static_cast<long long>(communicator.world_size()));
+  }
 
   const auto started = std::chrono::steady_clock::now();
   GenerationResult result;
   {
-    ProgressBar progress("sampling");
-    result = run_sampling(setup, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
+    std::optional<ProgressBar> progress;
+    if (communicator.is_main()) progress.emplace("sampling");
+    result = run_sampling(communicator, setup, [&progress](int64_t done, int64_t total) {
+      if (progress) progress->update(done, total);
+    });
   }
+  if (!communicator.is_main()) return;
   // Sampling time alone (no start-up, loading or writing): what bench/ compares.
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::fprintf(stderr, "sampling: %lld samples in %.3f s (%.2f samples/s)\n", static_cast<long long>(config.num_samples),
-               seconds, static_cast<double>(config.num_samples) / seconds);
+  std::fprintf(stderr, "sampling: %lld samples in %.3f s (%.2f samples/s)%s\n", static_cast<long long>(config.num_samples),
+               seconds, static_cast<double>(config.num_samples) / seconds,
+               communicator.distributed() ? (" on " + std::to_string(communicator.world_size()) + " processes").c_str() : "");
   write_outputs(flags, config, setup.models, result);
 }
 

@@ -258,13 +258,15 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
   return setup;
 }
 
-GenerationResult run_sampling(const SamplingSetup& setup, const StepCallback& on_progress) {
+GenerationResult run_sampling(Communicator& communicator, const SamplingSetup& setup, const StepCallback& on_progress) {
   if (setup.models.conditioned_on) {
+    // The low-resolution inputs are not sharded: upsampling runs whole in one process.
+    if (communicator.distributed()) throw InputError("guidiff upsample runs in one process: drop --nproc (or torchrun)");
     return generate_upsampled(setup.models.conditioned_on, setup.models.classifier, setup.config, setup.models.low_res,
                               setup.models.labels, on_progress);
   }
-  return generate(setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels, setup.initial_noise,
-                  on_progress);
+  return generate_across(communicator, setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels,
+                         setup.initial_noise, on_progress);
 }
 
 nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config) {

@@ -76,7 +76,8 @@ SamplingSetup prepare_sampling(const SamplingFlags& flags, const GlobalOptions& 
 // sampler, steps, guidance, seed, count and the guidiff version.
 nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config);
 
-// Draws the samples the setup describes (generate(), or generate_upsampled() for upsample).
-GenerationResult run_sampling(const SamplingSetup& setup, const StepCallback& on_progress);
+// Draws the samples the setup describes: generate_across() (each rank its share, all rows
+// back on every rank), or generate_upsampled() for upsample, which runs in one process only.
+GenerationResult run_sampling(Communicator& communicator, const SamplingSetup& setup, const StepCallback& on_progress);
 
 }  // namespace guidiff::cli
