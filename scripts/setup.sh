@@ -8,7 +8,7 @@ set -euo pipefail
 # libgloo-dev: Gloo's headers, which c10d's ProcessGroupGloo.hpp includes (data-parallel
 # runs, docs/distributed.md); libtorch1.13 already links libgloo0.
 packages=(
-  build-essential cmake ninja-build ccache git
+  build-essential cmake ninja-build ccache git pkg-config
   libtorch-dev libopenblas0-openmp libgloo-dev
   libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libbenchmark-dev

@@ -21,6 +21,7 @@
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/sampling/generate.hpp"
+#include "guidiff/version.hpp"
 #include "support/fixture_models.hpp"
 
 namespace fs = std::filesystem;
@@ -146,7 +147,7 @@ TEST_F(CliTest, ToySampleWritesSamplesAndLabels) {
   EXPECT_EQ(samples.sizes(), torch::IntArrayRef({10, 2}));
   EXPECT_TRUE(torch::isfinite(samples).all().item<bool>());
   EXPECT_TRUE(torch::equal(read_npy(path("y.npy")), torch::full({10}, 2L)));
-  // Class 2 of the demo mixture sits around (-0.6, -0.6).
+  // Class 2 of the demo mixture sits around (-0.6, -0.6), sd 0.09-0.1: 0 is >= 6 sd away.
   EXPECT_LT(samples.select(1, 0).max().item<float>(), 0.0f);
   EXPECT_LT(samples.select(1, 1).max().item<float>(), 0.0f);
 }
@@ -166,11 +167,13 @@ TEST_F(CliTest, SameSeedSameSamplesWhateverTheBatchSize) {
     ASSERT_EQ(run(common + file + " --batch-size " + std::to_string(batch)).exit_code, 0);
     outputs.push_back(read_npy(file));
   }
+  // Exact by design, as in test_generate: the mixture oracle, its classifier and the sampler
+  // work row by row, and each row's noise depends only on its index.
   EXPECT_TRUE(torch::equal(outputs[0], outputs[1]));
   EXPECT_TRUE(torch::equal(outputs[0], outputs[2]));
   ASSERT_EQ(run("sample --sampler ddpm --steps 25 --num-samples 20 --class 0,1,2,3 --classifier-scale 2 --seed 6 --out " +
                 path("other.npy")).exit_code, 0);
-  EXPECT_FALSE(torch::allclose(outputs[0], read_npy(path("other.npy"))));
+  EXPECT_FALSE(torch::allclose(outputs[0], read_npy(path("other.npy"))));  // other noise: O(0.1) apart
 }
 
 TEST_F(CliTest, GivenNoiseReplacesTheSeedsNoise) {
@@ -209,7 +212,8 @@ TEST_F(CliTest, DemoWritesFigureSamplesAndPurityReport) {
     EXPECT_NE(result.out.find(setting.at("title").get<std::string>()), std::string::npos);
     // Exact models: guided samples land in the requested class (up to the error of 50
     // DDPM steps); unguided ones follow the class weights (0.3, 0.25, 0.25, 0.2), so about
-    // a quarter match.
+    // a quarter match. Statistical, 200 draws: standard error <= 0.035, so 0.5 is 7 of them
+    // above the unguided 0.265 and 0.9 far below the guided ~1.
     if (setting.at("name") == "unguided") {
       EXPECT_LT(purity, 0.5) << setting.dump();
     } else {
@@ -219,6 +223,7 @@ TEST_F(CliTest, DemoWritesFigureSamplesAndPurityReport) {
   // Class 3 has two equally weighted lobes (components 4 and 5, weight 0.1 each). Strong
   // guidance (s = 4; w = 3, which targets the same tilted density, s = 1 + w) favours the
   // lobe far from the other classes, where p(y = 3 | x) is highest: few samples stay in 4.
+  // Statistical, 200 draws: a share's binomial standard error is <= 0.035.
   const auto& settings = report.at("settings");
   for (const size_t strong : {2u, 4u}) {
     const auto share = settings.at(strong).at("component_share").get<std::vector<double>>();
@@ -240,6 +245,8 @@ TEST_F(CliTest, TorchScriptConditionalModelWithCfgMatchesTheClosedForm) {
   config.cfg_scale = 2;
   const auto twin = std::make_shared<guidiff::testing::LinearConditionalTwin>(TimeKind::discrete_timestep);
   const GenerationResult expected = generate(twin, nullptr, config, torch::tensor({0, 1, 2, 0, 1, 2}), {});
+  // The twin runs the module's float32 operations one for one, so eps agrees; a stray ulp
+  // (u = 2^-24) per model call would reach the samples with O(1) gain over 10 steps, ~1e-6.
   EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
   // 6 images of 4x4 in rows of ceil(sqrt(6)) = 3 with 2 px padding: 20 x 14.
   EXPECT_EQ(png_size(path("grid.png")), std::make_pair(20, 14));
@@ -256,6 +263,8 @@ TEST_F(CliTest, TorchScriptClassifierGuidesTheUnconditionalModel) {
   const auto twin = std::make_shared<guidiff::testing::LinearUnconditionalTwin>(TimeKind::discrete_timestep);
   const auto classifier = std::make_shared<guidiff::testing::LinearClassifierTwin>(TimeKind::discrete_timestep);
   const GenerationResult expected = generate(twin, classifier, config, torch::full({6}, 2L), {});
+  // As above; the module's stored weights 0.1 sin(i + 3k) may differ from the twin's by an
+  // ulp (another sinf), moving the logits and gradient by ~u: ~1e-6 in the samples.
   EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
 }
 
@@ -268,6 +277,8 @@ TEST_F(CliTest, TorchScriptLogSnrModelWithTheContinuousSampler) {
   config.cfg_scale = 1;
   const auto twin = std::make_shared<guidiff::testing::LinearConditionalTwin>(TimeKind::log_snr);
   const GenerationResult expected = generate(twin, nullptr, config, torch::full({6}, 1L), {});
+  // Elementwise float32 operations one for one: equal eps (the first step at lambda = -20
+  // would multiply a stray ulp by alpha' / alpha ~ 4300, beyond this tolerance).
   EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
 }
 
@@ -457,6 +468,9 @@ TEST_F(EvalCliTest, EvalOfTheReferenceDataIsItsOwnFloor) {
   const CliResult result = run("eval --data folder:" + path("reference") + common_ + " --json " + path("j.json"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto json = nlohmann::json::parse(read_file_bytes(path("j.json")));
+  // The same images' features (the float32 network per image; only row order and float64
+  // sums differ, ~1e-16): FID ~1e-14, and the square root of a rank-deficient covariance's
+  // rounding only lowers d into the clamp at 0. 1e-6 is slack; precision/recall count copies.
   EXPECT_NEAR(json.at("fid").get<double>(), 0.0, 1e-6);
   EXPECT_EQ(json.at("precision"), 1.0);
   EXPECT_EQ(json.at("recall"), 1.0);

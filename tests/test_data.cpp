@@ -316,7 +316,8 @@ TEST_F(DataTest, ImageFolderRgbAndGreyConversion) {
     luma.push_back(static_cast<uint8_t>((77 * rgb[p] + 150 * rgb[p + 1] + 29 * rgb[p + 2]) >> 8));
   EXPECT_TRUE(
       matches_pixels(load_image_folder(path("colours"), {1, 0, false}).images, luma, {1, 1, 2, 2}));
-  // A constant-colour JPEG decodes to (almost) that colour.
+  // A constant-colour JPEG decodes to (almost) that colour: at quality 95 a flat block keeps
+  // its DC term, and the integer IDCT and YCbCr round trip cost a level or two: 2.5 levels.
   fs::create_directories(path("jpeg/one"));
   const Bytes flat(8 * 8 * 3, 90);
   ASSERT_NE(stbi_write_jpg(path("jpeg/one/a.jpg").c_str(), 8, 8, 3, flat.data(), 95), 0);
@@ -346,6 +347,7 @@ TEST_F(DataTest, ImageFolderCropAndResize) {
       for (int y = 2 * oy; y < 2 * oy + 2; ++y) {
         for (int x = 1 + 2 * ox; x < 3 + 2 * ox; ++x) sum += wide[y * 6 + x];
       }
+      // A float32 mean of 4 pixels, scaled to [-1, 1]: a few ulps of 1 (6e-8 each); 1e-6.
       EXPECT_NEAR(data.images[0][0][oy][ox].item<double>(), sum / 4 / 127.5 - 1, 1e-6);
     }
   }
@@ -353,6 +355,8 @@ TEST_F(DataTest, ImageFolderCropAndResize) {
   // pixel.
   const torch::Tensor row = torch::tensor({0.0f, 200.0f}).view({1, 1, 2}).expand({1, 2, 2});
   const torch::Tensor enlarged = center_crop_and_resize(row, 4);
+  // Weights 1/4 and 3/4 of 0 and 200 are exact in float32; allclose's default 1e-5 relative
+  // is ~100 ulps of 200.
   EXPECT_TRUE(torch::allclose(enlarged[0][3], torch::tensor({0.0f, 50.0f, 150.0f, 200.0f})));
   EXPECT_TRUE(torch::allclose(enlarged[0][0], enlarged[0][3]));
 }
@@ -410,7 +414,7 @@ TEST(MixtureDataset, HoldsTheMixturesExactDraws) {
   const GaussianMixture mixture = GaussianMixture::demo();
   const Dataset data = mixture_dataset(mixture, 500, 11);
   const auto [points, labels] = mixture.sample(500, 11);
-  EXPECT_TRUE(torch::equal(data.images, points.to(torch::kFloat32)));
+  EXPECT_TRUE(torch::equal(data.images, points.to(torch::kFloat32)));  // the same seeded draw
   EXPECT_TRUE(torch::equal(data.labels, labels));
   EXPECT_EQ(data.num_classes, mixture.num_classes);
   EXPECT_FALSE(data.holds_images());

@@ -55,6 +55,8 @@ TEST(Diffusion, QSampleIsDdpmEq4) {
   const auto xt = q_sample(s, x0, torch::tensor(t), noise);
   for (int i = 0; i < 3; ++i) {
     const auto expected = std::sqrt(abar[t[i]]) * x0[i] + std::sqrt(1.0 - abar[t[i]]) * noise[i];
+    // float64 both ways: the coefficients agree to an ulp or so, the combination rounds values
+    // |x| < 8 (ulp 8.9e-16) a few times: ~3e-15 against 1e-14.
     EXPECT_LT(max_abs_diff(xt[i], expected), 1e-14) << t[i];
   }
   EXPECT_EQ(q_sample(s, x0.to(torch::kFloat32), torch::tensor(t), noise.to(torch::kFloat32))
@@ -73,6 +75,8 @@ void expect_posterior_is_bayes(const DiscreteSchedule& s, int64_t t, uint64_t se
   const auto x0 = randn64({1, 5}, seed), xt = randn64({1, 5}, seed + 1);
   const auto posterior = q_posterior(s, x0, xt, torch::tensor({t}));
   if (t == 0) {  // x_{-1} = x0 exactly: zero variance, mean x0
+    // coef1 = beta_0 / (1 - fl(1 - beta_0)): for linear's beta_0 = 1e-4 that rounding is
+    // 1.1e-13 of beta_0 (exact for cosine, whose beta_0 = 1 - r); times |x0| < 4: < 5e-13.
     EXPECT_LT(max_abs_diff(posterior.mean, x0), 1e-12);
     EXPECT_EQ(posterior.variance.abs().max().item<double>(), 0.0);
     return;
@@ -81,6 +85,8 @@ void expect_posterior_is_bayes(const DiscreteSchedule& s, int64_t t, uint64_t se
   const double variance = 1.0 / precision;
   const auto mean = variance * (std::sqrt(abar_prev) * x0 / (1.0 - abar_prev) +
                                 std::sqrt(1.0 - beta) * xt / beta);
+  // float64, but the schedule forms 1 - abar_t by cancellation: at t = 1, 1 - abar ~ 1e-4,
+  // so an ulp of abar (1.1e-16) is ~3e-12 relative; 1e-10 covers that times |x| < 4 and logs.
   EXPECT_LT(max_abs_diff(posterior.mean, mean), 1e-10) << t;
   EXPECT_NEAR(posterior.variance[0][0].item<double>() / variance, 1.0, 1e-10) << t;
   EXPECT_NEAR(posterior.log_variance[0][3].item<double>(), std::log(variance), 1e-10) << t;
@@ -103,6 +109,9 @@ TEST(Diffusion, EpsAndX0RoundTrip) {
   const auto step = torch::tensor({0, 10, 500, 990});
   const auto x0 = randn64({4, 3, 2, 2}, 3), eps = randn64({4, 3, 2, 2}, 4);
   const auto xt = q_sample(s, x0, step, eps);
+  // float64 round trips that cancel: at t = 0, sqrt(1/abar - 1) ~ 6e-3 comes from 1/abar - 1
+  // ~ 4e-5 (an ulp of 1 is ~3e-12 of it), and eps = (...) / 6e-3 amplifies ulps of |x| < 8
+  // (8.9e-16) to ~1e-12; at t = 990, 1/sqrt(abar) ~ 80 scales ulps by 80. 1e-9 is >100x that.
   EXPECT_LT(max_abs_diff(predict_x0_from_eps(s, xt, step, eps), x0), 1e-9);
   EXPECT_LT(max_abs_diff(predict_eps_from_x0(s, xt, step, x0), eps), 1e-9);
   // Arbitrary (x_t, eps): eps -> x0 -> eps is the identity.
@@ -123,10 +132,14 @@ TEST(Diffusion, ScoreAndEpsRoundTrip) {
   const auto xt = q_sample(s, x0, step, eps);
   const auto score = score_from_eps(s, step, eps);
   // With the true noise, the score is that of q(x_t | x0): -(x_t - sqrt(abar) x0) / (1 - abar).
+  // float64: x_t - sqrt(abar) x0 cancels to within a few ulps of |x_t| < 8 (~4e-15), divided
+  // by 1 - abar; the score's own roundings are a few ulps of |eps| / sqrt(1 - abar). Even a
+  // differently ordered cumprod (<= 2t * 2^-53 relative in abar) stays under 1e-12 / (1 - abar).
   for (int i = 0; i < 3; ++i) {
     const auto exact = -(xt[i] - std::sqrt(abar[t[i]]) * x0[i]) / (1.0 - abar[t[i]]);
-    EXPECT_LT(max_abs_diff(score[i], exact), 1e-8 / (1.0 - abar[t[i]])) << t[i];
+    EXPECT_LT(max_abs_diff(score[i], exact), 1e-12 / (1.0 - abar[t[i]])) << t[i];
   }
+  // Two float64 roundings of |eps| < 4: ~2e-15.
   EXPECT_LT(max_abs_diff(eps_from_score(s, step, score), eps), 1e-12);
 }
 
@@ -147,6 +160,7 @@ TEST(Diffusion, VarianceKindsAndClipping) {
   // The mean is the posterior mean at the predicted x0, whatever the variance.
   const auto pred_x0 = predict_x0_from_eps(s, xt, step, eps);
   const auto posterior = q_posterior(s, pred_x0, xt, step);
+  // The same float64 operations on the same inputs: equal, 1e-15 is an ulp of |x| < 8.
   EXPECT_LT(max_abs_diff(small.pred_x0, pred_x0), 1e-15);
   for (const auto* r : {&small, &large, &low, &high})
     EXPECT_LT(max_abs_diff(r->gaussian.mean, posterior.mean), 1e-15);
@@ -158,6 +172,8 @@ TEST(Diffusion, VarianceKindsAndClipping) {
     const double abar_prev = t[i] > 0 ? abar[t[i] - 1] : 1.0;
     const double tilde = (1.0 - abar_prev) / (1.0 - abar[t[i]]) * beta;
     const double clipped_log_tilde = std::log(t[i] == 0 ? tilde1 : tilde);
+    // float64, the same products in another order: variances (<= 0.02) agree to a few ulps
+    // (~1e-17), their logs (|log| < 10, ulp 1.8e-15) to ~5e-15; 1e-15 and 1e-12 hold those.
     EXPECT_NEAR(small.gaussian.variance[i][0].item<double>(), tilde, 1e-15);
     EXPECT_NEAR(small.gaussian.log_variance[i][1].item<double>(), clipped_log_tilde, 1e-12);
     // fixed_large: beta_t, but beta~_1 at t = 0.
@@ -178,6 +194,7 @@ TEST(Diffusion, VarianceKindsAndClipping) {
   const auto clipped = p_mean_variance(s, xt, step, far_eps, {}, VarianceKind::fixed_small, true);
   const auto clamped_x0 = predict_x0_from_eps(s, xt, step, far_eps).clamp(-1.0, 1.0);
   EXPECT_LE(clipped.pred_x0.abs().max().item<double>(), 1.0);
+  // The same float64 operations on the same inputs: equal.
   EXPECT_LT(max_abs_diff(clipped.pred_x0, clamped_x0), 1e-15);
   EXPECT_LT(max_abs_diff(clipped.gaussian.mean, q_posterior(s, clamped_x0, xt, step).mean), 1e-15);
 
@@ -221,6 +238,8 @@ TEST(Diffusion, SingleStepScheduleHasFiniteVariances) {
   const auto step = torch::tensor({0, 0});
   for (const auto kind : {VarianceKind::fixed_small, VarianceKind::fixed_large}) {
     const auto r = p_mean_variance(one, x, step, x, {}, kind, false);
+    // The respaced beta_0 = 1 - fl(1 - 1e-4) is 1.1e-13 relative off 1e-4, so its log is
+    // 1.1e-13 off; coef1 = beta_0 / beta_0 = 1 and coef2 = 0 exactly, so the mean is x0_hat.
     EXPECT_NEAR(r.gaussian.log_variance[0][0].item<double>(), std::log(1e-4), 1e-12);
     EXPECT_LT(max_abs_diff(r.gaussian.mean, r.pred_x0), 1e-12);  // step 0 returns x0_hat
   }

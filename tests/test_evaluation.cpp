@@ -77,8 +77,11 @@ TEST_F(EvaluationTest, CnnClassifierGivesPooledFeaturesAndLogitsFromThem) {
   EXPECT_EQ(features.sizes(), (std::vector<int64_t>{5, 16}));
   const torch::Tensor logits = model.classifier->logits(x, torch::zeros({5}, torch::kLong));
   EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{5, 3}));
+  // The same float32 head on the same features: at most another GEMM order over 16 inputs,
+  // a few u (2^-24) of sum |w f| ~ 1, ~1e-7.
   EXPECT_TRUE(torch::allclose(logits, network->logits_from_features(features), 1e-5, 1e-6));
   // Features are spatial means: after the 2 stages, GroupNorm + SiLU outputs are > -0.279.
+  // (min x sigmoid(x) = -0.278465; float32 rounding, ~1e-7, leaves 3.5e-5 to the bound.)
   EXPECT_GT(features.min().item<double>(), -0.2785);
   // The config is complete, so a rebuild from it is the same network shape.
   EXPECT_EQ(model.config.at("convs_per_stage"), 1);
@@ -107,6 +110,10 @@ TEST_F(EvaluationTest, EvaluatorNetworkGivesFeaturesAndSoftmaxOfTheSavedWeights)
   // Batches of 3 (3 + 3 + 1) give what one pass gives.
   const FeatureOutput output = run_feature_network(*evaluator, x, /*batch_size=*/3);
   torch::NoGradGuard no_grad;
+  // Other batch sizes may take other float32 conv kernels (another summation order). Each
+  // conv (fan-in 9, then 72) is followed by GroupNorm, so each moves the normalised values by
+  // ~u sqrt(fan-in) <= 5e-7 RMS; the 16-pixel mean then averages: ~2e-7 in features of
+  // ~0.1-0.5, against 1e-6 + 1e-5 |f|.
   EXPECT_TRUE(torch::allclose(output.features, network->features(x), 1e-5, 1e-6));
   EXPECT_TRUE(torch::allclose(output.probabilities, torch::softmax(network->forward(x), 1), 1e-5, 1e-6));
   EXPECT_NE(evaluator->cache_key(), evaluator->description());
@@ -133,6 +140,8 @@ TEST_F(EvaluationTest, TorchScriptFeaturesAreTheModulesOutput) {
   const torch::Tensor flat = x.flatten(1);
   const torch::Tensor expected =
       torch::cat({flat.mean(1, true), (flat * flat).mean(1, true), x.mean(std::vector<int64_t>{1, 3})}, 1);
+  // The module runs these same float32 reductions (batches of 2 vs 5); reordered, a mean of
+  // 36 values |x| <= 1 would move by ~u sqrt(36) ~ 4e-7 (36 u mean|x| ~ 1e-6 at worst).
   EXPECT_TRUE(torch::allclose(output.features, expected, 1e-5, 1e-6));
   EXPECT_FALSE(output.probabilities.defined());
 }
@@ -142,6 +151,7 @@ TEST_F(EvaluationTest, TorchScriptTupleGivesFeaturesAndSoftmaxOfTheLogits) {
   const torch::Tensor x = images(4, 3, 5);
   const FeatureOutput output = run_feature_network(*network, x);
   const torch::Tensor flat = x.flatten(1);
+  // A slice and a float32 softmax of x * 10: the same operations as the module, equal.
   EXPECT_TRUE(torch::allclose(output.features, flat.slice(1, 0, 4)));
   EXPECT_TRUE(torch::allclose(output.probabilities, torch::softmax(flat.slice(1, 0, 3) * 10, 1), 1e-5, 1e-6));
 }
@@ -169,7 +179,9 @@ TEST_F(EvaluationTest, ScoringTheReferenceImagesThemselvesIsPerfect) {
   const ReferenceSet reference = reference_of(*network, x);
   const torch::Tensor predicted = x.flatten(1).slice(1, 0, 3).argmax(1);
   const SampleScores scores = score_images(*network, nullptr, x, predicted, reference);
-  EXPECT_NEAR(scores.fid, 0.0, 1e-6);
+  // Identical features (slices of x), so FID(a, a) in float64 on a 4-D covariance of 40
+  // points (eigenvalues ~0.15-0.6): a few ulps through eigh and sqrt, ~1e-15.
+  EXPECT_NEAR(scores.fid, 0.0, 1e-12);
   EXPECT_DOUBLE_EQ(scores.precision, 1.0);
   EXPECT_DOUBLE_EQ(scores.recall, 1.0);
   EXPECT_DOUBLE_EQ(scores.coverage, 1.0);
@@ -193,6 +205,8 @@ TEST_F(EvaluationTest, ScoresAreTheMetricFunctionsOnTheFeatures) {
   // Features from the TorchScript network (no logits), IS and accuracy from the evaluator.
   const SampleScores scores = score_images(*network, evaluator.get(), fake, labels, reference);
   const torch::Tensor fake_features = run_feature_network(*network, fake).features;
+  // FID, IS: the same network calls (same batch size) and the same float64 functions as
+  // score_images, so equal; 1e-9 is slack.
   EXPECT_NEAR(scores.fid, frechet_distance(feature_statistics(fake_features), reference.statistics), 1e-9);
   const PrecisionRecall pr = precision_recall(reference.statistics.features.slice(0, 0, 30), fake_features, 3);
   EXPECT_DOUBLE_EQ(scores.precision, pr.precision);
@@ -232,6 +246,8 @@ TEST_F(EvaluationTest, ReferenceStatisticsAreCachedPerDataAndNetwork) {
   EXPECT_TRUE(torch::equal(first.statistics.features, second.statistics.features));
   // The features are the data's, in a random order: the same multiset of rows.
   const torch::Tensor direct = run_feature_network(*evaluator, load_image_folder(tree, {1}).images).features;
+  // The same per-image float32 network with the images in another order in the batch: sums
+  // of 16 features (~3) agree to a few u, ~1e-6; 1e-4 relative, while a wrong image is ~0.1 off.
   EXPECT_TRUE(torch::allclose(std::get<0>(first.statistics.features.sum(1).sort()), std::get<0>(direct.sum(1).sort()), 1e-4));
   // Another network through the same file: recomputed and replaced.
   const auto other = load_torchscript_feature_network(fixture_path("features_mean_pixels.pt"), torch::kCPU);
@@ -242,6 +258,7 @@ TEST_F(EvaluationTest, ReferenceStatisticsAreCachedPerDataAndNetwork) {
   // A damaged cache is recomputed too.
   write_file_atomically(files.front().string(), "not safetensors");
   const ReferenceSet fourth = reference_set(*other, data, files.front().string(), "", record);
+  // Recomputed from the same images: equal up to a float64 summation order (~1e-16).
   EXPECT_TRUE(torch::allclose(fourth.statistics.mean, third.statistics.mean));
   EXPECT_NE(log[log.size() - 3].find("unusable"), std::string::npos) << log[log.size() - 3];
 }

@@ -88,6 +88,13 @@ struct Batch {
   torch::Tensor y = torch::tensor({0, 1, 2, 3, 1, 0}, torch::kInt64);
 };
 
+// Guided float32 outputs against the float64 oracle. The oracle's maths is float64 in both;
+// what separates them is float32: the eps rounding (u = 2^-24 of |eps| < 10) and the
+// classifier's logits, rounded to float32 and put through a float32 log_softmax, which moves
+// each class probability p by ~p (|log p| + 3) u <= 4u. Times |d logit / dx| < ~150 (t = 20,
+// variance ~0.006) over 4 classes, the gradient is off by < ~1.5e-4 absolute (and far less
+// relative to its ~100 size), eps by sigma (~0.05) times that per unit of scale: ~1e-5. A
+// tolerance of 1e-4 absolute + 1e-4 relative leaves a few times that; a wrong rule is O(1) off.
 bool close(const torch::Tensor& a, const torch::Tensor& b, double tolerance) {
   return torch::allclose(a.to(torch::kFloat64), b.to(torch::kFloat64), tolerance, tolerance);
 }
@@ -174,6 +181,7 @@ TEST(ClassifierGuidance, IntervalGuidesOnlyTheSamplesInside) {
   for (int64_t n = 0; n < 6; ++n) {
     const int64_t t = batch.t[n].item<int64_t>();
     const bool inside = t >= 150 && t <= 500;
+    // The same batch through the same operations, then a per-row select: bitwise.
     EXPECT_TRUE(torch::equal(eps[n], inside ? guided[n] : base[n])) << "t=" << t;
   }
   // No sample inside: no classifier call, the base output.
@@ -210,11 +218,14 @@ TEST(ClassifierFreeGuidance, IsEquationSixInOneBatchedForward) {
   const auto eps = cfg.predict(batch.x, batch.t, batch.y).eps;
   ASSERT_EQ(counting->batch_sizes, (std::vector<int64_t>{12}));
   EXPECT_TRUE(torch::equal(counting->labels[0], torch::cat({batch.y, torch::full({6}, 4, torch::kInt64)})));
-  // Two separate forwards, combined by eq. 6.
+  // Two separate forwards, combined by eq. 6. Each row is computed in float64 and rounded to
+  // float32, so the batch split cannot move eps (a float64 reordering, ~1e-16, would have to
+  // straddle a float32 rounding boundary); the combination is the same float32 expression.
   const auto eps_c = oracle.conditional->predict(batch.x, batch.t, batch.y).eps;
   const auto eps_u = oracle.conditional->predict(batch.x, batch.t, torch::full({6}, 4, torch::kInt64)).eps;
   EXPECT_TRUE(torch::allclose(eps, (1.0 + w) * eps_c - w * eps_u, 1e-6, 1e-6));
-  // And against the oracle's exact conditional and marginal eps.
+  // And against the oracle's exact conditional and marginal eps: float32 rounding of eps_c
+  // and eps_u (|eps| < 10, ~6e-7), times 1 + w and w: ~4e-6 against close()'s 1e-4.
   const auto exact_c = oracle.exact_eps(batch.x, batch.t, batch.y);
   const auto exact_u = oracle.exact_eps(batch.x, batch.t, {});
   EXPECT_TRUE(close(eps, (1.0 + w) * exact_c - w * exact_u, 1e-4));
@@ -241,6 +252,7 @@ TEST(ClassifierFreeGuidance, IntervalGuidesOnlyTheSamplesInside) {
   for (int64_t n = 0; n < 6; ++n) {
     const int64_t t = batch.t[n].item<int64_t>();
     const bool inside = t >= 300 && t <= 850;
+    // The same batch through the same operations, then a per-row select: bitwise.
     EXPECT_TRUE(torch::equal(eps[n], inside ? guided[n] : conditional[n])) << "t=" << t;
   }
   auto counting = std::make_shared<CountingDenoiser>(oracle.conditional);

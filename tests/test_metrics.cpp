@@ -56,6 +56,7 @@ TEST(FeatureStatistics, ExactOnAHandSet) {
   EXPECT_EQ(statistics.count, 3);
   EXPECT_EQ(statistics.mean.scalar_type(), torch::kFloat64);
   EXPECT_EQ(statistics.covariance.scalar_type(), torch::kFloat64);
+  // Small integers: every float64 sum and product here is exact in any order.
   EXPECT_TRUE(torch::equal(statistics.mean, doubles({2, 2}, {2})));
   EXPECT_TRUE(torch::equal(statistics.covariance, doubles({4, 5, 5, 7}, {2, 2})));
   EXPECT_FALSE(statistics.features.defined());
@@ -69,8 +70,9 @@ TEST(FeatureStatistics, ApproximatesAKnownGaussian) {
   const auto samples = (torch::randn({n, 3}, torch::kFloat64).mm(factor.t()) + mean).to(torch::kFloat32);
   const auto statistics = feature_statistics(samples);
   EXPECT_EQ(statistics.count, n);
-  // Standard errors are about sqrt(4 / 2e5) = 0.0045 for the mean and a few times that for
-  // the covariance entries (all of order 1 to 4).
+  // Statistical (float32 rounding, ~1e-7, is negligible). Standard errors are at most
+  // sqrt(4.25 / 2e5) = 0.0046 for the mean (0.03 is 6.5 of them) and sqrt((S_ii S_jj +
+  // S_ij^2) / n) <= sqrt(2 * 4.25^2 / 2e5) = 0.013 for a covariance entry (0.06 is 4.5).
   EXPECT_TRUE(torch::allclose(statistics.mean, mean, 0, 0.03)) << statistics.mean;
   EXPECT_TRUE(torch::allclose(statistics.covariance, factor.mm(factor.t()), 0, 0.06)) << statistics.covariance;
 }
@@ -91,12 +93,16 @@ TEST(FrechetDistance, IdenticalSetsGiveZeroAndItIsSymmetric) {
   torch::manual_seed(2);
   const auto a = feature_statistics(torch::randn({500, 8}) * 3 + 1);
   const double scale = 2 * a.covariance.trace().item<double>();
-  EXPECT_LE(frechet_distance(a, a), 1e-6 * scale);
+  // float64 eigh and products of a well-conditioned S (500 points in 8-D: eigenvalues ~9 +-
+  // 30%): a few n u |S|^2 / (2 sqrt(lambda_min)) in tr sqrt, ~1e-15 of scale; 1e-12 x scale.
+  EXPECT_LE(frechet_distance(a, a), 1e-12 * scale);
   EXPECT_GE(frechet_distance(a, a), 0.0);
 
   const auto b = feature_statistics(torch::randn({400, 8}).mm(torch::randn({8, 8})) - 0.5);
   const double ab = frechet_distance(a, b), ba = frechet_distance(b, a);
   EXPECT_GT(ab, 1.0);
+  // Mathematically equal spectra, computed by different float64 eighs; b's random covariance
+  // may be ill-conditioned, and sqrt amplifies its small eigenvalues' errors: 1e-9 relative.
   EXPECT_NEAR(ab, ba, 1e-9 * ab);
 }
 
@@ -105,6 +111,7 @@ TEST(FrechetDistance, MatchesTheClosedFormForDiagonalCovariances) {
   // = 16. |mu1 - mu2|^2 = 1 + 0 + 4 = 5, tr S1 + tr S2 = 14 + 21, so d^2 = 5 + 35 - 32 = 8.
   const auto a = statistics_of({0, 1, 2}, {1, 0, 0, 0, 4, 0, 0, 0, 9});
   const auto b = statistics_of({1, 1, 0}, {4, 0, 0, 0, 1, 0, 0, 0, 16});
+  // Diagonal: eigh is exact and every square root is of a perfect square, ~0 error; 1e-12.
   EXPECT_NEAR(frechet_distance(a, b), 8.0, 1e-12);
   EXPECT_NEAR(frechet_distance(b, a), 8.0, 1e-12);
 }
@@ -117,6 +124,7 @@ TEST(FrechetDistance, MatchesTheTwoByTwoFormulaForNonCommutingCovariances) {
   const auto a = statistics_of({0, 0}, {2, 1, 1, 2});
   const auto b = statistics_of({3, -4}, {1, 0, 0, 3});
   const double expected = 25 + 8 - 2 * std::sqrt(14.0);
+  // float64 eigh of well-conditioned 2x2s (eigenvalues 1-6): a few ulps of ~30, ~1e-14.
   EXPECT_NEAR(frechet_distance(a, b), expected, 1e-12);
   EXPECT_NEAR(frechet_distance(b, a), expected, 1e-12);
 }
@@ -126,8 +134,12 @@ TEST(FrechetDistance, HandlesASingularCovariance) {
   // tr sqrt(S1 S2) = sqrt(2) and d^2 = 2 + 2 - 2 sqrt(2).
   const auto a = statistics_of({0, 0}, {1, 1, 1, 1});
   const auto b = statistics_of({0, 0}, {1, 0, 0, 1});
-  EXPECT_NEAR(frechet_distance(a, b), 4 - 2 * std::sqrt(2.0), 1e-12);
-  // Identical singular covariances: exactly 0 after clamping, never negative.
+  // S1's zero eigenvalue comes out of eigh as +-delta with delta ~ a few u |S1| (~1e-15),
+  // LAPACK- and CPU-dependent; a positive one survives the clamp and its square root
+  // (~3e-8), here and again in S1^(1/2) S2 S1^(1/2), adds up to ~6e-8 to tr sqrt.
+  EXPECT_NEAR(frechet_distance(a, b), 4 - 2 * std::sqrt(2.0), 1e-7);
+  // Identical singular covariances: exactly 0 after clamping, never negative. The square-root
+  // error above only raises tr sqrt, i.e. lowers d into the clamp; what is left is a few ulps.
   EXPECT_NEAR(frechet_distance(a, a), 0.0, 1e-12);
   EXPECT_GE(frechet_distance(a, a), 0.0);
 }
@@ -157,6 +169,8 @@ TEST(FrechetDistance, WarnsAboutSmallSamples) {
 // ---------------------------------------------------------------------------------------
 // Inception Score
 
+// The Inception Score tests are float64 throughout on exactly representable probabilities:
+// errors are a few ulps of values <= 4 (~1e-15), against 1e-12.
 TEST(InceptionScore, UniformPredictionsScoreOne) {
   double spread = -1;
   EXPECT_NEAR(inception_score(torch::full({10, 4}, 0.25), 1, &spread), 1.0, 1e-12);
@@ -257,6 +271,8 @@ TEST(PrecisionRecall, IdenticalSetsGiveOne) {
   torch::manual_seed(3);
   const auto points = torch::randn({300, 5});  // over 25 points: cdist's matrix-product path
   const auto result = precision_recall(points, points.clone());
+  // The matrix-product path puts each copy ~sqrt(u) |x| ~ 1e-7 from its original, far inside
+  // every k-NN radius (~0.5): exact counts.
   EXPECT_EQ(result.precision, 1.0);
   EXPECT_EQ(result.recall, 1.0);
 }
@@ -281,6 +297,9 @@ TEST(PrecisionRecall, BlockedComputationAgreesWithTheFullMatrix) {
   const double precision = full.distances.le(full.real_radii.unsqueeze(0)).any(1).to(torch::kFloat64).mean().item<double>();
   const double recall = full.distances.le(full.fake_radii.unsqueeze(1)).any(0).to(torch::kFloat64).mean().item<double>();
   const auto result = precision_recall(real, fake);
+  // The two cdist paths (matrix product vs direct) differ by ~1e-15 in float64; a membership
+  // flips only for a fake-real distance that close to a radius (~1e-8 expected of 1.4e6
+  // pairs). The tolerance allows one flipped point.
   EXPECT_NEAR(result.precision, precision, 1.0 / 1100);  // one borderline point may flip
   EXPECT_NEAR(result.recall, recall, 1.0 / 1300);
   EXPECT_GT(result.precision, 0.3);
@@ -320,6 +339,7 @@ TEST(DensityCoverage, IdenticalSetsAreFullyCovered) {
   torch::manual_seed(5);
   const auto points = torch::randn({300, 4});
   const auto result = density_coverage(points, points.clone());
+  // Each copy is ~1e-7 from its original (see PrecisionRecall.IdenticalSetsGiveOne).
   EXPECT_EQ(result.coverage, 1.0);
   // Each fake point lies at least in its own copy's ball, so density >= 1/k; for a sample
   // compared with itself it is typically near 1 (Naeem et al. 2020, sec. 3.2).
@@ -336,6 +356,7 @@ TEST(DensityCoverage, BlockedComputationAgreesWithTheFullMatrix) {
   const double density = inside.sum().item<int64_t>() / (5.0 * 1500);
   const double coverage = inside.any(0).to(torch::kFloat64).mean().item<double>();
   const auto result = density_coverage(real, fake);
+  // As for precision/recall: at most a borderline membership or two flip between cdist paths.
   EXPECT_NEAR(result.density, density, 2.0 / (5.0 * 1500));
   EXPECT_NEAR(result.coverage, coverage, 1.0 / 1200);
   EXPECT_LT(result.coverage, 1.0);

@@ -97,6 +97,8 @@ TEST(GaussianMixture, LogJointMatchesExplicitTwoByTwoDensity) {
       for (int64_t k = 0; k < mixture.num_components(); ++k) {
         const double expected = explicit_log_joint(mixture, k, x[n][0].item<double>(),
                                                    x[n][1].item<double>(), abar[n].item<double>());
+        // float64 both ways (eigh vs a 2x2 inverse): a few ulps times the covariances'
+        // condition (< 5), ~1e-14 relative; 1e-10 admits any LAPACK's backward-stable eigh.
         EXPECT_NEAR(lj[n][k].item<double>(), expected, 1e-10 * (1.0 + std::abs(expected)))
             << "n=" << n << " k=" << k;
       }
@@ -112,6 +114,9 @@ TEST(GaussianMixture, ScoreMatchesFiniteDifferencesOfLogDensity) {
     auto log_density = [&](const torch::Tensor& p) {
       return torch::logsumexp(mixture.log_joint(p, abar), 1);
     };
+    // float64 central differences, h = 1e-6: rounding ~ few u |f| / h < 1e-7 for |f| < 300,
+    // truncation h^2 |f'''| / 6 < 3e-6 for |f'''| < 2e7 (slope 250 of the responsibilities
+    // cubed at a 0.004 variance). 1e-5 + 1e-5 |score| covers both; a wrong score is O(1) off.
     const auto expected = finite_difference_gradient(log_density, x, 1e-6);
     const auto score = mixture.score(x, abar);
     EXPECT_TRUE(torch::allclose(score, expected, 1e-5, 1e-5)) << score << expected;
@@ -123,7 +128,7 @@ TEST(GaussianMixture, ScoreMatchesFiniteDifferencesOfLogDensity) {
       const int64_t c = y[n].item<int64_t>();
       const auto row = x.slice(0, n, n + 1);
       const auto row_abar = abar.slice(0, n, n + 1);
-      if (c == mixture.num_classes) {
+      if (c == mixture.num_classes) {  // masks nothing: the same float64 ops on the same row
         EXPECT_TRUE(torch::equal(conditional[n], score[n]));
         continue;
       }
@@ -154,6 +159,8 @@ TEST(MixtureDenoiser, EpsIsScaledScoreAndBecomesTheNoiseWhenAbarVanishes) {
   MixtureDenoiser noisy(mixture, NoiseLevelMap::log_snr(), /*class_conditional=*/false);
   const auto x_t = torch::randn({8, 2});
   const auto far = noisy.predict(x_t, torch::full({8}, -20.0f), {});
+  // Not rounding but the model: eps - x_t ~ sqrt(abar) |mean| <= 4.5e-5 (|mean| <= 1), plus
+  // abar |x| ~ 1e-8 and float32 rounding ~2e-7; 1e-4 holds it, eps = score would not.
   ASSERT_EQ(far.eps.scalar_type(), torch::kFloat32);
   EXPECT_FALSE(far.variance_output.defined());
   EXPECT_TRUE(torch::allclose(far.eps, x_t, 1e-4, 1e-4)) << far.eps - x_t;
@@ -168,6 +175,7 @@ TEST(MixtureDenoiser, EpsIsScaledScoreAndBecomesTheNoiseWhenAbarVanishes) {
   ASSERT_EQ(eps.sizes(), x.sizes());
   const auto abar = schedule.alphas_cumprod.index_select(0, t);
   const auto expected = -(1.0 - abar).sqrt().unsqueeze(1) * mixture.score(x.view({4, 2}).to(torch::kFloat64), abar, y);
+  // The same float64 maths; eps is then rounded to float32: 2^-24 |eps| = 6e-8 relative.
   EXPECT_TRUE(torch::allclose(eps.view({4, 2}).to(torch::kFloat64), expected, 1e-5, 1e-5));
 
   EXPECT_THROW(conditional.predict(x, t, {}), InputError);
@@ -185,12 +193,14 @@ TEST(GaussianMixture, ClassPosteriorSumsToOneAndItsGradientMatchesFiniteDifferen
     const auto abar = torch::tensor({0.99, 0.8, 0.5, 0.3, 0.1}, kF64);
     const auto posterior = mixture.class_log_posterior(x, abar);
     ASSERT_EQ(posterior.sizes(), (std::vector<int64_t>{5, mixture.num_classes}));
+    // float64 logsumexp, exp and a sum of <= 4 terms: a few ulps of 1 (~1e-15).
     EXPECT_TRUE(torch::allclose(posterior.exp().sum(1), torch::ones({5}, kF64), 0, 1e-12));
 
     // Independent value: sum of class components' densities over the total.
     const auto joint = mixture.log_joint(x, abar).exp();
     const auto member = mixture.component_class.eq(0);
     const auto class0 = (joint * member.to(torch::kFloat64)).sum(1) / joint.sum(1);
+    // float64: exp(L) has relative error ~u |L| (|L| < 100), ~1e-14; 1e-10 relative holds it.
     EXPECT_TRUE(torch::allclose(posterior.select(1, 0).exp(), class0, 1e-10, 1e-12));
 
     for (int64_t c = 0; c < mixture.num_classes; ++c) {
@@ -198,8 +208,10 @@ TEST(GaussianMixture, ClassPosteriorSumsToOneAndItsGradientMatchesFiniteDifferen
       const auto grad = torch::autograd::grad({mixture.class_log_posterior(xg, abar).select(1, c).sum()}, {xg})[0];
       auto log_p_c = [&](const torch::Tensor& p) { return mixture.class_log_posterior(p, abar).select(1, c); };
       const auto fd = finite_difference_gradient(log_p_c, x, 1e-6);
+      // Central differences as in ScoreMatchesFiniteDifferencesOfLogDensity.
       EXPECT_TRUE(torch::allclose(grad, fd, 1e-5, 1e-5)) << grad << fd;
       // log p(c | x) = log p(x | c) + log p(c) - log p(x): its gradient is the score difference.
+      // float64 autograd vs the analytic scores (|score| < 300): a few ulps, ~1e-13.
       const auto labels = torch::full({5}, c, torch::kInt64);
       EXPECT_TRUE(torch::allclose(grad, mixture.score(x, abar, labels) - mixture.score(x, abar), 1e-9, 1e-9));
     }
@@ -217,12 +229,15 @@ TEST(MixtureClassifier, LogitsAreTheClassPosteriorAndStayOnTheGraph) {
   ASSERT_TRUE(logits.requires_grad());
   const auto abar = torch::sigmoid(lambda.to(torch::kFloat64));
   const auto expected = mixture.class_log_posterior(x.detach().to(torch::kFloat64), abar);
+  // The float64 posterior rounded to float32: 2^-24 relative; 1e-5 is ~170 times that.
   EXPECT_TRUE(torch::allclose(logits.detach().to(torch::kFloat64), expected, 1e-5, 1e-5));
   const auto grad = torch::autograd::grad({logits.select(1, 2).sum()}, {x})[0];
   const auto labels = torch::full({3}, 2, torch::kInt64);
   const auto exact = mixture.score(x.detach().to(torch::kFloat64), abar, labels) -
                      mixture.score(x.detach().to(torch::kFloat64), abar);
-  EXPECT_TRUE(torch::allclose(grad.to(torch::kFloat64), exact, 1e-4, 1e-4));
+  // The backward runs in float64 (ones through select and sum, then the float64 graph) and
+  // is rounded to float32 at x: 2^-24 = 6e-8 relative, plus ~1e-13 of float64 differences.
+  EXPECT_TRUE(torch::allclose(grad.to(torch::kFloat64), exact, 1e-6, 1e-6));
   EXPECT_EQ(classifier.num_classes(), 4);
 }
 
@@ -232,7 +247,8 @@ TEST(GaussianMixture, SampleMomentsMatchEachClass) {
   const auto [x, labels] = mixture.sample(n, 1234);
   ASSERT_EQ(x.sizes(), (std::vector<int64_t>{n, 2}));
   ASSERT_EQ(labels.scalar_type(), torch::kInt64);
-  // Class frequencies: class 0 has weight 0.5, class 1 has 0.5 (0.3 + 0.2).
+  // Class frequencies: class 0 has weight 0.5, class 1 has 0.5 (0.3 + 0.2). Binomial:
+  // 5 standard errors sqrt(p (1 - p) / n).
   const double fraction0 = labels.eq(0).to(torch::kFloat64).mean().item<double>();
   EXPECT_NEAR(fraction0, 0.5, 5.0 * std::sqrt(0.25 / n));
   for (int64_t c = 0; c < 2; ++c) {
@@ -268,6 +284,7 @@ TEST(GaussianMixture, RestrictedToClassIsTheClassConditionalDensity) {
   const auto restricted = mixture.restricted_to_class(1);
   ASSERT_EQ(restricted.num_components(), 2);
   EXPECT_EQ(restricted.num_classes, 1);  // a one-class mixture, valid on its own
+  // One float64 division each (0.3 / 0.5, 0.2 / 0.5): within an ulp of 0.6 and 0.4.
   EXPECT_TRUE(torch::allclose(restricted.weights, torch::tensor({0.6, 0.4}, kF64), 0, 1e-15));
   EXPECT_TRUE(torch::equal(restricted.means, mixture.means.slice(0, 1, 3)));
   EXPECT_TRUE(torch::equal(restricted.component_class, torch::tensor({0, 0}, torch::kInt64)));
@@ -276,6 +293,7 @@ TEST(GaussianMixture, RestrictedToClassIsTheClassConditionalDensity) {
   const auto x = torch::randn({4, 2}, kF64);
   const auto abar = torch::full({4}, 0.7, kF64);
   const auto expected = torch::logsumexp(mixture.log_joint(x, abar).slice(1, 1, 3), 1) - std::log(0.5);
+  // float64: log(0.6) vs log(0.3) - log(0.5) and the sums around them: a few ulps of |L| < 50.
   EXPECT_TRUE(torch::allclose(torch::logsumexp(restricted.log_joint(x, abar), 1), expected, 1e-12, 1e-12));
   EXPECT_THROW(mixture.restricted_to_class(2), InputError);
   EXPECT_THROW(mixture.restricted_to_class(-1), InputError);
@@ -340,8 +358,11 @@ TEST(GaussianMixture, DemoClassesAreSeparatedAtTheDataLevel) {
     EXPECT_EQ(demo.dim(), dim);
     EXPECT_LE(demo.means.abs().max().item<double>(), 1.0);
     const auto [x, labels] = demo.sample(20000, 99);
+    // |mean| <= 0.75 with std <= 0.1 per coordinate: 1.6 is 8.5 sigma (P ~ 1e-17 per draw).
     EXPECT_LE(x.abs().max().item<double>(), 1.6);  // "within about [-1, 1]"
-    // At abar = 1 the true class's posterior is ~1 for the draws of that class.
+    // At abar = 1 the true class's posterior is ~1 for the draws of that class. Different
+    // classes' means are >= 0.95 apart with std <= 0.1: the Bayes error is ~Phi(-4.7) ~ 1e-6
+    // per draw, ~0.02 of 20000 draws, against the ~20 that 0.999 allows.
     const auto posterior = demo.class_log_posterior(x, torch::ones({x.size(0)}, kF64)).exp();
     const auto true_class = posterior.gather(1, labels.unsqueeze(1)).squeeze(1);
     EXPECT_GE(true_class.mean().item<double>(), 0.999);

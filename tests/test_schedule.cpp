@@ -57,9 +57,12 @@ TEST(BetaSchedule, LinearEndpointsScaleWithT) {
   const auto b1000 = linear_betas(1000);
   ASSERT_EQ(b1000.scalar_type(), torch::kFloat64);
   ASSERT_EQ(b1000.size(0), 1000);
+  // linspace returns its endpoints exactly, and 1000/T = 4 scales them exactly.
   EXPECT_DOUBLE_EQ(b1000[0].item<double>(), 1e-4);
   EXPECT_DOUBLE_EQ(b1000[999].item<double>(), 0.02);
-  // Evenly spaced: constant difference (0.02 - 1e-4) / 999.
+  // Evenly spaced: constant difference (0.02 - 1e-4) / 999. float64 linspace puts each
+  // element within a few ulps of 0.02 (2^-58 = 3.5e-18), so differences agree to ~1e-17:
+  // 1e-15 leaves ~50x margin, and uneven spacing would show at ~1e-5.
   const auto diffs = b1000.slice(0, 1) - b1000.slice(0, 0, 999);
   EXPECT_LT((diffs - (0.02 - 1e-4) / 999.0).abs().max().item<double>(), 1e-15);
   // Scaled by 1000/T: T = 250 runs from 4e-4 to 0.08.
@@ -79,7 +82,9 @@ TEST(BetaSchedule, CosineMatchesClosedFormWhereNotClipped) {
   int64_t compared = 0;
   for (int64_t i = 0; i < T; ++i) {
     if (betas[i].item<double>() >= 0.999) break;  // from the first clip on, abar departs
-    // Step i ends at t = (i + 1) / T: abar_i = f((i+1)/T) / f(0).
+    // Step i ends at t = (i + 1) / T: abar_i = f((i+1)/T) / f(0). The f values telescope
+    // (computed identically here), leaving two float64 roundings per step (ratio, product):
+    // <= 2 * 1000 * 2^-53 = 2.2e-13 of abar <= 1 in the worst case.
     EXPECT_NEAR(abar[i].item<double>(), cosine_f(double(i + 1) / T) / cosine_f(0.0), 1e-12) << i;
     ++compared;
   }
@@ -165,8 +170,11 @@ TEST(Respacing, KeepsOriginalAbarAtKeptSteps) {
       EXPECT_EQ(spaced.original_num_timesteps, 1000);
       EXPECT_EQ(spaced.num_steps(), static_cast<int64_t>(kept.size()));
       const auto expected = base.alphas_cumprod.index_select(0, kept_t);
+      // Re-deriving abar costs about two float64 roundings (2^-53) per kept step: at most
+      // 2k * 1.1e-16 * abar(t_k), whose maximum over k is ~6e-14 (cosine, k ~ 450).
       EXPECT_LT((spaced.alphas_cumprod - expected).abs().max().item<double>(), 1e-13) << spec;
-      // beta_k = 1 - abar(t_k) / abar(t_{k-1}), abar(t_{-1}) = 1.
+      // beta_k = 1 - abar(t_k) / abar(t_{k-1}), abar(t_{-1}) = 1: the same two correctly
+      // rounded float64 operations on the same values, so equal to within an ulp of 1.
       const auto prev = torch::cat({torch::ones({1}, torch::kFloat64), expected.slice(0, 0, -1)});
       EXPECT_LT((spaced.betas - (1.0 - expected / prev)).abs().max().item<double>(), 1e-15) << spec;
     }
@@ -178,6 +186,8 @@ TEST(Respacing, ComposesAndRejectsBadLists) {
   const auto coarse = respace(base, {0, 10, 20, 50, 90});
   const auto coarser = respace(coarse, {10, 50, 90});  // original timesteps, looked up in coarse
   EXPECT_EQ(to_vector(coarser.timestep_map), (std::vector<int64_t>{10, 50, 90}));
+  // Two respacings: ~8 float64 roundings of values <= 1 along the way (2^-53 each of abar, or
+  // of the step ratio where it is < 1/2), ~5e-16 at most against 1e-15.
   EXPECT_NEAR(coarser.alphas_cumprod[1].item<double>(), base.alphas_cumprod[50].item<double>(),
               1e-15);
   expect_error_naming<InputError>([&] { respace(base, {}); }, "no timesteps");
@@ -213,6 +223,8 @@ TEST(LogSnrSchedule, EndpointsAndStrictDecrease) {
   LogSnrSchedule schedule;  // [-20, 20]
   const auto u = torch::linspace(0.0, 1.0, 1001, torch::kFloat64);
   const auto lambda = schedule.lambda_of_u(u);
+  // At u = 1, tan is evaluated e^-10 = 4.5e-5 from its pole: a few float64 roundings of the
+  // argument (~1e-16 each) become ~1e-11 relative in tan, 2e-11 in lambda; 1e-9 leaves 50x.
   EXPECT_NEAR(lambda[0].item<double>(), 20.0, 1e-9);
   EXPECT_NEAR(lambda[1000].item<double>(), -20.0, 1e-9);
   EXPECT_TRUE((lambda.slice(0, 1) < lambda.slice(0, 0, -1)).all().item<bool>());
@@ -220,9 +232,11 @@ TEST(LogSnrSchedule, EndpointsAndStrictDecrease) {
   LogSnrSchedule narrow{-5.0, 3.0};
   const auto ends = narrow.lambda_of_u(torch::tensor({0.0f, 1.0f}));
   EXPECT_EQ(ends.scalar_type(), torch::kFloat32);
+  // Computed in float64, rounded to float32: half an ulp of 5 (2.4e-7); 1e-5 is ~40 ulps.
   EXPECT_NEAR(ends[0].item<float>(), 3.0f, 1e-5);
   EXPECT_NEAR(ends[1].item<float>(), -5.0f, 1e-5);
-  // Closed form at the midpoint: -2 log tan((a + 2b)/2).
+  // Closed form at the midpoint: -2 log tan((a + 2b)/2). The same float64 expression up to
+  // torch's vs libm's tan and log (an ulp or two each): ~1e-15 for |lambda| < 1.
   const double b = std::atan(std::exp(-1.5)), a = std::atan(std::exp(2.5)) - b;
   EXPECT_NEAR(narrow.lambda_of_u(torch::tensor({0.5}, torch::kFloat64)).item<double>(),
               -2.0 * std::log(std::tan(a * 0.5 + b)), 1e-12);
@@ -234,8 +248,10 @@ TEST(LogSnrSchedule, AlphaSigmaAreVariancePreserving) {
   const auto lambda = torch::linspace(-15.0, 15.0, 61, torch::kFloat64);
   const auto a2 = alpha_squared_of_log_snr(lambda);
   const auto s2 = sigma_squared_of_log_snr(lambda);
+  // A float64 sigmoid (exp, add, divide) is within ~4 * 2^-53 relative: the sum of two values
+  // <= 1 is within ~5.5e-16 of 1, and log(a2 / s2) within ~1e-15 plus an ulp of 15 (1.8e-15).
   EXPECT_LT((a2 + s2 - 1.0).abs().max().item<double>(), 1e-15);
-  EXPECT_LT(((a2 / s2).log() - lambda).abs().max().item<double>(), 1e-9);  // log-SNR = lambda
+  EXPECT_LT(((a2 / s2).log() - lambda).abs().max().item<double>(), 1e-13);  // log-SNR = lambda
 }
 
 TEST(NoiseLevelMap, DiscreteLooksUpOriginalTimesteps) {
@@ -245,6 +261,7 @@ TEST(NoiseLevelMap, DiscreteLooksUpOriginalTimesteps) {
   const auto t = torch::tensor({0, 500, 999}, torch::kInt64);
   const auto abar = map.alpha_squared(t);
   EXPECT_EQ(abar.scalar_type(), torch::kFloat64);
+  // A table lookup, and sqrt(1 - abar) by the same correctly rounded float64 operations.
   for (int i = 0; i < 3; ++i) {
     const int64_t ti = t[i].item<int64_t>();
     EXPECT_DOUBLE_EQ(abar[i].item<double>(), base.alphas_cumprod[ti].item<double>());
@@ -271,6 +288,8 @@ TEST(NoiseLevelMap, LogSnrUsesSigmoid) {
   const auto lambda = torch::tensor({-3.0f, 0.0f, 4.0f});
   const auto abar = map.alpha_squared(lambda);
   EXPECT_EQ(abar.scalar_type(), torch::kFloat64);
+  // torch's float64 sigmoid vs libm's 1 / (1 + exp(-l)): each within ~2 ulps of a value <= 1
+  // (2^-53 = 1.1e-16 per ulp), so ~4.4e-16 apart at most.
   for (int i = 0; i < 3; ++i) {
     const double l = lambda[i].item<float>();
     EXPECT_NEAR(abar[i].item<double>(), 1.0 / (1.0 + std::exp(-l)), 1e-15);

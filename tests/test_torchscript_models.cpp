@@ -44,6 +44,8 @@ TEST(TorchScriptDenoiser, ConditionalModelMatchesItsClosedForm) {
   const auto y = torch::tensor({0, 1, 2, 3}, torch::kLong);  // 3: null class
   const DenoiserOutput out = model.predict(x, t, y);
   guidiff::testing::LinearConditionalTwin twin(TimeKind::discrete_timestep);
+  // The twin runs the module's elementwise float32 operations one for one: equal (the
+  // tolerances, and allclose's defaults below, are a few ulps of |eps| < 1).
   EXPECT_TRUE(torch::allclose(out.eps, twin.predict(x, t, y).eps, 1e-6, 1e-7));
   EXPECT_FALSE(out.variance_output.defined());
   // An unconditional request (y undefined) gets the null class.
@@ -118,11 +120,15 @@ TEST(TorchScriptClassifier, LogitsMatchTheClosedFormAndAreDifferentiable) {
   const auto t = torch::tensor({0, 1, 2, 3, 999}, torch::kLong);
   const auto logits = classifier.logits(x, t);
   guidiff::testing::LinearClassifierTwin twin(TimeKind::discrete_timestep);
+  // float32 x [5, 16] @ W: the module's stored weights 0.1 sin(i + 3k) may be an ulp off the
+  // twin's (another sinf), and the GEMM order may differ: a few u of sum |w x| ~ 1, ~3e-7.
   EXPECT_TRUE(torch::allclose(logits, twin.logits(x, t), 1e-5, 1e-6));
   // d(sum of class-1 logits)/dx = W[:, 1] reshaped, for every sample.
   logits.select(1, 1).sum().backward();
   const auto i = torch::arange(16, torch::kFloat32);
   const auto expected = (0.1 * torch::sin(i + 3.0)).reshape({1, 1, 4, 4}).expand({5, 1, 4, 4});
+  // The backward of the product picks W[:, 1] exactly; it and this sinf differ by <= an ulp
+  // of |w| <= 0.1 (7.5e-9).
   EXPECT_TRUE(torch::allclose(x.grad(), expected, 1e-6, 1e-7));
 }
 

@@ -81,8 +81,10 @@ TEST(Losses, NormalKlIsTheClosedForm) {
   // KL(N(0, 1) || N(1, 4)) = 0.5 (log 4 - 1 + 1/4 + 1/4).
   const torch::Tensor kl = normal_kl(torch::zeros({1}), torch::zeros({1}), torch::ones({1}),
                                      torch::full({1}, std::log(4.0)));
+  // float32: log 4 rounded (6e-8), two exps of -1.39 (an ulp of 0.25 each) and four adds of
+  // values <= 1.4: ~1.5e-7 after the halving; 1e-6.
   EXPECT_NEAR(kl.item<double>(), 0.5 * (std::log(4.0) - 0.5), 1e-6);
-  // Identical Gaussians: zero.
+  // Identical Gaussians: zero (-1 + L - L + exp(0) + 0 is exact in float32).
   EXPECT_NEAR(normal_kl(torch::full({1}, 0.3), torch::full({1}, -1.0), torch::full({1}, 0.3), torch::full({1}, -1.0))
                   .item<double>(),
               0.0, 1e-7);
@@ -93,7 +95,10 @@ TEST(Losses, DiscretisedLikelihoodSumsToOneOverTheLevels) {
   const torch::Tensor levels = torch::linspace(-1.0, 1.0, 256, torch::kFloat64);
   const torch::Tensor log_p = discretized_gaussian_log_likelihood(levels, torch::full({256}, 0.1, torch::kFloat64),
                                                                   torch::full({256}, std::log(0.3), torch::kFloat64));
-  EXPECT_NEAR(log_p.exp().sum().item<double>(), 1.0, 1e-6);
+  // float64: each bin is a difference of two erfs (an ulp, 1.1e-16, each) and adjacent edges
+  // x_i + 1/255, x_{i+1} - 1/255 differ by an ulp of linspace times a density <= 1.4: 256 bins
+  // sum to 1 within ~1e-13. (Every bin here is >= 1e-6, far above the 1e-12 floor.)
+  EXPECT_NEAR(log_p.exp().sum().item<double>(), 1.0, 1e-12);
 }
 
 TEST(Losses, LabelDropoutReplacesAtTheRequestedRate) {
@@ -101,7 +106,7 @@ TEST(Losses, LabelDropoutReplacesAtTheRequestedRate) {
   const torch::Tensor uniform = draw_step(1, 0, torch::arange(20000, torch::kInt64), {1}).dropout;
   const torch::Tensor dropped = drop_labels(labels, 0.3, 10, uniform);
   const torch::Tensor is_null = dropped.eq(10);
-  // Binomial(20000, 0.3): standard deviation 0.0032 of the rate; 0.015 is 4.6 of them.
+  // Statistical: 20000 coins, standard error sqrt(0.3 * 0.7 / 20000) = 0.0032; 0.015 is 4.6.
   EXPECT_NEAR(is_null.to(torch::kFloat64).mean().item<double>(), 0.3, 0.015);
   // The labels that were kept are unchanged.
   EXPECT_TRUE(torch::equal(dropped.masked_select(is_null.logical_not()), labels.masked_select(is_null.logical_not())));
@@ -143,6 +148,8 @@ TEST(Losses, EpsLossIsTheMseOfTheModelAtTheDrawnNoise) {
   const torch::Tensor x0 = torch::randn({4096, 2});
   const DiffusionLoss loss = discrete_diffusion_loss(*model.denoiser, schedule, DiffusionObjective::eps, x0,
                                                      torch::zeros({4096}, torch::kInt64), 0.0, 0.0, draws);
+  // Statistical: the mean of 8192 eps^2 (variance 2) has standard error 0.016; 0.05 is 3.2 of
+  // them (fixed seeds). The eps objective's loss is the mse tensor itself: equal.
   EXPECT_NEAR(loss.loss.item<double>(), 1.0, 0.05);
   EXPECT_NEAR(loss.mse.item<double>(), loss.loss.item<double>(), 1e-7);
 }
@@ -207,6 +214,8 @@ TEST_F(TrainingTest, ClassifierLearnsTheNoisyMixture) {
   // Nearly clean points are separable; at t = T - 1 (abar ~ 4e-5) nothing of x0 is left,
   // so the best is the largest class prior.
   const double largest_prior = torch::bincount(held_out.labels).max().item<double>() / held_out.size();
+  // 4000 held-out points: accuracy's standard error is <= sqrt(0.25 / 4000) = 0.008, so
+  // 0.05 above the prior is 6 of them; the demo's classes overlap ~1e-6 when clean.
   EXPECT_GT(accuracy_at(1), 0.95);
   EXPECT_LT(accuracy_at(99), largest_prior + 0.05);
 }
@@ -372,6 +381,7 @@ TEST(TrainingOptions, InvalidValuesNameTheFlag) {
   options.p_uncond = 0.1;
   options.warmup_steps = 10;
   options.lr = 1.0;
+  // lr (step + 1) / warmup: one or two float64 roundings, within DOUBLE_EQ's 4 ulps.
   EXPECT_DOUBLE_EQ(options.learning_rate(0), 0.1);
   EXPECT_DOUBLE_EQ(options.learning_rate(9), 1.0);
   EXPECT_DOUBLE_EQ(options.learning_rate(50), 1.0);

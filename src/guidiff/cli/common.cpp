@@ -2,11 +2,13 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/core/bf16_kernels.hpp"
 #include "guidiff/core/errors.hpp"
 
 namespace guidiff::cli {
@@ -90,6 +92,14 @@ void check_output_path(const std::string& flag, const std::string& path) {
   if (std::filesystem::is_directory(path, ignored)) {
     throw FileError(flag + " '" + path + "' is a directory, not a file name");
   }
+}
+
+void warn_if_bf16_is_emulated(const torch::Device& device) {
+  static bool warned = false;
+  const auto reason = bf16_slowdown_reason(device);
+  if (warned || !reason) return;
+  warned = true;
+  std::fprintf(stderr, "guidiff: warning: --bf16: %s\n", reason->c_str());
 }
 
 }  // namespace guidiff::cli

@@ -1,5 +1,7 @@
 // Small helpers the subcommands share: list flags, output paths.
 #pragma once
+#include <torch/torch.h>
+
 #include <string>
 #include <vector>
 
@@ -14,5 +16,9 @@ std::pair<double, double> parse_number_pair(const std::string& flag, const std::
 // Fails early, before minutes of sampling, when an output file cannot be created:
 // throws FileError naming the flag and path if its directory does not exist.
 void check_output_path(const std::string& flag, const std::string& path);
+
+// --bf16 on a CPU without bf16 arithmetic: says once per process, on stderr, that it will
+// likely be slower than float32 and why (bf16_slowdown_reason); silent elsewhere.
+void warn_if_bf16_is_emulated(const torch::Device& device);
 
 }  // namespace guidiff::cli

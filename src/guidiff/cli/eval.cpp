@@ -21,6 +21,7 @@
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/npz.hpp"
+#include "guidiff/version.hpp"
 
 namespace guidiff::cli {
 namespace {

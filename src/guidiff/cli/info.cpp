@@ -1,4 +1,5 @@
-// `guidiff info`: versions, threads, the BLAS really loaded, and the devices.
+// `guidiff info`: versions, threads, the BLAS really loaded, the CPU's vector features and
+// the kernel levels libtorch and oneDNN run at, bf16 accumulation, and the devices.
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -6,7 +7,10 @@
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/core/allocator.hpp"
+#include "guidiff/core/bf16_kernels.hpp"
+#include "guidiff/core/cpu_features.hpp"
 #include "guidiff/core/threads.hpp"
+#include "guidiff/version.hpp"
 
 namespace guidiff::cli {
 
@@ -19,6 +23,15 @@ Command add_info_command(CLI::App& app, const GlobalOptions& global) {
             std::printf("threads  %d\n", at::get_num_threads());
             std::printf("blas     %s %s\n", blas.name.c_str(), blas.path.empty() ? "(none mapped)" : blas.path.c_str());
             std::printf("malloc   %s\n", configure_allocator().c_str());  // idempotent: reports main's set-up
+            const CpuFeatures& cpu = cpu_features();
+            std::printf("cpu      %s\n", cpu.summary().c_str());
+            std::printf("kernels  libtorch %s, oneDNN %s\n", aten_cpu_capability().c_str(), onednn_cpu_isa().c_str());
+            const Bf16KernelReport& bf16 = cpu_bf16_kernel_report();
+            std::printf("bf16     %s; libtorch's CPU kernels accumulate in %s (convolution), %s (matrix products)%s\n",
+                        cpu.native_bf16() ? "native" : "emulated (no avx512_bf16 or amx_bf16)",
+                        bf16.convolution_accumulates_in_float32 ? "float32" : "bf16",
+                        bf16.matrix_product_accumulates_in_float32 ? "float32" : "bf16",
+                        bf16.all_float32() ? "" : "; guidiff's bf16 autocast widens those to float32");
             if (torch::cuda::is_available()) {
               std::printf("devices  cpu, cuda (%d device%s)\n", static_cast<int>(torch::cuda::device_count()),
                           torch::cuda::device_count() == 1 ? "" : "s");

@@ -15,6 +15,7 @@
 #include "guidiff/core/threads.hpp"
 #include "guidiff/distributed/launch_environment.hpp"
 #include "guidiff/distributed/local_launcher.hpp"
+#include "guidiff/version.hpp"
 
 namespace {
 

@@ -11,6 +11,7 @@
 #include "guidiff/models/bf16_models.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/models/torchscript_models.hpp"
+#include "guidiff/version.hpp"
 
 namespace guidiff::cli {
 namespace {
@@ -210,7 +211,7 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
   command.add_option("--variance-exponent", flags.variance_exponent, "cfg-continuous variance exponent v in [0, 1] (default 0.3)");
   command.add_option("--guidance-interval", flags.guidance_interval, "guide only for model times in [a,b]: 'a,b'");
   command.add_flag("--bf16", flags.bf16,
-                   "run the networks under bfloat16 autocast (faster on CPUs with avx512_bf16/AMX; samples differ slightly from float32)");
+                   "run the networks under bfloat16 autocast with float32 accumulation (faster on CPUs with avx512_bf16/AMX, slower elsewhere; samples differ slightly from float32)");
   command.add_option("--seed", flags.seed, "random seed (default 0); sample k's noise depends only on (seed, k)");
   flags.batch_size_option = command.add_option("--batch-size,--batch_size", flags.batch_size, "samples per model batch (default 64); does not change results");
   flags.num_samples_option = command.add_option("--num-samples,--num_samples", flags.num_samples, "number of samples (default 16)");
@@ -244,6 +245,7 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
   }
   if (flags.bf16) {
     if (flags.model.empty()) throw InputError("--bf16 applies to --model (the built-in mixture is exact, in float64)");
+    warn_if_bf16_is_emulated(global.torch_device());
     setup.models.denoiser = std::make_shared<Bf16Denoiser>(setup.models.denoiser);
     if (setup.models.classifier) setup.models.classifier = std::make_shared<Bf16Classifier>(setup.models.classifier);
     if (setup.models.conditioned_on) {

@@ -35,6 +35,7 @@
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/sampling/generate.hpp"
+#include "guidiff/version.hpp"
 
 namespace guidiff::cli {
 namespace {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <optional>
 
+#include "guidiff/cli/common.hpp"
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/progress.hpp"
 #include "guidiff/core/errors.hpp"
@@ -94,6 +95,7 @@ void run_train(TrainFlags flags, Communicator& communicator) {
   flags.options.schedule = parse_beta_schedule(flags.schedule);
   flags.data.seed = flags.options.seed;
   flags.options.validate();
+  if (flags.options.bf16) warn_if_bf16_is_emulated(flags.options.device);
   check_run_directory(flags.options.out_dir, flags.options.resume);
   const Dataset data = load_dataset(flags.data);
   // The initial weights come from the global generator: seeded, so a recipe rerun gives the

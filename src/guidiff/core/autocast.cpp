@@ -3,11 +3,14 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include "guidiff/core/bf16_kernels.hpp"
+
 namespace guidiff {
 
 // libtorch 2.4 replaced the per-device setters with ones taking the device type.
 AutocastScope::AutocastScope(bool enabled, const torch::Device& device) : enabled_(enabled), cuda_(device.is_cuda()) {
   if (!enabled_) return;
+  if (!cuda_) ensure_float32_accumulation_under_cpu_autocast();
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
   const auto type = cuda_ ? at::kCUDA : at::kCPU;
   at::autocast::set_autocast_dtype(type, at::kBFloat16);

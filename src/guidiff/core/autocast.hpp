@@ -5,7 +5,8 @@
 namespace guidiff {
 
 // While alive (and enabled), matmuls and convolutions on `device`'s type (CPU or CUDA) run
-// in bfloat16 under autocast. Leaving the scope clears autocast's cache of lower-precision
+// in bfloat16 under autocast, always with float32 accumulation (on CPUs where libtorch's own
+// bf16 kernels would accumulate in bf16, see core/bf16_kernels.hpp). Leaving the scope clears autocast's cache of lower-precision
 // weight copies, which the next optimiser step would make stale.
 class AutocastScope {
  public:
