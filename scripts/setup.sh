@@ -5,9 +5,11 @@
 #   --with-python   also install python3-torch (regenerating test fixtures, the Python benchmarks)
 set -euo pipefail
 
+# libgloo-dev: Gloo's headers, which c10d's ProcessGroupGloo.hpp includes (data-parallel
+# runs, docs/distributed.md); libtorch1.13 already links libgloo0.
 packages=(
   build-essential cmake ninja-build ccache git pkg-config
-  libtorch-dev libopenblas0-openmp
+  libtorch-dev libopenblas0-openmp libgloo-dev
   libstb-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libbenchmark-dev
   gnuplot-nox dataset-fashion-mnist

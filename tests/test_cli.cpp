@@ -16,6 +16,8 @@
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npz.hpp"
+#include "guidiff/io/safetensors.hpp"
+#include "guidiff/models/guided_diffusion_models.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/sampling/generate.hpp"
@@ -543,6 +545,97 @@ TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
                         "num_samples");
   expect_one_line_error("sweep --model " + path("unet") + " --classifier-scales 1 --out-dir " + path("s2") + common_,
                         "--classifier-scales needs --classifier");
+}
+
+
+// ---- guided-diffusion's models (tests/data/guided_diffusion) -------------------------------
+
+class GuidedDiffusionCliTest : public CliTest {
+ protected:
+  static std::string data(const std::string& name) { return std::string(GUIDIFF_TEST_DATA_DIR) + "/guided_diffusion/" + name; }
+  static std::string metadata(const std::string& key) {
+    return load_safetensors(data("reference.safetensors")).metadata.at(key);
+  }
+  // A tiny reference case's network config as a file, for --model-config.
+  std::string config_file(const std::string& name) const {
+    write_file_atomically(path(name + ".json"), metadata("config." + name));
+    return path(name + ".json");
+  }
+};
+
+TEST_F(GuidedDiffusionCliTest, SamplesFromAPtFileWithItsFlagsAndConvertsIt) {
+  const std::string flags = metadata("flags.adm64");
+  const std::string sampling = " --timestep_respacing ddim3 --use_ddim True --num_samples 3 --batch_size 2 --seed 5";
+  const CliResult sampled = run("sample --model_path " + data("adm64.pt") + " --model-flags '" + flags + "'" + sampling +
+                                " --npz " + path("a.npz"));
+  ASSERT_EQ(sampled.exit_code, 0) << sampled.err;
+  // The CLI's run is generate() on the model the flags describe, with the model's cosine
+  // schedule and guided-diffusion's clipping.
+  const Model model = load_guided_diffusion_model(data("adm64.pt"), GuidedDiffusionFlags::parse(flags, "test"),
+                                                  GuidedDiffusionRole::diffusion);
+  GenerationConfig config;
+  config.sampler = SamplerKind::ddim;
+  config.schedule = BetaScheduleKind::cosine;
+  config.respacing = "ddim3";
+  config.clip_x0 = true;
+  config.num_samples = 3;
+  config.seed = 5;
+  config.sample_shape = {3, 16, 16};
+  const auto expected = generate(model.denoiser, nullptr, config, {}, {});
+  const auto written = read_sample_batch_npz(path("a.npz"));
+  EXPECT_TRUE(torch::equal(written.images, images_to_uint8_nhwc(expected.samples)));
+  const auto card = nlohmann::json::parse(read_file_bytes(path("a.model_card.json")));
+  EXPECT_EQ(card.at("model").at("origin").at("project"), "openai/guided-diffusion");
+  EXPECT_EQ(card.at("model").at("diffusion").at("noise_schedule"), "cosine");
+  EXPECT_EQ(card.at("sampling").at("respacing"), "ddim3");
+
+  // Converted once, the checkpoint needs no flags and gives the same samples.
+  const CliResult converted = run("convert " + data("adm64.pt") + " --model-flags '" + flags + "' --out " + path("converted"));
+  ASSERT_EQ(converted.exit_code, 0) << converted.err;
+  EXPECT_NE(converted.out.find("peak RSS"), std::string::npos) << converted.out;
+  const CliResult again = run("sample --model " + path("converted") + sampling + " --npz " + path("b.npz"));
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(read_file_bytes(path("a.npz")), read_file_bytes(path("b.npz")));
+}
+
+TEST_F(GuidedDiffusionCliTest, UpsamplesBaseSamplesWithTheirLabels) {
+  // Base samples in guided-diffusion's layout: 8x8 images and classes.
+  const auto pixels = torch::randint(0, 256, {3, 8, 8, 3}, torch::TensorOptions().dtype(torch::kUInt8));
+  write_sample_batch_npz(path("base.npz"), pixels, torch::tensor({1, 4, 6}, torch::kLong));
+  const std::string model = " --model " + data("upsampler.pt") + " --model-config " + config_file("upsampler");
+  const CliResult result = run("upsample" + model + " --base-samples " + path("base.npz") +
+                               " --timestep_respacing 2 --use_ddim False --npz " + path("up.npz"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto up = read_sample_batch_npz(path("up.npz"));
+  EXPECT_EQ(up.images.sizes(), (std::vector<int64_t>{3, 16, 16, 3}));
+  EXPECT_TRUE(torch::equal(up.labels, torch::tensor({1, 4, 6}, torch::kLong)));
+  EXPECT_TRUE(fs::exists(path("up.model_card.json")));
+
+  expect_one_line_error("sample" + model + " --npz " + path("x.npz"), "use guidiff upsample");
+  write_sample_batch_npz(path("big.npz"), torch::zeros({2, 16, 16, 3}, torch::kUInt8), torch::tensor({1, 2}, torch::kLong));
+  expect_one_line_error("upsample" + model + " --base-samples " + path("big.npz") + " --npz " + path("y.npz"),
+                        "takes 8x8");
+}
+
+TEST_F(GuidedDiffusionCliTest, BadFlagsAndRequestsAreOneLineErrors) {
+  const std::string pt = " --model " + data("adm64.pt");
+  expect_one_line_error("sample" + pt + " --model-flags '--num_channel 32' --npz " + path("a.npz"),
+                        "did you mean --num_channels");
+  expect_one_line_error("sample" + pt + " --model-flags '" + metadata("flags.adm64") +
+                            "' --use_ddim True --sampler ddpm --npz " + path("a.npz"),
+                        "--sampler contradicts --use_ddim True");
+  expect_one_line_error("sample" + pt + " --model-flags '" + metadata("flags.adm64") +
+                            " --noise_schedule linear' --npz " + path("a.npz"),
+                        "noise_schedule is given twice");
+  expect_one_line_error("sample --model " + data("adm128.pt") + " --model-config " + config_file("adm128") +
+                            " --cfg-scale 2 --class 1 --npz " + path("a.npz"),
+                        "null class");
+  expect_one_line_error("sample" + pt + " --model-flags '" + metadata("flags.adm64") + "' --schedule linear --npz " +
+                            path("a.npz"),
+                        "contradicts the model's cosine schedule");
+  expect_one_line_error("convert " + data("pt/bad_truncated.pt") + " --model-flags '" + metadata("flags.adm64") +
+                            "' --out " + path("c"),
+                        "bad_truncated.pt");
 }
 
 }  // namespace

@@ -482,11 +482,19 @@ TEST(Configs, JsonRoundTripsAndRejectsUnknownOrMistypedFields) {
         json{{"model_channels", "32"}}.get<UNetConfig>();
       },
       {"\"model_channels\"", "integer"});
+  // Fractional multipliers are fine when they give whole channel counts (guided-diffusion's
+  // 512x512 models start at 0.5); 2.01 x 64 channels is not whole.
+  const json fractional = {{"channel_mult", {0.5, 2.5}}};
+  EXPECT_EQ(fractional.get<UNetConfig>().level_channels(1), 160);
+  EXPECT_EQ(json(fractional.get<UNetConfig>()).at("channel_mult"), json::parse("[0.5, 2.5]"));
+  const json whole = {{"channel_mult", {1.0, 2.0}}};
+  EXPECT_EQ(json(whole.get<UNetConfig>()).at("channel_mult").dump(), "[1,2]");  // written as before
   expect_error<InputError>(
       [] {
-        json{{"channel_mult", {1, 2.5}}}.get<UNetConfig>();
+        json{{"channel_mult", {1, 2.01}}}.get<UNetConfig>();
       },
-      {"\"channel_mult\""});
+      {"\"channel_mult\"", "whole"});
+  expect_error<InputError>([] { json{{"channel_mult", {1, "2"}}}.get<UNetConfig>(); }, {"\"channel_mult\""});
   expect_error<InputError>([] { json{{"learn_sigma", 1}}.get<UNetConfig>(); }, {"\"learn_sigma\""});
   expect_error<InputError>(
       [] {

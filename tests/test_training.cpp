@@ -103,29 +103,51 @@ TEST(Losses, DiscretisedLikelihoodSumsToOneOverTheLevels) {
 
 TEST(Losses, LabelDropoutReplacesAtTheRequestedRate) {
   const torch::Tensor labels = torch::randint(0, 10, {20000}, torch::kInt64);
-  auto generator = training_step_generator(1, 0);
-  const torch::Tensor dropped = drop_labels(labels, 0.3, 10, generator);
+  const torch::Tensor uniform = draw_step(1, 0, torch::arange(20000, torch::kInt64), {1}).dropout;
+  const torch::Tensor dropped = drop_labels(labels, 0.3, 10, uniform);
   const torch::Tensor is_null = dropped.eq(10);
   // Statistical: 20000 coins, standard error sqrt(0.3 * 0.7 / 20000) = 0.0032; 0.015 is 4.6.
   EXPECT_NEAR(is_null.to(torch::kFloat64).mean().item<double>(), 0.3, 0.015);
   // The labels that were kept are unchanged.
   EXPECT_TRUE(torch::equal(dropped.masked_select(is_null.logical_not()), labels.masked_select(is_null.logical_not())));
-  auto none = training_step_generator(1, 1);
-  EXPECT_TRUE(torch::equal(drop_labels(labels, 0.0, 10, none), labels));
-  auto all = training_step_generator(1, 2);
-  EXPECT_TRUE(drop_labels(labels, 1.0, 10, all).eq(10).all().item<bool>());
-  auto bad = training_step_generator(1, 3);
-  EXPECT_THROW(drop_labels(labels, 1.5, 10, bad), InputError);
+  EXPECT_TRUE(torch::equal(drop_labels(labels, 0.0, 10, uniform), labels));
+  EXPECT_TRUE(drop_labels(labels, 1.0, 10, uniform).eq(10).all().item<bool>());
+  EXPECT_THROW(drop_labels(labels, 1.5, 10, uniform), InputError);
+  EXPECT_THROW(drop_labels(labels, 0.3, 10, uniform.slice(0, 0, 5)), InputError);
+}
+
+TEST(Losses, StepDrawsDependOnSeedStepAndSlotOnly) {
+  // The draws of slots 0..7 are those of slots 0..3 and 4..7 drawn apart: a global batch
+  // split across processes draws exactly what one process draws.
+  const StepDraws whole = draw_step(3, 5, torch::arange(8, torch::kInt64), {1, 2, 2});
+  const StepDraws low = draw_step(3, 5, torch::arange(4, torch::kInt64), {1, 2, 2});
+  const StepDraws high = draw_step(3, 5, torch::arange(4, 8, torch::kInt64), {1, 2, 2});
+  EXPECT_TRUE(torch::equal(whole.noise, torch::cat({low.noise, high.noise})));
+  EXPECT_TRUE(torch::equal(whole.time, torch::cat({low.time, high.time})));
+  EXPECT_TRUE(torch::equal(whole.dropout, torch::cat({low.dropout, high.dropout})));
+  EXPECT_EQ(whole.noise.sizes(), torch::IntArrayRef({8, 1, 2, 2}));
+  // Another step or seed draws anew.
+  EXPECT_FALSE(torch::equal(whole.noise, draw_step(3, 6, torch::arange(8, torch::kInt64), {1, 2, 2}).noise));
+  EXPECT_FALSE(torch::equal(whole.time, draw_step(4, 5, torch::arange(8, torch::kInt64), {1, 2, 2}).time));
+  // t = floor(u T) is uniform on {0, ..., T - 1}: 40000 draws over T = 4, each count
+  // Binomial(40000, 1/4) with standard deviation 87; 500 is 5.8 of them.
+  const torch::Tensor t =
+      timesteps_from_uniform(draw_step(0, 0, torch::arange(40000, torch::kInt64), {1}).time, 4);
+  EXPECT_EQ(t.min().item<int64_t>(), 0);
+  EXPECT_EQ(t.max().item<int64_t>(), 3);
+  for (int64_t k = 0; k < 4; ++k) EXPECT_NEAR(t.eq(k).sum().item<double>(), 10000.0, 500.0) << "t = " << k;
+  EXPECT_TRUE(torch::equal(timesteps_from_uniform(torch::tensor({0.0, 0.2499, 0.25, 0.99999}, torch::kFloat64), 4),
+                           torch::tensor({0, 0, 1, 3}, torch::kInt64)));
 }
 
 TEST(Losses, EpsLossIsTheMseOfTheModelAtTheDrawnNoise) {
   // A model that predicts zero has loss E[eps^2] = 1 whatever t is.
   const Model model = fresh_model(mlp_denoiser_config());  // zero-initialised output layer
   const DiscreteSchedule schedule = make_schedule(BetaScheduleKind::linear, 100);
-  auto generator = training_step_generator(0, 0);
+  const StepDraws draws = draw_step(0, 0, torch::arange(4096, torch::kInt64), {2});
   const torch::Tensor x0 = torch::randn({4096, 2});
   const DiffusionLoss loss = discrete_diffusion_loss(*model.denoiser, schedule, DiffusionObjective::eps, x0,
-                                                     torch::zeros({4096}, torch::kInt64), 0.0, 0.0, generator);
+                                                     torch::zeros({4096}, torch::kInt64), 0.0, 0.0, draws);
   // Statistical: the mean of 8192 eps^2 (variance 2) has standard error 0.016; 0.05 is 3.2 of
   // them (fixed seeds). The eps objective's loss is the mse tensor itself: equal.
   EXPECT_NEAR(loss.loss.item<double>(), 1.0, 0.05);

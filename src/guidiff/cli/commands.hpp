@@ -5,7 +5,10 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <memory>
 #include <string>
+
+#include "guidiff/distributed/communicator.hpp"
 
 namespace guidiff::cli {
 
@@ -13,8 +16,17 @@ namespace guidiff::cli {
 struct GlobalOptions {
   int threads = 0;             // --threads; 0: GUIDIFF_THREADS or all cores
   std::string device = "cpu";  // --device cpu|cuda
-  // The parsed --device; throws InputError for an unknown or unavailable device.
+  int nproc = 0;               // --nproc: run as this many local processes (0: as launched)
+  double dist_timeout = 600;   // --dist-timeout, seconds
+  // The processes of this run (torchrun's environment; one process without it), joined by
+  // join_processes() before the subcommand runs.
+  std::shared_ptr<Communicator> communicator = std::make_shared<Communicator>();
+  // The parsed --device; throws InputError for an unknown or unavailable device. In a
+  // data-parallel run on GPUs, rank r uses cuda:LOCAL_RANK.
   torch::Device torch_device() const;
+  // Connects to the run's other processes when launched as one of several. Throws
+  // DistributedError when the rendezvous fails.
+  void join_processes();
 };
 
 struct Command {
@@ -24,6 +36,8 @@ struct Command {
 
 Command add_info_command(CLI::App& app, const GlobalOptions& global);
 Command add_sample_command(CLI::App& app, const GlobalOptions& global);
+Command add_upsample_command(CLI::App& app, const GlobalOptions& global);
+Command add_convert_command(CLI::App& app, const GlobalOptions& global);
 Command add_demo_command(CLI::App& app, const GlobalOptions& global);
 Command add_train_command(CLI::App& app, const GlobalOptions& global);
 Command add_eval_command(CLI::App& app, const GlobalOptions& global);

@@ -31,9 +31,26 @@ torch::Device GlobalOptions::torch_device() const {
     if (!torch::cuda::is_available()) {
       throw InputError("--device cuda: no CUDA device is available to this libtorch build");
     }
+    if (communicator->distributed()) {
+      const auto count = static_cast<int64_t>(torch::cuda::device_count());
+      return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(communicator->local_rank() % count));
+    }
     return torch::kCUDA;
   }
   throw InputError("unknown --device '" + device + "' (expected cpu or cuda)");
+}
+
+void GlobalOptions::join_processes() {
+  const LaunchEnvironment environment = read_launch_environment();
+  if (!environment.distributed()) return;
+  CommunicatorOptions options;
+  options.timeout = std::chrono::milliseconds(static_cast<int64_t>(dist_timeout * 1000.0));
+  if (device == "cuda") {
+    torch_device();  // the device checks
+    const auto count = static_cast<int64_t>(torch::cuda::device_count());
+    options.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(environment.local_rank % count));
+  }
+  communicator = std::make_shared<Communicator>(environment, options);
 }
 
 std::vector<int64_t> parse_positive_list(const std::string& flag, const std::string& text) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/common.hpp"
@@ -86,10 +87,14 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
   } else {
     SamplingSetup setup = prepare_sampling(flags.sampling, global);
     if (setup.config.sample_shape.size() != 3) throw InputError("--model must make images (C,H,W) to be evaluated");
-    ProgressBar progress("sampling");
-    const GenerationResult generated =
-        generate(setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels,
-                 setup.initial_noise, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
+    Communicator& communicator = *global.communicator;
+    std::optional<ProgressBar> progress;
+    if (communicator.is_main()) progress.emplace("sampling");
+    const GenerationResult generated = generate_across(
+        communicator, setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels,
+        setup.initial_noise, [&progress](int64_t done, int64_t total) {
+          if (progress) progress->update(done, total);
+        });
     // Scored as they would be saved: quantised to 8 bits, as an .npz round trip gives.
     result.images = uint8_nhwc_to_images(images_to_uint8_nhwc(generated.samples));
     result.labels = generated.labels;
@@ -104,11 +109,14 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
 }
 
 void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
-  if (!flags.json.empty()) check_output_path("--json", flags.json);
-  Evaluation evaluation(flags.evaluation, global.torch_device());
+  Communicator& communicator = *global.communicator;
+  if (!flags.json.empty() && communicator.is_main()) check_output_path("--json", flags.json);
+  Evaluation evaluation(flags.evaluation, global.torch_device(), communicator);
   const ImagesToScore input = images_to_score(flags, global, evaluation.image_channels());
   evaluation.check_images(input.images);
+  // In a data-parallel run every rank computes features of its share; rank 0 reports.
   const SampleScores scores = evaluation.score(input.images, input.labels);
+  if (!communicator.is_main()) return;
   if (!scores.fid_warning.empty()) std::fprintf(stderr, "guidiff: warning: %s\n", scores.fid_warning.c_str());
   std::printf("%s", scores_table({{input.name, scores}}).c_str());
   std::printf("feature space: %s; reference: %s (%s split, %lld images)\n", evaluation.feature_space().c_str(),

@@ -23,7 +23,8 @@ void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags) {
   command.add_option("--inception-splits", flags.inception_splits, "IS splits")->capture_default_str();
 }
 
-Evaluation::Evaluation(const EvaluationFlags& flags, const torch::Device& device) : flags_(flags) {
+Evaluation::Evaluation(const EvaluationFlags& flags, const torch::Device& device, Communicator& communicator)
+    : flags_(flags), communicator_(communicator) {
   if (flags.inception_splits < 1) throw InputError("--inception-splits must be >= 1");
   options_.inception_splits = flags.inception_splits;
   // Without --features the evaluator is required; with it, the evaluator is only used for
@@ -54,9 +55,13 @@ const ReferenceSet& Evaluation::reference() {
     data.split = flags_.reference_split;
     data.channels = image_channels();
     FeatureNetwork& network = features_ ? *features_ : *evaluator_;
-    reference_ = reference_set(network, data, flags_.reference_stats,
-                               flags_.cache_dir.empty() ? default_cache_directory() : flags_.cache_dir,
-                               [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); });
+    const bool speaks = communicator_.is_main();
+    reference_ = reference_set(
+        network, data, flags_.reference_stats, flags_.cache_dir.empty() ? default_cache_directory() : flags_.cache_dir,
+        [speaks](const std::string& line) {
+          if (speaks) std::fprintf(stderr, "%s\n", line.c_str());
+        },
+        communicator_);
   }
   return *reference_;
 }
@@ -72,7 +77,7 @@ SampleScores Evaluation::score(const torch::Tensor& images, const torch::Tensor&
   check_images(images);
   const ReferenceSet& set = reference();
   FeatureNetwork& network = features_ ? *features_ : *evaluator_;
-  return score_images(network, evaluator_.get(), images, labels, set, options_);
+  return score_images(network, evaluator_.get(), images, labels, set, options_, communicator_);
 }
 
 int64_t Evaluation::image_channels() const {

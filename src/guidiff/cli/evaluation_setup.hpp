@@ -30,8 +30,11 @@ void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags);
 
 class Evaluation {
  public:
-  // Loads the networks (the reference statistics wait for the first score()).
-  Evaluation(const EvaluationFlags& flags, const torch::Device& device);
+  // Loads the networks (the reference statistics wait for the first score()). With a
+  // distributed communicator, reference statistics and scores are computed by all ranks
+  // together (sample_scores.hpp); every rank must make the same calls.
+  Evaluation(const EvaluationFlags& flags, const torch::Device& device,
+             Communicator& communicator = single_process_communicator());
   // Throws InputError when the feature network cannot take images of this shape, before any
   // reference statistics are computed.
   void check_images(const torch::Tensor& images);
@@ -47,6 +50,7 @@ class Evaluation {
  private:
   std::unique_ptr<FeatureNetwork> evaluator_, features_;
   EvaluationFlags flags_;
+  Communicator& communicator_;
   std::optional<ReferenceSet> reference_;
   ScoreOptions options_;
   std::string feature_space_;

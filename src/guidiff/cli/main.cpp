@@ -3,13 +3,18 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
+#include "guidiff/distributed/launch_environment.hpp"
+#include "guidiff/distributed/local_launcher.hpp"
 #include "guidiff/version.hpp"
 
 namespace {
@@ -28,6 +33,13 @@ int report(const std::string& message) {
   return kErrorExit;
 }
 
+// In a data-parallel run the line names this rank, and the other ranks learn why it stops.
+int report(const std::string& message, guidiff::Communicator& communicator) {
+  if (!communicator.distributed()) return report(message);
+  communicator.announce_failure(one_line(message));
+  return report("[" + communicator.describe() + "] " + message);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -39,12 +51,19 @@ int main(int argc, char** argv) {
 
   guidiff::cli::GlobalOptions global;
   app.add_option("--threads", global.threads,
-                 "intra-op threads (default: GUIDIFF_THREADS, else all cores)");
+                 "intra-op threads (default: GUIDIFF_THREADS, else all cores, shared among a data-parallel run's processes on this machine)");
   app.add_option("--device", global.device, "where models run (sampling and training): cpu or cuda");
+  app.add_option("--nproc", global.nproc,
+                 "run as this many data-parallel processes on this machine (train, sample, sweep, eval; docs/distributed.md)");
+  app.add_option("--dist-timeout", global.dist_timeout,
+                 "seconds a process waits for the others (to arrive, and in any one exchange) before it stops")
+      ->capture_default_str();
 
   const guidiff::cli::Command commands[] = {
       guidiff::cli::add_info_command(app, global),
       guidiff::cli::add_sample_command(app, global),
+      guidiff::cli::add_upsample_command(app, global),
+      guidiff::cli::add_convert_command(app, global),
       guidiff::cli::add_demo_command(app, global),
       guidiff::cli::add_train_command(app, global),
       guidiff::cli::add_eval_command(app, global),
@@ -66,26 +85,49 @@ int main(int argc, char** argv) {
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +
-                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, eval, sweep, train or demo)" : ""));
+                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, upsample, convert, eval, sweep, train or demo)" : ""));
   }
-  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, eval, sweep, train or demo (see guidiff --help)");
+  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, upsample, convert, eval, sweep, train or demo (see guidiff --help)");
 
+  if (!(global.dist_timeout > 0.0) || global.dist_timeout > 1e9) {
+    return report("--dist-timeout must be a number of seconds > 0, got " + std::to_string(global.dist_timeout));
+  }
+  if (global.nproc != 0) {
+    const std::string command = app.get_subcommands().front()->get_name();
+    if (command == "info" || command == "demo") {
+      return report("--nproc applies to train, sample, sweep and eval, not " + command);
+    }
+    try {
+      guidiff::LocalLaunchOptions launch;
+      launch.nproc = global.nproc;
+      launch.grace = std::chrono::milliseconds(static_cast<int64_t>(global.dist_timeout * 1000.0)) + std::chrono::seconds(30);
+      return guidiff::launch_local_workers(std::vector<std::string>(argv, argv + argc), launch);
+    } catch (const std::exception& error) {
+      return report(error.what());
+    }
+  }
   try {
     if (global.threads < 0) {
       throw guidiff::InputError("--threads must be >= 1 (or 0 for the default), got " +
                                 std::to_string(global.threads));
     }
     guidiff::configure_allocator();
-    guidiff::configure_threads(global.threads);
+    // One of several processes on this machine takes its share of the cores by default.
+    const char* threads_variable = std::getenv("GUIDIFF_THREADS");
+    const guidiff::LaunchEnvironment launch = guidiff::read_launch_environment();
+    const bool threads_given = global.threads > 0 || (threads_variable != nullptr && *threads_variable != '\0');
+    guidiff::configure_threads(threads_given || !launch.distributed() ? global.threads
+                                                                      : guidiff::threads_per_local_process(launch));
+    global.join_processes();
     for (const guidiff::cli::Command& command : commands) {
       if (command.app->parsed()) command.run();
     }
   } catch (const guidiff::Error& error) {
-    return report(error.what());
+    return report(error.what(), *global.communicator);
   } catch (const c10::Error& error) {
-    return report(error.what_without_backtrace());
+    return report(error.what_without_backtrace(), *global.communicator);
   } catch (const std::exception& error) {
-    return report(error.what());
+    return report(error.what(), *global.communicator);
   }
   return 0;
 }

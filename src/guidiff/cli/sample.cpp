@@ -3,11 +3,13 @@
 // guided-diffusion's layout, PNG grids or single PNGs, plots, and a JSON manifest.
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/common.hpp"
@@ -29,6 +31,19 @@ struct SampleFlags {
   // Outputs.
   std::string out, labels_out, plot, grid, trajectory, npz, manifest, image_dir;
 };
+
+// The model card goes beside every sample output: x.npz -> x.model_card.json, and
+// DIR/model_card.json for --image-dir.
+std::vector<std::string> model_card_paths(const SampleFlags& flags) {
+  std::vector<std::string> paths;
+  for (const std::string* output : {&flags.npz, &flags.out, &flags.grid}) {
+    if (output->empty()) continue;
+    const std::string path = std::filesystem::path(*output).replace_extension(".model_card.json").string();
+    if (std::find(paths.begin(), paths.end(), path) == paths.end()) paths.push_back(path);
+  }
+  if (!flags.image_dir.empty()) paths.push_back((std::filesystem::path(flags.image_dir) / "model_card.json").string());
+  return paths;
+}
 
 // The manifest goes where --manifest says, or beside the .npz (x.npz -> x.json).
 std::string manifest_path(const SampleFlags& flags) {
@@ -91,6 +106,9 @@ void write_outputs(const SampleFlags& flags, const GenerationConfig& config, con
     json["outputs"] = {{"npy", flags.out}, {"npz", flags.npz}, {"grid", flags.grid}, {"image_dir", flags.image_dir}};
     write_file_atomically(manifest, json.dump(2) + "\n");
   }
+  nlohmann::json card = models.model_card;
+  card["sampling"] = sampling_manifest(flags.sampling, config);
+  for (const std::string& path : model_card_paths(flags)) write_file_atomically(path, card.dump(2) + "\n");
   if (!flags.plot.empty()) {
     // Colour by the requested class; without one, the toy's samples by the class of their
     // nearest mixture component.
@@ -107,29 +125,48 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   SamplingSetup setup = prepare_sampling(flags.sampling, global);
   GenerationConfig& config = setup.config;
   config.keep_trajectory = !flags.trajectory.empty();
-  check_outputs(flags, config.sample_shape, setup.models.labels);
+  Communicator& communicator = *global.communicator;
+  // Rank 0 alone writes (and checks where it will write); every rank samples its share.
+  if (communicator.is_main()) check_outputs(flags, config.sample_shape, setup.models.labels);
+  communicator.barrier("checking the outputs");  // the others learn at once if rank 0 refused them
+  const int64_t batches = (config.num_samples + config.batch_size - 1) / config.batch_size;
+  if (communicator.is_main() && batches < communicator.world_size()) {
+    std::fprintf(stderr, "sampling: note: %lld batch(es) for %lld processes, so some have nothing to do; a smaller --batch-size spreads the work\n",
+                 static_cast<long long>(batches), static_cast<long long>(communicator.world_size()));
+  }
 
   const auto started = std::chrono::steady_clock::now();
   GenerationResult result;
   {
-    ProgressBar progress("sampling");
-    result = generate(setup.models.denoiser, setup.models.classifier, config, setup.models.labels,
-                      setup.initial_noise, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
+    std::optional<ProgressBar> progress;
+    if (communicator.is_main()) progress.emplace("sampling");
+    result = run_sampling(communicator, setup, [&progress](int64_t done, int64_t total) {
+      if (progress) progress->update(done, total);
+    });
   }
+  if (!communicator.is_main()) return;
   // Sampling time alone (no start-up, loading or writing): what bench/ compares.
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::fprintf(stderr, "sampling: %lld samples in %.3f s (%.2f samples/s)\n", static_cast<long long>(config.num_samples),
-               seconds, static_cast<double>(config.num_samples) / seconds);
+  std::fprintf(stderr, "sampling: %lld samples in %.3f s (%.2f samples/s)%s\n", static_cast<long long>(config.num_samples),
+               seconds, static_cast<double>(config.num_samples) / seconds,
+               communicator.distributed() ? (" on " + std::to_string(communicator.world_size()) + " processes").c_str() : "");
   write_outputs(flags, config, setup.models, result);
 }
 
-}  // namespace
-
-Command add_sample_command(CLI::App& app, const GlobalOptions& global) {
-  CLI::App* command = app.add_subcommand("sample", "draw samples from a diffusion model, optionally guided");
+// `sample` and `upsample` share every flag; upsample adds the base samples it conditions on.
+Command add_sampling_command(CLI::App& app, const GlobalOptions& global, bool upsample) {
+  CLI::App* command = upsample ? app.add_subcommand("upsample", "upsample base samples with a super-resolution model "
+                                                                "(guided-diffusion's upsamplers)")
+                               : app.add_subcommand("sample", "draw samples from a diffusion model, optionally guided");
   auto flags = std::make_shared<SampleFlags>();
   SampleFlags& f = *flags;
   add_sampling_flags(*command, f.sampling);
+  if (upsample) {
+    f.sampling.super_resolution = true;
+    command->add_option("--base-samples,--base_samples", f.sampling.base_samples,
+                        "low-resolution samples to upsample: .npz in guided-diffusion's layout (arr_0 uint8 NHWC, arr_1 labels)")
+        ->required();
+  }
   command->add_option("--out", f.out, "samples as float32 .npy [num_samples, shape...]");
   command->add_option("--labels-out", f.labels_out, "requested labels as int64 .npy [num_samples]");
   command->add_option("--npz", f.npz, "images as .npz in guided-diffusion's layout: arr_0 uint8 NHWC, arr_1 labels");
@@ -140,5 +177,10 @@ Command add_sample_command(CLI::App& app, const GlobalOptions& global) {
   command->add_option("--trajectory", f.trajectory, "every step's x as float32 .npy [steps + 1, num_samples, shape...]");
   return {command, [flags, &global] { run_sample(*flags, global); }};
 }
+
+}  // namespace
+
+Command add_sample_command(CLI::App& app, const GlobalOptions& global) { return add_sampling_command(app, global, false); }
+Command add_upsample_command(CLI::App& app, const GlobalOptions& global) { return add_sampling_command(app, global, true); }
 
 }  // namespace guidiff::cli

@@ -14,6 +14,7 @@
 #include "guidiff/models/denoiser.hpp"
 #include "guidiff/models/gaussian_mixture.hpp"
 #include "guidiff/sampling/generate.hpp"
+#include "guidiff/sampling/upsample.hpp"
 
 namespace guidiff::cli {
 
@@ -31,9 +32,19 @@ struct SamplingFlags {
   double classifier_scale = 0.0, cfg_scale = 0.0;
   uint64_t seed = 0;
   int64_t batch_size = 64, num_samples = 16;
+  // openai/guided-diffusion's `.pt` files: their flag strings, verbatim (or a guidiff JSON
+  // config of the network), and its sampling flags under its names (guided_diffusion_setup.hpp).
+  std::string model_flags, classifier_flags, model_config, classifier_config;
+  std::string use_ddim, clip_denoised;  // guided-diffusion's True/False words
+  // `guidiff upsample`: a super-resolution model conditioned on these base samples (.npz).
+  bool super_resolution = false;
+  std::string base_samples;
   // Which flags were given (for flags that apply to one kind of model only).
   CLI::Option *dim_option = nullptr, *mixture_option = nullptr, *time_option = nullptr,
               *num_classes_option = nullptr, *shape_option = nullptr;
+  CLI::Option *sampler_option = nullptr, *respacing_option = nullptr, *schedule_option = nullptr,
+              *timesteps_option = nullptr, *variance_option = nullptr, *classifier_scale_option = nullptr,
+              *batch_size_option = nullptr, *num_samples_option = nullptr, *class_option = nullptr;
 };
 
 struct SamplingModels {
@@ -41,6 +52,11 @@ struct SamplingModels {
   std::shared_ptr<Classifier> classifier;
   std::optional<GaussianMixture> mixture;  // the toy's, for plots
   torch::Tensor labels;                    // requested classes, or undefined
+  // `guidiff upsample`: the super-resolution model for a batch of low-resolution images.
+  LowResolutionConditioning conditioned_on;
+  torch::Tensor low_res;                   // float [num_samples, C, h, w] in [-1, 1]
+  // What the models are and where they came from, written beside the samples.
+  nlohmann::json model_card = nlohmann::json::object();
 };
 
 // Registers every flag of SamplingFlags on `command`.
@@ -59,5 +75,9 @@ SamplingSetup prepare_sampling(const SamplingFlags& flags, const GlobalOptions& 
 // What produced a set of samples, for the JSON manifest beside them: model, classifier,
 // sampler, steps, guidance, seed, count and the guidiff version.
 nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config);
+
+// Draws the samples the setup describes: generate_across() (each rank its share, all rows
+// back on every rank), or generate_upsampled() for upsample, which runs in one process only.
+GenerationResult run_sampling(Communicator& communicator, const SamplingSetup& setup, const StepCallback& on_progress);
 
 }  // namespace guidiff::cli

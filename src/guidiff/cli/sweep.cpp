@@ -168,14 +168,20 @@ torch::Tensor class_rows(const torch::Tensor& samples, int64_t num_classes, int6
 
 class Sweep {
  public:
-  Sweep(const SweepFlags& flags, const GlobalOptions& global) : flags_(flags), device_(global.torch_device()) {}
+  Sweep(const SweepFlags& flags, const GlobalOptions& global)
+      : flags_(flags), device_(global.torch_device()), communicator_(*global.communicator) {}
 
+  // In a data-parallel run every rank samples and scores its share of each setting (the
+  // results are gathered), and rank 0 alone reads and writes the files.
   void run() {
     validate();
-    fs::create_directories(flags_.out_dir + "/settings");
-    fs::create_directories(flags_.out_dir + "/plots");
-    fs::create_directories(flags_.out_dir + "/grids");
-    check_or_write_request(flags_);
+    if (communicator_.is_main()) {
+      fs::create_directories(flags_.out_dir + "/settings");
+      fs::create_directories(flags_.out_dir + "/plots");
+      fs::create_directories(flags_.out_dir + "/grids");
+      check_or_write_request(flags_);
+    }
+    communicator_.barrier("checking the sweep directory");  // the others learn at once if rank 0 refused it
     const auto started = std::chrono::steady_clock::now();
     model_ = load_model(flags_.model, device_);
     if (!model_.denoiser) throw InputError("--model '" + flags_.model + "' is not a denoiser");
@@ -183,12 +189,13 @@ class Sweep {
     if (!flags_.classifier.empty()) classifier_ = load_model(flags_.classifier, device_).classifier;
     if (!flags_.classifier.empty() && !classifier_) throw InputError("--classifier '" + flags_.classifier + "' is not a classifier");
     num_classes_ = model_.denoiser->num_classes() > 0 ? model_.denoiser->num_classes() : classifier_->num_classes();
-    evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_);
+    evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_, communicator_);
     const int64_t side = model_.config.at("image_size").get<int64_t>();
     evaluation_->check_images(torch::zeros({1, model_.config.at("in_channels").get<int64_t>(), side, side}));
 
     if (!flags_.no_real_baseline) score_real_baseline();
     run_settings();
+    if (!communicator_.is_main()) return;
     seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     write_tables();
     write_plots();
@@ -259,17 +266,23 @@ class Sweep {
   void run_settings() {
     double total = 0, done = 0;
     for (const Setting& setting : settings_) total += cost(setting);
-    ProgressBar bar("sweep");
+    const bool speaks = communicator_.is_main();
+    std::optional<ProgressBar> bar;
+    if (speaks) bar.emplace("sweep");
     for (const Setting& setting : settings_) {
       const std::string dir = flags_.out_dir + "/settings/" + setting.id();
-      fs::create_directories(dir);
       const std::string scores_path = dir + "/scores.json";
-      if (auto finished = read_finished(scores_path, setting)) {
-        results_.push_back(*finished);
-        bar.print_line("sweep: " + setting.id() + " already done, skipped");
+      // Rank 0's files decide; the others follow.
+      const auto earlier = speaks ? read_finished(scores_path, setting) : std::nullopt;
+      if (!communicator_.any(speaks && !earlier, "agreeing on the settings to redo")) {
+        if (speaks) {
+          results_.push_back(*earlier);
+          bar->print_line("sweep: " + setting.id() + " already done, skipped");
+        }
         done += cost(setting);
         continue;
       }
+      if (speaks) fs::create_directories(dir);
       const auto started = std::chrono::steady_clock::now();
       const GenerationConfig config = config_for(setting);
       std::shared_ptr<Denoiser> denoiser = model_.denoiser;
@@ -282,23 +295,27 @@ class Sweep {
       // so their class accuracy is the chance baseline.
       const torch::Tensor requested = labels();
       const bool uses_labels = denoiser->num_classes() > 0 || classifier != nullptr;
-      const GenerationResult result =
-          generate(denoiser, classifier, config, uses_labels ? requested : torch::Tensor(), {}, [&](int64_t step, int64_t steps) {
-            bar.update(static_cast<int64_t>(1000.0 * (done + weight * step / steps) / total), 1000, setting.id());
+      const GenerationResult result = generate_across(
+          communicator_, denoiser, classifier, config, uses_labels ? requested : torch::Tensor(), {},
+          [&](int64_t step, int64_t steps) {
+            if (bar) bar->update(static_cast<int64_t>(1000.0 * (done + weight * step / steps) / total), 1000, setting.id());
           });
       done += weight;
       const torch::Tensor pixels = images_to_uint8_nhwc(result.samples);
-      write_sample_batch_npz(dir + "/samples.npz", pixels, requested);
-      ImageGridOptions grid;
-      grid.nrow = std::min(flags_.grid_columns, std::max<int64_t>(1, flags_.num_samples / num_classes_));
-      write_png_grid(dir + "/grid.png", class_rows(result.samples, num_classes_, grid.nrow), grid);
+      if (speaks) {
+        write_sample_batch_npz(dir + "/samples.npz", pixels, requested);
+        ImageGridOptions grid;
+        grid.nrow = std::min(flags_.grid_columns, std::max<int64_t>(1, flags_.num_samples / num_classes_));
+        write_png_grid(dir + "/grid.png", class_rows(result.samples, num_classes_, grid.nrow), grid);
+      }
       // Scored as saved: the 8-bit images of the .npz.
       SettingResult finished{setting, evaluation_->score(uint8_nhwc_to_images(pixels), requested), 0.0};
       finished.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      if (!speaks) continue;
       nlohmann::json json = {{"setting", setting.to_json()}, {"scores", finished.scores.to_json()},
                              {"seconds", finished.seconds}};
       write_file_atomically(scores_path, json.dump(2) + "\n");
-      bar.print_line("sweep: " + setting.id() + ": FID " + format_number(finished.scores.fid, "%.2f") + ", class accuracy " +
+      bar->print_line("sweep: " + setting.id() + ": FID " + format_number(finished.scores.fid, "%.2f") + ", class accuracy " +
                      format_number(finished.scores.class_accuracy, "%.3f") + ", " +
                      format_number(finished.seconds, "%.0f") + " s");
       results_.push_back(finished);
@@ -518,6 +535,7 @@ class Sweep {
 
   const SweepFlags& flags_;
   torch::Device device_;
+  Communicator& communicator_;
   Model model_;
   std::shared_ptr<Classifier> classifier_;
   int64_t num_classes_ = 0;

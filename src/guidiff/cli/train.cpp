@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "guidiff/cli/common.hpp"
 #include "guidiff/cli/commands.hpp"
@@ -89,7 +90,7 @@ std::string format_step(const StepReport& report) {
   return text;
 }
 
-void run_train(TrainFlags flags) {
+void run_train(TrainFlags flags, Communicator& communicator) {
   flags.options.objective = parse_objective(flags.objective);
   flags.options.schedule = parse_beta_schedule(flags.schedule);
   flags.data.seed = flags.options.seed;
@@ -107,23 +108,35 @@ void run_train(TrainFlags flags) {
   if (!std::filesystem::is_directory(flags.options.out_dir)) {
     throw FileError("--out-dir '" + flags.options.out_dir + "' cannot be created");
   }
-  std::fprintf(stderr, "training %s (%s) on %s: %lld samples, %lld classes, %lld parameters\n",
-               to_string(flags.options.task).c_str(), model_kind_name(model.kind), data.name.c_str(),
-               static_cast<long long>(data.size()), static_cast<long long>(data.num_classes),
-               static_cast<long long>(count_parameters(*model.module)));
+  // Rank 0 alone speaks for a data-parallel run.
+  const bool speaks = communicator.is_main();
+  if (speaks) {
+    std::fprintf(stderr, "training %s (%s) on %s: %lld samples, %lld classes, %lld parameters%s\n",
+                 to_string(flags.options.task).c_str(), model_kind_name(model.kind), data.name.c_str(),
+                 static_cast<long long>(data.size()), static_cast<long long>(data.num_classes),
+                 static_cast<long long>(count_parameters(*model.module)),
+                 communicator.distributed()
+                     ? (", " + std::to_string(communicator.world_size()) + " processes (" + communicator.backend() +
+                        "), global batch " + std::to_string(flags.options.batch_size * communicator.world_size()))
+                           .c_str()
+                     : "");
+  }
 
-  ProgressBar bar("train");
+  std::optional<ProgressBar> bar;
+  if (speaks) bar.emplace("train");
   InterruptFlag interrupt;
   TrainingHooks hooks;
   double images_per_second = 0.0;
-  hooks.on_step = [&](const StepReport& report) {
-    images_per_second = report.images_per_second;
-    bar.update(report.step, report.total_steps, format_step(report));
-  };
+  if (speaks) {
+    hooks.on_step = [&](const StepReport& report) {
+      images_per_second = report.images_per_second;
+      bar->update(report.step, report.total_steps, format_step(report));
+    };
+    hooks.on_message = [&](const std::string& message) { bar->print_line(message); };
+  }
   hooks.should_stop = [&]() { return interrupt.raised(); };
-  hooks.on_message = [&](const std::string& message) { bar.print_line(message); };
-  const TrainingResult result = train(model, data, flags.options, hooks);
-  if (!result.losses.empty()) {
+  const TrainingResult result = train(model, data, flags.options, hooks, communicator);
+  if (speaks && !result.losses.empty()) {
     rusage usage{};
     ::getrusage(RUSAGE_SELF, &usage);  // ru_maxrss is in KiB on Linux
     std::fprintf(stderr, "steps %lld..%lld, last loss %.5f, %.1f images/s, peak memory %.0f MiB\n",
@@ -195,7 +208,7 @@ Command add_train_command(CLI::App& app, const GlobalOptions& global) {
             const torch::Device device = global.torch_device();
             TrainFlags chosen = diffusion->parsed() ? *flags : *classifier_flags;
             chosen.options.device = device;
-            run_train(chosen);
+            run_train(chosen, *global.communicator);
           }};
 }
 

@@ -36,4 +36,11 @@ class NumericError : public Error {
   using Error::Error;
 };
 
+// A data-parallel run that cannot go on: a process that failed, died, never arrived or stopped
+// taking part, or a launch environment that does not add up. The message names the rank.
+class DistributedError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace guidiff

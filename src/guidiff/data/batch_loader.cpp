@@ -5,6 +5,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/transforms.hpp"
+#include "guidiff/distributed/shard.hpp"
 
 namespace guidiff {
 namespace {
@@ -16,7 +17,10 @@ Batch assemble_batch(const Dataset& dataset, const BatchLoaderOptions& options,
   Batch batch;
   batch.position = position;
   const int64_t count = std::min(options.batch_size, n - position.offset);
-  batch.sample_indices = order.narrow(0, position.offset, count).clone();
+  // This process's rows of the global batch: an even contiguous split.
+  const Shard share = batch_aligned_shard(count, 1, options.shard_index, options.shard_count);
+  batch.slots = torch::arange(share.begin, share.end, torch::kInt64);
+  batch.sample_indices = order.narrow(0, position.offset + share.begin, share.size()).clone();
   batch.images = dataset.images.index_select(0, batch.sample_indices);
   batch.labels = dataset.labels.index_select(0, batch.sample_indices);
   if (options.random_flip) {
@@ -38,6 +42,10 @@ void check_loader_options(const Dataset& dataset, const BatchLoaderOptions& opti
   }
   if (options.prefetch < 1)
     throw InputError("prefetch must be >= 1, got " + std::to_string(options.prefetch));
+  if (options.shard_count < 1 || options.shard_index < 0 || options.shard_index >= options.shard_count) {
+    throw InputError("shard " + std::to_string(options.shard_index) + " of " + std::to_string(options.shard_count) +
+                     " does not exist");
+  }
   if (options.drop_last && options.batch_size > n) {
     throw InputError("batch size " + std::to_string(options.batch_size) + " exceeds the " +
                      std::to_string(n) + " samples of dataset '" + dataset.name +

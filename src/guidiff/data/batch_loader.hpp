@@ -3,6 +3,11 @@
 // entries of that order (never spanning two epochs). Every batch is a pure function of
 // (dataset, options, position), so a run resumed from a saved position continues exactly as an
 // uninterrupted run would have.
+//
+// Data-parallel runs: batch_size is the global batch, and process `shard_index` of
+// `shard_count` takes its contiguous share of each one (DistributedSampler's disjoint shards
+// of one seeded order, cut per batch), so the processes together train on exactly the batches
+// a single process would, and a position means the same whatever the process count.
 #pragma once
 #include <torch/torch.h>
 
@@ -24,13 +29,16 @@ struct Batch {
   torch::Tensor images;          // float32 [B, ...]: dataset rows (mirrored when random_flip)
   torch::Tensor labels;          // int64 [B]
   torch::Tensor sample_indices;  // int64 [B]: which dataset rows these are
+  torch::Tensor slots;           // int64 [B]: their positions in the global batch
   LoaderPosition position;       // where this batch starts
   LoaderPosition next_position;  // where the following batch starts
 };
 
 struct BatchLoaderOptions {
-  int64_t batch_size = 64;
+  int64_t batch_size = 64;  // the global batch: all shards together
   uint64_t seed = 0;
+  int64_t shard_index = 0;  // this process's share of each global batch ...
+  int64_t shard_count = 1;  // ... among this many (batch_aligned_shard of its rows, batch 1)
   bool drop_last = true;     // skip an epoch's final batch when it would be short
   bool random_flip = false;  // mirror each image along W on a per-(seed, epoch, sample) coin
   LoaderPosition start;      // the first batch starts here (e.g. a saved next_position)
@@ -38,7 +46,8 @@ struct BatchLoaderOptions {
   std::function<void(Batch&)> transform;  // optional extra step, run on the worker thread
 };
 
-// Throws InputError naming the option at fault: batch_size < 1, prefetch < 1, a start outside
+// Throws InputError naming the option at fault: batch_size < 1, prefetch < 1, a shard_index
+// outside [0, shard_count), a start outside
 // epoch >= 0, offset in [0, N], drop_last with batch_size > N (no batch would ever come),
 // random_flip on vector data; and the dataset's own validate() errors.
 void check_loader_options(const Dataset& dataset, const BatchLoaderOptions& options);

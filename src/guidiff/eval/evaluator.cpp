@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/distributed/shard.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/network_adapters.hpp"
 #include "guidiff/models/torchscript_models.hpp"
@@ -108,7 +109,8 @@ std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::stri
   return std::make_unique<TorchScriptFeatureNetwork>(path, device);
 }
 
-FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size) {
+FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size,
+                                  Communicator& communicator) {
   const std::string name = network.description();
   if (!images.defined() || images.dim() != 4 || images.size(0) == 0 || !images.is_floating_point()) {
     throw InputError("images for " + name + " must be a non-empty floating [N, C, H, W] tensor, got " +
@@ -121,16 +123,21 @@ FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& 
                      c10::str(torch::IntArrayRef(expected)));
   }
   if (torch::isnan(images).any().item<bool>()) throw InputError("images for " + name + " contain NaN");
+  if (batch_size < 1) throw InputError("feature batch size must be >= 1, got " + std::to_string(batch_size));
   torch::NoGradGuard no_grad;
+  const Shard rows = batch_aligned_shard(images.size(0), batch_size, communicator.rank(), communicator.world_size());
   std::vector<torch::Tensor> features, probabilities;
-  for (int64_t begin = 0; begin < images.size(0); begin += batch_size) {
-    FeatureOutput batch = network.run_batch(images.slice(0, begin, std::min(begin + batch_size, images.size(0))));
+  for (int64_t begin = rows.begin; begin < rows.end; begin += batch_size) {
+    FeatureOutput batch = network.run_batch(images.slice(0, begin, std::min(begin + batch_size, rows.end)));
     features.push_back(batch.features);
     if (batch.probabilities.defined()) probabilities.push_back(batch.probabilities);
   }
   FeatureOutput output;
-  output.features = torch::cat(features);
-  if (probabilities.size() == features.size()) output.probabilities = torch::cat(probabilities);
+  if (!features.empty()) output.features = torch::cat(features);
+  if (!features.empty() && probabilities.size() == features.size()) output.probabilities = torch::cat(probabilities);
+  // A rank without batches contributes undefined tensors: no rows.
+  output.features = communicator.all_gather_rows(output.features, "gathering the image features");
+  output.probabilities = communicator.all_gather_rows(output.probabilities, "gathering the class probabilities");
   return output;
 }
 

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "guidiff/distributed/communicator.hpp"
+
 namespace guidiff {
 
 struct FeatureOutput {
@@ -47,7 +49,10 @@ std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::stri
 
 // Runs `network` over images [N, C, H, W] (any floating dtype, in [-1, 1]) in batches,
 // without autograd. Throws InputError naming the network when the images are not 4-D, are
-// empty, hold NaN, or do not have the shape the network accepts (both shapes quoted).
-FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size = 500);
+// empty, hold NaN, or do not have the shape the network accepts (both shapes quoted). With a
+// distributed `communicator` every rank runs its whole batches (batch_aligned_shard) and gets
+// all N outputs back, in order: the same batches, so the same numbers, as one process.
+FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size = 500,
+                                  Communicator& communicator = single_process_communicator());
 
 }  // namespace guidiff

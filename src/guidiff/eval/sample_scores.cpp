@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
@@ -63,37 +64,55 @@ SampleScores SampleScores::from_json(const nlohmann::json& json) {
 
 SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, const torch::Tensor& images,
                           const torch::Tensor& requested_labels, const ReferenceSet& reference,
-                          const ScoreOptions& options) {
+                          const ScoreOptions& options, Communicator& communicator) {
   if (requested_labels.defined() && (requested_labels.dim() != 1 || requested_labels.size(0) != images.size(0))) {
     throw InputError("there are " + std::to_string(images.size(0)) + " images but the labels have shape " +
                      c10::str(requested_labels.sizes()));
   }
-  const FeatureOutput output = run_feature_network(features, images);
+  const FeatureOutput output = run_feature_network(features, images, 500, communicator);
   torch::Tensor probabilities = output.probabilities;
   if (!probabilities.defined() && classifier != nullptr) {
     const std::vector<int64_t> shape = classifier->image_shape();
     if (shape.empty() || shape == images.sizes().slice(1).vec()) {
-      probabilities = run_feature_network(*classifier, images).probabilities;
+      probabilities = run_feature_network(*classifier, images, 500, communicator).probabilities;
     }
   }
+  if (communicator.distributed()) {
+    // Rank 0 scores; the others receive its scores as JSON (an error on rank 0 reaches them
+    // as rank 0's failure).
+    torch::Tensor text;
+    if (communicator.is_main()) {
+      const std::string json = score_features(output.features, probabilities, requested_labels, reference, options).to_json().dump();
+      text = torch::from_blob(const_cast<char*>(json.data()), {static_cast<int64_t>(json.size())}, torch::kUInt8).clone();
+    }
+    text = communicator.all_gather_rows(text, "sharing the scores").contiguous();
+    const auto* bytes = reinterpret_cast<const char*>(text.data_ptr<uint8_t>());
+    return SampleScores::from_json(nlohmann::json::parse(std::string(bytes, static_cast<size_t>(text.numel()))));
+  }
+  return score_features(output.features, probabilities, requested_labels, reference, options);
+}
+
+SampleScores score_features(const torch::Tensor& features, const torch::Tensor& probabilities,
+                            const torch::Tensor& requested_labels, const ReferenceSet& reference,
+                            const ScoreOptions& options) {
   const FeatureStatistics& stats = reference.statistics;
-  if (output.features.size(1) != stats.mean.size(0)) {
-    throw InputError("the sample features have dimension " + std::to_string(output.features.size(1)) +
+  if (features.size(1) != stats.mean.size(0)) {
+    throw InputError("the sample features have dimension " + std::to_string(features.size(1)) +
                      " but the reference statistics " + std::to_string(stats.mean.size(0)) +
                      " (computed with another feature network?)");
   }
   SampleScores scores;
-  scores.count = output.features.size(0);
+  scores.count = features.size(0);
   scores.reference_count = stats.count;
-  scores.fid = frechet_distance(feature_statistics(output.features), stats);
-  scores.fid_warning = fid_sample_warning(scores.count, output.features.size(1));
+  scores.fid = frechet_distance(feature_statistics(features), stats);
+  scores.fid_warning = fid_sample_warning(scores.count, features.size(1));
   if (!stats.features.defined()) throw InputError("the reference statistics hold no features for precision/recall");
   const torch::Tensor neighbours = stats.features.slice(0, 0, std::min(scores.count, stats.features.size(0)));
   scores.neighbour_count = neighbours.size(0);
-  const PrecisionRecall pr = precision_recall(neighbours, output.features, options.precision_recall_k);
+  const PrecisionRecall pr = precision_recall(neighbours, features, options.precision_recall_k);
   scores.precision = pr.precision;
   scores.recall = pr.recall;
-  const DensityCoverage dc = density_coverage(neighbours, output.features, options.density_coverage_k);
+  const DensityCoverage dc = density_coverage(neighbours, features, options.density_coverage_k);
   scores.density = dc.density;
   scores.coverage = dc.coverage;
   if (probabilities.defined()) {
@@ -120,7 +139,8 @@ std::string default_cache_directory() {
 }
 
 ReferenceSet reference_set(FeatureNetwork& network, const DatasetRequest& data, const std::string& cache_file,
-                           const std::string& cache_directory, const std::function<void(const std::string&)>& log) {
+                           const std::string& cache_directory, const std::function<void(const std::string&)>& log,
+                           Communicator& communicator) {
   const auto say = [&](const std::string& line) {
     if (log) log(line);
   };
@@ -137,23 +157,29 @@ ReferenceSet reference_set(FeatureNetwork& network, const DatasetRequest& data, 
     path = (std::filesystem::path(cache_directory) / name.str()).string();
   }
   std::error_code ignored;
+  std::optional<ReferenceSet> cached;
   if (std::filesystem::exists(path, ignored)) {
     try {
       nlohmann::json found;
       FeatureStatistics statistics = load_feature_statistics(path, &found);
       nlohmann::json found_key = found;
       found_key.erase("count");
-      if (found_key == wanted && statistics.features.defined()) return {std::move(statistics), found};
-      say("reference statistics '" + path + "' are for " + found.dump() + "; recomputing them");
+      if (found_key == wanted && statistics.features.defined()) {
+        cached = ReferenceSet{std::move(statistics), found};
+      } else {
+        say("reference statistics '" + path + "' are for " + found.dump() + "; recomputing them");
+      }
     } catch (const Error& error) {
       say(std::string("reference statistics cache unusable (") + error.what() + "); recomputing it");
     }
   }
+  // Every rank takes the cache, or none does (and all compute the features together).
+  if (!communicator.any(!cached, "checking the reference statistics cache")) return std::move(*cached);
   const Dataset dataset = load_dataset(data);
   if (!dataset.holds_images()) throw InputError("reference data '" + data.spec + "' holds no images");
   say("computing reference statistics of " + dataset.name + " (" + std::to_string(dataset.size()) +
       " images) with " + network.description());
-  const FeatureOutput output = run_feature_network(network, dataset.images);
+  const FeatureOutput output = run_feature_network(network, dataset.images, 500, communicator);
   ReferenceSet reference;
   reference.statistics = feature_statistics(output.features);
   // A seeded random order, so that any prefix is a fair subset for the neighbour metrics.
@@ -161,9 +187,11 @@ ReferenceSet reference_set(FeatureNetwork& network, const DatasetRequest& data, 
   reference.statistics.features = output.features.index_select(0, torch::randperm(output.features.size(0), generator));
   reference.description = wanted;
   reference.description["count"] = reference.statistics.count;
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ignored);
-  save_feature_statistics(path, reference.statistics, reference.description);
-  say("reference statistics cached in '" + path + "'");
+  if (communicator.is_main()) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ignored);
+    save_feature_statistics(path, reference.statistics, reference.description);
+    say("reference statistics cached in '" + path + "'");
+  }
   return reference;
 }
 

@@ -55,9 +55,19 @@ struct ReferenceSet {
 // first min(N, reference) reference features (equal-sized sets, as in the papers).
 // Throws InputError for images the networks cannot take (shapes quoted), labels of the wrong
 // length or outside the probabilities' classes, and the metrics' own errors (e.g. N <= k).
+// With a distributed `communicator` (every rank passing the same images) the networks run
+// on every rank's share of the images (run_feature_network), rank 0 computes the metrics
+// from all the features, and every rank returns rank 0's scores: the numbers of one process.
 SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, const torch::Tensor& images,
                           const torch::Tensor& requested_labels, const ReferenceSet& reference,
-                          const ScoreOptions& options = {});
+                          const ScoreOptions& options = {},
+                          Communicator& communicator = single_process_communicator());
+
+// The scoring half of score_images: the metrics of features [N, D] and class probabilities
+// [N, K] (undefined: no IS or class accuracy) that a network gave for the images.
+SampleScores score_features(const torch::Tensor& features, const torch::Tensor& probabilities,
+                            const torch::Tensor& requested_labels, const ReferenceSet& reference,
+                            const ScoreOptions& options = {});
 
 // Where caches go: $GUIDIFF_CACHE_DIR, else $XDG_CACHE_HOME/guidiff, else $HOME/.cache/guidiff.
 std::string default_cache_directory();
@@ -66,8 +76,11 @@ std::string default_cache_directory();
 // when it is empty, a file named after the data set, split and network in `cache_directory`)
 // a matching cache is loaded; otherwise the data set is read, run through the network and
 // the cache written atomically. A cache for another data set or network, or one that
-// cannot be read, is recomputed and replaced (reported through `log`).
+// cannot be read, is recomputed and replaced (reported through `log`). With a distributed
+// `communicator` the cache is used only if every rank can read it; otherwise all ranks
+// compute the features together and rank 0 writes the cache.
 ReferenceSet reference_set(FeatureNetwork& network, const DatasetRequest& data, const std::string& cache_file,
-                           const std::string& cache_directory, const std::function<void(const std::string&)>& log = {});
+                           const std::string& cache_directory, const std::function<void(const std::string&)>& log = {},
+                           Communicator& communicator = single_process_communicator());
 
 }  // namespace guidiff

@@ -91,6 +91,10 @@ ClassifierFreeGuidance::ClassifierFreeGuidance(std::shared_ptr<Denoiser> base,
   if (base_->num_classes() <= 0) {
     throw ModelError("classifier-free guidance needs a class-conditional model (with a null class)");
   }
+  if (!base_->has_null_class()) {
+    throw ModelError("classifier-free guidance needs a model with a null class; this one has none "
+                     "(guided-diffusion's models: use classifier guidance, --classifier-scale)");
+  }
   require_finite(guidance_weight_, "classifier-free guidance weight (--cfg-scale)");
 }
 

@@ -39,6 +39,7 @@ class ClassifierFreeGuidance : public Denoiser {
                          const torch::Tensor& y) override;
   TimeKind time_kind() const override { return base_->time_kind(); }
   int64_t num_classes() const override { return base_->num_classes(); }
+  bool has_null_class() const override { return base_->has_null_class(); }
   bool learns_variance() const override { return base_->learns_variance(); }
 
  private:
@@ -60,6 +61,7 @@ class ClassifierGuidedDenoiser : public Denoiser {
                          const torch::Tensor& y) override;
   TimeKind time_kind() const override { return base_->time_kind(); }
   int64_t num_classes() const override { return base_->num_classes(); }
+  bool has_null_class() const override { return base_->has_null_class(); }
   bool learns_variance() const override { return base_->learns_variance(); }
 
  private:

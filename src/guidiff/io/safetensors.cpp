@@ -3,7 +3,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -151,8 +155,17 @@ const torch::Tensor* SafetensorsContents::find(const std::string& name) const {
   return nullptr;
 }
 
-std::string encode_safetensors(const NamedTensors& tensors,
-                               const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The file's first part (length + padded JSON header) and the tensors' bytes in order, as
+// contiguous CPU tensors (the given tensors themselves when they already are).
+struct EncodedParts {
+  std::string prefix;
+  std::vector<torch::Tensor> data;
+  uint64_t data_bytes = 0;
+};
+
+EncodedParts encode_parts(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
   OrderedJson header = OrderedJson::object();
   if (!metadata.empty()) header[kMetadataKey] = metadata;
   std::vector<torch::Tensor> contiguous;
@@ -177,71 +190,104 @@ std::string encode_safetensors(const NamedTensors& tensors,
   // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
-  std::string out;
-  out.reserve(8 + header_text.size() + offset);
+  EncodedParts parts;
   const uint64_t header_length = header_text.size();
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((header_length >> (8 * i)) & 0xff));
-  out += header_text;
-  for (const auto& data : contiguous) {
+  for (int i = 0; i < 8; ++i) parts.prefix.push_back(static_cast<char>((header_length >> (8 * i)) & 0xff));
+  parts.prefix += header_text;
+  parts.data = std::move(contiguous);
+  parts.data_bytes = offset;
+  return parts;
+}
+
+}  // namespace
+
+std::string encode_safetensors(const NamedTensors& tensors,
+                               const std::map<std::string, std::string>& metadata) {
+  const EncodedParts parts = encode_parts(tensors, metadata);
+  std::string out;
+  out.reserve(parts.prefix.size() + parts.data_bytes);
+  out += parts.prefix;
+  for (const auto& data : parts.data) {
     out.append(static_cast<const char*>(data.data_ptr()), data.numel() * data.element_size());
   }
   return out;
 }
 
-SafetensorsContents decode_safetensors(const std::string& bytes,
-                                       const std::string& name_for_errors) {
-  const auto fail = [&](const std::string& what) -> void {
-    throw FileError("safetensors file '" + name_for_errors + "': " + what);
-  };
-  if (bytes.size() < 8) {
-    fail("truncated: " + std::to_string(bytes.size()) +
-         " bytes, less than the 8-byte header length");
+namespace {
+
+[[noreturn]] void fail_file(const std::string& name, const std::string& what) {
+  throw FileError("safetensors file '" + name + "': " + what);
+}
+
+// The header length in the first 8 of `head` (the file's first bytes, `file_size` in all),
+// checked against the file.
+uint64_t header_length_of(const std::string& head, uint64_t file_size, const std::string& name) {
+  if (file_size < 8 || head.size() < 8) {
+    fail_file(name, "truncated: " + std::to_string(file_size) + " bytes, less than the 8-byte header length");
   }
   uint64_t header_length = 0;
   for (int i = 0; i < 8; ++i) {
-    header_length |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+    header_length |= static_cast<uint64_t>(static_cast<unsigned char>(head[i])) << (8 * i);
   }
   if (header_length > kMaxHeaderBytes) {
-    fail("header length " + std::to_string(header_length) +
-         " is implausible (not a safetensors file?)");
+    fail_file(name, "header length " + std::to_string(header_length) + " is implausible (not a safetensors file?)");
   }
-  if (header_length > bytes.size() - 8) {
-    fail("truncated header: it should have " + std::to_string(header_length) + " bytes but only " +
-         std::to_string(bytes.size() - 8) + " follow");
+  if (header_length > file_size - 8) {
+    fail_file(name, "truncated header: it should have " + std::to_string(header_length) + " bytes but only " +
+                        std::to_string(file_size - 8) + " follow");
   }
+  return header_length;
+}
+
+// The header (its JSON text) parsed and checked: entries in data order, no overlaps, all
+// inside the file's `data_bytes` data bytes.
+struct ParsedHeader {
+  std::vector<TensorEntry> entries;
+  std::map<std::string, std::string> metadata;
+};
+
+ParsedHeader parse_header(const std::string& text, uint64_t data_bytes, const std::string& name) {
   OrderedJson header;
   try {
-    header = OrderedJson::parse(bytes.begin() + 8,
-                                bytes.begin() + 8 + static_cast<int64_t>(header_length));
+    header = OrderedJson::parse(text);
   } catch (const nlohmann::json::exception& error) {
-    fail(std::string("header is not valid JSON (") + error.what() + ")");
+    fail_file(name, std::string("header is not valid JSON (") + error.what() + ")");
   }
-  if (!header.is_object()) fail("header is not a JSON object");
-
-  const uint64_t data_start = 8 + header_length;
-  const HeaderReader reader(name_for_errors, bytes.size() - data_start);
-  SafetensorsContents contents;
-  std::vector<TensorEntry> entries;
+  if (!header.is_object()) fail_file(name, "header is not a JSON object");
+  const HeaderReader reader(name, data_bytes);
+  ParsedHeader parsed;
   for (const auto& item : header.items()) {
     if (item.key() == kMetadataKey) {
-      contents.metadata = reader.metadata(item.value());
+      parsed.metadata = reader.metadata(item.value());
     } else {
-      entries.push_back(reader.entry(item.key(), item.value()));
+      parsed.entries.push_back(reader.entry(item.key(), item.value()));
     }
   }
   // File order = data order; empty tensors (begin == end) keep their header order.
+  auto& entries = parsed.entries;
   std::stable_sort(entries.begin(), entries.end(),
                    [](const TensorEntry& a, const TensorEntry& b) { return a.begin < b.begin; });
   const TensorEntry* previous = nullptr;  // the non-empty entry reaching furthest so far
   for (const auto& entry : entries) {
     if (entry.begin == entry.end) continue;
     if (previous != nullptr && entry.begin < previous->end) {
-      fail("tensors '" + previous->name + "' and '" + entry.name +
-           "' have overlapping data_offsets");
+      fail_file(name, "tensors '" + previous->name + "' and '" + entry.name + "' have overlapping data_offsets");
     }
     if (previous == nullptr || entry.end > previous->end) previous = &entry;
   }
-  for (const auto& entry : entries) {
+  return parsed;
+}
+
+}  // namespace
+
+SafetensorsContents decode_safetensors(const std::string& bytes,
+                                       const std::string& name_for_errors) {
+  const uint64_t header_length = header_length_of(bytes, bytes.size(), name_for_errors);
+  const uint64_t data_start = 8 + header_length;
+  ParsedHeader parsed = parse_header(bytes.substr(8, header_length), bytes.size() - data_start, name_for_errors);
+  SafetensorsContents contents;
+  contents.metadata = std::move(parsed.metadata);
+  for (const auto& entry : parsed.entries) {
     auto tensor = torch::empty(entry.shape, torch::TensorOptions().dtype(entry.type));
     if (entry.end > entry.begin) {
       std::memcpy(tensor.data_ptr(), bytes.data() + data_start + entry.begin,
@@ -252,15 +298,72 @@ SafetensorsContents decode_safetensors(const std::string& bytes,
   return contents;
 }
 
+struct SafetensorsFile::Impl {
+  std::string path;
+  std::ifstream in;
+  uint64_t data_start = 0;
+  std::vector<TensorEntry> entries;
+};
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  if (std::filesystem::is_directory(path)) throw FileError("cannot read '" + path + "': it is a directory");
+  impl_->in.open(path, std::ios::binary);
+  if (!impl_->in) throw FileError("cannot read '" + path + "': " + std::strerror(errno));
+  std::error_code error;
+  const uint64_t file_size = std::filesystem::file_size(path, error);
+  if (error) throw FileError("cannot read '" + path + "': " + error.message());
+  std::string head(8, '\0');
+  impl_->in.read(head.data(), 8);
+  head.resize(static_cast<size_t>(impl_->in.gcount()));
+  const uint64_t header_length = header_length_of(head, file_size, path);
+  std::string text(header_length, '\0');
+  impl_->in.read(text.data(), static_cast<std::streamsize>(header_length));
+  if (static_cast<uint64_t>(impl_->in.gcount()) != header_length) fail_file(path, "truncated header");
+  impl_->data_start = 8 + header_length;
+  ParsedHeader parsed = parse_header(text, file_size - impl_->data_start, path);
+  impl_->entries = std::move(parsed.entries);
+  metadata_ = std::move(parsed.metadata);
+  for (const auto& entry : impl_->entries) entries_.push_back({entry.name, entry.type, entry.shape});
+}
+
+SafetensorsFile::~SafetensorsFile() = default;
+
+torch::Tensor SafetensorsFile::read(size_t index) const {
+  const TensorEntry& entry = impl_->entries.at(index);
+  auto tensor = torch::empty(entry.shape, torch::TensorOptions().dtype(entry.type));
+  const uint64_t bytes = entry.end - entry.begin;
+  if (bytes > 0) {
+    impl_->in.clear();
+    impl_->in.seekg(static_cast<std::streamoff>(impl_->data_start + entry.begin));
+    impl_->in.read(static_cast<char*>(tensor.data_ptr()), static_cast<std::streamsize>(bytes));
+    if (static_cast<uint64_t>(impl_->in.gcount()) != bytes) {
+      fail_file(impl_->path, "tensor '" + entry.name + "' could not be read (file changed or truncated)");
+    }
+  }
+  return tensor;
+}
+
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  std::string bytes;
+  EncodedParts parts;
   try {
-    bytes = encode_safetensors(tensors, metadata);
+    parts = encode_parts(tensors, metadata);
   } catch (const InputError& error) {
     throw InputError("'" + path + "': " + error.what());
   }
-  write_file_atomically(path, bytes);
+  // Streamed tensor by tensor, so a large model is not copied into one buffer first.
+  write_file_atomically_via(path, [&](const std::string& temp_path) {
+    std::FILE* file = std::fopen(temp_path.c_str(), "wb");
+    if (file == nullptr) throw FileError("cannot write '" + path + "'");
+    bool ok = std::fwrite(parts.prefix.data(), 1, parts.prefix.size(), file) == parts.prefix.size();
+    for (const auto& data : parts.data) {
+      const size_t bytes = static_cast<size_t>(data.numel()) * data.element_size();
+      ok = ok && std::fwrite(data.data_ptr(), 1, bytes, file) == bytes;
+    }
+    ok = (std::fclose(file) == 0) && ok;
+    if (!ok) throw FileError("cannot write '" + path + "' (disk full?)");
+  });
 }
 
 SafetensorsContents load_safetensors(const std::string& path) {

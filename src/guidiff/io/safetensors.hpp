@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +39,29 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 // layout, a dtype is unknown, a shape disagrees with its byte count, or data_offsets run past
 // the data or overlap another tensor's.
 SafetensorsContents load_safetensors(const std::string& path);
+
+// A safetensors file read tensor by tensor: opening reads and checks the header as
+// load_safetensors does (FileError naming the file); read(i) reads the i-th tensor (in data
+// order) into a fresh CPU tensor. For large files that must not be held twice.
+class SafetensorsFile {
+ public:
+  struct Entry {
+    std::string name;
+    torch::ScalarType dtype;
+    std::vector<int64_t> shape;
+  };
+  explicit SafetensorsFile(const std::string& path);
+  ~SafetensorsFile();
+  const std::vector<Entry>& entries() const { return entries_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  torch::Tensor read(size_t index) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::vector<Entry> entries_;
+  std::map<std::string, std::string> metadata_;
+};
 
 // The file bytes save_safetensors writes, and their inverse (`name_for_errors` is the file
 // name that messages quote).

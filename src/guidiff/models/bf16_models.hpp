@@ -17,6 +17,7 @@ class Bf16Denoiser : public Denoiser {
   DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor& y) override;
   TimeKind time_kind() const override { return base_->time_kind(); }
   int64_t num_classes() const override { return base_->num_classes(); }
+  bool has_null_class() const override { return base_->has_null_class(); }
   bool learns_variance() const override { return base_->learns_variance(); }
 
  private:

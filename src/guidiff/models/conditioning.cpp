@@ -78,9 +78,15 @@ torch::Tensor sinusoidal_embedding(const torch::Tensor& t, int64_t dim, double m
 }
 
 torch::Tensor class_labels_or_null(const torch::Tensor& y, int64_t num_classes, int64_t batch,
-                                   const torch::Device& device) {
+                                   const torch::Device& device, bool has_null_class) {
   const auto options = torch::TensorOptions().dtype(torch::kInt64).device(device);
-  if (!y.defined()) return torch::full({batch}, num_classes, options);
+  if (!y.defined()) {
+    if (!has_null_class) {
+      throw InputError("y: this class-conditional model has no null class, so it needs class labels "
+                       "(it cannot sample unconditionally or take classifier-free guidance)");
+    }
+    return torch::full({batch}, num_classes, options);
+  }
   if (y.dim() != 1 || y.size(0) != batch || at::isFloatingType(y.scalar_type()) ||
       y.scalar_type() == torch::kBool) {
     throw InputError("y must be integer class labels of shape [" + std::to_string(batch) +
@@ -89,10 +95,11 @@ torch::Tensor class_labels_or_null(const torch::Tensor& y, int64_t num_classes, 
   }
   if (batch > 0) {
     const int64_t low = y.min().item<int64_t>(), high = y.max().item<int64_t>();
-    if (low < 0 || high > num_classes) {
+    if (low < 0 || high > num_classes || (!has_null_class && high == num_classes)) {
       throw InputError("y holds class " + std::to_string(low < 0 ? low : high) + ", outside [0, " +
-                       std::to_string(num_classes) + "] (" + std::to_string(num_classes) +
-                       " = null class)");
+                       std::to_string(num_classes) +
+                       (has_null_class ? "] (" + std::to_string(num_classes) + " = null class)"
+                                       : ") (this model has no null class)"));
     }
   }
   return y.to(options);

@@ -41,8 +41,9 @@ torch::Tensor sinusoidal_embedding(const torch::Tensor& t, int64_t dim,
 
 // The class labels a conditional network embeds, int64 [batch] on `device`: y itself
 // (checked to be [batch] integers in [0, num_classes]), or all num_classes (the null class)
-// when y is undefined. Throws InputError naming "y".
+// when y is undefined. A network without a null class (has_null_class false, e.g.
+// guided-diffusion's) needs y, in [0, num_classes). Throws InputError naming "y".
 torch::Tensor class_labels_or_null(const torch::Tensor& y, int64_t num_classes, int64_t batch,
-                                   const torch::Device& device);
+                                   const torch::Device& device, bool has_null_class = true);
 
 }  // namespace guidiff

@@ -1,6 +1,8 @@
 // Strict JSON field reading for model configs (see config_fields.hpp).
 #include "guidiff/models/config_fields.hpp"
 
+#include <algorithm>
+
 #include "guidiff/core/errors.hpp"
 
 namespace guidiff {
@@ -13,6 +15,10 @@ ConfigFields::ConfigFields(const nlohmann::json& object, std::string context)
 
 std::string ConfigFields::field_error(const char* key, const std::string& what) const {
   return context_ + ": field \"" + key + "\" " + what;
+}
+
+void ConfigFields::throw_field_error(const char* key, const std::string& what) const {
+  throw InputError(field_error(key, what));
 }
 
 const nlohmann::json* ConfigFields::find(const char* key) {
@@ -53,19 +59,23 @@ void ConfigFields::read(const char* key, std::string& value) {
   value = field->get<std::string>();
 }
 
-void ConfigFields::read(const char* key, std::vector<int64_t>& value) {
+template <typename Number, typename Accepts>
+void ConfigFields::read_list(const char* key, std::vector<Number>& value, const char* words, Accepts accepts) {
   const auto* field = find(key);
   if (field == nullptr) return;
-  const auto wrong = [&] {
-    return InputError(field_error(key, "must be a list of integers, got " + field->dump()));
-  };
-  if (!field->is_array()) throw wrong();
-  std::vector<int64_t> result;
-  for (const auto& item : *field) {
-    if (!item.is_number_integer()) throw wrong();
-    result.push_back(item.get<int64_t>());
-  }
+  const bool ok = field->is_array() && std::all_of(field->begin(), field->end(), accepts);
+  if (!ok) throw_field_error(key, std::string("must be a list of ") + words + ", got " + field->dump());
+  std::vector<Number> result;
+  for (const auto& item : *field) result.push_back(item.get<Number>());
   value = std::move(result);
+}
+
+void ConfigFields::read(const char* key, std::vector<int64_t>& value) {
+  read_list(key, value, "integers", [](const nlohmann::json& item) { return item.is_number_integer(); });
+}
+
+void ConfigFields::read(const char* key, std::vector<double>& value) {
+  read_list(key, value, "numbers", [](const nlohmann::json& item) { return item.is_number(); });
 }
 
 void ConfigFields::reject_unknown() const {

@@ -22,6 +22,7 @@ class ConfigFields {
   void read(const char* key, bool& value);
   void read(const char* key, std::string& value);
   void read(const char* key, std::vector<int64_t>& value);
+  void read(const char* key, std::vector<double>& value);  // integers accepted
 
   // Throws InputError naming the first key that no read asked for.
   void reject_unknown() const;
@@ -32,6 +33,10 @@ class ConfigFields {
 
  private:
   const nlohmann::json* find(const char* key);
+  // A list whose items all satisfy `accepts`, else InputError "must be a list of <words>".
+  template <typename Number, typename Accepts>
+  void read_list(const char* key, std::vector<Number>& value, const char* words, Accepts accepts);
+  [[noreturn]] void throw_field_error(const char* key, const std::string& what) const;
 
   const nlohmann::json& object_;
   std::string context_;

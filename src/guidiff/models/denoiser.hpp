@@ -24,6 +24,9 @@ class Denoiser {
                                  const torch::Tensor& y) = 0;
   virtual TimeKind time_kind() const = 0;
   virtual int64_t num_classes() const = 0;
+  // Whether y = num_classes() (the null class, unconditional) is understood. guided-diffusion's
+  // class-conditional models have no null class: no classifier-free guidance for them.
+  virtual bool has_null_class() const { return num_classes() > 0; }
   virtual bool learns_variance() const { return false; }
 };
 

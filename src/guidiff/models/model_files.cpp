@@ -16,6 +16,9 @@ namespace {
 constexpr ModelKind kKinds[] = {ModelKind::unet, ModelKind::encoder_unet, ModelKind::mlp_denoiser,
                                 ModelKind::mlp_classifier, ModelKind::cnn_classifier};
 constexpr const char* kDefaultName = "model";
+// Keys of the config file beside the network's fields.
+constexpr const char* kDiffusionKey = "diffusion";
+constexpr const char* kSourceKey = "source";
 
 ModelKind parse_kind(const nlohmann::json& config) {
   if (!config.is_object())
@@ -115,39 +118,60 @@ NamedTensors model_state(const torch::nn::Module& module) {
   return state;
 }
 
-void load_model_state(torch::nn::Module& module, const SafetensorsContents& state,
-                      const std::string& file) {
+void load_model_state(torch::nn::Module& module, const StoredTensors& stored, const std::string& file,
+                      const std::string& mismatch_hint) {
   const auto fail = [&](const std::string& what) {
-    return FileError("weights '" + file + "': " + what);
+    return FileError("weights '" + file + "': " + what + mismatch_hint);
   };
   std::map<std::string, torch::Tensor> targets;
   for (auto& [name, tensor] : model_state(module)) targets.emplace(name, tensor);
   // Check everything first, so a bad file leaves the module untouched.
   std::set<std::string> present;
-  for (const auto& [name, tensor] : state.tensors) {
-    const auto target = targets.find(name);
+  for (const auto& entry : stored.entries) {
+    const auto target = targets.find(entry.name);
     if (target == targets.end())
-      throw fail("unexpected key '" + name +
+      throw fail("unexpected key '" + entry.name +
                  "' (the model built from its config has no such tensor)");
-    if (tensor.sizes() != target->second.sizes()) {
-      throw fail("key '" + name + "' has shape " + shape_string(tensor.sizes()) +
+    if (torch::IntArrayRef(entry.sizes) != target->second.sizes()) {
+      throw fail("key '" + entry.name + "' has shape " + shape_string(entry.sizes) +
                  " but the model built from its config expects " +
                  shape_string(target->second.sizes()));
     }
-    if (at::isFloatingType(target->second.scalar_type()) !=
-        at::isFloatingType(tensor.scalar_type())) {
-      throw fail("key '" + name + "' has dtype " +
-                 std::string(c10::toString(tensor.scalar_type())) + " but the model expects " +
-                 c10::toString(target->second.scalar_type()));
+    if (at::isFloatingType(target->second.scalar_type()) != at::isFloatingType(entry.dtype)) {
+      throw fail("key '" + entry.name + "' has dtype " + std::string(c10::toString(entry.dtype)) +
+                 " but the model expects " + c10::toString(target->second.scalar_type()));
     }
-    present.insert(name);
+    if (!present.insert(entry.name).second) throw fail("key '" + entry.name + "' appears twice");
   }
   for (const auto& [name, target] : model_state(module)) {
     if (present.count(name) == 0)
       throw fail("missing key '" + name + "' (shape " + shape_string(target.sizes()) + ")");
   }
   torch::NoGradGuard no_grad;
-  for (const auto& [name, tensor] : state.tensors) targets.at(name).copy_(tensor);
+  for (size_t i = 0; i < stored.entries.size(); ++i) {
+    const torch::Tensor values = stored.read(i);
+    if (values.sizes() != torch::IntArrayRef(stored.entries[i].sizes)) {
+      throw fail("key '" + stored.entries[i].name + "' read back with shape " + shape_string(values.sizes()));
+    }
+    targets.at(stored.entries[i].name).copy_(values);
+  }
+}
+
+void load_model_state(torch::nn::Module& module, const SafetensorsContents& state,
+                      const std::string& file) {
+  StoredTensors stored;
+  for (const auto& [name, tensor] : state.tensors) {
+    stored.entries.push_back({name, tensor.sizes().vec(), tensor.scalar_type()});
+  }
+  stored.read = [&state](size_t index) { return state.tensors[index].second; };
+  load_model_state(module, stored, file);
+}
+
+nlohmann::json model_file_json(const Model& model) {
+  nlohmann::json json = model.config;
+  if (model.diffusion) json[kDiffusionKey] = model.diffusion->to_json();
+  if (!model.source.is_null()) json[kSourceKey] = model.source;
+  return json;
 }
 
 void save_model(const Model& model, const std::string& dir_or_prefix) {
@@ -155,7 +179,7 @@ void save_model(const Model& model, const std::string& dir_or_prefix) {
   const auto files = model_files(dir_or_prefix);
   save_safetensors(files.weights, model_state(*model.module),
                    {{"format", "pt"}, {"guidiff_kind", model_kind_name(model.kind)}});
-  write_file_atomically(files.config, model.config.dump(2) + "\n");
+  write_file_atomically(files.config, model_file_json(model).dump(2) + "\n");
 }
 
 Model load_model(const std::string& dir_or_prefix, const torch::Device& device) {
@@ -168,11 +192,26 @@ Model load_model(const std::string& dir_or_prefix, const torch::Device& device) 
   }
   Model model;
   try {
+    // The network's fields, and beside them what the file records about the model.
+    nlohmann::json diffusion, source;
+    if (config.is_object()) {
+      if (config.contains(kDiffusionKey)) diffusion = config.at(kDiffusionKey);
+      if (config.contains(kSourceKey)) source = config.at(kSourceKey);
+      config.erase(kDiffusionKey);
+      config.erase(kSourceKey);
+    }
     model = build_model(config);
+    if (!diffusion.is_null()) model.diffusion = DiffusionSettings::from_json(diffusion, "model config");
+    model.source = source;
   } catch (const InputError& error) {
     throw FileError("model config '" + files.config + "': " + error.what());
   }
-  load_model_state(*model.module, load_safetensors(files.weights), files.weights);
+  // Tensor by tensor from the file: a large model is never held twice.
+  const SafetensorsFile weights(files.weights);
+  StoredTensors stored;
+  for (const auto& entry : weights.entries()) stored.entries.push_back({entry.name, entry.shape, entry.dtype});
+  stored.read = [&weights](size_t index) { return weights.read(index); };
+  load_model_state(*model.module, stored, files.weights);
   model.module->to(device);
   model.module->eval();
   return model;

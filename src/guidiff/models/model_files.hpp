@@ -5,12 +5,15 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "guidiff/io/safetensors.hpp"
 #include "guidiff/models/denoiser.hpp"
+#include "guidiff/models/diffusion_settings.hpp"
 
 namespace guidiff {
 
@@ -25,6 +28,12 @@ struct Model {
   std::shared_ptr<torch::nn::Module> module;  // parameters, train()/eval(), to(device)
   std::shared_ptr<Denoiser> denoiser;
   std::shared_ptr<Classifier> classifier;
+  // The diffusion process the model was trained with, when known (guided-diffusion's
+  // models: from their flags); the config file keeps it under "diffusion".
+  std::optional<DiffusionSettings> diffusion;
+  // Where the weights came from (e.g. {"format": ..., "file": ..., "flags": ...}); the config
+  // file keeps it under "source". Null for models guidiff trained.
+  nlohmann::json source;
 };
 
 // A freshly initialised network (training mode, CPU, float32) from its config. Throws
@@ -45,14 +54,33 @@ int64_t count_parameters(const torch::nn::Module& module);
 
 // The tensors a checkpoint holds: parameters then buffers, by their full names.
 NamedTensors model_state(const torch::nn::Module& module);
-// Copies `state` into `module`, all or nothing. Throws FileError naming `file` and the key
-// that is missing from the file, unexpected in it, or has the wrong shape or a non-floating
-// dtype for a floating tensor (other floating dtypes are converted).
+// Tensors held in a file, as a loader sees them: what each is, and how to read it (one at a
+// time, so that a large file is never held twice).
+struct StoredTensors {
+  struct Entry {
+    std::string name;
+    std::vector<int64_t> sizes;
+    torch::ScalarType dtype;
+  };
+  std::vector<Entry> entries;
+  std::function<torch::Tensor(size_t index)> read;  // entry index -> its values
+};
+
+// Copies the stored tensors into `module`, checking everything before copying anything:
+// throws FileError naming `file` and the key that is missing from the file, unexpected in
+// it, or has the wrong shape or a non-floating dtype for a floating tensor (other floating
+// dtypes, e.g. float16 weights, are converted); `mismatch_hint` is appended to those
+// messages. Each tensor is read, copied and dropped in turn.
+void load_model_state(torch::nn::Module& module, const StoredTensors& stored, const std::string& file,
+                      const std::string& mismatch_hint = "");
 void load_model_state(torch::nn::Module& module, const SafetensorsContents& state,
                       const std::string& file);
 
-// Writes the weights and the config atomically. Throws FileError if they cannot be written.
+// Writes the weights and the config (with "diffusion" and "source" when the model has them)
+// atomically. Throws FileError if they cannot be written.
 void save_model(const Model& model, const std::string& dir_or_prefix);
+// The JSON written beside the weights: the config, plus "diffusion" and "source" if set.
+nlohmann::json model_file_json(const Model& model);
 // Builds the network from the config file and loads the weights, in eval mode on `device`.
 // Throws FileError naming the file at fault (missing, malformed, an invalid config, or a
 // key missing / unexpected / mismatched against the network the config builds).

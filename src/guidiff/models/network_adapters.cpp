@@ -1,6 +1,8 @@
 // Denoiser / Classifier adapters over the trainable networks (see network_adapters.hpp).
 #include "guidiff/models/network_adapters.hpp"
 
+#include "guidiff/core/errors.hpp"
+
 namespace guidiff {
 namespace {
 
@@ -25,12 +27,32 @@ torch::Tensor back_to(const torch::Tensor& result, const torch::Tensor& x_t) {
 
 }  // namespace
 
+std::shared_ptr<UNetDenoiser> UNetDenoiser::conditioned_on(const torch::Tensor& low_res) const {
+  if (!network_->config().is_super_resolution()) {
+    throw ModelError("low-resolution conditioning needs a super-resolution UNet (config low_res_size > 0)");
+  }
+  auto conditioned = std::make_shared<UNetDenoiser>(network_);
+  conditioned->low_res_ = low_res;
+  return conditioned;
+}
+
 DenoiserOutput UNetDenoiser::predict(const torch::Tensor& x_t, const torch::Tensor& time,
                                      const torch::Tensor& y) {
   const auto options = network_options(*network_);
   const auto y_in = num_classes() > 0 ? optional_to(y, options.device()) : torch::Tensor();
-  const auto out =
-      network_->forward(to_network(x_t, options), optional_to(time, options.device()), y_in);
+  torch::Tensor low_res;
+  if (network_->config().is_super_resolution()) {
+    if (!low_res_.defined()) {
+      throw ModelError("a super-resolution UNet needs its low-resolution images (guidiff upsample --base-samples)");
+    }
+    const int64_t rows = low_res_.size(0);
+    if (rows == 0 || x_t.size(0) % rows != 0) {
+      throw ModelError("super-resolution UNet: a batch of " + std::to_string(x_t.size(0)) + " samples for " +
+                       std::to_string(rows) + " low-resolution images");
+    }
+    low_res = to_network(low_res_, options).repeat({x_t.size(0) / rows, 1, 1, 1});
+  }
+  const auto out = network_->forward(to_network(x_t, options), optional_to(time, options.device()), y_in, low_res);
   const int64_t channels = network_->config().in_channels;
   DenoiserOutput result;
   result.eps = back_to(out.narrow(1, 0, channels), x_t);

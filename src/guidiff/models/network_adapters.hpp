@@ -15,6 +15,7 @@ namespace guidiff {
 // eps = the first in_channels output channels; with learn_sigma, variance_output = the
 // rest (the learned-range interpolation value of Nichol & Dhariwal 2021 Eq. 15).
 // A conditional UNet given an undefined y predicts for the null class.
+// A super-resolution UNet predicts only through conditioned_on(low_res).
 class UNetDenoiser : public Denoiser {
  public:
   explicit UNetDenoiser(UNetModel network) : network_(std::move(network)) {}
@@ -22,11 +23,19 @@ class UNetDenoiser : public Denoiser {
                          const torch::Tensor& y) override;
   TimeKind time_kind() const override { return network_->config().time.kind; }
   int64_t num_classes() const override { return network_->config().num_classes; }
+  bool has_null_class() const override { return num_classes() > 0 && network_->config().null_class; }
   bool learns_variance() const override { return network_->config().learn_sigma; }
   UNetModel& network() { return network_; }
 
+  // The same network conditioned on low-resolution images [N, C, h, w] (a super-resolution
+  // UNet): a batch of N rows is conditioned row by row, a batch of k N rows (classifier-free
+  // guidance doubles it) on the images repeated k times. Throws ModelError for a UNet that is
+  // not a super-resolution one.
+  std::shared_ptr<UNetDenoiser> conditioned_on(const torch::Tensor& low_res) const;
+
  private:
   UNetModel network_;
+  torch::Tensor low_res_;
 };
 
 class UNetClassifier : public Classifier {

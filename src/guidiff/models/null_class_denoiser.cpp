@@ -8,6 +8,10 @@ NullClassDenoiser::NullClassDenoiser(std::shared_ptr<Denoiser> conditional) : co
   if (conditional_ == nullptr || conditional_->num_classes() == 0) {
     throw InputError("the unconditional view needs a class-conditional model (one with a null class)");
   }
+  if (!conditional_->has_null_class()) {
+    throw InputError("--unconditional: this class-conditional model has no null class (guided-diffusion's "
+                     "models were not trained with label dropout); sample it with classes");
+  }
 }
 
 DenoiserOutput NullClassDenoiser::predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor&) {

@@ -22,6 +22,8 @@ void with_context(const std::string& context, Build build) {
   }
 }
 
+namespace F = torch::nn::functional;
+
 void check_image_input(const torch::Tensor& x, const UNetBackboneConfig& config) {
   const int64_t rate = int64_t{1} << (config.num_levels() - 1);
   if (!x.defined() || x.dim() != 4 || x.size(1) != config.in_channels || x.size(2) % rate != 0 ||
@@ -39,6 +41,31 @@ torch::Tensor embed_time(torch::nn::Sequential& time_embed, const UNetBackboneCo
   return time_embed->forward(sinusoidal_embedding(t, config.model_channels).to(x.scalar_type()));
 }
 
+// The low-resolution conditioning of a super-resolution UNet, upsampled to x's size
+// (guided-diffusion's SuperResModel: F.interpolate(low_res, (H, W), mode="bilinear")).
+torch::Tensor upsampled_low_res(const torch::Tensor& low_res, const torch::Tensor& x) {
+  if (!low_res.defined() || low_res.dim() != 4 || low_res.size(0) != x.size(0) || low_res.size(1) != x.size(1)) {
+    throw InputError("low_res must be [" + std::to_string(x.size(0)) + ", " + std::to_string(x.size(1)) +
+                     ", h, w] for this super-resolution model, got " +
+                     (low_res.defined() ? c10::str(low_res.sizes()) : std::string("nothing")));
+  }
+  return F::interpolate(low_res.to(x.scalar_type()), F::InterpolateFuncOptions()
+                                                         .size(std::vector<int64_t>{x.size(2), x.size(3)})
+                                                         .mode(torch::kBilinear)
+                                                         .align_corners(false));
+}
+
+// The spatial pools' input: the spatial mean of every input block's output and of the middle
+// block's, concatenated ([N, sum of their channels]).
+torch::Tensor spatial_means(DownPath& down, const torch::Tensor& x, const torch::Tensor& emb) {
+  std::vector<torch::Tensor> outputs;
+  const auto bottom = down.forward(x, emb, &outputs);
+  outputs.push_back(bottom);
+  std::vector<torch::Tensor> means;
+  for (const auto& h : outputs) means.push_back(h.mean({2, 3}));
+  return torch::cat(means, 1);
+}
+
 }  // namespace
 
 UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
@@ -47,9 +74,9 @@ UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
     time_embed_ = register_module("time_embed", make_time_embed(config_));
     if (config_.num_classes > 0) {
       label_emb_ = register_module(
-          "label_emb", torch::nn::Embedding(config_.num_classes + 1, config_.time_embed_dim()));
+          "label_emb", torch::nn::Embedding(config_.label_rows(), config_.time_embed_dim()));
     }
-    down_ = build_down_path(config_);
+    down_ = build_down_path(config_, config_.network_in_channels());
     register_module("input_blocks", down_.input_blocks);
     register_module("middle_block", down_.middle_block);
 
@@ -62,7 +89,7 @@ UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
     int64_t ch = down_.channels;
     int64_t rate = down_.downsample_rate;
     for (int64_t level = config_.num_levels() - 1; level >= 0; --level) {
-      const int64_t width = config_.channel_mult[level] * config_.model_channels;
+      const int64_t width = config_.level_channels(level);
       for (int64_t i = 0; i <= config_.num_res_blocks; ++i) {
         const int64_t skip = skip_channels.back();
         skip_channels.pop_back();
@@ -71,7 +98,7 @@ UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
         ch = width;
         if (std::find(attention_rates.begin(), attention_rates.end(), rate) !=
             attention_rates.end()) {
-          block->append(make_attention_block(config_, ch));
+          block->append(make_attention_block(config_, ch, config_.upsample_heads_setting()));
         }
         if (level > 0 && i == config_.num_res_blocks) {
           if (config_.resblock_updown) {
@@ -96,14 +123,15 @@ UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
 }
 
 torch::Tensor UNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor& time,
-                                     const torch::Tensor& y) {
+                                     const torch::Tensor& y, const torch::Tensor& low_res) {
   check_image_input(x, config_);
   auto emb = embed_time(time_embed_, config_, time, x);
   if (label_emb_) {
-    emb = emb + label_emb_(class_labels_or_null(y, config_.num_classes, x.size(0), x.device()));
+    emb = emb + label_emb_(class_labels_or_null(y, config_.num_classes, x.size(0), x.device(), config_.null_class));
   }
+  const auto input = config_.is_super_resolution() ? torch::cat({x, upsampled_low_res(low_res, x)}, 1) : x;
   std::vector<torch::Tensor> skips;
-  auto h = down_.forward(x, emb, &skips);
+  auto h = down_.forward(input, emb, &skips);
   for (auto& block : output_blocks_) {
     h = torch::cat({h, skips.back()}, 1);
     skips.pop_back();
@@ -116,11 +144,22 @@ EncoderUNetModelImpl::EncoderUNetModelImpl(const ClassifierConfig& config) : con
   config_.validate();
   with_context("classifier config", [&] {
     time_embed_ = register_module("time_embed", make_time_embed(config_));
-    down_ = build_down_path(config_);
+    down_ = build_down_path(config_, config_.in_channels);
     register_module("input_blocks", down_.input_blocks);
     register_module("middle_block", down_.middle_block);
     const int64_t ch = down_.channels;
-    if (config_.pool == "adaptive") {
+    // guided-diffusion's spatial pools: an MLP with a 2048-wide hidden layer.
+    constexpr int64_t kSpatialHidden = 2048;
+    int64_t features = ch;  // the spatial means' width: every input block, then the middle
+    for (const int64_t block_channels : down_.block_channels) features += block_channels;
+    if (config_.pool == "spatial") {
+      out_ = torch::nn::Sequential(torch::nn::Linear(features, kSpatialHidden), torch::nn::ReLU(),
+                                   torch::nn::Linear(kSpatialHidden, config_.num_classes));
+    } else if (config_.pool == "spatial_v2") {
+      out_ = torch::nn::Sequential(torch::nn::Linear(features, kSpatialHidden),
+                                   make_group_norm(config_.norm_groups, kSpatialHidden), torch::nn::SiLU(),
+                                   torch::nn::Linear(kSpatialHidden, config_.num_classes));
+    } else if (config_.pool == "adaptive") {
       auto head = torch::nn::Conv2d(torch::nn::Conv2dOptions(ch, config_.num_classes, 1));
       zero_parameters(*head);
       out_ = torch::nn::Sequential(
@@ -147,6 +186,7 @@ torch::Tensor EncoderUNetModelImpl::forward(const torch::Tensor& x, const torch:
                      c10::str(x.sizes()));
   }
   const auto emb = embed_time(time_embed_, config_, time, x);
+  if (config_.pool == "spatial" || config_.pool == "spatial_v2") return out_->forward(spatial_means(down_, x, emb));
   return out_->forward(down_.forward(x, emb, nullptr));
 }
 

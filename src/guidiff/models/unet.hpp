@@ -3,8 +3,9 @@
 // openai/guided-diffusion's UNetModel / EncoderUNetModel so parameter names match:
 //   time_embed.{0,2}, label_emb, input_blocks.<i>.<j>..., middle_block.{0,1,2}...,
 //   output_blocks.<i>.<j>..., out.{0,2} (UNet) / out.{0,3} or out.2.* (classifier).
-// One difference: label_emb has num_classes + 1 rows, the last being the null class of
-// classifier-free guidance (guided-diffusion's has num_classes).
+// label_emb has num_classes + 1 rows, the last being the null class of classifier-free
+// guidance, unless the config says null_class false (guided-diffusion's num_classes rows).
+// A config with low_res_size > 0 is guided-diffusion's SuperResModel.
 #pragma once
 #include <torch/torch.h>
 
@@ -23,10 +24,13 @@ class UNetModelImpl : public torch::nn::Module {
 
   // x: float [N, in_channels, H, W] with H and W divisible by 2^(levels-1); time per the
   // config's TimeInputConfig; y: int64 [N] in [0, num_classes], num_classes meaning null.
-  // An undefined y on a conditional model means the null class; an unconditional model
-  // ignores y. Returns [N, out_channels, H, W]. Throws InputError naming x, time or y.
+  // An undefined y on a conditional model means the null class (an error without one); an
+  // unconditional model ignores y. A super-resolution model needs low_res [N, in_channels,
+  // h, w], upsampled bilinearly (half-pixel centres, no antialiasing) to H x W and
+  // concatenated to x; others ignore it. Returns [N, out_channels, H, W]. Throws InputError
+  // naming x, time, y or low_res.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& time,
-                        const torch::Tensor& y = {});
+                        const torch::Tensor& y = {}, const torch::Tensor& low_res = {});
 
   const UNetConfig& config() const { return config_; }
 
@@ -43,7 +47,8 @@ TORCH_MODULE(UNetModel);
 class EncoderUNetModelImpl : public torch::nn::Module {
  public:
   // Throws InputError as UNetModelImpl does. Attention pooling uses num_head_channels, or
-  // num_heads when that is -1.
+  // num_heads when that is -1. Parameter names of the pools: out.2.* (attention), out.3.*
+  // (adaptive), out.0.* / out.2.* (spatial), out.0.* / out.1.* / out.3.* (spatial_v2).
   explicit EncoderUNetModelImpl(const ClassifierConfig& config);
 
   // x: [N, in_channels, H, W] (H = W = image_size for attention pooling); -> logits

@@ -251,9 +251,9 @@ ResBlockOptions res_block_options(const UNetBackboneConfig& config, int64_t chan
   return options;
 }
 
-AttentionBlock make_attention_block(const UNetBackboneConfig& config, int64_t channels) {
-  return AttentionBlock(channels,
-                        attention_heads(channels, config.num_heads, config.num_head_channels),
+AttentionBlock make_attention_block(const UNetBackboneConfig& config, int64_t channels, int64_t num_heads) {
+  const int64_t heads_setting = num_heads == -1 ? config.num_heads : num_heads;
+  return AttentionBlock(channels, attention_heads(channels, heads_setting, config.num_head_channels),
                         config.use_new_attention_order, config.norm_groups);
 }
 
@@ -263,7 +263,7 @@ torch::nn::Sequential make_time_embed(const UNetBackboneConfig& config) {
                                torch::nn::Linear(width, width));
 }
 
-DownPath build_down_path(const UNetBackboneConfig& config) {
+DownPath build_down_path(const UNetBackboneConfig& config, int64_t input_channels) {
   const auto attention_rates = config.attention_downsample_rates();
   const auto has_attention = [&](int64_t rate) {
     return std::find(attention_rates.begin(), attention_rates.end(), rate) != attention_rates.end();
@@ -276,14 +276,14 @@ DownPath build_down_path(const UNetBackboneConfig& config) {
     path.block_channels.push_back(channels);
   };
 
-  int64_t ch = config.channel_mult[0] * config.model_channels;
+  int64_t ch = config.level_channels(0);
   TimestepSequential conv_in;
   conv_in->append(
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(config.in_channels, ch, 3).padding(1)));
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(input_channels, ch, 3).padding(1)));
   add_block(conv_in, ch);
   int64_t rate = 1;
   for (int64_t level = 0; level < config.num_levels(); ++level) {
-    const int64_t width = config.channel_mult[level] * config.model_channels;
+    const int64_t width = config.level_channels(level);
     for (int64_t i = 0; i < config.num_res_blocks; ++i) {
       TimestepSequential block;
       block->append(ResBlock(res_block_options(config, ch, width)));

@@ -167,13 +167,16 @@ struct DownPath {
   torch::Tensor forward(torch::Tensor h, const torch::Tensor& emb,
                         std::vector<torch::Tensor>* skips);
 };
-DownPath build_down_path(const UNetBackboneConfig& config);
+// `input_channels`: channels of the network's input (in_channels, or twice that for a
+// super-resolution UNet, whose input carries the upsampled low-resolution image too).
+DownPath build_down_path(const UNetBackboneConfig& config, int64_t input_channels);
 
 // The residual block options of `config` from `channels` to `out_channels`.
 ResBlockOptions res_block_options(const UNetBackboneConfig& config, int64_t channels,
                                   int64_t out_channels, Resample resample = Resample::none);
-// An attention block of `config` over `channels`.
-AttentionBlock make_attention_block(const UNetBackboneConfig& config, int64_t channels);
+// An attention block of `config` over `channels`; heads from num_head_channels, else
+// `num_heads` (config.num_heads when -1; the UNet's up path passes num_heads_upsample).
+AttentionBlock make_attention_block(const UNetBackboneConfig& config, int64_t channels, int64_t num_heads = -1);
 // time_embed: Linear(model_channels, 4 mc), SiLU, Linear(4 mc, 4 mc).
 torch::nn::Sequential make_time_embed(const UNetBackboneConfig& config);
 

@@ -2,6 +2,7 @@
 #include "guidiff/models/unet_config.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "guidiff/core/errors.hpp"
 
@@ -13,10 +14,28 @@ namespace {
   throw InputError(context + ": field \"" + field + "\" " + what);
 }
 
-std::string list_string(const std::vector<int64_t>& values) {
+std::string number_string(int64_t value) { return std::to_string(value); }
+std::string number_string(double value) { return nlohmann::json(value).dump(); }
+
+template <typename Number>
+std::string list_string(const std::vector<Number>& values) {
   std::string text = "[";
-  for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
+  for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + number_string(values[i]);
   return text + "]";
+}
+
+// Whole multipliers as JSON integers, so configs written before fractions were allowed stay
+// byte for byte the same.
+nlohmann::json multipliers_json(const std::vector<double>& values) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const double value : values) {
+    if (value == std::floor(value) && std::abs(value) < 1e15) {
+      list.push_back(static_cast<int64_t>(value));
+    } else {
+      list.push_back(value);
+    }
+  }
+  return list;
 }
 
 void require_positive(const std::string& context, const char* field, int64_t value) {
@@ -24,6 +43,10 @@ void require_positive(const std::string& context, const char* field, int64_t val
 }
 
 }  // namespace
+
+int64_t UNetBackboneConfig::level_channels(int64_t level) const {
+  return static_cast<int64_t>(channel_mult[static_cast<size_t>(level)] * static_cast<double>(model_channels));
+}
 
 std::vector<int64_t> UNetBackboneConfig::attention_downsample_rates() const {
   std::vector<int64_t> rates;
@@ -39,10 +62,13 @@ void UNetBackboneConfig::validate(const std::string& context) const {
   require_positive(context, "model_channels", model_channels);
   require_positive(context, "num_res_blocks", num_res_blocks);
   if (channel_mult.empty()) field_fails(context, "channel_mult", "must list at least one level");
-  for (const int64_t mult : channel_mult) {
-    if (mult <= 0)
+  for (const double mult : channel_mult) {
+    const double channels = mult * static_cast<double>(model_channels);
+    if (!(mult > 0) || !std::isfinite(mult) || channels != std::floor(channels)) {
       field_fails(context, "channel_mult",
-                  "must hold positive integers, got " + list_string(channel_mult));
+                  "must hold positive multipliers giving whole channel counts with model_channels " +
+                      std::to_string(model_channels) + ", got " + list_string(channel_mult));
+    }
   }
   // Every level but the last halves the image; the up path must land on the same sizes.
   const int64_t bottom_rate = int64_t{1} << (num_levels() - 1);
@@ -99,7 +125,7 @@ void UNetBackboneConfig::write(nlohmann::json& object) const {
   object["image_size"] = image_size;
   object["in_channels"] = in_channels;
   object["model_channels"] = model_channels;
-  object["channel_mult"] = channel_mult;
+  object["channel_mult"] = multipliers_json(channel_mult);
   object["num_res_blocks"] = num_res_blocks;
   object["attention_resolutions"] = attention_resolutions;
   object["dropout"] = dropout;
@@ -119,14 +145,23 @@ void UNetConfig::validate() const {
   if (num_classes < 0)
     field_fails(context, "num_classes",
                 "must be >= 0 (0: unconditional), got " + std::to_string(num_classes));
+  if (num_heads_upsample != -1 && num_heads_upsample <= 0) {
+    field_fails(context, "num_heads_upsample",
+                "must be -1 (use num_heads) or > 0, got " + std::to_string(num_heads_upsample));
+  }
+  if (low_res_size < 0) {
+    field_fails(context, "low_res_size",
+                "must be >= 0 (0: not a super-resolution model), got " + std::to_string(low_res_size));
+  }
 }
 
 void ClassifierConfig::validate() const {
   const std::string context = "classifier config";
   UNetBackboneConfig::validate(context);
   require_positive(context, "num_classes", num_classes);
-  if (pool != "attention" && pool != "adaptive") {
-    field_fails(context, "pool", "must be \"attention\" or \"adaptive\", got \"" + pool + "\"");
+  if (pool != "attention" && pool != "adaptive" && pool != "spatial" && pool != "spatial_v2") {
+    field_fails(context, "pool",
+                "must be \"attention\", \"adaptive\", \"spatial\" or \"spatial_v2\", got \"" + pool + "\"");
   }
 }
 
@@ -135,6 +170,11 @@ void to_json(nlohmann::json& object, const UNetConfig& config) {
   config.write(object);
   object["num_classes"] = config.num_classes;
   object["learn_sigma"] = config.learn_sigma;
+  // Fields added for guided-diffusion's models, written only when they differ from the
+  // defaults so guidiff's own configs keep their exact text.
+  if (!config.null_class) object["null_class"] = false;
+  if (config.num_heads_upsample != -1) object["num_heads_upsample"] = config.num_heads_upsample;
+  if (config.low_res_size != 0) object["low_res_size"] = config.low_res_size;
 }
 
 void from_json(const nlohmann::json& object, UNetConfig& config) {
@@ -143,6 +183,9 @@ void from_json(const nlohmann::json& object, UNetConfig& config) {
   result.read(fields);
   fields.read("num_classes", result.num_classes);
   fields.read("learn_sigma", result.learn_sigma);
+  fields.read("null_class", result.null_class);
+  fields.read("num_heads_upsample", result.num_heads_upsample);
+  fields.read("low_res_size", result.low_res_size);
   fields.reject_unknown();
   result.validate();
   config = std::move(result);

@@ -13,6 +13,10 @@
 namespace guidiff {
 namespace {
 
+// The noise stream of random class labels (x_T uses SampleNoise::initial_stream, step i
+// stream i >= 0).
+constexpr int64_t kClassStream = -2;
+
 std::string shape_string(torch::IntArrayRef sizes) {
   std::ostringstream out;
   out << sizes;
@@ -40,6 +44,10 @@ void check_config(const GenerationConfig& config) {
   }
   if (config.batch_size < 1) {
     throw InputError("--batch-size must be >= 1, got " + std::to_string(config.batch_size));
+  }
+  if (config.shard_count < 1 || config.shard_index < 0 || config.shard_index >= config.shard_count) {
+    throw InputError("shard " + std::to_string(config.shard_index) + " of " + std::to_string(config.shard_count) +
+                     " does not exist");
   }
   if (config.first_sample_index < 0) {
     throw InputError("the first sample index must be >= 0, got " +
@@ -112,6 +120,10 @@ int64_t check_models(const Denoiser* model, const Classifier* classifier,
   }
   if (config.cfg_scale != 0.0 && model->num_classes() < 1) {
     throw ModelError("--cfg-scale needs a class-conditional model (this model is unconditional)");
+  }
+  if (config.cfg_scale != 0.0 && !model->has_null_class()) {
+    throw ModelError("--cfg-scale needs a model with a null class; this class-conditional model has none "
+                     "(guided-diffusion's models: use classifier guidance, --classifier-scale)");
   }
   if (config.classifier_scale != 0.0 && classifier == nullptr) {
     throw InputError("--classifier-scale " + number_string(config.classifier_scale) +
@@ -290,6 +302,10 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   check_config(config);
   const int64_t num_classes = check_models(model.get(), classifier.get(), config);
   const torch::Tensor sample_labels = check_labels(labels, num_classes, config);
+  if (!sample_labels.defined() && model->num_classes() > 0 && !model->has_null_class()) {
+    throw InputError("this class-conditional model has no null class, so it cannot sample unconditionally: "
+                     "give --class");
+  }
   const torch::Tensor given_noise = check_initial_noise(initial_noise, config);
   const SamplingPlan plan = make_plan(model, classifier, config);
 
@@ -300,13 +316,15 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   }
 
   const SampleNoise noise(config.seed);
-  const int64_t num_batches = (config.num_samples + config.batch_size - 1) / config.batch_size;
+  const Shard rows = batch_aligned_shard(config.num_samples, config.batch_size, config.shard_index, config.shard_count);
+  const int64_t first_batch = rows.begin / config.batch_size;
+  const int64_t num_batches = (rows.size() + config.batch_size - 1) / config.batch_size;
   const int64_t total_steps = num_batches * plan.steps_per_batch;
   std::vector<torch::Tensor> sample_parts;
   std::vector<std::vector<torch::Tensor>> trajectory_parts;
   for (int64_t b = 0; b < num_batches; ++b) {
-    const int64_t begin = b * config.batch_size;
-    const int64_t end = std::min(begin + config.batch_size, config.num_samples);
+    const int64_t begin = (first_batch + b) * config.batch_size;
+    const int64_t end = std::min(begin + config.batch_size, rows.end);
     SampleBatch batch;
     // Global sample indices choose the noise streams, so batching and sharding do not matter.
     batch.sample_indices = torch::arange(config.first_sample_index + begin,
@@ -331,20 +349,47 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   }
 
   GenerationResult out;
-  out.samples = torch::cat(sample_parts, 0);
-  out.labels = sample_labels;
+  out.rows = rows;
+  std::vector<int64_t> empty_shape{0};
+  empty_shape.insert(empty_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
+  out.samples = sample_parts.empty() ? torch::empty(empty_shape, torch::kFloat) : torch::cat(sample_parts, 0);
+  if (sample_labels.defined()) out.labels = sample_labels.slice(0, rows.begin, rows.end);
   if (config.keep_trajectory && !trajectory_parts.empty()) {
     const size_t length = trajectory_parts.front().size();
     for (size_t k = 0; k < length; ++k) {
-      std::vector<torch::Tensor> rows;
-      for (const auto& part : trajectory_parts) rows.push_back(part[k].to(torch::kFloat));
-      out.trajectory.push_back(torch::cat(rows, 0));
+      std::vector<torch::Tensor> parts;
+      for (const auto& part : trajectory_parts) parts.push_back(part[k].to(torch::kFloat));
+      out.trajectory.push_back(torch::cat(parts, 0));
     }
   }
   return out;
 }
 
-torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, int64_t num_classes) {
+GenerationResult generate_across(Communicator& communicator, std::shared_ptr<Denoiser> model,
+                                 std::shared_ptr<Classifier> classifier, const GenerationConfig& config,
+                                 const torch::Tensor& labels, const torch::Tensor& initial_noise,
+                                 const StepCallback& on_progress) {
+  GenerationConfig shard = config;
+  shard.shard_index = communicator.rank();
+  shard.shard_count = communicator.world_size();
+  GenerationResult result = generate(std::move(model), std::move(classifier), shard, labels, initial_noise, on_progress);
+  if (!communicator.distributed()) return result;
+  result.samples = communicator.all_gather_rows(result.samples, "gathering the samples");
+  if (result.labels.defined()) result.labels = communicator.all_gather_rows(result.labels, "gathering the labels");
+  if (config.keep_trajectory) {
+    // A rank without samples has no trajectory: it takes the others' length, with no rows.
+    const torch::Tensor lengths = communicator.all_gather_rows(
+        torch::tensor({static_cast<int64_t>(result.trajectory.size())}, torch::kInt64), "gathering the trajectories");
+    const auto length = static_cast<size_t>(lengths.max().item<int64_t>());
+    result.trajectory.resize(length);  // undefined entries: no rows
+    for (auto& step : result.trajectory) step = communicator.all_gather_rows(step, "gathering the trajectories");
+  }
+  result.rows = {0, config.num_samples};
+  return result;
+}
+
+torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, int64_t num_classes, uint64_t seed,
+                               int64_t first_sample_index) {
   const auto first = spec_in.find_first_not_of(" \t");
   if (first == std::string::npos) return {};
   const std::string spec = spec_in.substr(first, spec_in.find_last_not_of(" \t") - first + 1);
@@ -355,7 +400,14 @@ torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, 
   }
   torch::Tensor labels;
   const std::string npy_suffix = ".npy";
-  if (spec.size() > npy_suffix.size() &&
+  if (spec == "random") {
+    // A standard normal z of the sample's own stream, mapped through its CDF to a uniform u
+    // in (0, 1), then to floor(u C).
+    const auto indices = torch::arange(first_sample_index, first_sample_index + num_samples, torch::kLong);
+    const auto z = SampleNoise(seed).normal(indices, kClassStream, {}).to(torch::kFloat64);
+    const auto u = 0.5 * torch::erfc(-z / std::sqrt(2.0));
+    labels = (u * static_cast<double>(num_classes)).floor().clamp(0, num_classes - 1).to(torch::kLong);
+  } else if (spec.size() > npy_suffix.size() &&
       spec.compare(spec.size() - npy_suffix.size(), npy_suffix.size(), npy_suffix) == 0) {
     const torch::Tensor stored = read_npy(spec);
     if (!(stored.scalar_type() == torch::kLong || stored.scalar_type() == torch::kInt) ||

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "guidiff/diffusion/gaussian_diffusion.hpp"
+#include "guidiff/distributed/communicator.hpp"
+#include "guidiff/distributed/shard.hpp"
 #include "guidiff/guidance/guidance.hpp"
 #include "guidiff/models/denoiser.hpp"
 #include "guidiff/sampling/samplers.hpp"
@@ -42,27 +44,47 @@ struct GenerationConfig {
   int64_t num_samples = 16;
   int64_t batch_size = 64;
   int64_t first_sample_index = 0;     // shards: a shard starting at k gives samples k, k+1, ...
+  // Data-parallel sharding: generate() draws only share `shard_index` of `shard_count` of the
+  // request (batch_aligned_shard: whole batches, so each batch is one a single process runs).
+  int64_t shard_index = 0;
+  int64_t shard_count = 1;
   uint64_t seed = 0;
   bool keep_trajectory = false;
 };
 
 struct GenerationResult {
-  torch::Tensor samples;  // float32 [num_samples, sample_shape...]
-  torch::Tensor labels;   // int64 [num_samples], or undefined if unconditional
-  std::vector<torch::Tensor> trajectory;  // when keep_trajectory: [num_samples, ...] per step
+  torch::Tensor samples;  // float32 [rows, sample_shape...]
+  torch::Tensor labels;   // int64 [rows], or undefined if unconditional
+  std::vector<torch::Tensor> trajectory;  // when keep_trajectory: [rows, ...] per step
+  Shard rows;             // which samples of the request these are: all of them unless sharded
 };
 
 // labels: int64 [num_samples] or undefined; initial_noise: x_T [num_samples, ...] or
 // undefined (then drawn from the seed). Throws InputError / ModelError for every
 // inconsistency (class out of range, guidance without what it needs, steps > T, time kind
-// not matching the sampler, wrong-shaped or non-finite noise, ...).
+// not matching the sampler, wrong-shaped or non-finite noise, ...). The whole request is
+// checked even when only a shard is drawn, so every process accepts or rejects it alike.
 GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Classifier> classifier,
                           const GenerationConfig& config, const torch::Tensor& labels,
                           const torch::Tensor& initial_noise, const StepCallback& on_progress = {});
 
-// "--class" values: one index, a comma list cycled over the samples, or a .npy file of
-// per-sample labels (int64 or int32, length num_samples). Throws InputError for a class
-// outside [0, num_classes) or a malformed spec. Empty spec: undefined tensor.
-torch::Tensor labels_from_spec(const std::string& spec, int64_t num_samples, int64_t num_classes);
+// generate() split across the ranks of `communicator`: each draws its shard (config's shard
+// fields are set from the communicator), and every rank gets all num_samples rows back, in
+// order. Sample k's noise depends on (seed, k) only and every batch is one a single process
+// would run, so the result equals one process's bit for bit. on_progress counts this rank's
+// steps. With fewer batches than ranks some ranks draw nothing: a smaller batch_size spreads
+// the work.
+GenerationResult generate_across(Communicator& communicator, std::shared_ptr<Denoiser> model,
+                                 std::shared_ptr<Classifier> classifier, const GenerationConfig& config,
+                                 const torch::Tensor& labels, const torch::Tensor& initial_noise,
+                                 const StepCallback& on_progress = {});
+
+// "--class" values: one index, a comma list cycled over the samples, a .npy file of
+// per-sample labels (int64 or int32, length num_samples), or "random": uniform classes, sample
+// k's (k counted from first_sample_index) a function of (seed, k) alone, as guided-diffusion's
+// sampling scripts draw theirs. Throws InputError for a class outside [0, num_classes) or a
+// malformed spec. Empty spec: undefined tensor.
+torch::Tensor labels_from_spec(const std::string& spec, int64_t num_samples, int64_t num_classes, uint64_t seed = 0,
+                               int64_t first_sample_index = 0);
 
 }  // namespace guidiff

@@ -112,6 +112,10 @@ ResumeState parse_metadata(const SafetensorsContents& contents, const std::strin
   state.model_config = field("model_config");
   state.dataset = field("dataset");
   state.interval = field("interval");
+  if (meta.contains("world_size")) {
+    state.world_size = integer(meta.at("world_size"), "world_size");
+    if (state.world_size < 1) throw resume_error(file, "metadata key 'world_size' must be >= 1");
+  }
   return state;
 }
 
@@ -119,7 +123,7 @@ ResumeState parse_metadata(const SafetensorsContents& contents, const std::strin
 void check_sections(const SafetensorsContents& contents, const std::string& file) {
   for (const auto& [name, tensor] : contents.tensors) {
     if (starts_with(name, kModelPrefix) || starts_with(name, kEmaPrefix) || starts_with(name, kOptimizerPrefix) ||
-        name == kRngKey) {
+        name == kRngKey || starts_with(name, std::string(kRngKey) + ".")) {
       continue;
     }
     throw resume_error(file, "unexpected key '" + name + "'");
@@ -232,7 +236,11 @@ void save_resume_file(const std::string& path, const Model& model, const Model& 
   const auto optimizer_tensors = adamw_state(*model.module, optimizer);
   tensors.insert(tensors.end(), optimizer_tensors.begin(), optimizer_tensors.end());
   tensors.emplace_back(kRngKey, state.cpu_rng_state);
+  for (size_t r = 0; r < state.other_rank_rng_states.size(); ++r) {
+    tensors.emplace_back(std::string(kRngKey) + "." + std::to_string(r + 1), state.other_rank_rng_states[r]);
+  }
   const nlohmann::json meta = {
+      {"world_size", state.world_size},
       {"format", kFormat},
       {"step", state.step},
       {"next_position", {{"epoch", state.next_position.epoch}, {"offset", state.next_position.offset}}},
@@ -260,6 +268,15 @@ ResumeState load_resume_file(const std::string& path, Model& model, Model& ema, 
                                  ", got " + c10::toString(rng->scalar_type()) + " " + c10::str(rng->sizes()));
   }
   state.cpu_rng_state = rng->clone();
+  for (int64_t r = 1; r < state.world_size; ++r) {
+    const std::string name = std::string(kRngKey) + "." + std::to_string(r);
+    const torch::Tensor* other = contents.find(name);
+    if (other == nullptr) throw resume_error(path, "missing key '" + name + "' (world_size is " + std::to_string(state.world_size) + ")");
+    if (other->scalar_type() != torch::kUInt8 || other->sizes() != current_rng.sizes()) {
+      throw resume_error(path, "key '" + name + "' must be uint8 " + c10::str(current_rng.sizes()));
+    }
+    state.other_rank_rng_states.push_back(other->clone());
+  }
   // Validate both weight sets on copies, then the optimiser (all or nothing), then commit.
   const Model loaded_model = checked_weights(model, contents, kModelPrefix, path);
   const Model loaded_ema = checked_weights(ema, contents, kEmaPrefix, path);

@@ -6,8 +6,9 @@
 //   samples/step_<N>.png             preview grids (or scatter plots for 2-D data)
 // The resume file is self-contained: tensors "model.<name>", "ema.<name>",
 // "optimizer.<param>.{exp_avg,exp_avg_sq,step}" and "rng.cpu" (the global CPU generator, which
-// network dropout draws from), and metadata "guidiff_resume" = JSON {format, step,
-// next_position {epoch, offset}, options, model_config, dataset {name, size}, interval}.
+// network dropout draws from; in a data-parallel run rank 0's, with rank r's as "rng.cpu.<r>"),
+// and metadata "guidiff_resume" = JSON {format, step, next_position {epoch, offset}, options,
+// model_config, dataset {name, size}, interval, world_size (absent: 1)}.
 // Every file is written atomically, so a crash leaves the previous checkpoint whole.
 #pragma once
 #include <torch/torch.h>
@@ -43,7 +44,9 @@ struct ResumeState {
   nlohmann::json model_config;   // Model::config
   nlohmann::json dataset;        // {"name": ..., "size": ...}
   nlohmann::json interval;       // log accumulators since the last log line
-  torch::Tensor cpu_rng_state;   // uint8: the global CPU generator's state
+  torch::Tensor cpu_rng_state;   // uint8: the global CPU generator's state (rank 0's)
+  int64_t world_size = 1;        // processes of the run that wrote it
+  std::vector<torch::Tensor> other_rank_rng_states;  // ranks 1, 2, ...: their generators' states
 };
 
 // AdamW's per-parameter state as "optimizer.<param name>.{exp_avg,exp_avg_sq,step}" (step as

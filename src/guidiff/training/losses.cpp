@@ -5,13 +5,32 @@
 #include <limits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/data/random_order.hpp"
 #include "guidiff/diffusion/gaussian_diffusion.hpp"
+#include "guidiff/sampling/sample_noise.hpp"
 
 namespace guidiff {
 namespace {
 
 constexpr double kLog2 = 0.69314718055994530942;
 constexpr double kSqrtHalf = 0.70710678118654752440;  // 1 / sqrt(2)
+
+// The data_random_bits domains of the training draws (the data layer uses 1 and 2).
+constexpr uint64_t kStepNoiseDomain = 16;
+constexpr uint64_t kStepTimeDomain = 17;
+constexpr uint64_t kStepDropoutDomain = 18;
+constexpr double kTwoToMinus53 = 1.0 / 9007199254740992.0;
+
+// A uniform double in [0, 1) from the top 53 of 64 random bits.
+double uniform_from_bits(uint64_t bits) { return static_cast<double>(bits >> 11) * kTwoToMinus53; }
+
+void require_draws(const StepDraws& draws, const torch::Tensor& x0) {
+  if (!draws.noise.defined() || draws.noise.sizes() != x0.sizes() || !draws.time.defined() ||
+      draws.time.numel() != x0.size(0) || !draws.dropout.defined() || draws.dropout.numel() != x0.size(0)) {
+    throw InputError("the step's draws (noise " + (draws.noise.defined() ? c10::str(draws.noise.sizes()) : std::string("missing")) +
+                     ") do not match the batch " + c10::str(x0.sizes()));
+  }
+}
 
 void require_labels(const torch::Tensor& labels, const torch::Tensor& x0) {
   if (!labels.defined() || labels.dim() != 1 || labels.size(0) != x0.size(0) ||
@@ -23,17 +42,13 @@ void require_labels(const torch::Tensor& labels, const torch::Tensor& x0) {
 // The labels the model sees: dropped to the null class for a conditional model, nothing
 // (and no draw) for an unconditional one.
 torch::Tensor conditioning_labels(const Denoiser& model, const torch::Tensor& x0, const torch::Tensor& labels,
-                                  double p_uncond, torch::Generator& generator) {
+                                  double p_uncond, const StepDraws& draws) {
   if (model.num_classes() == 0) {
     if (p_uncond > 0.0) throw InputError("p_uncond > 0 needs a class-conditional model (num_classes > 0)");
     return {};
   }
   require_labels(labels, x0);
-  return drop_labels(labels.to(torch::kCPU), p_uncond, model.num_classes(), generator).to(x0.device());
-}
-
-torch::Tensor standard_normal_like(const torch::Tensor& x, torch::Generator& generator) {
-  return torch::randn(x.sizes(), generator, torch::TensorOptions().dtype(torch::kFloat32)).to(x.device(), x.scalar_type());
+  return drop_labels(labels.to(torch::kCPU), p_uncond, model.num_classes(), draws.dropout).to(x0.device());
 }
 
 torch::Tensor squared_error(const torch::Tensor& a, const torch::Tensor& b) { return mean_over_sample((a - b).pow(2)); }
@@ -66,17 +81,42 @@ torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const 
 
 torch::Tensor mean_over_sample(const torch::Tensor& x) { return x.reshape({x.size(0), -1}).mean(1); }
 
-torch::Tensor uniform_timesteps(int64_t batch, int64_t num_timesteps, torch::Generator& generator) {
-  return torch::randint(0, num_timesteps, {batch}, generator, torch::TensorOptions().dtype(torch::kInt64));
+StepDraws draw_step(uint64_t seed, int64_t step, const torch::Tensor& slots, torch::IntArrayRef sample_shape) {
+  if (!slots.defined() || slots.dim() != 1 || slots.scalar_type() != torch::kInt64) {
+    throw InputError("draw_step: slots must be int64 [N]");
+  }
+  const torch::Tensor where = slots.to(torch::kCPU).contiguous();
+  const int64_t n = where.size(0);
+  StepDraws draws;
+  draws.time = torch::empty({n}, torch::kFloat64);
+  draws.dropout = torch::empty({n}, torch::kFloat64);
+  const auto* slot = where.data_ptr<int64_t>();
+  auto* time = draws.time.data_ptr<double>();
+  auto* dropout = draws.dropout.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i) {
+    const auto a = static_cast<uint64_t>(step), b = static_cast<uint64_t>(slot[i]);
+    time[i] = uniform_from_bits(data_random_bits(seed, kStepTimeDomain, a, b));
+    dropout[i] = uniform_from_bits(data_random_bits(seed, kStepDropoutDomain, a, b));
+  }
+  const SampleNoise noise(data_random_bits(seed, kStepNoiseDomain, static_cast<uint64_t>(step), 0));
+  draws.noise = noise.normal(where, 0, sample_shape);
+  return draws;
+}
+
+torch::Tensor timesteps_from_uniform(const torch::Tensor& u, int64_t num_timesteps) {
+  // floor(u T) < T for u < 1; the clamp only guards against u rounding up to 1.
+  return (u.to(torch::kFloat64) * static_cast<double>(num_timesteps)).floor().to(torch::kInt64).clamp_max(num_timesteps - 1);
 }
 
 torch::Tensor drop_labels(const torch::Tensor& labels, double p_uncond, int64_t num_classes,
-                          torch::Generator& generator) {
+                          const torch::Tensor& uniform) {
   if (!(p_uncond >= 0.0 && p_uncond <= 1.0)) {
     throw InputError("p_uncond must lie in [0, 1], got " + std::to_string(p_uncond));
   }
-  const auto coin = torch::rand({labels.size(0)}, generator, torch::TensorOptions().dtype(torch::kFloat64));
-  return torch::where(coin.to(labels.device()) < p_uncond, torch::full_like(labels, num_classes), labels);
+  if (!uniform.defined() || uniform.numel() != labels.size(0)) {
+    throw InputError("drop_labels: one uniform draw per label is needed");
+  }
+  return torch::where(uniform.to(labels.device()) < p_uncond, torch::full_like(labels, num_classes), labels);
 }
 
 DiffusionObjective parse_objective(const std::string& name) {
@@ -114,7 +154,7 @@ torch::Tensor vlb_terms(const DiscreteSchedule& schedule, const torch::Tensor& x
 
 DiffusionLoss discrete_diffusion_loss(Denoiser& model, const DiscreteSchedule& schedule, DiffusionObjective objective,
                                       const torch::Tensor& x0, const torch::Tensor& labels, double p_uncond,
-                                      double vlb_weight, torch::Generator& generator) {
+                                      double vlb_weight, const StepDraws& draws) {
   if (model.time_kind() != TimeKind::discrete_timestep) {
     throw ModelError("objective " + to_string(objective) + " trains a discrete-time model; this one takes log-SNR time (use cfg-continuous)");
   }
@@ -127,10 +167,10 @@ DiffusionLoss discrete_diffusion_loss(Denoiser& model, const DiscreteSchedule& s
   if (objective == DiffusionObjective::eps && model.learns_variance()) {
     throw ModelError("objective eps leaves the learned variance untrained; the model has learn_sigma on (use hybrid)");
   }
-  const int64_t batch = x0.size(0);
-  const auto t = uniform_timesteps(batch, schedule.num_steps(), generator).to(x0.device());
-  const auto noise = standard_normal_like(x0, generator);
-  const auto y = conditioning_labels(model, x0, labels, p_uncond, generator);
+  require_draws(draws, x0);
+  const auto t = timesteps_from_uniform(draws.time, schedule.num_steps()).to(x0.device());
+  const auto noise = draws.noise.to(x0.device(), x0.scalar_type());
+  const auto y = conditioning_labels(model, x0, labels, p_uncond, draws);
 
   const auto x_t = q_sample(schedule, x0, t, noise);  // DDPM eq. 4
   const DenoiserOutput out = model.predict(x_t, t, y);
@@ -148,16 +188,17 @@ DiffusionLoss discrete_diffusion_loss(Denoiser& model, const DiscreteSchedule& s
 }
 
 DiffusionLoss continuous_diffusion_loss(Denoiser& model, const LogSnrSchedule& schedule, const torch::Tensor& x0,
-                                        const torch::Tensor& labels, double p_uncond, torch::Generator& generator) {
+                                        const torch::Tensor& labels, double p_uncond, const StepDraws& draws) {
   if (model.time_kind() != TimeKind::log_snr) {
     throw ModelError("objective cfg-continuous trains a log-SNR-time model; this one takes discrete timesteps (use eps or hybrid)");
   }
   if (model.learns_variance()) throw ModelError("objective cfg-continuous does not train a learned variance (learn_sigma must be off)");
+  require_draws(draws, x0);
   const int64_t batch = x0.size(0);
   // Ho & Salimans 2022 Algorithm 1, one line each.
-  const auto u = torch::rand({batch}, generator, torch::TensorOptions().dtype(torch::kFloat64));
-  const auto noise = standard_normal_like(x0, generator);
-  const auto y = conditioning_labels(model, x0, labels, p_uncond, generator);
+  const auto u = draws.time.to(torch::kFloat64);
+  const auto noise = draws.noise.to(x0.device(), x0.scalar_type());
+  const auto y = conditioning_labels(model, x0, labels, p_uncond, draws);
   const auto lambda = schedule.lambda_of_u(u).to(x0.device());
   std::vector<int64_t> per_sample(static_cast<size_t>(x0.dim()), 1);
   per_sample[0] = batch;
@@ -172,7 +213,7 @@ DiffusionLoss continuous_diffusion_loss(Denoiser& model, const LogSnrSchedule& s
 }
 
 ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& schedule, const torch::Tensor& x0,
-                               const torch::Tensor& labels, int64_t max_t, torch::Generator& generator) {
+                               const torch::Tensor& labels, int64_t max_t, const StepDraws& draws) {
   if (classifier.time_kind() != TimeKind::discrete_timestep) {
     throw ModelError("classifier training needs a discrete-time classifier (time_input discrete_timestep)");
   }
@@ -180,9 +221,10 @@ ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& s
     throw InputError("--max-t must lie in [1, " + std::to_string(schedule.num_steps()) + "], got " + std::to_string(max_t));
   }
   require_labels(labels, x0);
+  require_draws(draws, x0);
   ClassifierLoss result;
-  result.timesteps = uniform_timesteps(x0.size(0), max_t, generator).to(x0.device());
-  const auto noise = standard_normal_like(x0, generator);
+  result.timesteps = timesteps_from_uniform(draws.time, max_t).to(x0.device());
+  const auto noise = draws.noise.to(x0.device(), x0.scalar_type());
   const auto x_t = q_sample(schedule, x0, result.timesteps, noise);
   const auto logits = classifier.logits(x_t, result.timesteps);
   const auto y = labels.to(logits.device());
@@ -214,6 +256,16 @@ void BucketAccuracy::add(const torch::Tensor& timesteps, const torch::Tensor& co
     const auto bucket = static_cast<size_t>(bucket_of(t_data[i]));
     ++total_[bucket];
     if (hit_data[i]) ++correct_[bucket];
+  }
+}
+
+void BucketAccuracy::add(const BucketAccuracy& other) {
+  if (other.max_t_ != max_t_ || other.buckets() != buckets()) {
+    throw InputError("accuracy tallies with different buckets cannot be added");
+  }
+  for (size_t b = 0; b < total_.size(); ++b) {
+    correct_[b] += other.correct_[b];
+    total_[b] += other.total_[b];
   }
 }
 

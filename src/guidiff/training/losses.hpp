@@ -1,7 +1,7 @@
 // Training objectives: the denoiser losses of DDPM / Improved DDPM / classifier-free guidance
 // and the noisy classifier's cross-entropy, with the small named formulas they are built from.
-// Every random draw comes from the caller's generator, in the order each function states, so
-// a training step is a pure function of (weights, batch, generator seed).
+// Every random input comes from the caller's StepDraws, so a training step is a pure function
+// of (weights, batch, draws), and the draws of a sample depend on (seed, step, slot) alone.
 #pragma once
 #include <torch/torch.h>
 
@@ -38,15 +38,31 @@ torch::Tensor mean_over_sample(const torch::Tensor& x);
 
 // ---- Draws ----------------------------------------------------------------------------
 
-// t ~ U{0, ..., num_timesteps - 1}, int64 [batch] (one draw from `generator`).
-torch::Tensor uniform_timesteps(int64_t batch, int64_t num_timesteps, torch::Generator& generator);
+// The random inputs of one training step for some samples of its global batch (the batch
+// all processes of a data-parallel run train on together). Sample k's draws are a function
+// of (seed, step, slot k) alone, its slot being its position in the global batch, so how the
+// global batch is split across processes changes nothing.
+struct StepDraws {
+  torch::Tensor time;     // float64 [N] in [0, 1): t = floor(time T) (discrete) or u (continuous)
+  torch::Tensor noise;    // float32 [N, sample_shape...] ~ N(0, I)
+  torch::Tensor dropout;  // float64 [N] in [0, 1): the label is dropped when dropout < p_uncond
+  int64_t size() const { return noise.size(0); }
+};
+
+// The draws of step `step` for the samples in global slots `slots` (int64 [N]): time and
+// dropout from 53 bits of data_random_bits(seed, domain, step, slot) each, noise from the
+// counter-based SampleNoise keyed by (seed, step) and the slot.
+StepDraws draw_step(uint64_t seed, int64_t step, const torch::Tensor& slots, torch::IntArrayRef sample_shape);
+
+// t = floor(u T), int64 [N], for u = StepDraws::time: uniform on {0, ..., T - 1} (53-bit u:
+// each t's probability is 1/T within T / 2^53).
+torch::Tensor timesteps_from_uniform(const torch::Tensor& u, int64_t num_timesteps);
 
 // Label dropout of classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label is
-// replaced by the null class `num_classes` with probability p_uncond (one U[0, 1) draw per
-// label from `generator`, made even when p_uncond is 0 so the stream does not depend on it).
-// labels: int64 [N]. Throws InputError unless 0 <= p_uncond <= 1.
+// replaced by the null class `num_classes` where its uniform draw is below p_uncond.
+// labels: int64 [N]; uniform: float64 [N] in [0, 1). Throws InputError unless 0 <= p_uncond <= 1.
 torch::Tensor drop_labels(const torch::Tensor& labels, double p_uncond, int64_t num_classes,
-                          torch::Generator& generator);
+                          const torch::Tensor& uniform);
 
 // ---- Denoiser losses ------------------------------------------------------------------
 
@@ -77,9 +93,9 @@ torch::Tensor vlb_terms(const DiscreteSchedule& schedule, const torch::Tensor& x
                         const torch::Tensor& x_t, const torch::Tensor& step_index,
                         const torch::Tensor& eps, const torch::Tensor& variance_output);
 
-// One batch of the discrete-time objective (eps or hybrid). Draws, in order: t (uniform_timesteps),
-// the noise eps ~ N(0, I) shaped like x0, and the label dropout (conditional models only).
-// Then x_t = q_sample(x0, t, eps) (DDPM eq. 4) and, for hybrid,
+// One batch of the discrete-time objective (eps or hybrid), with t = timesteps_from_uniform(
+// draws.time), the noise eps = draws.noise and the label dropout from draws.dropout
+// (conditional models only). Then x_t = q_sample(x0, t, eps) (DDPM eq. 4) and, for hybrid,
 //   loss = mse + vlb_weight * T * L_t,
 // the uniform-t estimate of lambda L_vlb with L_vlb = sum_t L_t (Improved DDPM Sec. 3.1,
 // lambda = 0.001), the KL computed with the model's eps detached. labels: int64 [N], ignored
@@ -88,16 +104,16 @@ torch::Tensor vlb_terms(const DiscreteSchedule& schedule, const torch::Tensor& x
 DiffusionLoss discrete_diffusion_loss(Denoiser& model, const DiscreteSchedule& schedule,
                                       DiffusionObjective objective, const torch::Tensor& x0,
                                       const torch::Tensor& labels, double p_uncond,
-                                      double vlb_weight, torch::Generator& generator);
+                                      double vlb_weight, const StepDraws& draws);
 
-// One batch of Ho & Salimans 2022 Algorithm 1 for a log-SNR-time model. Draws, in order:
-// u ~ U[0, 1) [N], eps ~ N(0, I) like x0, the label dropout (conditional models only). Then
+// One batch of Ho & Salimans 2022 Algorithm 1 for a log-SNR-time model: u = draws.time,
+// eps = draws.noise, the label dropout from draws.dropout (conditional models only). Then
 // lambda = schedule.lambda_of_u(u), z = alpha_lambda x0 + sigma_lambda eps with
 // alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda), and loss = mse of eps_theta(z, lambda).
 // Throws ModelError for a discrete-time model.
 DiffusionLoss continuous_diffusion_loss(Denoiser& model, const LogSnrSchedule& schedule,
                                         const torch::Tensor& x0, const torch::Tensor& labels,
-                                        double p_uncond, torch::Generator& generator);
+                                        double p_uncond, const StepDraws& draws);
 
 // ---- Classifier loss ------------------------------------------------------------------
 
@@ -107,18 +123,21 @@ struct ClassifierLoss {
   torch::Tensor correct;    // bool [N], argmax logits == label
 };
 
-// The noise-aware classifier of Dhariwal & Nichol 2021 (Sec. 4.1): t ~ U{0, ..., max_t - 1},
-// then eps ~ N(0, I), x_t = q_sample(x0, t, eps), loss = cross-entropy(classifier(x_t, t), y).
+// The noise-aware classifier of Dhariwal & Nichol 2021 (Sec. 4.1): t = timesteps_from_uniform(
+// draws.time, max_t), uniform on {0, ..., max_t - 1}, eps = draws.noise, x_t = q_sample(x0, t, eps), loss = cross-entropy(classifier(x_t, t), y).
 // Throws ModelError for a log-SNR-time classifier and InputError unless 1 <= max_t <= T.
 ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& schedule,
                                const torch::Tensor& x0, const torch::Tensor& labels, int64_t max_t,
-                               torch::Generator& generator);
+                               const StepDraws& draws);
 
 // Accuracy per noise-level bucket: [0, max_t) cut into `buckets` equal ranges of t.
 class BucketAccuracy {
  public:
   BucketAccuracy(int64_t max_t, int64_t buckets);  // InputError unless both >= 1
   void add(const torch::Tensor& timesteps, const torch::Tensor& correct);
+  // Adds another tally's counts (e.g. those of the other processes). InputError unless it has
+  // the same buckets.
+  void add(const BucketAccuracy& other);
   void clear();
   int64_t bucket_of(int64_t t) const;
   int64_t buckets() const { return static_cast<int64_t>(total_.size()); }

@@ -26,7 +26,7 @@ std::string preview_path(const std::string& samples_dir, int64_t step) {
 
 void write_preview(Model& ema, const Dataset& data, const TrainingOptions& options, const LogSnrSchedule& log_snr,
                    const std::string& samples_dir, int64_t step,
-                   const std::function<void(const std::string&)>& on_message) {
+                   const std::function<void(const std::string&)>& on_message, Communicator& communicator) {
   const auto notify = [&](const std::string& message) {
     if (on_message) on_message(message);
   };
@@ -50,14 +50,18 @@ void write_preview(Model& ema, const Dataset& data, const TrainingOptions& optio
   config.clip_x0 = images;
   config.sample_shape = data.images.sizes().slice(1).vec();
   config.num_samples = options.preview_samples;
-  config.batch_size = 256;
+  // At most 256 per batch, and at least one batch per process (a preview need not match a
+  // single process's bit for bit).
+  config.batch_size = std::min<int64_t>(
+      256, (config.num_samples + communicator.world_size() - 1) / communicator.world_size());
   config.seed = options.seed;
   torch::Tensor labels;
   const int64_t classes = ema.denoiser->num_classes();
   if (classes > 0) labels = torch::arange(config.num_samples, torch::kInt64).remainder(classes);
 
   torch::NoGradGuard no_grad;
-  const GenerationResult result = generate(ema.denoiser, nullptr, config, labels, {});
+  const GenerationResult result = generate_across(communicator, ema.denoiser, nullptr, config, labels, {});
+  if (!communicator.is_main()) return;
   std::error_code error;
   std::filesystem::create_directories(samples_dir, error);
   if (error) throw FileError("cannot create the preview directory '" + samples_dir + "' (" + error.message() + ")");

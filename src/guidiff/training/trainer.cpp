@@ -1,8 +1,6 @@
 // The training loop (see trainer.hpp).
 #include "guidiff/training/trainer.hpp"
 
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +13,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/batch_loader.hpp"
 #include "guidiff/data/random_order.hpp"
+#include "guidiff/distributed/gradient_reducer.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/model_sample_shape.hpp"
 #include "guidiff/training/checkpoint.hpp"
@@ -23,8 +22,9 @@
 namespace guidiff {
 namespace {
 
-// The data_random_bits domain of the per-step training draws (the data layer uses 1 and 2).
-constexpr uint64_t kTrainingStepDomain = 16;
+// The data_random_bits domain of the dropout generator seeds of ranks > 0 (losses.cpp uses
+// 16-18 for the step draws, the data layer 1 and 2).
+constexpr uint64_t kDropoutSeedDomain = 19;
 
 using Clock = std::chrono::steady_clock;
 
@@ -35,11 +35,12 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 struct IntervalStats {
   double loss = 0.0, mse = 0.0, vlb = 0.0, grad_norm = 0.0;
   int64_t steps = 0;
+  double reduce_wait = 0.0;  // seconds backward did not hide of the gradient all-reduces (not resumed)
   BucketAccuracy accuracy;
 
   explicit IntervalStats(const BucketAccuracy& empty) : accuracy(empty) {}
   void clear() {
-    loss = mse = vlb = grad_norm = 0.0;
+    loss = mse = vlb = grad_norm = reduce_wait = 0.0;
     steps = 0;
     accuracy.clear();
   }
@@ -61,20 +62,34 @@ struct IntervalStats {
   }
 };
 
-// Options whose change would alter the trajectory of a resumed run.
+// Options whose change would alter the trajectory of a resumed run. The batch size is
+// checked apart: what must stay is the global batch, batch_size x processes.
 const char* const kTrajectoryKeys[] = {"task",         "objective",    "schedule",  "timesteps", "p_uncond",
-                                       "vlb_weight",   "max_t",        "accuracy_buckets", "batch_size",
+                                       "vlb_weight",   "max_t",        "accuracy_buckets",
                                        "lr",           "weight_decay", "warmup_steps", "ema_rate", "grad_clip",
                                        "bf16",         "random_flip",  "seed"};
 
-void check_resumable(const nlohmann::json& saved, const TrainingOptions& options, const std::string& file) {
+std::string processes_text(int64_t count) { return std::to_string(count) + (count == 1 ? " process" : " processes"); }
+
+void check_resumable(const ResumeState& saved, const TrainingOptions& options, int64_t world_size,
+                     const std::string& file) {
   const nlohmann::json current = options.to_json();
   for (const char* key : kTrajectoryKeys) {
-    if (!saved.contains(key) || saved.at(key) != current.at(key)) {
+    if (!saved.options.contains(key) || saved.options.at(key) != current.at(key)) {
       throw FileError("resume file '" + file + "': option '" + key + "' is " +
-                      (saved.contains(key) ? saved.at(key).dump() : std::string("absent")) +
+                      (saved.options.contains(key) ? saved.options.at(key).dump() : std::string("absent")) +
                       " in the checkpoint but " + current.at(key).dump() + " now; resume with the same value");
     }
+  }
+  const int64_t saved_batch = saved.options.value("batch_size", int64_t{0});
+  const int64_t saved_global = saved_batch * saved.world_size;
+  if (saved_global != options.batch_size * world_size) {
+    std::string hint;
+    if (saved_global % world_size == 0) hint = "; resume with --batch-size " + std::to_string(saved_global / world_size);
+    throw FileError("resume file '" + file + "': the global batch is " + std::to_string(saved_global) + " (" +
+                    std::to_string(saved_batch) + " x " + processes_text(saved.world_size) +
+                    ") in the checkpoint but " + std::to_string(options.batch_size * world_size) + " (" +
+                    std::to_string(options.batch_size) + " x " + processes_text(world_size) + ") now" + hint);
   }
 }
 
@@ -128,11 +143,13 @@ void keep_log_until(const std::string& path, int64_t last_step) {
 
 class TrainingRun {
  public:
-  TrainingRun(Model& model, const Dataset& data, const TrainingOptions& options, const TrainingHooks& hooks)
+  TrainingRun(Model& model, const Dataset& data, const TrainingOptions& options, const TrainingHooks& hooks,
+              Communicator& communicator)
       : model_(model),
         data_(data),
         options_(options),
         hooks_(hooks),
+        communicator_(communicator),
         files_(run_files(options.out_dir)),
         max_t_(options.max_t > 0 ? options.max_t : options.timesteps),
         schedule_(make_schedule(options.schedule, options.timesteps)),
@@ -145,13 +162,24 @@ class TrainingRun {
   void start_fresh();
   void resume();
   struct StepResult {
-    double loss;
+    double loss;       // averaged over the processes
     double grad_norm;  // before clipping
+    bool stop;         // some process was asked to stop
   };
   StepResult train_step(const Batch& batch, int64_t step);
-  torch::Tensor loss_of(const torch::Tensor& x0, const torch::Tensor& labels, torch::Generator& generator);
+  torch::Tensor loss_of(const torch::Tensor& x0, const torch::Tensor& labels, const StepDraws& draws,
+                        BucketAccuracy& accuracy);
+  // The step's loss parts, accuracy counts and stop requests, summed over the processes.
+  struct StepTotals {
+    double loss, mse, vlb;  // averaged over the processes
+    BucketAccuracy accuracy;
+    bool stop;
+  };
+  StepTotals reduce_step(double loss, const BucketAccuracy& accuracy, bool stop);
+  void seed_dropout(uint64_t step);
   void save(int64_t steps_done);
   void write_log_line(int64_t steps_done, double lr);
+  int64_t global_batch() const { return options_.batch_size * communicator_.world_size(); }
   void notify(const std::string& message) const {
     if (hooks_.on_message) hooks_.on_message(message);
   }
@@ -160,12 +188,14 @@ class TrainingRun {
   const Dataset& data_;
   const TrainingOptions options_;
   const TrainingHooks& hooks_;
+  Communicator& communicator_;
   const RunFiles files_;
   const int64_t max_t_;
   const DiscreteSchedule schedule_;
   Model ema_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   std::vector<torch::Tensor> parameters_;
+  std::unique_ptr<GradientReducer> reducer_;
   IntervalStats interval_;
   ResumeState state_;
   int64_t last_saved_ = -1;
@@ -187,6 +217,12 @@ void TrainingRun::prepare() {
   }
   check_data_fits(model_, data_, options_.task);
   if (options_.random_flip && !data_.holds_images()) throw InputError("--random-flip applies to image data");
+  if (communicator_.distributed() && global_batch() > data_.size()) {
+    throw InputError("--batch-size " + std::to_string(options_.batch_size) + " x " +
+                     processes_text(communicator_.world_size()) + " = a global batch of " +
+                     std::to_string(global_batch()) + ", more than the " + std::to_string(data_.size()) +
+                     " samples of data '" + data_.name + "'");
+  }
   std::error_code error;
   std::filesystem::create_directories(options_.out_dir, error);
   if (error || !std::filesystem::is_directory(options_.out_dir)) {
@@ -201,71 +237,130 @@ void TrainingRun::prepare() {
   parameters_ = model_.module->parameters();
   optimizer_ = std::make_unique<torch::optim::AdamW>(
       parameters_, torch::optim::AdamWOptions(options_.lr).weight_decay(options_.weight_decay));
+  reducer_ = std::make_unique<GradientReducer>(communicator_, parameters_);
   state_.options = options_.to_json();
   state_.model_config = model_.config;
   state_.dataset = {{"name", data_.name}, {"size", data_.size()}};
+  state_.world_size = communicator_.world_size();
+}
+
+// Network dropout draws from the global CPU generator: at the start rank 0 seeds it with the
+// seed itself (as a single process does), every other rank with bits of its own; so does a
+// rank that a resumed run has and its checkpoint had not (keyed by the step resumed from).
+void TrainingRun::seed_dropout(uint64_t step) {
+  const int64_t rank = communicator_.rank();
+  torch::manual_seed(rank == 0 && step == 0
+                         ? options_.seed
+                         : data_random_bits(options_.seed, kDropoutSeedDomain, static_cast<uint64_t>(rank), step));
 }
 
 void TrainingRun::start_fresh() {
+  if (communicator_.distributed()) {
+    // As DistributedDataParallel does: every copy starts from rank 0's weights.
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> state;
+    for (const auto& [name, tensor] : model_state(*model_.module)) state.push_back(tensor);
+    communicator_.broadcast_from_main(state, "sharing the initial weights");
+  }
   update_ema(*model_.module, *ema_.module, 0.0);  // the EMA starts as the initial weights
-  write_file_atomically(files_.log, "");
-  torch::manual_seed(options_.seed);  // network dropout
+  if (communicator_.is_main()) write_file_atomically(files_.log, "");
+  seed_dropout(0);
 }
 
 void TrainingRun::resume() {
   const ResumeState saved = load_resume_file(files_.resume, model_, ema_, *optimizer_);
-  check_resumable(saved.options, options_, files_.resume);
+  check_resumable(saved, options_, communicator_.world_size(), files_.resume);
   if (saved.dataset != state_.dataset) {
     throw FileError("resume file '" + files_.resume + "': key 'dataset' is " + saved.dataset.dump() +
                     " but this run's data is " + state_.dataset.dump());
   }
   interval_.restore(saved.interval, files_.resume);
-  set_cpu_rng_state(saved.cpu_rng_state);
+  const int64_t rank = communicator_.rank();
+  if (rank == 0) {
+    set_cpu_rng_state(saved.cpu_rng_state);
+  } else if (rank < saved.world_size) {
+    set_cpu_rng_state(saved.other_rank_rng_states.at(static_cast<size_t>(rank - 1)));
+  } else {
+    seed_dropout(static_cast<uint64_t>(saved.step));  // a rank the checkpoint did not have
+  }
   state_.step = saved.step;
   state_.next_position = saved.next_position;
   last_saved_ = saved.step;
-  keep_log_until(files_.log, saved.step);
-  notify("resumed from step " + std::to_string(saved.step) + " (epoch " + std::to_string(saved.next_position.epoch) +
-         ", sample " + std::to_string(saved.next_position.offset) + ")");
+  if (communicator_.is_main()) keep_log_until(files_.log, saved.step);
+  std::string message = "resumed from step " + std::to_string(saved.step) + " (epoch " +
+                        std::to_string(saved.next_position.epoch) + ", sample " +
+                        std::to_string(saved.next_position.offset) + ")";
+  if (saved.world_size != communicator_.world_size()) {
+    message += " with " + processes_text(communicator_.world_size()) + "; the checkpoint was written by " +
+               processes_text(saved.world_size);
+  }
+  notify(message);
 }
 
-torch::Tensor TrainingRun::loss_of(const torch::Tensor& x0, const torch::Tensor& labels, torch::Generator& generator) {
+torch::Tensor TrainingRun::loss_of(const torch::Tensor& x0, const torch::Tensor& labels, const StepDraws& draws,
+                                   BucketAccuracy& accuracy) {
   if (options_.task == TrainingTask::classifier) {
-    const ClassifierLoss result = classifier_loss(*model_.classifier, schedule_, x0, labels, max_t_, generator);
-    interval_.accuracy.add(result.timesteps, result.correct);
+    const ClassifierLoss result = classifier_loss(*model_.classifier, schedule_, x0, labels, max_t_, draws);
+    accuracy.add(result.timesteps, result.correct);
     return result.loss;
   }
   DiffusionLoss result;
   if (options_.objective == DiffusionObjective::cfg_continuous) {
     result = continuous_diffusion_loss(*model_.denoiser, log_snr_schedule_of(model_), x0, labels, options_.p_uncond,
-                                       generator);
+                                       draws);
   } else {
     result = discrete_diffusion_loss(*model_.denoiser, schedule_, options_.objective, x0, labels, options_.p_uncond,
-                                     options_.vlb_weight, generator);
+                                     options_.vlb_weight, draws);
   }
   step_mse_ = result.mse.item<double>();
   step_vlb_ = result.vlb.defined() ? result.vlb.item<double>() : 0.0;
   return result.loss;
 }
 
+TrainingRun::StepTotals TrainingRun::reduce_step(double loss, const BucketAccuracy& accuracy, bool stop) {
+  StepTotals totals{loss, step_mse_, step_vlb_, accuracy, stop};
+  if (!communicator_.distributed()) return totals;
+  // One all-reduce of [loss, mse, vlb, stop, correct per bucket..., total per bucket...].
+  const int64_t buckets = accuracy.buckets();
+  std::vector<double> packed = {loss, step_mse_, step_vlb_, stop ? 1.0 : 0.0};
+  for (int64_t b = 0; b < buckets; ++b) packed.push_back(static_cast<double>(accuracy.correct(b)));
+  for (int64_t b = 0; b < buckets; ++b) packed.push_back(static_cast<double>(accuracy.total(b)));
+  std::vector<torch::Tensor> sums{torch::tensor(packed, torch::kFloat64)};
+  communicator_.all_reduce_sum(sums, "the loss all-reduce");
+  const auto* sum = sums[0].data_ptr<double>();
+  const double world = static_cast<double>(communicator_.world_size());
+  totals.loss = sum[0] / world;
+  totals.mse = sum[1] / world;
+  totals.vlb = sum[2] / world;
+  totals.stop = sum[3] > 0.0;
+  std::vector<int64_t> correct, total;
+  for (int64_t b = 0; b < buckets; ++b) correct.push_back(std::llround(sum[4 + b]));
+  for (int64_t b = 0; b < buckets; ++b) total.push_back(std::llround(sum[4 + buckets + b]));
+  totals.accuracy.restore_counts({{"correct", correct}, {"total", total}});
+  return totals;
+}
+
 TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step) {
-  torch::Generator generator = training_step_generator(options_.seed, step);
   const double lr = options_.learning_rate(step);
   for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  const StepDraws draws = draw_step(options_.seed, step, batch.slots, batch.images.sizes().slice(1));
+  BucketAccuracy accuracy(max_t_, options_.accuracy_buckets);
+  reducer_->prepare();
   torch::Tensor loss;
   {
     AutocastScope autocast(options_.bf16, options_.device);
-    loss = loss_of(batch.images.to(options_.device), batch.labels.to(options_.device), generator);
+    loss = loss_of(batch.images.to(options_.device), batch.labels.to(options_.device), draws, accuracy);
   }
-  const double value = loss.item<double>();
+  loss.backward();
+  reducer_->finish();  // every rank's gradient is now the mean over the ranks
+  const StepTotals totals = reduce_step(loss.item<double>(), accuracy, hooks_.should_stop && hooks_.should_stop());
   const std::string kept = last_saved_ >= 0 ? "the checkpoint of step " + std::to_string(last_saved_) + " in '" +
                                                   options_.out_dir + "' is kept"
                                             : "no checkpoint had been written yet";
-  if (!std::isfinite(value)) {
-    throw NumericError("training loss is " + std::string(std::isnan(value) ? "nan" : "inf") + " at step " +
+  if (!std::isfinite(totals.loss)) {
+    throw NumericError("training loss is " + std::string(std::isnan(totals.loss) ? "nan" : "inf") + " at step " +
                        std::to_string(step + 1) + " (lr " + std::to_string(lr) + "); stopped, " + kept);
   }
-  loss.backward();
   const double max_norm = options_.grad_clip > 0.0 ? options_.grad_clip : std::numeric_limits<double>::infinity();
   const double grad_norm = torch::nn::utils::clip_grad_norm_(parameters_, max_norm);
   if (!std::isfinite(grad_norm)) {
@@ -277,20 +372,28 @@ TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step
   for (auto& parameter : parameters_) parameter.mutable_grad().reset();
   update_ema(*model_.module, *ema_.module, options_.ema_rate);
 
-  interval_.loss += value;
-  interval_.mse += step_mse_;
-  interval_.vlb += step_vlb_;
+  interval_.loss += totals.loss;
+  interval_.mse += totals.mse;
+  interval_.vlb += totals.vlb;
   interval_.grad_norm += grad_norm;
   interval_.steps += 1;
-  interval_images_ += batch.images.size(0);
-  return {value, grad_norm};
+  interval_.accuracy.add(totals.accuracy);
+  interval_.reduce_wait += reducer_->last_wait_seconds();
+  interval_images_ += global_batch();
+  return {totals.loss, grad_norm, totals.stop};
 }
 
 void TrainingRun::save(int64_t steps_done) {
   state_.step = steps_done;
   state_.interval = interval_.to_json();
   state_.cpu_rng_state = cpu_rng_state();
-  save_checkpoint(files_, model_, ema_, *optimizer_, state_);
+  state_.other_rank_rng_states.clear();
+  if (communicator_.distributed()) {
+    const torch::Tensor states =
+        communicator_.all_gather_rows(state_.cpu_rng_state.unsqueeze(0), "gathering the ranks' generator states");
+    for (int64_t r = 1; r < states.size(0); ++r) state_.other_rank_rng_states.push_back(states[r].clone());
+  }
+  if (communicator_.is_main()) save_checkpoint(files_, model_, ema_, *optimizer_, state_);
   last_saved_ = steps_done;
 }
 
@@ -308,9 +411,15 @@ void TrainingRun::write_log_line(int64_t steps_done, double lr) {
     record["mse"] = interval_.mse / n;
     record["vlb"] = interval_.vlb / n;
   }
-  std::ofstream log(files_.log, std::ios::app);
-  log << record.dump() << "\n";
-  if (!log) throw FileError("cannot append to the training log '" + files_.log + "'");
+  if (communicator_.distributed()) {
+    record["processes"] = communicator_.world_size();
+    record["allreduce_wait_ms"] = 1000.0 * interval_.reduce_wait / n;  // rank 0's, per step
+  }
+  if (communicator_.is_main()) {
+    std::ofstream log(files_.log, std::ios::app);
+    log << record.dump() << "\n";
+    if (!log) throw FileError("cannot append to the training log '" + files_.log + "'");
+  }
   interval_.clear();
   interval_start_ = Clock::now();
   interval_images_ = 0;
@@ -334,7 +443,9 @@ TrainingResult TrainingRun::run() {
     return result;
   }
   BatchLoaderOptions loader_options;
-  loader_options.batch_size = options_.batch_size;
+  loader_options.batch_size = global_batch();
+  loader_options.shard_index = communicator_.rank();
+  loader_options.shard_count = communicator_.world_size();
   loader_options.seed = options_.seed;
   loader_options.random_flip = options_.random_flip;
   loader_options.start = state_.next_position;
@@ -342,8 +453,11 @@ TrainingResult TrainingRun::run() {
 
   const auto run_start = Clock::now();
   int64_t images = 0;
+  // A stop request is acted on by every rank at the same step: it travels with the step's
+  // loss all-reduce (and, before the first step, in a collective of its own).
+  bool stop = communicator_.any(hooks_.should_stop && hooks_.should_stop(), "the stop check");
   for (int64_t step = state_.step; step < options_.steps; ++step) {
-    if (hooks_.should_stop && hooks_.should_stop()) {
+    if (stop) {
       if (last_saved_ != step) save(step);
       notify("interrupted: checkpoint saved at step " + std::to_string(step) + " in '" + options_.out_dir +
              "'; continue with --resume");
@@ -352,11 +466,12 @@ TrainingResult TrainingRun::run() {
     }
     const Batch batch = loader.next();
     const StepResult outcome = train_step(batch, step);
+    stop = outcome.stop;
     const int64_t done = step + 1;
     state_.next_position = batch.next_position;
     result.losses.push_back(outcome.loss);
     result.last_step = done;
-    images += batch.images.size(0);
+    images += global_batch();
 
     const double lr = options_.learning_rate(step);
     if (hooks_.on_step) {
@@ -371,7 +486,8 @@ TrainingResult TrainingRun::run() {
     }
     if (options_.log_every > 0 && done % options_.log_every == 0) write_log_line(done, lr);
     if (options_.sample_every > 0 && done % options_.sample_every == 0 && options_.task == TrainingTask::diffusion) {
-      write_preview(ema_, data_, options_, log_snr_schedule_of(ema_), files_.samples_dir, done, hooks_.on_message);
+      write_preview(ema_, data_, options_, log_snr_schedule_of(ema_), files_.samples_dir, done, hooks_.on_message,
+                    communicator_);
     }
     if ((options_.save_every > 0 && done % options_.save_every == 0) || done == options_.steps) save(done);
   }
@@ -382,12 +498,9 @@ TrainingResult TrainingRun::run() {
 
 }  // namespace
 
-torch::Generator training_step_generator(uint64_t seed, int64_t step) {
-  return at::detail::createCPUGenerator(data_random_bits(seed, kTrainingStepDomain, static_cast<uint64_t>(step), 0));
-}
-
-TrainingResult train(Model& model, const Dataset& data, const TrainingOptions& options, const TrainingHooks& hooks) {
-  TrainingRun run(model, data, options, hooks);
+TrainingResult train(Model& model, const Dataset& data, const TrainingOptions& options, const TrainingHooks& hooks,
+                     Communicator& communicator) {
+  TrainingRun run(model, data, options, hooks, communicator);
   return run.run();
 }
 

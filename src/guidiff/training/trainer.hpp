@@ -2,11 +2,19 @@
 // gradient-norm clipping, EMA weights, optional bf16 autocast, periodic logs, preview grids
 // and checkpoints, and exact resumption.
 //
-// Determinism: step k's draws (t or u, noise, label dropout) come from a generator seeded by
-// (seed, k) alone; the data order is a pure function of (seed, LoaderPosition); network dropout
-// draws from the global CPU generator, whose state the resume file keeps. So with a fixed
-// thread count on the CPU, a run resumed from step k reproduces the uninterrupted run's
-// losses and weights bit for bit.
+// Determinism: step k's draws (t or u, noise, label dropout) for the sample in slot j of the
+// global batch depend on (seed, k, j) alone (draw_step); the data order is a pure function of
+// (seed, LoaderPosition); network dropout draws from the global CPU generator, whose state the
+// resume file keeps. So with a fixed thread count on the CPU, a run resumed from step k
+// reproduces the uninterrupted run's losses and weights bit for bit.
+//
+// Data parallel (a distributed Communicator, see distributed/communicator.hpp): every rank
+// trains a copy of the model on its share of each global batch of batch_size x world_size
+// samples (the same batches, in the same order, as one process with that batch), the
+// gradients are averaged over the ranks during backward (GradientReducer), so the copies stay
+// identical; the learning rate is used as given. Losses and accuracies are averaged over the
+// ranks; rank 0 alone writes checkpoints, the log and previews. A run resumes with any number
+// of processes that gives the checkpoint's global batch.
 #pragma once
 #include <torch/torch.h>
 
@@ -17,6 +25,7 @@
 #include <vector>
 
 #include "guidiff/data/dataset.hpp"
+#include "guidiff/distributed/communicator.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/schedule/discrete_schedule.hpp"
 #include "guidiff/training/losses.hpp"
@@ -39,7 +48,7 @@ struct TrainingOptions {
   int64_t accuracy_buckets = 10;
   // Optimisation.
   int64_t steps = 1000;        // total optimiser steps (a resumed run continues up to it)
-  int64_t batch_size = 64;
+  int64_t batch_size = 64;     // per process: the global batch is batch_size x processes
   double lr = 1e-4;
   double weight_decay = 0.0;   // AdamW's decoupled weight decay
   int64_t warmup_steps = 0;    // lr rises linearly over the first warmup_steps steps
@@ -70,15 +79,15 @@ struct TrainingOptions {
 struct StepReport {
   int64_t step = 0;         // steps done (1-based)
   int64_t total_steps = 0;
-  double loss = 0.0;
+  double loss = 0.0;        // averaged over the processes
   double lr = 0.0;
   double grad_norm = 0.0;   // before clipping
-  double images_per_second = 0.0;  // over this run so far
+  double images_per_second = 0.0;  // over this run so far, all processes together
 };
 
 struct TrainingHooks {
   std::function<void(const StepReport&)> on_step;
-  std::function<bool()> should_stop;                   // polled before every step (Ctrl-C)
+  std::function<bool()> should_stop;                   // polled once per step (Ctrl-C); any rank stops all
   std::function<void(const std::string&)> on_message;  // one-line notices (resumed, saved, ...)
 };
 
@@ -97,12 +106,11 @@ struct TrainingResult {
 // options.resume the run continues from the resume file, whose options must agree with these
 // on everything that shapes the trajectory (steps and output intervals may change).
 // Throws InputError for invalid options or data that does not fit the model, FileError for a
-// bad or mismatched resume file (naming the key), and NumericError naming the step when the
-// loss or gradient norm is not finite (the last checkpoint on disk is left as it was).
+// bad or mismatched resume file (naming the key), NumericError naming the step when the
+// loss or gradient norm is not finite (the last checkpoint on disk is left as it was), and
+// DistributedError when a peer process fails. Every rank of `communicator` calls it with the
+// same arguments.
 TrainingResult train(Model& model, const Dataset& data, const TrainingOptions& options,
-                     const TrainingHooks& hooks = {});
-
-// The generator of step `step`'s random draws: seeded by (seed, step) alone.
-torch::Generator training_step_generator(uint64_t seed, int64_t step);
+                     const TrainingHooks& hooks = {}, Communicator& communicator = single_process_communicator());
 
 }  // namespace guidiff
