@@ -402,7 +402,9 @@ TEST(GradientReducer, GivesEveryRankTheMeanGradientOfTheWholeBatch) {
       ProbeNet net = probe_copy(reference);
       const auto parameters = net->parameters();
       GradientReducer reducer(communicator, parameters, bucket_bytes);
-      if (bucket_bytes == 64) EXPECT_GT(reducer.bucket_count(), 3);
+      if (bucket_bytes == 64) {
+        EXPECT_GT(reducer.bucket_count(), 3);
+      }
       const int64_t r = communicator.rank();
       for (int repeat = 0; repeat < 2; ++repeat) {  // the second step reuses the buckets
         reducer.prepare();

@@ -14,7 +14,6 @@ namespace {
   throw InputError(context + ": field \"" + field + "\" " + what);
 }
 
-std::string number_string(int64_t value) { return std::to_string(value); }
 std::string number_string(double value) { return nlohmann::json(value).dump(); }
 
 template <typename Number>
