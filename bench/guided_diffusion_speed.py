@@ -4,7 +4,7 @@ reference side by side (issue 12, item 6). Random weights: the speed is the same
 released files'.
 
     /usr/bin/python3 bench/guided_diffusion_speed.py [--tiny] [--threads T] [--cases gd64,gd256]
-        [--programs guidiff,bf16,reference] [--work DIR] [--out FILE.md]
+        [--programs guidiff,bf16,reference,reference-heap] [--work DIR] [--out FILE.md]
 
 Cases:
   gd64   the 64x64 model (296M parameters, README flags) and its depth-4 classifier:
@@ -20,7 +20,11 @@ at a time, with the same thread count:
   guidiff bf16 the same with --bf16
   reference    this script's --reference mode: the same networks in plain PyTorch (the
                float32 reference of tests/fixtures/make_guided_diffusion_fixtures.py),
-               weights from torch.load(map_location="cpu"), the same x_T and classes.
+               weights from torch.load(map_location="cpu"), the same x_T and classes,
+               run as a PyTorch user runs it (glibc's default heap);
+  reference-heap the same reference with guidiff's heap tuning (GLIBC_TUNABLES: no mmap()ed
+               chunks, 1 GiB trim threshold; src/guidiff/core/allocator.hpp), so the two
+               programs are compared on equal terms too.
 It records the sampling time (guidiff's own "sampling: ... s" line; the reference times its
 loop the same way, without loading), images/s, s/step, the load time and each process's peak
 RSS (ru_maxrss), checks that the reference's samples equal guidiff's float32 ones (max abs
@@ -47,6 +51,9 @@ GUIDIFF = os.path.join(ROOT, "build", "guidiff")
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 import make_guided_diffusion_fixtures as ref  # noqa: E402  (the float64 reference; run here in float32)
 
+# guidiff's start-up heap tuning, given to the reference through glibc's tunables (the same
+# values as bench/side_by_side.py's HEAP_TUNED).
+HEAP_TUNED = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}
 TOLERANCE = 1e-3  # float32 rounding over 25 guided steps stays far below (the tests bound 2e-3)
 
 FLAGS = {
@@ -184,7 +191,7 @@ def main():
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--cases", default="gd64,gd256")
-    parser.add_argument("--programs", default="guidiff,bf16,reference",
+    parser.add_argument("--programs", default="guidiff,bf16,reference,reference-heap",
                         help="which to run (bf16 is slow on CPUs without native bfloat16)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "guidiff-gd-bench"))
     parser.add_argument("--out", default="")
@@ -228,7 +235,7 @@ def main():
                 "seconds": seconds, "wall_seconds": wall, "max_rss_mib": rss}
             if name == "guidiff":
                 guidiff_samples = np.load(out + ".npy")
-        if "reference" not in programs:
+        if "reference" not in programs and "reference-heap" not in programs:
             rows.append({"case": case, "description": description, "tiny": args.tiny, "threads": args.threads,
                          "parameters": json.load(open(out + ".model_card.json"))["model"]["parameters"],
                          "max_abs_difference": None, "agrees": None, "results": results})
@@ -237,9 +244,14 @@ def main():
         spec = {"model": model_path, "unet": unet, "classifier": classifier_path, "classifier_config": classifier,
                 "schedule": "cosine" if "cosine" in flags else "linear", "respacing": respacing, "batch": batch,
                 "labels": labels, "scale": scale, "seed": 0, "out": out + "_reference.npy"}
-        stdout, _, wall, rss = run_measured(
-            [sys.executable, __file__, "--threads", str(args.threads), "--reference", json.dumps(spec)], env, args.work)
-        results["reference"] = dict(json.loads(stdout.strip().splitlines()[-1]), wall_seconds=wall, max_rss_mib=rss)
+        for name, extra_env in (("reference", {}), ("reference-heap", HEAP_TUNED)):
+            if name not in programs:
+                continue
+            stdout, _, wall, rss = run_measured(
+                [sys.executable, __file__, "--threads", str(args.threads), "--reference", json.dumps(spec)],
+                dict(env, **extra_env), args.work)
+            results["reference, heap tuned" if extra_env else "reference"] = dict(
+                json.loads(stdout.strip().splitlines()[-1]), wall_seconds=wall, max_rss_mib=rss)
         difference = None if guidiff_samples is None else float(np.abs(np.load(out + "_reference.npy") - guidiff_samples).max())
         steps = int(respacing[4:])
         for name in results:
