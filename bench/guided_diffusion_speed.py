@@ -50,10 +50,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUIDIFF = os.path.join(ROOT, "build", "guidiff")
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 import make_guided_diffusion_fixtures as ref  # noqa: E402  (the float64 reference; run here in float32)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# guidiff's start-up heap tuning as glibc tunables, one definition for every bench.
+from side_by_side import HEAP_TUNED  # noqa: E402
 
-# guidiff's start-up heap tuning, given to the reference through glibc's tunables (the same
-# values as bench/side_by_side.py's HEAP_TUNED).
-HEAP_TUNED = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}
 TOLERANCE = 1e-3  # float32 rounding over 25 guided steps stays far below (the tests bound 2e-3)
 
 FLAGS = {

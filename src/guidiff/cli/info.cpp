@@ -31,7 +31,9 @@ Command add_info_command(CLI::App& app, const GlobalOptions& global) {
                         cpu.native_bf16() ? "native" : "emulated (no avx512_bf16 or amx_bf16)",
                         bf16.convolution_accumulates_in_float32 ? "float32" : "bf16",
                         bf16.matrix_product_accumulates_in_float32 ? "float32" : "bf16",
-                        bf16.all_float32() ? "" : "; guidiff's bf16 autocast widens those to float32");
+                        bf16.all_float32()            ? ""
+                        : keep_libtorch_bf16_kernels() ? "; GUIDIFF_BF16_ACCUMULATION=libtorch keeps them"
+                                                       : "; guidiff's bf16 autocast widens those to float32");
             if (torch::cuda::is_available()) {
               std::printf("devices  cpu, cuda (%d device%s)\n", static_cast<int>(torch::cuda::device_count()),
                           torch::cuda::device_count() == 1 ? "" : "s");
