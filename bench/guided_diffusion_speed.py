@@ -35,6 +35,7 @@ writes it to a file too) and the figures as JSON (also saved as results.json in 
 1) and the steps (3), to check the script itself in a minute.
 """
 import argparse
+import collections
 import json
 import os
 import resource
@@ -136,7 +137,18 @@ def write_checkpoint(config, path):
     ref.DTYPE = torch.float32
     build = ref.build_classifier if config["kind"] == "encoder_unet" else ref.build_unet
     values, _ = build(config, torch.Generator().manual_seed(1))
-    ref.save_state_dict(values, path, "float32", "cuda:0")
+    state = collections.OrderedDict((key, value.to(torch.float32)) for key, value in values.items())
+    # torch.save names each storage's device with torch.serialization.location_tag: tagging
+    # them "cuda:0" there lets torch's own zip writer write the file (zip64 beyond 2 GiB) as a
+    # GPU run would, where rewriting the archive afterwards (the small fixtures' way) gives a
+    # zip that torch cannot read once it passes 2 GiB.
+    location_tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(state, path + ".tmp")
+    finally:
+        torch.serialization.location_tag = location_tag
+    os.replace(path + ".tmp", path)
 
 
 def reference_run(args):
@@ -233,6 +245,7 @@ def main():
             seconds = float(err.split("sampling: ")[1].split(" samples in ")[1].split(" s")[0])
             results["guidiff" if name == "guidiff" else "guidiff bf16"] = {
                 "seconds": seconds, "wall_seconds": wall, "max_rss_mib": rss}
+            print(case, name, json.dumps(results["guidiff" if name == "guidiff" else "guidiff bf16"]), flush=True)
             if name == "guidiff":
                 guidiff_samples = np.load(out + ".npy")
         if "reference" not in programs and "reference-heap" not in programs:
@@ -252,6 +265,7 @@ def main():
                 dict(env, **extra_env), args.work)
             results["reference, heap tuned" if extra_env else "reference"] = dict(
                 json.loads(stdout.strip().splitlines()[-1]), wall_seconds=wall, max_rss_mib=rss)
+            print(case, name, json.dumps(results["reference, heap tuned" if extra_env else "reference"]), flush=True)
         difference = None if guidiff_samples is None else float(np.abs(np.load(out + "_reference.npy") - guidiff_samples).max())
         steps = int(respacing[4:])
         for name in results:
@@ -261,6 +275,9 @@ def main():
                      "parameters": json.load(open(out + ".model_card.json"))["model"]["parameters"],
                      "max_abs_difference": difference,
                      "agrees": None if difference is None else difference < TOLERANCE, "results": results})
+        # Each case's figures are kept as soon as it ends, so a later case's failure loses none.
+        with open(os.path.join(args.work, "results.json"), "w") as f:
+            json.dump(rows, f, indent=1)
     print(render(rows))
     print(json.dumps(rows, indent=1))
     with open(os.path.join(args.work, "results.json"), "w") as f:
