@@ -87,7 +87,7 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
     if (setup.config.sample_shape.size() != 3) throw InputError("--model must make images (C,H,W) to be evaluated");
     ProgressBar progress("sampling");
     const GenerationResult generated =
-        generate(setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels,
+        generate(setup.generation_models(), setup.config, setup.models.labels,
                  setup.initial_noise, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
     // Scored as they would be saved: quantised to 8 bits, as an .npz round trip gives.
     result.images = uint8_nhwc_to_images(images_to_uint8_nhwc(generated.samples));

@@ -113,7 +113,7 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   GenerationResult result;
   {
     ProgressBar progress("sampling");
-    result = generate(setup.models.denoiser, setup.models.classifier, config, setup.models.labels,
+    result = generate(setup.generation_models(), config, setup.models.labels,
                       setup.initial_noise, [&progress](int64_t done, int64_t total) { progress.update(done, total); });
   }
   // Sampling time alone (no start-up, loading or writing): what bench/ compares.
