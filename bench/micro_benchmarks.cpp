@@ -1,6 +1,7 @@
 // Micro-benchmarks (Google Benchmark) of the work that dominates sampling: one UNet forward
 // in GFLOP/s next to the machine's measured peak, the cost of a guided step against an
-// unguided one, and images/s against batch size and image size.
+// unguided one, images/s against batch size and image size, and each sampler's own work per
+// step beyond the model call (to set against unet_forward at batch 64).
 //
 //   build/bench/micro_benchmarks [--threads T] [--device cpu|cuda] [Google Benchmark flags]
 //
@@ -25,6 +26,7 @@
 #include "guidiff/guidance/guidance.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
+#include "guidiff/sampling/generate.hpp"
 #include "guidiff/schedule/discrete_schedule.hpp"
 
 namespace {
@@ -176,6 +178,40 @@ void BM_GuidedStep(benchmark::State& state, Step step, Variant variant) {
   time_loop(state, flops_of(work), batch, work);
 }
 
+// ---- each sampler's per-step overhead (everything but the model) -----------------------
+
+// A model that costs (almost) nothing: eps = 0. Timing a run with it times the sampler.
+class ZeroDenoiser : public guidiff::Denoiser {
+ public:
+  guidiff::DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor&, const torch::Tensor&) override {
+    return {torch::zeros_like(x_t), torch::Tensor(), torch::Tensor()};
+  }
+  guidiff::TimeKind time_kind() const override { return kind; }
+  int64_t num_classes() const override { return 0; }
+  guidiff::TimeKind kind = guidiff::TimeKind::discrete_timestep;
+};
+
+// One generate() of 64 images 1x28x28 over `steps` steps (DDIM's and the sigma samplers'
+// float64 state, clipping, noise streams, trajectory bookkeeping off). "per_step" is the
+// time per step, including a 1/steps share of drawing x_T.
+void BM_SamplerOverhead(benchmark::State& state, guidiff::SamplerKind sampler) {
+  const int64_t steps = state.range(0), batch = 64;
+  auto model = std::make_shared<ZeroDenoiser>();
+  if (sampler == guidiff::SamplerKind::cfg_continuous) model->kind = guidiff::TimeKind::log_snr;
+  guidiff::GenerationConfig config;
+  config.sampler = sampler;
+  config.steps = steps;
+  config.sample_shape = {1, 28, 28};
+  config.num_samples = batch;
+  config.batch_size = batch;
+  config.clip_x0 = true;
+  const auto work = [&] { benchmark::DoNotOptimize(guidiff::generate(model, nullptr, config, {}, {}).samples); };
+  work();  // warm-up: the heap
+  for (auto _ : state) work();
+  state.counters["per_step"] = benchmark::Counter(static_cast<double>(steps),
+                                                  benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
 void register_benchmarks() {
   const auto configure = [](benchmark::internal::Benchmark* b) {
     b->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -210,6 +246,12 @@ void register_benchmarks() {
                                            Variant::fp32)
                   ->ArgNames({"batch"})
                   ->Arg(64));
+  }
+  for (const guidiff::SamplerKind sampler : guidiff::all_samplers()) {
+    configure(benchmark::RegisterBenchmark(("sampler_overhead/" + guidiff::to_string(sampler)).c_str(),
+                                           BM_SamplerOverhead, sampler)
+                  ->ArgNames({"steps"})
+                  ->Arg(50));
   }
   for (const auto& [name, step] : {steps[2], steps[3]}) {
     configure(benchmark::RegisterBenchmark((std::string("step/") + name + "/bf16").c_str(), BM_GuidedStep, step,

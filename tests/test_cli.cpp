@@ -286,7 +286,7 @@ TEST_F(CliTest, TorchScriptLogSnrModelWithTheContinuousSampler) {
 
 TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
   const std::string out = " --out " + path("x.npy");
-  expect_one_line_error("sample --sampler euler" + out, "sampler 'euler'");
+  expect_one_line_error("sample --sampler lms" + out, "sampler 'lms'");
   expect_one_line_error("sample --schedule quadratic" + out, "schedule 'quadratic'");
   expect_one_line_error("sample --timesteps 100 --respacing ddim40" + out, "respacing 'ddim40'");
   expect_one_line_error("sample --timesteps 1000 --respacing 2000" + out, "respacing '2000'");
@@ -302,6 +302,41 @@ TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
   expect_one_line_error("frobnicate", "unknown argument 'frobnicate'");
   expect_one_line_error("", "subcommand is required");
   EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+TEST_F(CliTest, FewStepSamplersAndGuidanceRulesRunFromTheCommandLine) {
+  const std::string toy = "sample --steps 12 --num-samples 8 --class 0,1,2,3 ";
+  CliResult result = run(toy + "--sampler dpmpp-2m --cfg-scale 2 --out " + path("scalar.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(read_npy(path("scalar.npy")).sizes(), torch::IntArrayRef({8, 2}));
+  // Per-sample strengths: the same value for every sample is the scalar run, bit for bit.
+  write_npy(path("w.npy"), torch::full({8}, 2.0f));
+  result = run(toy + "--sampler dpmpp-2m --cfg-scale " + path("w.npy") + " --out " + path("file.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_TRUE(torch::equal(read_npy(path("scalar.npy")), read_npy(path("file.npy"))));
+  for (const std::string& flags :
+       {"--sampler unipc --time log-snr --cfg-scale 1", "--sampler euler --cfg-pp 0.6", "--sampler heun --s-churn 5",
+        "--sampler dpmpp-3m --sigmas log-snr --cfg-scale 3 --apg --apg-threshold 2 --cfg-rescale 0.7",
+        "--sampler ddim --classifier-scale 1 --guidance-interval-sigma 0.5,20 --dynamic-threshold 0.9",
+        "--sampler dpmpp-2m-sde --sigmas timesteps"}) {
+    SCOPED_TRACE(flags);
+    result = run(toy + flags + " --out " + path("x.npy"));
+    EXPECT_EQ(result.exit_code, 0) << result.err;
+    EXPECT_TRUE(torch::isfinite(read_npy(path("x.npy"))).all().item<bool>());
+  }
+  const std::string out = " --out " + path("bad.npy");
+  expect_one_line_error(toy + "--sigmas karras" + out, "--sigmas applies to the sigma-space samplers");
+  expect_one_line_error(toy + "--sampler heun --cfg-pp 0.6" + out, "--cfg-pp");
+  expect_one_line_error(toy + "--sampler euler --cfg-pp 0.6 --cfg-scale 1" + out, "not both");
+  expect_one_line_error(toy + "--sampler dpmpp-2m --s-churn 1" + out, "--s-churn");
+  expect_one_line_error(toy + "--sampler euler --apg-eta 1 --cfg-scale 1" + out, "--apg-eta needs --apg");
+  expect_one_line_error(toy + "--cfg-scale abc" + out, "--cfg-scale 'abc'");
+  expect_one_line_error(toy + "--cfg-scale " + path("absent.npy") + out, "absent.npy");
+  expect_one_line_error(toy + "--guidance-interval 1,2 --guidance-interval-sigma 1,2" + out, "not both");
+  expect_one_line_error(toy + "--cfg-scale 1 --guide-model " + path("g") + out, "--guide-model applies to --model");
+  expect_one_line_error(toy + "--sampler ddim --time log-snr" + out, "--time");
+  expect_one_line_error(toy + "--sampler unipc --sigmas geometric" + out, "geometric");
+  EXPECT_FALSE(fs::exists(path("bad.npy")));
 }
 
 TEST_F(CliTest, BadNoiseFilesAreOneLineErrors) {
@@ -372,6 +407,13 @@ TEST_F(CliTest, TrainedCheckpointsSampleWithEveryGuidanceRule) {
                " --classifier-scale 1 --cfg-scale 1 --out " + path("both.npy"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_FALSE(torch::equal(read_npy(path("cfg.npy")), read_npy(path("cg.npy"))));
+  // Autoguidance by the model itself: eps~ = (1 + w) eps - w eps = eps, the conditional sample.
+  result = run(sample + " --sampler dpmpp-2m --guide-model " + path("denoiser") + " --cfg-scale 1.5 --out " +
+               path("auto.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  result = run(sample + " --sampler dpmpp-2m --out " + path("conditional.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_TRUE(torch::equal(read_npy(path("auto.npy")), read_npy(path("conditional.npy"))));
 
   // The same run directory again needs --resume; with it, training continues to --steps.
   expect_one_line_error("train diffusion --conditional --p-uncond 0.2 --config " + path("mlp.json") + " --out-dir " +
@@ -489,6 +531,30 @@ TEST_F(EvalCliTest, EvalBadInputsAreOneLineErrors) {
                             " --reference folder:" + path("reference"),
                         "evaluator");
   EXPECT_FALSE(fs::exists(path("cache")));  // nothing half-written
+}
+
+TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
+  torch::manual_seed(3);
+  save_model(build_model({{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                          {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                          {"norm_groups", 4}, {"num_classes", 3}}),
+             path("unet"));
+  const CliResult result = run("sweep --model " + path("unet") + " --samplers ddim,heun --cfg-scales 1 --steps 2,3 "
+                               "--num-samples 12 --no-real-baseline --out-dir " + path("sweep") + common_);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  for (const char* file : {"plots/fid_vs_nfe_cfg.png", "plots/fid_vs_steps.png", "settings/heun_cfg_w1_steps3/grid.png",
+                           "settings/ddim_cfg_w1_steps2/samples.npz", "grids/heun_cfg_steps2.png"}) {
+    EXPECT_TRUE(fs::exists(path("sweep/") + file)) << file;
+  }
+  // Model evaluations are counted: heun makes 2N - 1 calls, ddim N.
+  const std::string csv = read_file_bytes(path("sweep/results.csv"));
+  EXPECT_NE(csv.find(",sampler,model_evaluations,seconds"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",heun,5,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",ddim,3,"), std::string::npos) << csv;
+  EXPECT_NE(read_file_bytes(path("sweep/report.md")).find("heun, cfg w=1, 3 steps (5 NFE)"), std::string::npos);
+  expect_one_line_error("sweep --model " + path("unet") + " --samplers ddim,lms --cfg-scales 1 --out-dir " + path("s3") +
+                            common_,
+                        "--samplers");
 }
 
 TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {

@@ -447,7 +447,7 @@ TEST(GenerateAcross, RanksTogetherGiveOneProcesssSamplesBitForBit) {
   const GenerationResult alone = generate(model, nullptr, config, labels, {});
   for (const int world : {2, 3, 4}) {  // 4 ranks: one has nothing to draw
     on_ranks(world, [&](Communicator& communicator) {
-      const GenerationResult together = generate_across(communicator, model, nullptr, config, labels, {});
+      const GenerationResult together = generate_across(communicator, {model, nullptr, nullptr}, config, labels, {});
       EXPECT_TRUE(torch::equal(together.samples, alone.samples)) << world << " ranks";
       EXPECT_TRUE(torch::equal(together.labels, alone.labels));
       ASSERT_EQ(together.trajectory.size(), alone.trajectory.size());

@@ -88,11 +88,12 @@ void expect_error(const std::function<void()>& call, const std::string& fragment
 // ---- Names ----------------------------------------------------------------------------
 
 TEST(ParseSampler, RoundTripsEveryNameAndRejectsOthers) {
-  for (const SamplerKind kind : {SamplerKind::ddpm, SamplerKind::ddim, SamplerKind::cfg_continuous}) {
-    EXPECT_EQ(parse_sampler(to_string(kind)), kind);
-  }
+  ASSERT_EQ(all_samplers().size(), 11u);
+  for (const SamplerKind kind : all_samplers()) EXPECT_EQ(parse_sampler(to_string(kind)), kind);
   EXPECT_EQ(to_string(SamplerKind::cfg_continuous), "cfg-continuous");
-  expect_error<InputError>([] { parse_sampler("euler"); }, "euler");
+  EXPECT_EQ(to_string(SamplerKind::euler_ancestral), "euler-a");
+  EXPECT_EQ(to_string(SamplerKind::dpmpp_2m_sde), "dpmpp-2m-sde");
+  expect_error<InputError>([] { parse_sampler("lms"); }, "dpmpp-2m");
 }
 
 // ---- Reproducibility across batching and sharding -------------------------------------

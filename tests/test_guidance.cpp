@@ -298,7 +298,7 @@ TEST(ClassifierMeanShift, IsScaleTimesVarianceTimesGradient) {
   ASSERT_EQ(value.sizes(), batch.x.sizes());
   ASSERT_EQ(value.scalar_type(), torch::kFloat32);
   EXPECT_TRUE(close(value, 1.7 * variance.to(torch::kFloat64) * gradient, 1e-4));
-  EXPECT_DOUBLE_EQ(shift.scale(), 1.7);
+  EXPECT_TRUE(torch::equal(shift.scale().over(batch.x), torch::full({6, 1}, 1.7, kF64)));
 
   ClassifierMeanShift masked(oracle.classifier, 1.7, GuidanceInterval{100, 450});
   const auto partial = masked.shift(batch.x, batch.t, batch.y, variance);

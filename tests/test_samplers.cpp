@@ -19,9 +19,14 @@
 #include "guidiff/sampling/samplers.hpp"
 #include "guidiff/schedule/discrete_schedule.hpp"
 #include "guidiff/schedule/log_snr_schedule.hpp"
+#include "support/mixture_fixtures.hpp"
 
 namespace guidiff {
 namespace {
+
+using testing::diagonal_covariances;
+using testing::make_batch;
+using testing::make_mixture;
 
 constexpr int64_t kT = 1000;
 constexpr int64_t kStatisticalSamples = 4000;
@@ -42,29 +47,6 @@ const DiscreteSchedule& full_schedule() {
 
 DiscreteSchedule respaced(const std::string& spec) {
   return respace(full_schedule(), parse_respacing(spec, kT));
-}
-
-torch::Tensor diagonal_covariances(const std::vector<std::vector<double>>& variances) {
-  std::vector<torch::Tensor> rows;
-  for (const auto& row : variances) rows.push_back(torch::tensor(row, torch::kFloat64));
-  return torch::diag_embed(torch::stack(rows));
-}
-
-GaussianMixture make_mixture(std::vector<double> weights, std::vector<std::vector<double>> means,
-                             torch::Tensor covariances, std::vector<int64_t> classes,
-                             int64_t num_classes) {
-  GaussianMixture mixture;
-  const int64_t k = static_cast<int64_t>(weights.size());
-  mixture.weights = torch::tensor(weights, torch::kFloat64);
-  mixture.means = torch::tensor(means[0], torch::kFloat64).unsqueeze(0);
-  for (int64_t i = 1; i < k; ++i) {
-    mixture.means = torch::cat({mixture.means, torch::tensor(means[i], torch::kFloat64).unsqueeze(0)});
-  }
-  mixture.covariances = covariances;
-  mixture.component_class = torch::tensor(classes, torch::kInt64);
-  mixture.num_classes = num_classes;
-  mixture.validate();
-  return mixture;
 }
 
 // Two classes; class 0 has two unequal lobes (within-class weights 0.4, 0.6), one with a
@@ -97,15 +79,6 @@ std::shared_ptr<MixtureDenoiser> discrete_denoiser(const GaussianMixture& mixtur
 
 std::shared_ptr<MixtureClassifier> discrete_classifier(const GaussianMixture& mixture) {
   return std::make_shared<MixtureClassifier>(mixture, NoiseLevelMap::discrete(full_schedule()));
-}
-
-// x_T ~ N(0, I) from the seed's initial stream; labels as given (or undefined).
-SampleBatch make_batch(int64_t n, int64_t dim, uint64_t seed, torch::Tensor labels = {}) {
-  SampleBatch batch;
-  batch.sample_indices = torch::arange(n, torch::kLong);
-  batch.x_T = SampleNoise(seed).normal(batch.sample_indices, SampleNoise::initial_stream, {dim});
-  batch.labels = labels;
-  return batch;
 }
 
 torch::Tensor constant_labels(int64_t n, int64_t label) { return torch::full({n}, label, torch::kLong); }

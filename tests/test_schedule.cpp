@@ -1,8 +1,10 @@
-// Tests of the discrete schedules, respacing, the log-SNR schedule and the noise-level map.
+// Tests of the discrete schedules, respacing, the log-SNR schedule, the noise-level map and
+// the sigma spacings of the few-step samplers.
 // Expected values are closed forms or lists computed independently from the published rules.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "guidiff/schedule/discrete_schedule.hpp"
 #include "guidiff/schedule/log_snr_schedule.hpp"
 #include "guidiff/schedule/noise_level.hpp"
+#include "guidiff/schedule/sigma_schedule.hpp"
 
 using namespace guidiff;
 
@@ -301,4 +304,112 @@ TEST(NoiseLevelMap, LogSnrUsesSigmoid) {
       },
       "non-finite");
   expect_error_naming<InputError>([&] { map.sigma(torch::tensor({INFINITY})); }, "non-finite");
+}
+
+// ---- Sigma levels and spacings -----------------------------------------------------------------
+
+TEST(ModelSigmas, DiscreteLevelsAreSqrtOfOneMinusAbarOverAbar) {
+  const DiscreteSchedule schedule = make_schedule(BetaScheduleKind::linear, 1000);
+  const ModelSigmas levels = ModelSigmas::discrete(schedule);
+  ASSERT_EQ(levels.timestep_sigmas().size(), 1000u);
+  for (const int64_t t : {0, 1, 499, 999}) {
+    const double abar = schedule.alphas_cumprod[t].item<double>();
+    EXPECT_DOUBLE_EQ(levels.timestep_sigmas()[t], std::sqrt((1 - abar) / abar)) << t;
+  }
+  // abar_0 = 1 - 1e-4: sigma_min = sqrt(1e-4 / (1 - 1e-4)); sigma_max = sigma_999.
+  EXPECT_NEAR(levels.sigma_min(), std::sqrt(1e-4 / (1 - 1e-4)), 1e-15);
+  EXPECT_DOUBLE_EQ(levels.sigma_max(), levels.timestep_sigmas().back());
+  // The nearest timestep in log sigma: at the geometric mean of sigma_1 and sigma_2 the two
+  // are equally near; just below it t = 1 wins, just above t = 2.
+  const double s1 = levels.timestep_sigmas()[1], s2 = levels.timestep_sigmas()[2];
+  EXPECT_EQ(levels.nearest_timestep(std::sqrt(s1 * s2) * 0.999), 1);
+  EXPECT_EQ(levels.nearest_timestep(std::sqrt(s1 * s2) * 1.001), 2);
+  EXPECT_EQ(levels.nearest_timestep(1e-9), 0);
+  EXPECT_EQ(levels.nearest_timestep(1e9), 999);
+  EXPECT_EQ(levels.time_for(s2, 3, torch::kFloat).equal(torch::full({3}, 2, torch::kLong)), true);
+  EXPECT_THROW(levels.nearest_timestep(0.0), InputError);
+}
+
+TEST(ModelSigmas, LogSnrLevelsAreExpOfMinusHalfLambda) {
+  LogSnrSchedule range;
+  range.lambda_min = -6;
+  range.lambda_max = 10;
+  const ModelSigmas levels = ModelSigmas::log_snr(range);
+  EXPECT_DOUBLE_EQ(levels.sigma_min(), std::exp(-5.0));
+  EXPECT_DOUBLE_EQ(levels.sigma_max(), std::exp(3.0));
+  EXPECT_DOUBLE_EQ(levels.snap(0.123), 0.123);
+  const torch::Tensor lambda = levels.time_for(0.5, 2, torch::kFloat64);
+  EXPECT_EQ(lambda.scalar_type(), torch::kFloat64);
+  EXPECT_DOUBLE_EQ(lambda[1].item<double>(), -2.0 * std::log(0.5));
+}
+
+TEST(SigmaSpacing, KarrasIsEdmEquation5AndLogSnrIsUniformInLogSigma) {
+  LogSnrSchedule range;
+  range.lambda_min = -2 * std::log(80.0);  // sigma from 80 ...
+  range.lambda_max = -2 * std::log(0.002);  // ... to 0.002, EDM's range
+  const ModelSigmas levels = ModelSigmas::log_snr(range);
+  const std::vector<double> karras = make_sigmas(SigmaSpacing::karras, levels, 5);
+  ASSERT_EQ(karras.size(), 6u);
+  const double a = std::pow(80.0, 1 / 7.0), b = std::pow(0.002, 1 / 7.0);
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(karras[i], std::pow(a + i / 4.0 * (b - a), 7.0), 1e-12 * karras[i]) << i;
+  EXPECT_EQ(karras.back(), 0.0);
+  const std::vector<double> uniform = make_sigmas(SigmaSpacing::log_snr, levels, 3);
+  EXPECT_NEAR(uniform[0], 80.0, 1e-12);
+  EXPECT_NEAR(uniform[1], std::sqrt(80.0 * 0.002), 1e-12);
+  EXPECT_NEAR(uniform[2], 0.002, 1e-15);
+  const std::vector<double> one = make_sigmas(SigmaSpacing::karras, levels, 1);
+  ASSERT_EQ(one.size(), 2u);
+  EXPECT_NEAR(one[0], 80.0, 1e-12);
+  EXPECT_EQ(one[1], 0.0);
+  // A wider model range is cut to EDM's [0.002, 80]: the default log-SNR range runs from
+  // 4.5e-5 to 22026.
+  const ModelSigmas wide = ModelSigmas::log_snr(LogSnrSchedule{});
+  const std::vector<double> cut = make_sigmas(SigmaSpacing::karras, wide, 10);
+  // (x^(1/7))^7 and exp(log x) round in the last few bits.
+  EXPECT_NEAR(cut.front(), 80.0, 1e-12);
+  EXPECT_NEAR(cut[cut.size() - 2], 0.002, 1e-16);
+  EXPECT_NEAR(make_sigmas(SigmaSpacing::log_snr, wide, 10).front(), 80.0, 1e-12);
+}
+
+TEST(SigmaSpacing, TimestepsFollowTheRespacingOrTheContinuousSamplersGrid) {
+  const DiscreteSchedule schedule = make_schedule(BetaScheduleKind::linear, 1000);
+  const ModelSigmas discrete = ModelSigmas::discrete(schedule);
+  // "4" keeps 0, 333, 666, 999 (guided-diffusion's section rule): their sigmas, noisiest first.
+  const std::vector<double> four = make_sigmas(SigmaSpacing::timesteps, discrete, 4);
+  const std::vector<double>& table = discrete.timestep_sigmas();
+  EXPECT_EQ(four, (std::vector<double>{table[999], table[666], table[333], table[0], 0.0}));
+  EXPECT_EQ(make_sigmas(SigmaSpacing::timesteps, discrete, 0, "ddim4"),
+            (std::vector<double>{table[750], table[500], table[250], table[0], 0.0}));
+  // Log-SNR: lambda(u_i) at u_i = 1 - i/steps, the levels of the continuous sampler.
+  const LogSnrSchedule range;
+  const std::vector<double> continuous = make_sigmas(SigmaSpacing::timesteps, ModelSigmas::log_snr(range), 4);
+  ASSERT_EQ(continuous.size(), 5u);
+  for (int i = 0; i < 4; ++i) {
+    const double lambda = range.lambda_of_u(torch::tensor({1.0 - i / 4.0}, torch::kFloat64)).item<double>();
+    EXPECT_NEAR(continuous[i], std::exp(-lambda / 2), 1e-12 * continuous[i]) << i;
+  }
+  expect_error_naming<InputError>([&] { make_sigmas(SigmaSpacing::karras, discrete, 4, "ddim4"); }, "--respacing");
+  expect_error_naming<InputError>([&] { make_sigmas(SigmaSpacing::karras, discrete, 0); }, "--steps");
+}
+
+TEST(SigmaSpacing, DiscreteModelsGetTheirOwnLevelsWithRepeatsMerged) {
+  // T = 30 linear: 200 Karras levels snap onto at most 30 distinct sigma_t, in order.
+  const DiscreteSchedule schedule = make_schedule(BetaScheduleKind::linear, 30);
+  const ModelSigmas levels = ModelSigmas::discrete(schedule);
+  const std::vector<double> sigmas = make_sigmas(SigmaSpacing::karras, levels, 200);
+  EXPECT_LE(sigmas.size(), 31u);
+  EXPECT_EQ(sigmas.front(), levels.snap(std::min(levels.sigma_max(), 80.0)));
+  EXPECT_EQ(sigmas[sigmas.size() - 2], levels.sigma_min());
+  for (size_t i = 0; i + 1 < sigmas.size(); ++i) {
+    EXPECT_GT(sigmas[i], sigmas[i + 1]);
+    if (i + 1 < sigmas.size() - 1) {
+      EXPECT_NE(std::find(levels.timestep_sigmas().begin(), levels.timestep_sigmas().end(), sigmas[i]),
+                levels.timestep_sigmas().end());
+    }
+  }
+  SigmaSchedule bad{levels, {1.0, 2.0, 0.0}};
+  expect_error_naming<InputError>([&] { bad.validate("euler"); }, "strictly decreasing");
+  bad.sigmas = {1.0};
+  expect_error_naming<InputError>([&] { bad.validate("euler"); }, "followed by 0");
+  expect_error_naming<InputError>([&] { parse_sigma_spacing("exponential"); }, "exponential");
 }

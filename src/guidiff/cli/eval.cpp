@@ -91,8 +91,8 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
     std::optional<ProgressBar> progress;
     if (communicator.is_main()) progress.emplace("sampling");
     const GenerationResult generated = generate_across(
-        communicator, setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels,
-        setup.initial_noise, [&progress](int64_t done, int64_t total) {
+        communicator, setup.generation_models(), setup.config, setup.models.labels, setup.initial_noise,
+        [&progress](int64_t done, int64_t total) {
           if (progress) progress->update(done, total);
         });
     // Scored as they would be saved: quantised to 8 bits, as an .npz round trip gives.

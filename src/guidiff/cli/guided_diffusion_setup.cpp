@@ -1,6 +1,9 @@
 // guided-diffusion's models on the command line (see guided_diffusion_setup.hpp).
 #include "guidiff/cli/guided_diffusion_setup.hpp"
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <nlohmann/json.hpp>
 
 #include "guidiff/core/errors.hpp"
@@ -92,15 +95,25 @@ void apply_guided_diffusion_sampling(SamplingFlags& flags, const GuidedDiffusion
     take(flags.respacing, flags.respacing_option, *inside.timestep_respacing, "timestep_respacing", *inside.timestep_respacing);
   }
   if (inside.classifier_scale) {
-    take(flags.classifier_scale, flags.classifier_scale_option, *inside.classifier_scale, "classifier_scale",
-         strings.text_of("classifier_scale"));
+    // --classifier-scale is text (a number or a per-sample .npy): compared as a number.
+    const std::string& given_scale = flags.classifier_scale;
+    char* end = nullptr;
+    const double given_value = std::strtod(given_scale.c_str(), &end);
+    const bool same = end != given_scale.c_str() && *end == '\0' && given_value == *inside.classifier_scale;
+    if (given(flags.classifier_scale_option) && !same) {
+      throw InputError(flags.classifier_scale_option->get_name() + " contradicts --classifier_scale " +
+                       strings.text_of("classifier_scale"));
+    }
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", *inside.classifier_scale);
+    flags.classifier_scale = text;
   }
   // guided-diffusion's own defaults for its models: DDPM (use_ddim False) and, with a
   // classifier, classifier_scale 1.0.
   if (!flags.model_flags.empty()) {
     if (!use_ddim && !given(flags.sampler_option)) flags.sampler = "ddpm";
     if (!inside.classifier_scale && !given(flags.classifier_scale_option) && classifier_is_state_dict(flags)) {
-      flags.classifier_scale = 1.0;
+      flags.classifier_scale = "1";
     }
   }
   if (inside.batch_size) take(flags.batch_size, flags.batch_size_option, *inside.batch_size, "batch_size", strings.text_of("batch_size"));

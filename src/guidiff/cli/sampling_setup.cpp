@@ -1,6 +1,9 @@
 // Model, sampler and guidance flags shared by `sample` and `eval` (see sampling_setup.hpp).
 #include "guidiff/cli/sampling_setup.hpp"
 
+#include <cmath>
+#include <cstdlib>
+
 #include "guidiff/cli/common.hpp"
 #include "guidiff/cli/guided_diffusion_setup.hpp"
 #include "guidiff/core/errors.hpp"
@@ -20,12 +23,44 @@ void reject_if_given(const CLI::Option* option, const std::string& why) {
   if (option->count() > 0) throw InputError(option->get_name() + " " + why);
 }
 
+// --time discrete | log-snr.
+TimeKind time_kind(const SamplingFlags& flags) {
+  if (flags.time == "discrete") return TimeKind::discrete_timestep;
+  if (flags.time == "log-snr") return TimeKind::log_snr;
+  throw InputError("unknown --time '" + flags.time + "' (expected discrete or log-snr)");
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// "--cfg-scale 3" or "--cfg-scale w.npy": one number, or one value per sample from a .npy.
+void parse_scale(const std::string& flag, const std::string& text, double& scale, torch::Tensor& per_sample) {
+  if (ends_with(text, ".npy")) {
+    per_sample = read_npy(text);
+    if (!per_sample.is_floating_point()) throw InputError(flag + " file '" + text + "' must hold floating-point values");
+    per_sample = per_sample.to(torch::kFloat64);
+    scale = 0.0;
+    return;
+  }
+  char* end = nullptr;
+  scale = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(scale)) {
+    throw InputError(flag + " '" + text + "': expected a finite number or a .npy file of per-sample values");
+  }
+}
+
 // The built-in Gaussian-mixture toy with its exact denoiser (and exact classifier when
 // classifier guidance is asked for without --classifier). Classifier guidance alone uses the
 // unconditional mixture, as Dhariwal & Nichol guide unconditional models; every other
 // request with classes uses the class-conditional one (CFG's w = 0 is plain conditional).
 SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& config, const GlobalOptions& global) {
-  reject_if_given(flags.time_option, "applies to --model (the built-in mixture picks its time input from --sampler)");
+  const bool sigma_sampler = is_sigma_sampler(config.sampler);
+  if (!sigma_sampler) {
+    reject_if_given(flags.time_option, "applies to --model and to the toy with a sigma-space sampler (ddpm and ddim "
+                                       "take discrete time, cfg-continuous log-SNR)");
+  }
+  if (!flags.guide_model.empty()) throw InputError("--guide-model applies to --model (the built-in mixture is exact)");
   reject_if_given(flags.num_classes_option, "applies to --model (the built-in mixture knows its classes)");
   if (global.device != "cpu") throw InputError("--device " + global.device + " applies to --model; the built-in mixture runs on the CPU");
   SamplingModels models;
@@ -39,11 +74,11 @@ SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& co
   if (flags.shape_option->count() > 0 && config.sample_shape != std::vector<int64_t>{mixture.dim()}) {
     throw InputError("--shape " + flags.shape + " does not match the mixture's dimension " + std::to_string(mixture.dim()));
   }
-  const NoiseLevelMap levels = config.sampler == SamplerKind::cfg_continuous
-                                   ? NoiseLevelMap::log_snr()
-                                   : NoiseLevelMap::discrete(make_schedule(config.schedule, config.timesteps));
+  const bool log_snr = config.sampler == SamplerKind::cfg_continuous || (sigma_sampler && time_kind(flags) == TimeKind::log_snr);
+  const NoiseLevelMap levels =
+      log_snr ? NoiseLevelMap::log_snr() : NoiseLevelMap::discrete(make_schedule(config.schedule, config.timesteps));
   models.labels = labels_from_spec(flags.class_spec, config.num_samples, mixture.num_classes, config.seed);
-  const bool classifier_only = config.classifier_scale != 0.0 && config.cfg_scale == 0.0;
+  const bool classifier_only = uses_classifier(config) && !uses_cfg(config);
   const bool conditional = models.labels.defined() && !classifier_only;
   models.denoiser = std::make_shared<MixtureDenoiser>(mixture, levels, conditional);
   if (!flags.classifier.empty()) {
@@ -51,7 +86,7 @@ SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& co
     options.time_kind = levels.kind();
     options.num_classes = mixture.num_classes;
     models.classifier = std::make_shared<TorchScriptClassifier>(flags.classifier, options);
-  } else if (config.classifier_scale != 0.0) {
+  } else if (uses_classifier(config)) {
     models.classifier = std::make_shared<MixtureClassifier>(mixture, levels);
   }
   models.model_card["model"] = {{"kind", "gaussian mixture (exact)"}, {"mixture", flags.mixture}};
@@ -61,10 +96,7 @@ SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& co
 // A path names a guidiff checkpoint (safetensors + JSON config: a run directory, a prefix or
 // either file) rather than a TorchScript archive (.pt / .pth / .ts).
 bool is_checkpoint(const std::string& path) {
-  const auto ends_with = [&](const std::string& suffix) {
-    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  return !(ends_with(".pt") || ends_with(".pth") || ends_with(".ts") || ends_with(".zip"));
+  return !(ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".ts") || ends_with(path, ".zip"));
 }
 
 // A classifier from a checkpoint or a TorchScript archive.
@@ -79,18 +111,30 @@ std::shared_ptr<Classifier> load_classifier(const SamplingFlags& flags, TorchScr
   return model.classifier;
 }
 
+// --guide-model: a checkpoint or a TorchScript denoiser (with the main model's options). With
+// --unconditional a conditional guide gets the null class as well.
+std::shared_ptr<Denoiser> load_guide(const SamplingFlags& flags, const TorchScriptOptions& options) {
+  std::shared_ptr<Denoiser> guide;
+  if (is_checkpoint(flags.guide_model)) {
+    const Model model = load_model(flags.guide_model, options.device);
+    if (!model.denoiser) {
+      throw InputError("--guide-model '" + flags.guide_model + "' holds a " + model_kind_name(model.kind) +
+                       ", not a denoiser");
+    }
+    guide = model.denoiser;
+  } else {
+    guide = std::make_shared<TorchScriptDenoiser>(flags.guide_model, options);
+  }
+  if (flags.unconditional && guide->num_classes() > 0) guide = std::make_shared<NullClassDenoiser>(guide);
+  return guide;
+}
+
 SamplingModels torchscript_models(const SamplingFlags& flags, const GenerationConfig& config, const GlobalOptions& global) {
   reject_if_given(flags.mixture_option, "applies to the built-in mixture only (no --model)");
   reject_if_given(flags.dim_option, "applies to the built-in mixture only (no --model)");
   if (flags.shape_option->count() == 0) throw InputError("--shape is required with --model (C,H,W for images, D for vectors)");
   TorchScriptOptions options;
-  if (flags.time == "discrete") {
-    options.time_kind = TimeKind::discrete_timestep;
-  } else if (flags.time == "log-snr") {
-    options.time_kind = TimeKind::log_snr;
-  } else {
-    throw InputError("unknown --time '" + flags.time + "' (expected discrete or log-snr)");
-  }
+  options.time_kind = time_kind(flags);
   options.num_classes = flags.num_classes;
   options.device = global.torch_device();
   SamplingModels models;
@@ -99,8 +143,10 @@ SamplingModels torchscript_models(const SamplingFlags& flags, const GenerationCo
   models.denoiser = std::make_shared<TorchScriptDenoiser>(flags.model, denoiser_options);
   if (flags.unconditional) models.denoiser = std::make_shared<NullClassDenoiser>(models.denoiser);
   if (!flags.classifier.empty()) models.classifier = load_classifier(flags, options, options.device);
+  if (!flags.guide_model.empty()) models.guide = load_guide(flags, denoiser_options);
   models.model_card["model"] = {{"path", flags.model}, {"kind", "torchscript"}};
   if (!flags.classifier.empty()) models.model_card["classifier"] = {{"path", flags.classifier}};
+  if (!flags.guide_model.empty()) models.model_card["guide_model"] = {{"path", flags.guide_model}};
   const int64_t classes = models.denoiser->num_classes() > 0
                               ? models.denoiser->num_classes()
                               : (models.classifier ? models.classifier->num_classes() : 0);
@@ -130,6 +176,13 @@ SamplingModels network_models(const SamplingFlags& flags, const GuidedDiffusionF
   SamplingModels models;
   models.model_card["model"] = model_card(model, flags.model);
   models.denoiser = flags.unconditional ? std::make_shared<NullClassDenoiser>(model.denoiser) : model.denoiser;
+  if (!flags.guide_model.empty()) {
+    TorchScriptOptions options;
+    options.time_kind = model.denoiser->time_kind();
+    options.num_classes = model.denoiser->num_classes();
+    options.device = device;
+    models.guide = load_guide(flags, options);
+  }
   int64_t classes = models.denoiser->num_classes();
   if (!flags.classifier.empty()) {
     if (classifier_is_state_dict(flags)) {
@@ -159,6 +212,42 @@ SamplingModels network_models(const SamplingFlags& flags, const GuidedDiffusionF
   return models;
 }
 
+// --sigmas and the churn flags, which only the sigma-space samplers (churn: euler, heun) take.
+void apply_sampler_flags(const SamplingFlags& flags, GenerationConfig& config) {
+  const std::string sampler = to_string(config.sampler);
+  if (flags.sigmas_option->count() > 0 && !is_sigma_sampler(config.sampler)) {
+    throw InputError("--sigmas applies to the sigma-space samplers, not " + sampler + " (use --steps or --respacing)");
+  }
+  config.sigmas = parse_sigma_spacing(flags.sigmas);
+  for (const CLI::Option* option : flags.churn_options) {
+    if (option->count() > 0 && config.sampler != SamplerKind::euler && config.sampler != SamplerKind::heun) {
+      throw InputError(option->get_name() + " applies to the euler and heun samplers (sampler is " + sampler + ")");
+    }
+  }
+  config.churn = flags.churn;
+}
+
+// CFG rescale, APG, CFG++ and dynamic thresholding.
+void apply_guidance_rules(const SamplingFlags& flags, GenerationConfig& config) {
+  config.cfg_rules.rescale_phi = flags.cfg_rescale;
+  for (const CLI::Option* option : flags.apg_options_given) {
+    if (option->count() > 0 && !flags.apg) throw InputError(option->get_name() + " needs --apg");
+  }
+  if (flags.apg) config.cfg_rules.apg = flags.apg_options;
+  if (flags.cfg_pp_option->count() > 0) {
+    if (flags.cfg_scale_option->count() > 0) {
+      throw InputError("give --cfg-scale or --cfg-pp, not both (CFG++'s lambda is its own weight)");
+    }
+    if (!std::isfinite(flags.cfg_pp) || flags.cfg_pp < 0) {
+      throw InputError("--cfg-pp lambda must be finite and >= 0, got " + std::to_string(flags.cfg_pp));
+    }
+    // CFG++'s eps_lambda = eps_u + lambda (eps_c - eps_u) is eq. 6 with w = lambda - 1.
+    config.cfg_rules.cfg_pp = true;
+    config.cfg_scale = flags.cfg_pp - 1.0;
+  }
+  config.dynamic_threshold = flags.dynamic_threshold;
+}
+
 GenerationConfig generation_config(const SamplingFlags& flags) {
   GenerationConfig config;
   // Names first, so a misspelt sampler or schedule is the error reported.
@@ -170,17 +259,26 @@ GenerationConfig generation_config(const SamplingFlags& flags) {
   config.steps = flags.steps;
   config.eta = flags.eta;
   config.variance_exponent = flags.variance_exponent;
-  config.classifier_scale = flags.classifier_scale;
-  config.cfg_scale = flags.cfg_scale;
+  parse_scale("--classifier-scale", flags.classifier_scale, config.classifier_scale, config.classifier_scales);
+  parse_scale("--cfg-scale", flags.cfg_scale, config.cfg_scale, config.cfg_scales);
+  if (!flags.guidance_interval.empty() && !flags.guidance_interval_sigma.empty()) {
+    throw InputError("give --guidance-interval (model time) or --guidance-interval-sigma, not both");
+  }
   if (!flags.guidance_interval.empty()) {
     const auto [low, high] = parse_number_pair("--guidance-interval", flags.guidance_interval);
     config.interval.low = low;
     config.interval.high = high;
   }
+  if (!flags.guidance_interval_sigma.empty()) {
+    const auto [low, high] = parse_number_pair("--guidance-interval-sigma", flags.guidance_interval_sigma);
+    config.interval = GuidanceInterval{low, high, GuidanceInterval::Unit::sigma};
+  }
+  apply_sampler_flags(flags, config);
+  apply_guidance_rules(flags, config);
   config.num_samples = flags.num_samples;
   config.batch_size = flags.batch_size;
   config.seed = flags.seed;
-    if (flags.shape_option->count() > 0) config.sample_shape = parse_positive_list("--shape", flags.shape);
+  if (flags.shape_option->count() > 0) config.sample_shape = parse_positive_list("--shape", flags.shape);
   return config;
 }
 
@@ -194,9 +292,18 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
   flags.shape_option = command.add_option("--shape", flags.shape, "per-sample shape: C,H,W (images) or D (vectors)");
   flags.num_classes_option = command.add_option("--num-classes", flags.num_classes, "classes of the TorchScript model/classifier");
   flags.time_option = command.add_option("--time", flags.time, "TorchScript model time input: discrete (int64 t) or log-snr (float lambda); default discrete");
-  flags.sampler_option = command.add_option("--sampler", flags.sampler, "ddpm | ddim | cfg-continuous (default ddim)");
+  flags.sampler_option = command.add_option("--sampler", flags.sampler,
+                     "ddpm | ddim | cfg-continuous | euler | euler-a | heun | dpmpp-2m | dpmpp-3m | dpmpp-2m-sde | "
+                     "dpm-2s | unipc (default ddim; docs/samplers.md)");
+  flags.sigmas_option = command.add_option("--sigmas", flags.sigmas,
+                                           "sigma-space samplers' spacing: karras | timesteps | log-snr (default karras)");
+  flags.churn_options = {
+      command.add_option("--s-churn", flags.churn.s_churn, "euler/heun: EDM's S_churn (default 0: deterministic)"),
+      command.add_option("--s-tmin", flags.churn.s_tmin, "euler/heun: churn only for sigma >= S_tmin (default 0)"),
+      command.add_option("--s-tmax", flags.churn.s_tmax, "euler/heun: churn only for sigma <= S_tmax (default inf)"),
+      command.add_option("--s-noise", flags.churn.s_noise, "euler/heun: EDM's S_noise (default 1)")};
   flags.respacing_option = command.add_option("--respacing,--timestep_respacing", flags.respacing, "timestep respacing, guided-diffusion syntax: ddimN, N or a,b,c");
-  command.add_option("--steps", flags.steps, "number of sampling steps (evenly spaced); default all T");
+  command.add_option("--steps", flags.steps, "number of sampling steps; default all T (sigma-space samplers: 50)");
   command.add_option("--eta", flags.eta, "DDIM eta (0: deterministic)");
   flags.schedule_option = command.add_option("--schedule", flags.schedule, "beta schedule: linear | cosine (default linear, or the model's)");
   flags.timesteps_option = command.add_option("--timesteps", flags.timesteps, "T of the model's training schedule (default 1000, or the model's)");
@@ -206,10 +313,28 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
   flags.class_option = command.add_option("--class", flags.class_spec, "class to sample: an index, a comma list cycled over samples, labels.npy, or random (uniform, from the seed)");
   command.add_flag("--unconditional", flags.unconditional,
                     "use a class-conditional model's null class (its unconditional half), e.g. for classifier guidance");
-  flags.classifier_scale_option = command.add_option("--classifier-scale,--classifier_scale", flags.classifier_scale, "classifier guidance scale s (default 0); guided-diffusion's classifier_scale");
-  command.add_option("--cfg-scale", flags.cfg_scale, "classifier-free guidance weight w (default 0)");
+  flags.classifier_scale_option = command.add_option(
+      "--classifier-scale,--classifier_scale", flags.classifier_scale,
+      "classifier guidance scale s, or a .npy of one s per sample (default 0); guided-diffusion's classifier_scale");
+  flags.cfg_scale_option = command.add_option(
+      "--cfg-scale", flags.cfg_scale, "classifier-free guidance weight w, or a .npy of one w per sample (default 0)");
+  command.add_option("--guide-model", flags.guide_model,
+                     "autoguidance: a smaller/shorter-trained denoiser of the same data; --cfg-scale w weighs it");
+  command.add_option("--cfg-rescale", flags.cfg_rescale, "CFG rescale phi in [0, 1] (Lin et al. 2024; default 0)");
+  command.add_flag("--apg", flags.apg, "adaptive projected guidance instead of eq. 6 (Sadat et al. 2024)");
+  flags.apg_options_given = {
+      command.add_option("--apg-eta", flags.apg_options.eta, "APG: weight of the parallel component (default 0)"),
+      command.add_option("--apg-momentum", flags.apg_options.momentum, "APG: momentum beta (default -0.5)"),
+      command.add_option("--apg-threshold", flags.apg_options.norm_threshold,
+                         "APG: norm threshold r on the x0 difference (default 0: none)")};
+  flags.cfg_pp_option = command.add_option("--cfg-pp", flags.cfg_pp,
+                                           "CFG++ with guidance scale lambda (Chung et al. 2024; ddim and euler)");
+  command.add_option("--dynamic-threshold", flags.dynamic_threshold,
+                     "dynamic thresholding of x0 at percentile p in (0, 1], e.g. 0.995 (Saharia et al. 2022)");
   command.add_option("--variance-exponent", flags.variance_exponent, "cfg-continuous variance exponent v in [0, 1] (default 0.3)");
   command.add_option("--guidance-interval", flags.guidance_interval, "guide only for model times in [a,b]: 'a,b'");
+  command.add_option("--guidance-interval-sigma", flags.guidance_interval_sigma,
+                     "guide only for noise levels sigma in [lo,hi]: 'lo,hi' (Kynkaanniemi et al. 2024)");
   command.add_flag("--bf16", flags.bf16,
                    "run the networks under bfloat16 autocast with float32 accumulation (faster on CPUs with avx512_bf16/AMX, slower elsewhere; samples differ slightly from float32)");
   command.add_option("--seed", flags.seed, "random seed (default 0); sample k's noise depends only on (seed, k)");
@@ -253,6 +378,7 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
         return std::make_shared<Bf16Denoiser>(base(low_res));
       };
     }
+    if (setup.models.guide) setup.models.guide = std::make_shared<Bf16Denoiser>(setup.models.guide);
   }
   // Clipping x0 to [-1, 1] suits images (C,H,W), not vectors, unless asked.
   config.clip_x0 = flags.clip || (!flags.no_clip && config.sample_shape.size() == 3);
@@ -267,18 +393,36 @@ GenerationResult run_sampling(Communicator& communicator, const SamplingSetup& s
     return generate_upsampled(setup.models.conditioned_on, setup.models.classifier, setup.config, setup.models.low_res,
                               setup.models.labels, on_progress);
   }
-  return generate_across(communicator, setup.models.denoiser, setup.models.classifier, setup.config, setup.models.labels,
-                         setup.initial_noise, on_progress);
+  return generate_across(communicator, setup.generation_models(), setup.config, setup.models.labels, setup.initial_noise,
+                         on_progress);
 }
 
 nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config) {
-  nlohmann::json guidance = {{"classifier_scale", config.classifier_scale}, {"cfg_scale", config.cfg_scale}};
+  // A number, or the .npy of per-sample values.
+  const auto scale = [](double value, const torch::Tensor& per_sample, const std::string& flag) {
+    return per_sample.defined() ? nlohmann::json(flag) : nlohmann::json(value);
+  };
+  nlohmann::json guidance = {{"classifier_scale", scale(config.classifier_scale, config.classifier_scales, flags.classifier_scale)},
+                             {"cfg_scale", scale(config.cfg_scale, config.cfg_scales, flags.cfg_scale)}};
   if (!flags.guidance_interval.empty()) guidance["interval"] = {config.interval.low, config.interval.high};
+  if (!flags.guidance_interval_sigma.empty()) guidance["interval_sigma"] = {config.interval.low, config.interval.high};
+  if (!flags.guide_model.empty()) guidance["guide_model"] = flags.guide_model;
+  if (config.cfg_rules.rescale_phi != 0.0) guidance["cfg_rescale"] = config.cfg_rules.rescale_phi;
+  if (config.cfg_rules.apg) {
+    guidance["apg"] = {{"eta", config.cfg_rules.apg->eta}, {"momentum", config.cfg_rules.apg->momentum},
+                       {"norm_threshold", config.cfg_rules.apg->norm_threshold}};
+  }
+  if (config.cfg_rules.cfg_pp) guidance["cfg_pp_lambda"] = flags.cfg_pp;
+  if (config.dynamic_threshold != 0.0) guidance["dynamic_threshold"] = config.dynamic_threshold;
   return {{"guidiff_version", GUIDIFF_VERSION},
           {"model", flags.model.empty() ? "built-in mixture '" + flags.mixture + "'" : flags.model},
           {"classifier", flags.classifier},
           {"unconditional", flags.unconditional},
           {"sampler", to_string(config.sampler)},
+          {"sigmas", is_sigma_sampler(config.sampler) ? to_string(config.sigmas) : ""},
+          {"churn", {{"s_churn", config.churn.s_churn}, {"s_tmin", config.churn.s_tmin},
+                     {"s_tmax", std::isinf(config.churn.s_tmax) ? nlohmann::json("inf") : nlohmann::json(config.churn.s_tmax)},
+                     {"s_noise", config.churn.s_noise}}},
           {"steps", config.steps},
           {"respacing", config.respacing},
           {"timesteps", config.timesteps},

@@ -23,13 +23,17 @@ struct SamplingFlags {
   std::string model, classifier, mixture = "demo", shape, time = "discrete";
   int64_t dim = 2, num_classes = 0;
   // The sampler.
-  std::string sampler = "ddim", respacing, schedule = "linear", variance = "fixed-small";
+  std::string sampler = "ddim", respacing, schedule = "linear", variance = "fixed-small", sigmas = "karras";
   int64_t steps = 0, timesteps = 1000;
   double eta = 0.0, variance_exponent = 0.3;
+  ChurnOptions churn;
   bool clip = false, no_clip = false, unconditional = false, bf16 = false;
   // Guidance and which samples.
-  std::string class_spec, guidance_interval, noise;
-  double classifier_scale = 0.0, cfg_scale = 0.0;
+  std::string class_spec, guidance_interval, guidance_interval_sigma, noise, guide_model;
+  std::string classifier_scale = "0", cfg_scale = "0";  // a number or a per-sample .npy
+  double cfg_rescale = 0.0, cfg_pp = 0.0, dynamic_threshold = 0.0;
+  bool apg = false;
+  ApgOptions apg_options;
   uint64_t seed = 0;
   int64_t batch_size = 64, num_samples = 16;
   // openai/guided-diffusion's `.pt` files: their flag strings, verbatim (or a guidiff JSON
@@ -39,17 +43,20 @@ struct SamplingFlags {
   // `guidiff upsample`: a super-resolution model conditioned on these base samples (.npz).
   bool super_resolution = false;
   std::string base_samples;
-  // Which flags were given (for flags that apply to one kind of model only).
+  // Which flags were given (for flags that apply to one kind of model or sampler only).
   CLI::Option *dim_option = nullptr, *mixture_option = nullptr, *time_option = nullptr,
-              *num_classes_option = nullptr, *shape_option = nullptr;
+              *num_classes_option = nullptr, *shape_option = nullptr, *sigmas_option = nullptr,
+              *cfg_pp_option = nullptr, *cfg_scale_option = nullptr;
   CLI::Option *sampler_option = nullptr, *respacing_option = nullptr, *schedule_option = nullptr,
               *timesteps_option = nullptr, *variance_option = nullptr, *classifier_scale_option = nullptr,
               *batch_size_option = nullptr, *num_samples_option = nullptr, *class_option = nullptr;
+  std::vector<CLI::Option*> churn_options, apg_options_given;
 };
 
 struct SamplingModels {
   std::shared_ptr<Denoiser> denoiser;
   std::shared_ptr<Classifier> classifier;
+  std::shared_ptr<Denoiser> guide;         // --guide-model (autoguidance), or null
   std::optional<GaussianMixture> mixture;  // the toy's, for plots
   torch::Tensor labels;                    // requested classes, or undefined
   // `guidiff upsample`: the super-resolution model for a batch of low-resolution images.
@@ -66,6 +73,7 @@ struct SamplingSetup {
   GenerationConfig config;
   SamplingModels models;
   torch::Tensor initial_noise;  // from --noise, or undefined
+  GenerationModels generation_models() const { return {models.denoiser, models.classifier, models.guide}; }
 };
 
 // Validates the flags and loads the models. Throws InputError / FileError / ModelError with

@@ -1,11 +1,12 @@
 // `guidiff sweep`: the fidelity/diversity trade-off of guidance, measured. For every setting
-// (classifier scale s, CFG weight w, number of steps) it draws the same N samples (same seed,
+// (sampler, classifier scale s, CFG weight w, number of steps) it draws the same N samples (same seed,
 // so sample k starts from the same x_T everywhere), scores them (FID, IS, precision/recall,
 // density/coverage, class accuracy), and writes
 //   DIR/settings/<id>/{samples.npz, grid.png, scores.json}   one folder per setting
 //   DIR/results.csv, DIR/results.json                          every setting's scores
 //   DIR/plots/*.png                                            FID vs IS, precision vs recall,
-//                                                              class accuracy vs strength, FID vs steps
+//                                                              class accuracy vs strength, FID vs steps,
+//                                                              FID vs model evaluations per sampler
 //   DIR/grids/<method>_steps<T>.png                            rows = classes, columns = strength
 //   DIR/report.md, DIR/report.html                             all of it, for a person
 // A setting whose scores.json exists (for the same request) is not redone: an interrupted
@@ -25,6 +26,7 @@
 #include "guidiff/cli/common.hpp"
 #include "guidiff/cli/evaluation_setup.hpp"
 #include "guidiff/cli/progress.hpp"
+#include "guidiff/cli/sweep_settings.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/threads.hpp"
 #include "guidiff/data/dataset_spec.hpp"
@@ -43,7 +45,8 @@ namespace {
 namespace fs = std::filesystem;
 
 struct SweepFlags {
-  std::string model, classifier, classifier_scales, cfg_scales, steps = "50", sampler = "ddim", out_dir;
+  std::string model, classifier, classifier_scales, cfg_scales, steps = "50", sampler = "ddim", samplers,
+      sigmas = "karras", out_dir;
   double eta = 0.0;
   int64_t num_samples = 250, batch_size = 64, grid_columns = 8;
   uint64_t seed = 0;
@@ -51,83 +54,33 @@ struct SweepFlags {
   EvaluationFlags evaluation;
 };
 
-enum class Method { classifier, cfg };
-const char* method_name(Method method) { return method == Method::classifier ? "classifier" : "cfg"; }
-
-struct Setting {
-  Method method;
-  double strength;  // s or w
-  int64_t steps;
-  std::string id() const {
-    char text[64];
-    std::snprintf(text, sizeof text, "%s_%s%g_steps%lld", method_name(method), method == Method::classifier ? "s" : "w",
-                  strength, static_cast<long long>(steps));
-    std::string id = text;
-    for (char& c : id) if (c == '.') c = 'p';
-    return id;
-  }
-  std::string label() const {
-    char text[64];
-    std::snprintf(text, sizeof text, "%s=%g", method == Method::classifier ? "s" : "w", strength);
-    return text;
-  }
-  nlohmann::json to_json() const {
-    return {{"method", method_name(method)}, {"strength", strength}, {"steps", steps}};
-  }
-};
-
 struct SettingResult {
   Setting setting;
   SampleScores scores;
-  double seconds = 0;  // sampling time (0 when resumed from an earlier run)
+  double seconds = 0;             // sampling time (0 when resumed from an earlier run)
+  int64_t model_evaluations = 0;  // calls of the guided model per sample (NFE)
 };
 
-// "0,1,3" or "start:stop:step" (inclusive stop) -> numbers.
-std::vector<double> parse_number_list(const std::string& flag, const std::string& text) {
-  std::vector<double> values;
-  if (text.empty()) return values;
-  const auto number = [&](const std::string& part) {
-    try {
-      size_t used = 0;
-      const double value = std::stod(part, &used);
-      if (used != part.size() || !std::isfinite(value)) throw std::invalid_argument(part);
-      return value;
-    } catch (const std::exception&) {
-      throw InputError(flag + ": '" + part + "' is not a number (expected a list 0,1,3 or a range start:stop:step)");
-    }
-  };
-  if (text.find(':') != std::string::npos) {
-    std::vector<std::string> parts;
-    std::stringstream stream(text);
-    for (std::string part; std::getline(stream, part, ':');) parts.push_back(part);
-    if (parts.size() != 3) throw InputError(flag + ": a range is start:stop:step, got '" + text + "'");
-    const double start = number(parts[0]), stop = number(parts[1]), step = number(parts[2]);
-    if (step <= 0 || stop < start) throw InputError(flag + ": range '" + text + "' needs step > 0 and stop >= start");
-    for (int64_t i = 0; start + i * step <= stop + 1e-9 * step; ++i) values.push_back(start + i * step);
-    if (values.size() > 1000) throw InputError(flag + ": range '" + text + "' has more than 1000 values");
-    return values;
-  }
-  std::stringstream stream(text);
-  for (std::string part; std::getline(stream, part, ',');) values.push_back(number(part));
-  for (double value : values) {
-    if (value < 0) throw InputError(flag + ": guidance strengths must be >= 0, got " + std::to_string(value));
-  }
-  return values;
-}
-
-std::string format_number(double value, const char* format = "%.4g") {
-  if (!std::isfinite(value)) return "";
-  char text[32];
-  std::snprintf(text, sizeof text, format, value);
-  return text;
+// The samplers to sweep: --samplers, or the one --sampler.
+std::vector<SamplerKind> swept_samplers(const SweepFlags& flags) {
+  return parse_sampler_list(flags.samplers.empty() ? "--sampler" : "--samplers",
+                            flags.samplers.empty() ? flags.sampler : flags.samplers);
 }
 
 // The sweep's identity: a directory holding another sweep's results is not reused.
 nlohmann::json sweep_request(const SweepFlags& flags) {
-  return {{"model", flags.model},         {"classifier", flags.classifier}, {"sampler", flags.sampler},
-          {"eta", flags.eta},             {"num_samples", flags.num_samples}, {"seed", flags.seed},
-          {"evaluator", flags.evaluation.evaluator}, {"features", flags.evaluation.features},
-          {"reference", flags.evaluation.reference}, {"reference_split", flags.evaluation.reference_split}};
+  std::string samplers;
+  bool any_sigma_sampler = false;
+  for (const SamplerKind kind : swept_samplers(flags)) {
+    samplers += (samplers.empty() ? "" : ",") + to_string(kind);
+    any_sigma_sampler = any_sigma_sampler || is_sigma_sampler(kind);
+  }
+  nlohmann::json request = {{"model", flags.model},         {"classifier", flags.classifier}, {"sampler", samplers},
+                            {"eta", flags.eta},             {"num_samples", flags.num_samples}, {"seed", flags.seed},
+                            {"evaluator", flags.evaluation.evaluator}, {"features", flags.evaluation.features},
+                            {"reference", flags.evaluation.reference}, {"reference_split", flags.evaluation.reference_split}};
+  if (any_sigma_sampler) request["sigmas"] = flags.sigmas;
+  return request;
 }
 
 void check_or_write_request(const SweepFlags& flags) {
@@ -217,19 +170,24 @@ class Sweep {
     const std::vector<int64_t> steps = parse_positive_list("--steps", flags_.steps);
     if (flags_.num_samples < 10) throw InputError("--num-samples must be >= 10 for the metrics to mean anything");
     if (flags_.grid_columns < 1) throw InputError("--grid-columns must be >= 1");
-    parse_sampler(flags_.sampler);
-    for (int64_t t : steps) {
-      for (double value : s) settings_.push_back({Method::classifier, value, t});
-      for (double value : w) settings_.push_back({Method::cfg, value, t});
+    samplers_ = swept_samplers(flags_);
+    parse_sigma_spacing(flags_.sigmas);
+    const bool named_by_sampler = samplers_.size() > 1;
+    for (const SamplerKind sampler : samplers_) {
+      for (int64_t t : steps) {
+        for (double value : s) settings_.push_back({sampler, Method::classifier, value, t, named_by_sampler});
+        for (double value : w) settings_.push_back({sampler, Method::cfg, value, t, named_by_sampler});
+      }
     }
     steps_ = steps;
   }
 
   GenerationConfig config_for(const Setting& setting) const {
     GenerationConfig config;
-    config.sampler = parse_sampler(flags_.sampler);
+    config.sampler = setting.sampler;
+    config.sigmas = parse_sigma_spacing(flags_.sigmas);
     config.steps = setting.steps;
-    config.eta = flags_.eta;
+    config.eta = setting.sampler == SamplerKind::ddim ? flags_.eta : 0.0;
     config.clip_x0 = true;
     config.classifier_scale = setting.method == Method::classifier ? setting.strength : 0.0;
     config.cfg_scale = setting.method == Method::cfg ? setting.strength : 0.0;
@@ -243,9 +201,9 @@ class Sweep {
 
   // The relative cost of a setting, for the ETA: model forwards per sample.
   double cost(const Setting& setting) const {
-    const double per_step = setting.method == Method::cfg && setting.strength != 0.0 ? 2.0
+    const double per_call = setting.method == Method::cfg && setting.strength != 0.0 ? 2.0
                             : setting.method == Method::classifier && setting.strength != 0.0 ? 1.6 : 1.0;
-    return per_step * static_cast<double>(setting.steps);
+    return per_call * static_cast<double>(model_calls(setting.sampler, setting.steps));
   }
 
   torch::Tensor labels() const { return torch::arange(flags_.num_samples, torch::kLong) % num_classes_; }
@@ -296,7 +254,7 @@ class Sweep {
       const torch::Tensor requested = labels();
       const bool uses_labels = denoiser->num_classes() > 0 || classifier != nullptr;
       const GenerationResult result = generate_across(
-          communicator_, denoiser, classifier, config, uses_labels ? requested : torch::Tensor(), {},
+          communicator_, {denoiser, classifier, nullptr}, config, uses_labels ? requested : torch::Tensor(), {},
           [&](int64_t step, int64_t steps) {
             if (bar) bar->update(static_cast<int64_t>(1000.0 * (done + weight * step / steps) / total), 1000, setting.id());
           });
@@ -309,11 +267,12 @@ class Sweep {
         write_png_grid(dir + "/grid.png", class_rows(result.samples, num_classes_, grid.nrow), grid);
       }
       // Scored as saved: the 8-bit images of the .npz.
-      SettingResult finished{setting, evaluation_->score(uint8_nhwc_to_images(pixels), requested), 0.0};
+      SettingResult finished{setting, evaluation_->score(uint8_nhwc_to_images(pixels), requested), 0.0,
+                             result.model_evaluations};
       finished.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       if (!speaks) continue;
       nlohmann::json json = {{"setting", setting.to_json()}, {"scores", finished.scores.to_json()},
-                             {"seconds", finished.seconds}};
+                             {"seconds", finished.seconds}, {"model_evaluations", finished.model_evaluations}};
       write_file_atomically(scores_path, json.dump(2) + "\n");
       bar->print_line("sweep: " + setting.id() + ": FID " + format_number(finished.scores.fid, "%.2f") + ", class accuracy " +
                      format_number(finished.scores.class_accuracy, "%.3f") + ", " +
@@ -328,7 +287,8 @@ class Sweep {
       std::ifstream in(path);
       const nlohmann::json json = nlohmann::json::parse(in);
       if (json.at("setting") != setting.to_json()) return std::nullopt;
-      return SettingResult{setting, SampleScores::from_json(json.at("scores")), json.value("seconds", 0.0)};
+      return SettingResult{setting, SampleScores::from_json(json.at("scores")), json.value("seconds", 0.0),
+                           json.at("model_evaluations").get<int64_t>()};
     } catch (const std::exception&) {
       return std::nullopt;  // a damaged file: redo the setting
     }
@@ -337,7 +297,7 @@ class Sweep {
   void write_tables() const {
     std::ostringstream csv;
     csv << "method,strength,steps,num_samples,fid,inception_score,inception_score_std,precision,recall,density,"
-           "coverage,class_accuracy,seconds\n";
+           "coverage,class_accuracy,sampler,model_evaluations,seconds\n";
     nlohmann::json json = {{"request", sweep_request(flags_)}, {"feature_space", evaluation_->feature_space()},
                            {"reference", evaluation_->reference().description}, {"guidiff_version", GUIDIFF_VERSION},
                            {"seconds", seconds_}, {"settings", nlohmann::json::array()}};
@@ -348,32 +308,67 @@ class Sweep {
           << format_number(s.inception_score_std, "%.6g") << ',' << format_number(s.precision, "%.6g") << ','
           << format_number(s.recall, "%.6g") << ',' << format_number(s.density, "%.6g") << ','
           << format_number(s.coverage, "%.6g") << ',' << format_number(s.class_accuracy, "%.6g") << ','
-          << format_number(r.seconds, "%.2f") << '\n';
-      json["settings"].push_back({{"setting", r.setting.to_json()}, {"scores", s.to_json()}, {"seconds", r.seconds}});
+          << to_string(r.setting.sampler) << ',' << r.model_evaluations << ',' << format_number(r.seconds, "%.2f")
+          << '\n';
+      json["settings"].push_back({{"setting", r.setting.to_json()}, {"scores", s.to_json()}, {"seconds", r.seconds},
+                                  {"model_evaluations", r.model_evaluations}});
     }
     if (!flags_.no_real_baseline) json["real_baseline"] = {{"name", real_name_}, {"scores", real_.to_json()}};
     write_file_atomically(flags_.out_dir + "/results.csv", csv.str());
     write_file_atomically(flags_.out_dir + "/results.json", json.dump(2) + "\n");
   }
 
-  // One series per (method, steps) over strength, with the given metrics as x and y.
+  // "dpmpp-2m, " when the sweep has several samplers, else "".
+  std::string sampler_prefix(SamplerKind sampler) const {
+    return samplers_.size() > 1 ? to_string(sampler) + ", " : "";
+  }
+
+  static bool any_finite_point(const LineSeries& line) {
+    for (size_t i = 0; i < line.x.size(); ++i) {
+      if (std::isfinite(line.x[i]) && std::isfinite(line.y[i])) return true;
+    }
+    return false;
+  }
+
+  // One series per (sampler, method, steps) over strength, with the given metrics as x and y.
   std::vector<LineSeries> series_by_method(double SampleScores::*x, double SampleScores::*y, bool x_is_strength) const {
     std::vector<LineSeries> series;
-    for (Method method : {Method::classifier, Method::cfg}) {
-      for (int64_t steps : steps_) {
-        LineSeries line;
-        line.title = std::string(method == Method::classifier ? "classifier guidance (s)" : "classifier-free (w)") +
-                     (steps_.size() > 1 ? ", " + std::to_string(steps) + " steps" : "");
-        for (const SettingResult& r : results_) {
-          if (r.setting.method != method || r.setting.steps != steps) continue;
-          line.x.push_back(x_is_strength ? r.setting.strength : r.scores.*x);
-          line.y.push_back(r.scores.*y);
-          line.point_labels.push_back(r.setting.label());
+    for (const SamplerKind sampler : samplers_) {
+      for (Method method : {Method::classifier, Method::cfg}) {
+        for (int64_t steps : steps_) {
+          LineSeries line;
+          line.title = sampler_prefix(sampler) +
+                       (method == Method::classifier ? "classifier guidance (s)" : "classifier-free (w)") +
+                       (steps_.size() > 1 ? ", " + std::to_string(steps) + " steps" : "");
+          for (const SettingResult& r : results_) {
+            if (r.setting.sampler != sampler || r.setting.method != method || r.setting.steps != steps) continue;
+            line.x.push_back(x_is_strength ? r.setting.strength : r.scores.*x);
+            line.y.push_back(r.scores.*y);
+            line.point_labels.push_back(r.setting.label());
+          }
+          if (any_finite_point(line)) series.push_back(line);
         }
-        bool any = false;
-        for (size_t i = 0; i < line.x.size(); ++i) any = any || (std::isfinite(line.x[i]) && std::isfinite(line.y[i]));
-        if (any) series.push_back(line);
       }
+    }
+    return series;
+  }
+
+  // FID against steps (or model evaluations): one series per (sampler, strength) of `method`.
+  std::vector<LineSeries> fid_series(Method method, bool x_is_evaluations) const {
+    std::vector<LineSeries> series;
+    for (const SettingResult& anchor : results_) {
+      if (anchor.setting.method != method || anchor.setting.steps != steps_.front()) continue;
+      LineSeries line;
+      line.title = sampler_prefix(anchor.setting.sampler) + method_name(method) + " " + anchor.setting.label();
+      for (const SettingResult& r : results_) {
+        if (r.setting.sampler == anchor.setting.sampler && r.setting.method == method &&
+            r.setting.strength == anchor.setting.strength) {
+          line.x.push_back(x_is_evaluations ? static_cast<double>(r.model_evaluations) : static_cast<double>(r.setting.steps));
+          line.y.push_back(r.scores.fid);
+          line.point_labels.push_back(std::to_string(r.setting.steps));
+        }
+      }
+      if (any_finite_point(line)) series.push_back(line);
     }
     return series;
   }
@@ -400,62 +395,71 @@ class Sweep {
     plot("accuracy_vs_strength.png",
          series_by_method(nullptr, &SampleScores::class_accuracy, true), options);
     if (steps_.size() > 1) {
-      std::vector<LineSeries> series;
-      for (const SettingResult& anchor : results_) {
-        if (anchor.setting.steps != steps_.front()) continue;
-        LineSeries line;
-        line.title = std::string(method_name(anchor.setting.method)) + " " + anchor.setting.label();
-        for (const SettingResult& r : results_) {
-          if (r.setting.method == anchor.setting.method && r.setting.strength == anchor.setting.strength) {
-            line.x.push_back(static_cast<double>(r.setting.steps));
-            line.y.push_back(r.scores.fid);
-          }
-        }
-        series.push_back(line);
-      }
+      std::vector<LineSeries> series = fid_series(Method::classifier, false);
+      for (const LineSeries& line : fid_series(Method::cfg, false)) series.push_back(line);
       options.title = "FID against sampling steps";
       options.x_label = "sampling steps";
       options.y_label = "FID";
       options.log_x = true;
       plot("fid_vs_steps.png", series, options);
     }
+    if (steps_.size() > 1 || samplers_.size() > 1) {
+      // The few-step figure: quality against cost, one curve per sampler (points labelled by steps).
+      for (Method method : {Method::classifier, Method::cfg}) {
+        options.title = std::string("FID against model evaluations, ") +
+                        (method == Method::classifier ? "classifier guidance" : "classifier-free guidance");
+        options.x_label = "model evaluations per sample (NFE)";
+        options.y_label = "FID";
+        options.log_x = true;
+        plot(std::string("fid_vs_nfe_") + method_name(method) + ".png", fid_series(method, true), options);
+      }
+    }
   }
 
   void write_strength_grids() {
-    for (Method method : {Method::classifier, Method::cfg}) {
-      for (int64_t steps : steps_) {
-        std::vector<torch::Tensor> columns;
-        std::vector<std::string> labels;
-        for (const SettingResult& r : results_) {
-          if (r.setting.method != method || r.setting.steps != steps) continue;
-          const SampleBatchNpz batch =
-              read_sample_batch_npz(flags_.out_dir + "/settings/" + r.setting.id() + "/samples.npz");
-          // The first sample of each class: the same x_T in every setting.
-          columns.push_back(uint8_nhwc_to_images(batch.images.slice(0, 0, std::min(num_classes_, batch.images.size(0)))));
-          labels.push_back(r.setting.label());
+    for (const SamplerKind sampler : samplers_) {
+      for (Method method : {Method::classifier, Method::cfg}) {
+        for (int64_t steps : steps_) {
+          write_strength_grid(sampler, method, steps);
         }
-        if (columns.empty()) continue;
-        // rows = classes, columns = strength.
-        const torch::Tensor grid = torch::stack(columns, 1).flatten(0, 1);
-        const std::string name = std::string(method_name(method)) + "_steps" + std::to_string(steps) + ".png";
-        ImageGridOptions options;
-        options.nrow = static_cast<int64_t>(columns.size());
-        write_png_grid(flags_.out_dir + "/grids/" + name, grid, options);
-        std::string caption = std::string(method == Method::classifier ? "Classifier guidance" : "Classifier-free guidance") +
-                              ", " + std::to_string(steps) + " steps: rows are classes 0.." +
-                              std::to_string(num_classes_ - 1) + ", columns ";
-        for (size_t i = 0; i < labels.size(); ++i) caption += (i ? ", " : "") + labels[i];
-        grids_.push_back({name, caption});
       }
     }
+  }
+
+  // rows = classes, columns = strength, for one sampler, method and step count.
+  void write_strength_grid(SamplerKind sampler, Method method, int64_t steps) {
+    std::vector<torch::Tensor> columns;
+    std::vector<std::string> labels;
+    for (const SettingResult& r : results_) {
+      if (r.setting.sampler != sampler || r.setting.method != method || r.setting.steps != steps) continue;
+      const SampleBatchNpz batch =
+          read_sample_batch_npz(flags_.out_dir + "/settings/" + r.setting.id() + "/samples.npz");
+      // The first sample of each class: the same x_T in every setting.
+      columns.push_back(uint8_nhwc_to_images(batch.images.slice(0, 0, std::min(num_classes_, batch.images.size(0)))));
+      labels.push_back(r.setting.label());
+    }
+    if (columns.empty()) return;
+    // rows = classes, columns = strength.
+    const torch::Tensor grid = torch::stack(columns, 1).flatten(0, 1);
+    const std::string name = (samplers_.size() > 1 ? to_string(sampler) + "_" : "") + method_name(method) + "_steps" +
+                             std::to_string(steps) + ".png";
+    ImageGridOptions options;
+    options.nrow = static_cast<int64_t>(columns.size());
+    write_png_grid(flags_.out_dir + "/grids/" + name, grid, options);
+    std::string caption = sampler_prefix(sampler) +
+                          (method == Method::classifier ? "Classifier guidance" : "Classifier-free guidance") +
+                          ", " + std::to_string(steps) + " steps: rows are classes 0.." +
+                          std::to_string(num_classes_ - 1) + ", columns ";
+    for (size_t i = 0; i < labels.size(); ++i) caption += (i ? ", " : "") + labels[i];
+    grids_.push_back({name, caption});
   }
 
   std::vector<std::pair<std::string, SampleScores>> table_rows() const {
     std::vector<std::pair<std::string, SampleScores>> rows;
     if (!flags_.no_real_baseline) rows.push_back({real_name_, real_});
     for (const SettingResult& r : results_) {
-      rows.push_back({std::string(method_name(r.setting.method)) + " " + r.setting.label() + ", " +
-                          std::to_string(r.setting.steps) + " steps",
+      rows.push_back({sampler_prefix(r.setting.sampler) + method_name(r.setting.method) + " " + r.setting.label() + ", " +
+                          std::to_string(r.setting.steps) + " steps (" + std::to_string(r.model_evaluations) + " NFE)",
                       r.scores});
     }
     return rows;
@@ -477,8 +481,11 @@ class Sweep {
         " images). They compare settings of this sweep with each other; they are not comparable to "
         "Inception-based FID/IS in papers. With " + std::to_string(flags_.num_samples) +
         " samples per setting FID is biased upward; the real-data row shows the floor at this sample count.";
+    const nlohmann::json request = sweep_request(flags_);
     std::string settings_line = "model `" + flags_.model + "`" + (flags_.classifier.empty() ? "" : ", classifier `" + flags_.classifier + "`") +
-                                ", sampler " + flags_.sampler + ", " + std::to_string(flags_.num_samples) +
+                                ", sampler " + request.at("sampler").get<std::string>() +
+                                (request.contains("sigmas") ? " (sigmas " + flags_.sigmas + ")" : "") + ", " +
+                                std::to_string(flags_.num_samples) +
                                 " samples per setting (class k mod " + std::to_string(num_classes_) + "), seed " +
                                 std::to_string(flags_.seed);
     char timing[160];
@@ -541,6 +548,7 @@ class Sweep {
   int64_t num_classes_ = 0;
   std::unique_ptr<Evaluation> evaluation_;
   std::vector<Setting> settings_;
+  std::vector<SamplerKind> samplers_;
   std::vector<int64_t> steps_;
   std::vector<SettingResult> results_;
   SampleScores real_;
@@ -560,7 +568,11 @@ Command add_sweep_command(CLI::App& app, const GlobalOptions& global) {
   command->add_option("--classifier-scales", f.classifier_scales, "classifier scales s: list 0,1,3 or range start:stop:step");
   command->add_option("--cfg-scales", f.cfg_scales, "CFG weights w: list 0,1,3 or range start:stop:step");
   command->add_option("--steps", f.steps, "sampling steps, a list (e.g. 10,25,50)")->capture_default_str();
-  command->add_option("--sampler", f.sampler, "ddim | ddpm")->capture_default_str();
+  CLI::Option* sampler = command->add_option("--sampler", f.sampler, "the sampler (any of guidiff sample's)")->capture_default_str();
+  command->add_option("--samplers", f.samplers, "several samplers, a list (e.g. ddim,dpmpp-2m,unipc): one curve each")
+      ->excludes(sampler);
+  command->add_option("--sigmas", f.sigmas, "sigma-space samplers' spacing: karras | timesteps | log-snr")
+      ->capture_default_str();
   command->add_option("--eta", f.eta, "DDIM eta")->capture_default_str();
   command->add_option("--num-samples", f.num_samples, "samples per setting (sample k asks for class k mod K)")->capture_default_str();
   command->add_option("--batch-size", f.batch_size)->capture_default_str();

@@ -9,42 +9,6 @@
 
 namespace guidiff {
 
-namespace {
-
-// time as one value per sample [N] (a single value is broadcast).
-torch::Tensor per_sample_time(const torch::Tensor& time, int64_t n, const char* who) {
-  if (!time.defined()) throw InputError(std::string(who) + ": time is undefined");
-  auto values = time.reshape({-1});
-  if (values.numel() == 1 && n != 1) values = values.expand({n});
-  if (values.numel() != n) {
-    throw InputError(std::string(who) + ": time must have one value per sample (" +
-                     std::to_string(n) + "), got " + std::to_string(values.numel()));
-  }
-  return values;
-}
-
-// bool [N] -> [N, 1, ..., 1] to broadcast against x ([N, ...]).
-torch::Tensor broadcastable_mask(const torch::Tensor& mask, const torch::Tensor& x) {
-  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
-  shape[0] = mask.size(0);
-  return mask.to(x.device()).view(shape);
-}
-
-void require_finite(double value, const char* name) {
-  if (!std::isfinite(value)) throw InputError(std::string(name) + " must be finite");
-}
-
-}  // namespace
-
-torch::Tensor GuidanceInterval::contains(const torch::Tensor& time) const {
-  const auto t = time.detach().to(torch::kFloat64).reshape({-1});
-  return t.ge(low).logical_and(t.le(high));
-}
-
-bool GuidanceInterval::is_everything() const {
-  return std::isinf(low) && low < 0 && std::isinf(high) && high > 0;
-}
-
 torch::Tensor class_log_prob_gradient(Classifier& classifier, const torch::Tensor& x_t,
                                       const torch::Tensor& time, const torch::Tensor& y) {
   const int64_t n = x_t.size(0);
@@ -84,9 +48,10 @@ torch::Tensor class_log_prob_gradient(Classifier& classifier, const torch::Tenso
   return gradients[0].detach();
 }
 
-ClassifierFreeGuidance::ClassifierFreeGuidance(std::shared_ptr<Denoiser> base,
-                                               double guidance_weight, GuidanceInterval interval)
-    : base_(std::move(base)), guidance_weight_(guidance_weight), interval_(interval) {
+ClassifierFreeGuidance::ClassifierFreeGuidance(std::shared_ptr<Denoiser> base, GuidanceScale guidance_weight,
+                                               GuidanceInterval interval, CfgRules rules,
+                                               std::optional<NoiseLevelMap> levels)
+    : base_(std::move(base)), combination_(guidance_weight, interval, std::move(rules), std::move(levels)) {
   if (!base_) throw ModelError("classifier-free guidance: no model");
   if (base_->num_classes() <= 0) {
     throw ModelError("classifier-free guidance needs a class-conditional model (with a null class)");
@@ -95,7 +60,7 @@ ClassifierFreeGuidance::ClassifierFreeGuidance(std::shared_ptr<Denoiser> base,
     throw ModelError("classifier-free guidance needs a model with a null class; this one has none "
                      "(guided-diffusion's models: use classifier guidance, --classifier-scale)");
   }
-  require_finite(guidance_weight_, "classifier-free guidance weight (--cfg-scale)");
+  guidance_weight.check_finite("classifier-free guidance weight (--cfg-scale)");
 }
 
 DenoiserOutput ClassifierFreeGuidance::predict(const torch::Tensor& x_t, const torch::Tensor& time,
@@ -104,12 +69,9 @@ DenoiserOutput ClassifierFreeGuidance::predict(const torch::Tensor& x_t, const t
   if (!y.defined() || y.dim() != 1 || y.size(0) != n) {
     throw InputError("classifier-free guidance needs class labels y [" + std::to_string(n) + "]");
   }
-  if (guidance_weight_ == 0.0) return base_->predict(x_t, time, y);
-  torch::Tensor inside;  // undefined: every sample is guided
-  if (!interval_.is_everything()) {
-    inside = interval_.contains(per_sample_time(time, n, "classifier-free guidance"));
-    if (!inside.any().item<bool>()) return base_->predict(x_t, time, y);
-  }
+  if (combination_.is_off()) return base_->predict(x_t, time, y);
+  const torch::Tensor guided_rows = combination_.guided_rows(time, n);  // undefined: every row
+  if (guided_rows.defined() && !guided_rows.any().item<bool>()) return base_->predict(x_t, time, y);
   // One forward over [conditional rows; unconditional rows].
   const auto t = per_sample_time(time, n, "classifier-free guidance");
   const auto null_labels = torch::full_like(y, base_->num_classes());
@@ -118,19 +80,50 @@ DenoiserOutput ClassifierFreeGuidance::predict(const torch::Tensor& x_t, const t
     throw ModelError("classifier-free guidance: model returned the wrong batch size");
   }
   auto halves = output.eps.chunk(2, 0);
-  const auto& conditional = halves[0];
-  const auto& unconditional = halves[1];
-  // Ho & Salimans eq. 6: eps~ = (1 + w) eps(x, c) - w eps(x, null).
-  auto guided = (1.0 + guidance_weight_) * conditional - guidance_weight_ * unconditional;
-  if (inside.defined()) guided = torch::where(broadcastable_mask(inside, guided), guided, conditional);
-  DenoiserOutput result{guided, torch::Tensor()};
-  if (output.variance_output.defined()) result.variance_output = output.variance_output.chunk(2, 0)[0];
-  return result;
+  DenoiserOutput conditional{halves[0], torch::Tensor(), torch::Tensor()};
+  if (output.variance_output.defined()) conditional.variance_output = output.variance_output.chunk(2, 0)[0];
+  return combination_.combine(x_t, t, std::move(conditional), halves[1], guided_rows);
+}
+
+Autoguidance::Autoguidance(std::shared_ptr<Denoiser> base, std::shared_ptr<Denoiser> guide,
+                           GuidanceScale guidance_weight, GuidanceInterval interval, CfgRules rules,
+                           std::optional<NoiseLevelMap> levels)
+    : base_(std::move(base)),
+      guide_(std::move(guide)),
+      combination_(guidance_weight, interval, std::move(rules), std::move(levels)) {
+  if (!base_) throw ModelError("autoguidance: no model");
+  if (!guide_) throw ModelError("autoguidance: no guide model (--guide-model)");
+  if (guide_->time_kind() != base_->time_kind()) {
+    throw ModelError("autoguidance: the guide model and the model use different time inputs");
+  }
+  if (guide_->num_classes() > 0 && base_->num_classes() > 0 && guide_->num_classes() != base_->num_classes()) {
+    throw ModelError("autoguidance: the guide model has " + std::to_string(guide_->num_classes()) +
+                     " classes, the model " + std::to_string(base_->num_classes()));
+  }
+  guidance_weight.check_finite("autoguidance weight (--cfg-scale)");
+}
+
+DenoiserOutput Autoguidance::predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor& y) {
+  DenoiserOutput positive = base_->predict(x_t, time, y);
+  if (combination_.is_off()) return positive;
+  const int64_t n = x_t.size(0);
+  const torch::Tensor guided_rows = combination_.guided_rows(time, n);
+  if (guided_rows.defined() && !guided_rows.any().item<bool>()) return positive;
+  torch::Tensor guide_labels;  // an unconditional guide ignores labels
+  if (guide_->num_classes() > 0) {
+    guide_labels = y.defined() ? y : torch::full({n}, guide_->num_classes(), torch::kLong);
+  }
+  const torch::Tensor negative = guide_->predict(x_t, time, guide_labels).eps;
+  if (!negative.defined() || negative.sizes() != x_t.sizes()) {
+    throw ModelError("autoguidance: the guide model's eps does not have the shape of x_t");
+  }
+  return combination_.combine(x_t, per_sample_time(time, n, "autoguidance"), std::move(positive), negative,
+                              guided_rows);
 }
 
 ClassifierGuidedDenoiser::ClassifierGuidedDenoiser(std::shared_ptr<Denoiser> base,
                                                    std::shared_ptr<Classifier> classifier,
-                                                   NoiseLevelMap noise_levels, double scale,
+                                                   NoiseLevelMap noise_levels, GuidanceScale scale,
                                                    GuidanceInterval interval)
     : base_(std::move(base)),
       classifier_(std::move(classifier)),
@@ -139,7 +132,7 @@ ClassifierGuidedDenoiser::ClassifierGuidedDenoiser(std::shared_ptr<Denoiser> bas
       interval_(interval) {
   if (!base_) throw ModelError("classifier guidance: no model");
   if (!classifier_) throw ModelError("classifier guidance: no classifier");
-  require_finite(scale_, "classifier scale (--classifier-scale)");
+  scale_.check_finite("classifier scale (--classifier-scale)");
   if (classifier_->time_kind() != base_->time_kind() || noise_levels_.kind() != base_->time_kind()) {
     throw ModelError("classifier guidance: the classifier and the model use different time inputs");
   }
@@ -152,12 +145,12 @@ ClassifierGuidedDenoiser::ClassifierGuidedDenoiser(std::shared_ptr<Denoiser> bas
 DenoiserOutput ClassifierGuidedDenoiser::predict(const torch::Tensor& x_t, const torch::Tensor& time,
                                                  const torch::Tensor& y) {
   auto output = base_->predict(x_t, time, y);
-  if (scale_ == 0.0) return output;
+  if (scale_.is_zero()) return output;
   const int64_t n = x_t.size(0);
   const auto t = per_sample_time(time, n, "classifier guidance");
   torch::Tensor inside;  // undefined: every sample is guided
   if (!interval_.is_everything()) {
-    inside = interval_.contains(t);
+    inside = interval_.contains(t, &noise_levels_);
     if (!inside.any().item<bool>()) return output;
   }
   const auto gradient = class_log_prob_gradient(*classifier_, x_t, t, y);
@@ -165,34 +158,41 @@ DenoiserOutput ClassifierGuidedDenoiser::predict(const torch::Tensor& x_t, const
   auto sigma = noise_levels_.sigma(t).to(x_t.device(), torch::kFloat64);
   std::vector<int64_t> shape(static_cast<size_t>(x_t.dim()), 1);
   shape[0] = n;
-  const auto shift = (scale_ * sigma.view(shape) * gradient.to(torch::kFloat64)).to(output.eps.scalar_type());
+  const auto shift =
+      (scale_.over(x_t) * sigma.view(shape) * gradient.to(torch::kFloat64)).to(output.eps.scalar_type());
   auto guided = output.eps - shift;
   if (inside.defined()) guided = torch::where(broadcastable_mask(inside, guided), guided, output.eps);
   output.eps = guided;
   return output;
 }
 
-ClassifierMeanShift::ClassifierMeanShift(std::shared_ptr<Classifier> classifier, double scale,
-                                         GuidanceInterval interval)
-    : classifier_(std::move(classifier)), scale_(scale), interval_(interval) {
+ClassifierMeanShift::ClassifierMeanShift(std::shared_ptr<Classifier> classifier, GuidanceScale scale,
+                                         GuidanceInterval interval, std::optional<NoiseLevelMap> levels)
+    : classifier_(std::move(classifier)), scale_(std::move(scale)), interval_(interval), levels_(std::move(levels)) {
   if (!classifier_) throw ModelError("classifier mean shift: no classifier");
-  require_finite(scale_, "classifier scale (--classifier-scale)");
+  scale_.check_finite("classifier scale (--classifier-scale)");
+  if (interval_.unit == GuidanceInterval::Unit::sigma && !levels_) {
+    throw ModelError("classifier mean shift: an interval in sigma needs the model's noise levels");
+  }
 }
 
 torch::Tensor ClassifierMeanShift::shift(const torch::Tensor& x_t, const torch::Tensor& time,
                                          const torch::Tensor& y, const torch::Tensor& variance) const {
   auto zero = torch::zeros_like(x_t);
-  if (scale_ == 0.0) return zero;
+  if (scale_.is_zero()) return zero;
   const int64_t n = x_t.size(0);
   const auto t = per_sample_time(time, n, "classifier mean shift");
   torch::Tensor inside;
   if (!interval_.is_everything()) {
-    inside = interval_.contains(t);
+    inside = interval_.contains(t, levels_ ? &*levels_ : nullptr);
     if (!inside.any().item<bool>()) return zero;
   }
   const auto gradient = class_log_prob_gradient(*classifier_, x_t, t, y);
   // Dhariwal & Nichol Algorithm 1: mu + s Sigma grad_x log p_phi(y | x_t).
-  auto shift = (scale_ * variance.detach() * gradient).to(x_t.scalar_type()).expand_as(x_t).contiguous();
+  auto shift = (scale_.over(x_t) * variance.detach().to(torch::kFloat64) * gradient.to(torch::kFloat64))
+                   .to(x_t.scalar_type())
+                   .expand_as(x_t)
+                   .contiguous();
   if (inside.defined()) shift = torch::where(broadcastable_mask(inside, shift), shift, zero);
   return shift;
 }

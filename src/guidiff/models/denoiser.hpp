@@ -3,14 +3,22 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "guidiff/schedule/noise_level.hpp"
 
 namespace guidiff {
 
 struct DenoiserOutput {
+  DenoiserOutput() = default;
+  DenoiserOutput(torch::Tensor eps_, torch::Tensor variance_output_ = {}, torch::Tensor renoise_eps_ = {})
+      : eps(std::move(eps_)), variance_output(std::move(variance_output_)), renoise_eps(std::move(renoise_eps_)) {}
+
   torch::Tensor eps;              // predicted noise, same shape as x_t
   torch::Tensor variance_output;  // learned-range variance output in [-1, 1], or undefined
+  // CFG++ (Chung et al. 2024): the eps a sampler re-noises with (the unconditional one),
+  // while x0 comes from `eps`. Undefined: re-noise with `eps` itself (every other rule).
+  torch::Tensor renoise_eps;
 };
 
 // (x_t, time, y?) -> eps [, variance]. Classes are 0..num_classes()-1; the null class

@@ -57,7 +57,7 @@ SamplingResult sample_cfg_continuous(Denoiser& model, const SampleBatch& batch,
     const LogSnrLevel& now = levels[i];
     const torch::Tensor time =
         torch::full({z.size(0)}, now.lambda, torch::dtype(torch::kFloat).device(z.device()));
-    const torch::Tensor eps = support::predict_checked(model, z, time, batch.labels).eps;
+    const torch::Tensor eps = support::predict_checked(model, z, time, batch.labels, name).eps;
     // x~ = (z - sigma_l eps~) / alpha_l
     torch::Tensor x_pred = (z - std::sqrt(now.sigma_squared) * eps) / now.alpha;
     if (options.clip_x0) x_pred = x_pred.clamp(-1.0, 1.0);

@@ -14,7 +14,8 @@ namespace {
 namespace support = sampler_support;
 
 // pred_x0 from eps (clamped to [-1, 1] when asked), and eps recomputed from that x0 so the
-// update stays consistent with the clamp (guided-diffusion's ddim_sample).
+// update stays consistent with the clamp (guided-diffusion's ddim_sample). Under CFG++
+// (Chung et al. 2024, DDIM form) the step re-noises with the guidance's own eps instead.
 struct Prediction {
   torch::Tensor x0;
   torch::Tensor eps;
@@ -25,9 +26,10 @@ Prediction predict_x0_and_eps(Denoiser& model, const DiscreteSchedule& schedule,
                               bool clip_x0) {
   const torch::Tensor step_index = support::step_index_for(step, x);
   const torch::Tensor t = support::model_timestep_for(schedule, step, x);
-  const DenoiserOutput out = support::predict_checked(model, x, t, labels);
+  const DenoiserOutput out = support::predict_checked(model, x, t, labels, "ddim", /*allows_renoise=*/true);
   torch::Tensor x0 = predict_x0_from_eps(schedule, x, step_index, out.eps).to(x.options());
   if (clip_x0) x0 = x0.clamp(-1.0, 1.0);
+  if (out.renoise_eps.defined()) return {x0, out.renoise_eps};
   const torch::Tensor eps = predict_eps_from_x0(schedule, x, step_index, x0).to(x.options());
   return {x0, eps};
 }

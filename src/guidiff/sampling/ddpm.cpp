@@ -29,7 +29,7 @@ SamplingResult sample_ddpm(Denoiser& model, const DiscreteSchedule& schedule,
     const torch::Tensor step_index = support::step_index_for(i, x);
     const torch::Tensor t = support::model_timestep_for(schedule, i, x);
     // eps_theta(x_t, t) -> p_theta(x_{t-1} | x_t) = N(mu, Sigma)   (DDPM eqs. 11-12)
-    const DenoiserOutput out = support::predict_checked(model, x, t, batch.labels);
+    const DenoiserOutput out = support::predict_checked(model, x, t, batch.labels, name);
     const ReverseStep reverse = p_mean_variance(schedule, x, step_index, out.eps,
                                                 out.variance_output, variance_kind, options.clip_x0);
     torch::Tensor mean = reverse.gaussian.mean.to(x.options());

@@ -8,7 +8,9 @@
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/guidance/guided_model.hpp"
 #include "guidiff/io/npy.hpp"
+#include "guidiff/sampling/generation_checks.hpp"
 
 namespace guidiff {
 namespace {
@@ -21,173 +23,6 @@ std::string shape_string(torch::IntArrayRef sizes) {
   std::ostringstream out;
   out << sizes;
   return out.str();
-}
-
-std::string number_string(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
-
-TimeKind time_kind_of(SamplerKind sampler) {
-  return sampler == SamplerKind::cfg_continuous ? TimeKind::log_snr : TimeKind::discrete_timestep;
-}
-
-std::string time_kind_name(TimeKind kind) {
-  return kind == TimeKind::discrete_timestep ? "discrete timesteps" : "log-SNR (continuous) time";
-}
-
-// Counts, shapes and scalar options that need no model.
-void check_config(const GenerationConfig& config) {
-  if (config.num_samples < 1) {
-    throw InputError("--num-samples must be >= 1, got " + std::to_string(config.num_samples));
-  }
-  if (config.batch_size < 1) {
-    throw InputError("--batch-size must be >= 1, got " + std::to_string(config.batch_size));
-  }
-  if (config.shard_count < 1 || config.shard_index < 0 || config.shard_index >= config.shard_count) {
-    throw InputError("shard " + std::to_string(config.shard_index) + " of " + std::to_string(config.shard_count) +
-                     " does not exist");
-  }
-  if (config.first_sample_index < 0) {
-    throw InputError("the first sample index must be >= 0, got " +
-                     std::to_string(config.first_sample_index));
-  }
-  if (config.sample_shape.empty() ||
-      std::any_of(config.sample_shape.begin(), config.sample_shape.end(),
-                  [](int64_t size) { return size < 1; })) {
-    throw InputError("the sample shape must be non-empty with every size >= 1, got " +
-                     shape_string(config.sample_shape));
-  }
-  if (config.steps < 0) throw InputError("--steps must be >= 0, got " + std::to_string(config.steps));
-  if (!std::isfinite(config.classifier_scale)) {
-    throw InputError("--classifier-scale must be finite, got " + number_string(config.classifier_scale));
-  }
-  if (!std::isfinite(config.cfg_scale)) {
-    throw InputError("--cfg-scale must be finite, got " + number_string(config.cfg_scale));
-  }
-  if (!std::isfinite(config.eta) || config.eta < 0.0) {
-    throw InputError("--eta must be finite and >= 0, got " + number_string(config.eta));
-  }
-  if (config.eta != 0.0 && config.sampler != SamplerKind::ddim) {
-    throw InputError("--eta applies only to the ddim sampler (sampler is " +
-                     to_string(config.sampler) + ")");
-  }
-  if (std::isnan(config.interval.low) || std::isnan(config.interval.high) ||
-      config.interval.low > config.interval.high) {
-    throw InputError("the guidance interval [" + number_string(config.interval.low) + ", " +
-                     number_string(config.interval.high) + "] is empty");
-  }
-  if (config.sampler == SamplerKind::cfg_continuous) {
-    if (!config.respacing.empty()) {
-      throw InputError("--respacing applies only to the discrete samplers; use --steps with "
-                       "cfg-continuous");
-    }
-    const double v = config.variance_exponent;
-    if (!std::isfinite(v) || v < 0.0 || v > 1.0) {
-      throw InputError("the variance exponent v must be in [0, 1], got " + number_string(v));
-    }
-    config.log_snr.validate();
-  } else {
-    if (config.timesteps < 1) {
-      throw InputError("--timesteps must be >= 1, got " + std::to_string(config.timesteps));
-    }
-    if (config.steps > config.timesteps) {
-      throw InputError("--steps " + std::to_string(config.steps) + " exceeds the model's " +
-                       std::to_string(config.timesteps) + " timesteps");
-    }
-    if (config.steps > 0 && !config.respacing.empty()) {
-      throw InputError("give either --steps or --respacing, not both (steps " +
-                       std::to_string(config.steps) + ", respacing '" + config.respacing + "')");
-    }
-  }
-}
-
-// The number of classes labels index: the model's, or the classifier's for an
-// unconditional model. Checks the two agree and that each guidance has what it needs.
-int64_t check_models(const Denoiser* model, const Classifier* classifier,
-                     const GenerationConfig& config) {
-  if (model == nullptr) throw InputError("no model to sample from");
-  const TimeKind wanted = time_kind_of(config.sampler);
-  if (model->time_kind() != wanted) {
-    throw ModelError("the " + to_string(config.sampler) + " sampler needs a model taking " +
-                     time_kind_name(wanted) + ", but the model takes " +
-                     time_kind_name(model->time_kind()));
-  }
-  if (config.fixed_variance == VarianceKind::learned_range && !model->learns_variance() &&
-      config.sampler == SamplerKind::ddpm) {
-    throw ModelError("learned-range variance needs a model that learns its variance");
-  }
-  if (config.cfg_scale != 0.0 && model->num_classes() < 1) {
-    throw ModelError("--cfg-scale needs a class-conditional model (this model is unconditional)");
-  }
-  if (config.cfg_scale != 0.0 && !model->has_null_class()) {
-    throw ModelError("--cfg-scale needs a model with a null class; this class-conditional model has none "
-                     "(guided-diffusion's models: use classifier guidance, --classifier-scale)");
-  }
-  if (config.classifier_scale != 0.0 && classifier == nullptr) {
-    throw InputError("--classifier-scale " + number_string(config.classifier_scale) +
-                     " needs a classifier");
-  }
-  if (classifier != nullptr) {
-    if (classifier->time_kind() != model->time_kind()) {
-      throw ModelError("the classifier takes " + time_kind_name(classifier->time_kind()) +
-                       " but the model takes " + time_kind_name(model->time_kind()));
-    }
-    if (classifier->num_classes() < 1) throw ModelError("the classifier has no classes");
-    if (model->num_classes() > 0 && classifier->num_classes() != model->num_classes()) {
-      throw ModelError("the classifier has " + std::to_string(classifier->num_classes()) +
-                       " classes but the model has " + std::to_string(model->num_classes()));
-    }
-  }
-  return model->num_classes() > 0 ? model->num_classes()
-                                  : (classifier != nullptr ? classifier->num_classes() : 0);
-}
-
-// Labels as int64 [num_samples] in [0, num_classes), or undefined when none are needed.
-torch::Tensor check_labels(const torch::Tensor& labels, int64_t num_classes,
-                           const GenerationConfig& config) {
-  if (!labels.defined()) {
-    if (config.cfg_scale != 0.0) throw InputError("--cfg-scale needs class labels (--class)");
-    if (config.classifier_scale != 0.0) {
-      throw InputError("--classifier-scale needs class labels (--class)");
-    }
-    return labels;
-  }
-  if (num_classes < 1) {
-    throw InputError("class labels were given, but the model is unconditional and there is no "
-                     "classifier");
-  }
-  if (labels.dim() != 1 || labels.size(0) != config.num_samples ||
-      !(labels.scalar_type() == torch::kLong || labels.scalar_type() == torch::kInt)) {
-    throw InputError("class labels must be int64 [" + std::to_string(config.num_samples) +
-                     "], got " + shape_string(labels.sizes()) + " " +
-                     std::string(c10::toString(labels.scalar_type())));
-  }
-  torch::Tensor result = labels.to(torch::kCPU, torch::kLong).contiguous();
-  const int64_t low = result.min().item<int64_t>();
-  const int64_t high = result.max().item<int64_t>();
-  if (low < 0 || high >= num_classes) {
-    throw InputError("class " + std::to_string(low < 0 ? low : high) + " is outside [0, " +
-                     std::to_string(num_classes) + ")");
-  }
-  return result;
-}
-
-// x_T for every sample as float32 [num_samples, sample_shape...], or undefined.
-torch::Tensor check_initial_noise(const torch::Tensor& noise, const GenerationConfig& config) {
-  if (!noise.defined()) return noise;
-  std::vector<int64_t> expected{config.num_samples};
-  expected.insert(expected.end(), config.sample_shape.begin(), config.sample_shape.end());
-  if (noise.sizes() != torch::IntArrayRef(expected) || !noise.is_floating_point()) {
-    throw InputError("the initial noise x_T must be floating point " + shape_string(expected) +
-                     ", got " + shape_string(noise.sizes()) + " " +
-                     std::string(c10::toString(noise.scalar_type())));
-  }
-  if (!torch::isfinite(noise).all().item<bool>()) {
-    throw NumericError("the initial noise x_T contains NaN or infinity");
-  }
-  return noise.to(torch::kCPU, torch::kFloat);
 }
 
 // The kept original timesteps: the respacing spec, or `steps` evenly spaced (guided-diffusion
@@ -209,62 +44,105 @@ std::vector<int64_t> kept_timesteps(const GenerationConfig& config) {
 
 // Everything the per-batch loop needs, built once.
 struct SamplingPlan {
-  std::shared_ptr<Denoiser> model;                // guidance already applied (except Alg. 1)
-  std::optional<ClassifierMeanShift> mean_shift;  // Algorithm 1, DDPM only
-  DiscreteSchedule schedule;                      // respaced, discrete samplers only
+  NoiseLevelMap levels;           // the model's time -> abar (unrespaced), for guidance
+  DiscreteSchedule schedule;      // respaced: ddpm and ddim
+  std::optional<SigmaSchedule> sigmas;  // the sigma-space samplers
   int64_t steps_per_batch = 0;
 };
 
-SamplingPlan make_plan(std::shared_ptr<Denoiser> model, std::shared_ptr<Classifier> classifier,
-                       const GenerationConfig& config) {
+SamplingPlan make_plan(const Denoiser& model, const GenerationConfig& config) {
   SamplingPlan plan;
-  std::optional<DiscreteSchedule> original;
-  if (config.sampler == SamplerKind::cfg_continuous) {
+  const bool discrete = model.time_kind() == TimeKind::discrete_timestep;
+  const std::optional<DiscreteSchedule> original =
+      discrete ? std::optional<DiscreteSchedule>(make_schedule(config.schedule, config.timesteps)) : std::nullopt;
+  plan.levels = discrete ? NoiseLevelMap::discrete(*original) : NoiseLevelMap::log_snr();
+  if (is_sigma_sampler(config.sampler)) {
+    const ModelSigmas levels = discrete ? ModelSigmas::discrete(*original) : ModelSigmas::log_snr(config.log_snr);
+    const int64_t steps = config.steps > 0 || !config.respacing.empty() ? config.steps : kDefaultSigmaSamplerSteps;
+    plan.sigmas = SigmaSchedule{levels, make_sigmas(config.sigmas, levels, steps, config.respacing)};
+    plan.steps_per_batch = plan.sigmas->num_steps();
+  } else if (config.sampler == SamplerKind::cfg_continuous) {
     plan.steps_per_batch = config.steps > 0 ? config.steps : config.timesteps;
     if (plan.steps_per_batch < 1) {
-      throw InputError("--steps must be >= 1 for cfg-continuous (timesteps is " +
-                       std::to_string(config.timesteps) + ")");
+      throw InputError("--steps must be >= 1 for cfg-continuous (timesteps is " + std::to_string(config.timesteps) + ")");
     }
   } else {
-    original = make_schedule(config.schedule, config.timesteps);
     plan.schedule = respace(*original, kept_timesteps(config));
     plan.steps_per_batch = plan.schedule.num_steps();
-  }
-  // Classifier-free guidance (Ho & Salimans eq. 6) first, so classifier guidance (if any)
-  // shifts the CFG eps: the two combine.
-  plan.model = model;
-  if (config.cfg_scale != 0.0) {
-    plan.model = std::make_shared<ClassifierFreeGuidance>(plan.model, config.cfg_scale, config.interval);
-  }
-  if (config.classifier_scale != 0.0) {
-    if (config.sampler == SamplerKind::ddpm) {
-      plan.mean_shift.emplace(classifier, config.classifier_scale, config.interval);
-    } else {
-      // The classifier's noise level comes from the unrespaced schedule: it sees original t.
-      const NoiseLevelMap levels = original ? NoiseLevelMap::discrete(*original) : NoiseLevelMap::log_snr();
-      plan.model = std::make_shared<ClassifierGuidedDenoiser>(plan.model, classifier, levels,
-                                                              config.classifier_scale, config.interval);
-    }
   }
   return plan;
 }
 
-SamplingResult sample_batch(const SamplingPlan& plan, const GenerationConfig& config,
-                            const SampleBatch& batch, const SampleNoise& noise,
-                            const SamplerCommon& common) {
+// A strength for rows [begin, end): the per-sample values there, or the one value.
+GuidanceScale scale_for_rows(double scale, const torch::Tensor& per_sample, int64_t begin, int64_t end) {
+  return per_sample.defined() ? GuidanceScale::per_sample(per_sample.slice(0, begin, end)) : GuidanceScale(scale);
+}
+
+GuidanceRequest guidance_for_rows(const GenerationConfig& config, int64_t begin, int64_t end) {
+  GuidanceRequest request;
+  request.classifier_scale = scale_for_rows(config.classifier_scale, config.classifier_scales, begin, end);
+  request.cfg_scale = scale_for_rows(config.cfg_scale, config.cfg_scales, begin, end);
+  request.interval = config.interval;
+  request.cfg_rules = config.cfg_rules;
+  request.dynamic_threshold = config.dynamic_threshold;
+  request.classifier_as_mean_shift = config.sampler == SamplerKind::ddpm;
+  return request;
+}
+
+// Counts the sampler's calls of the guided model: the number of function evaluations.
+class CallCounter : public Denoiser {
+ public:
+  explicit CallCounter(std::shared_ptr<Denoiser> inner) : inner_(std::move(inner)) {}
+  DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor& y) override {
+    ++calls;
+    return inner_->predict(x_t, time, y);
+  }
+  TimeKind time_kind() const override { return inner_->time_kind(); }
+  int64_t num_classes() const override { return inner_->num_classes(); }
+  bool learns_variance() const override { return inner_->learns_variance(); }
+  int64_t calls = 0;
+
+ private:
+  std::shared_ptr<Denoiser> inner_;
+};
+
+SamplingResult sample_with_sigmas(Denoiser& model, const SigmaSchedule& sigmas, const GenerationConfig& config,
+                                  const SampleBatch& batch, const SampleNoise& noise, const SamplerCommon& common) {
+  EulerOptions euler;
+  static_cast<SamplerCommon&>(euler) = common;
+  euler.churn = config.churn;
+  UniPcOptions unipc;
+  static_cast<SamplerCommon&>(unipc) = common;
+  switch (config.sampler) {
+    case SamplerKind::euler: return sample_euler(model, sigmas, batch, noise, euler);
+    case SamplerKind::heun: return sample_heun(model, sigmas, batch, noise, euler);
+    case SamplerKind::euler_ancestral: return sample_euler_ancestral(model, sigmas, batch, noise, common);
+    case SamplerKind::dpm_2s: return sample_dpm_solver_2s(model, sigmas, batch, noise, common);
+    case SamplerKind::dpmpp_2m: return sample_dpmpp_2m(model, sigmas, batch, noise, common);
+    case SamplerKind::dpmpp_3m: return sample_dpmpp_3m(model, sigmas, batch, noise, common);
+    case SamplerKind::dpmpp_2m_sde: return sample_dpmpp_2m_sde(model, sigmas, batch, noise, common);
+    case SamplerKind::unipc: return sample_unipc(model, sigmas, batch, noise, unipc);
+    default: break;
+  }
+  throw InputError("sampler " + to_string(config.sampler) + " does not run over sigmas");
+}
+
+SamplingResult sample_batch(const SamplingPlan& plan, const GuidedModel& guided, const GenerationConfig& config,
+                            const SampleBatch& batch, const SampleNoise& noise, const SamplerCommon& common) {
+  if (plan.sigmas) return sample_with_sigmas(*guided.denoiser, *plan.sigmas, config, batch, noise, common);
   switch (config.sampler) {
     case SamplerKind::ddpm: {
       DdpmOptions options;
       static_cast<SamplerCommon&>(options) = common;
       options.fixed_variance = config.fixed_variance;
-      options.mean_shift = plan.mean_shift ? &*plan.mean_shift : nullptr;
-      return sample_ddpm(*plan.model, plan.schedule, batch, noise, options);
+      options.mean_shift = guided.mean_shift ? &*guided.mean_shift : nullptr;
+      return sample_ddpm(*guided.denoiser, plan.schedule, batch, noise, options);
     }
     case SamplerKind::ddim: {
       DdimOptions options;
       static_cast<SamplerCommon&>(options) = common;
       options.eta = config.eta;
-      return sample_ddim(*plan.model, plan.schedule, batch, noise, options);
+      return sample_ddim(*guided.denoiser, plan.schedule, batch, noise, options);
     }
     case SamplerKind::cfg_continuous: {
       CfgContinuousOptions options;
@@ -272,47 +150,35 @@ SamplingResult sample_batch(const SamplingPlan& plan, const GenerationConfig& co
       options.steps = plan.steps_per_batch;
       options.variance_exponent = config.variance_exponent;
       options.schedule = config.log_snr;
-      return sample_cfg_continuous(*plan.model, batch, noise, options);
+      return sample_cfg_continuous(*guided.denoiser, batch, noise, options);
     }
+    default: break;
   }
   throw InputError("unknown sampler");
 }
 
 }  // namespace
 
-SamplerKind parse_sampler(const std::string& name) {
-  if (name == "ddpm") return SamplerKind::ddpm;
-  if (name == "ddim") return SamplerKind::ddim;
-  if (name == "cfg-continuous") return SamplerKind::cfg_continuous;
-  throw InputError("unknown sampler '" + name + "' (expected ddpm, ddim or cfg-continuous)");
-}
-
-std::string to_string(SamplerKind kind) {
-  switch (kind) {
-    case SamplerKind::ddpm: return "ddpm";
-    case SamplerKind::ddim: return "ddim";
-    case SamplerKind::cfg_continuous: return "cfg-continuous";
-  }
-  return "unknown";
-}
-
 GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Classifier> classifier,
                           const GenerationConfig& config, const torch::Tensor& labels,
                           const torch::Tensor& initial_noise, const StepCallback& on_progress) {
-  check_config(config);
-  const int64_t num_classes = check_models(model.get(), classifier.get(), config);
-  const torch::Tensor sample_labels = check_labels(labels, num_classes, config);
-  if (!sample_labels.defined() && model->num_classes() > 0 && !model->has_null_class()) {
-    throw InputError("this class-conditional model has no null class, so it cannot sample unconditionally: "
-                     "give --class");
-  }
-  const torch::Tensor given_noise = check_initial_noise(initial_noise, config);
-  const SamplingPlan plan = make_plan(model, classifier, config);
+  return generate(GenerationModels{std::move(model), std::move(classifier), nullptr}, config, labels, initial_noise,
+                  on_progress);
+}
+
+GenerationResult generate(const GenerationModels& models, const GenerationConfig& config, const torch::Tensor& labels,
+                          const torch::Tensor& initial_noise, const StepCallback& on_progress) {
+  namespace checks = generation_checks;
+  checks::check_config(config);
+  const int64_t num_classes = checks::check_models(models, config);
+  const torch::Tensor sample_labels = checks::check_labels(labels, num_classes, models, config);
+  const torch::Tensor given_noise = checks::check_initial_noise(initial_noise, config);
+  const SamplingPlan plan = make_plan(*models.denoiser, config);
 
   // A conditional model sampled without labels gets the null class: unconditional samples.
   torch::Tensor model_labels = sample_labels;
-  if (!model_labels.defined() && model->num_classes() > 0) {
-    model_labels = torch::full({config.num_samples}, model->num_classes(), torch::kLong);
+  if (!model_labels.defined() && models.denoiser->num_classes() > 0) {
+    model_labels = torch::full({config.num_samples}, models.denoiser->num_classes(), torch::kLong);
   }
 
   const SampleNoise noise(config.seed);
@@ -322,6 +188,7 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   const int64_t total_steps = num_batches * plan.steps_per_batch;
   std::vector<torch::Tensor> sample_parts;
   std::vector<std::vector<torch::Tensor>> trajectory_parts;
+  GenerationResult out;
   for (int64_t b = 0; b < num_batches; ++b) {
     const int64_t begin = (first_batch + b) * config.batch_size;
     const int64_t end = std::min(begin + config.batch_size, rows.end);
@@ -343,12 +210,17 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
         on_progress(done_before + done, total_steps);
       };
     }
-    SamplingResult result = sample_batch(plan, config, batch, noise, common);
+    // Guidance per batch: per-sample strengths are sliced, APG's momentum starts afresh.
+    GuidedModel guided = make_guided_model(models.denoiser, models.classifier, models.guide, plan.levels,
+                                           guidance_for_rows(config, begin, end));
+    auto counter = std::make_shared<CallCounter>(guided.denoiser);
+    guided.denoiser = counter;
+    SamplingResult result = sample_batch(plan, guided, config, batch, noise, common);
+    if (b == 0) out.model_evaluations = counter->calls;
     sample_parts.push_back(result.samples.to(torch::kFloat));
     trajectory_parts.push_back(std::move(result.trajectory));
   }
 
-  GenerationResult out;
   out.rows = rows;
   std::vector<int64_t> empty_shape{0};
   empty_shape.insert(empty_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
@@ -365,14 +237,13 @@ GenerationResult generate(std::shared_ptr<Denoiser> model, std::shared_ptr<Class
   return out;
 }
 
-GenerationResult generate_across(Communicator& communicator, std::shared_ptr<Denoiser> model,
-                                 std::shared_ptr<Classifier> classifier, const GenerationConfig& config,
-                                 const torch::Tensor& labels, const torch::Tensor& initial_noise,
-                                 const StepCallback& on_progress) {
+GenerationResult generate_across(Communicator& communicator, const GenerationModels& models,
+                                 const GenerationConfig& config, const torch::Tensor& labels,
+                                 const torch::Tensor& initial_noise, const StepCallback& on_progress) {
   GenerationConfig shard = config;
   shard.shard_index = communicator.rank();
   shard.shard_count = communicator.world_size();
-  GenerationResult result = generate(std::move(model), std::move(classifier), shard, labels, initial_noise, on_progress);
+  GenerationResult result = generate(models, shard, labels, initial_noise, on_progress);
   if (!communicator.distributed()) return result;
   result.samples = communicator.all_gather_rows(result.samples, "gathering the samples");
   if (result.labels.defined()) result.labels = communicator.all_gather_rows(result.labels, "gathering the labels");

@@ -84,7 +84,7 @@ torch::Tensor step_noise(const SampleNoise& noise, const torch::Tensor& sample_i
 }
 
 DenoiserOutput predict_checked(Denoiser& model, const torch::Tensor& x, const torch::Tensor& time,
-                               const torch::Tensor& labels) {
+                               const torch::Tensor& labels, const std::string& sampler, bool allows_renoise) {
   DenoiserOutput out = model.predict(x, time, labels);
   if (!out.eps.defined() || out.eps.sizes() != x.sizes()) {
     throw ModelError("the model's eps output has shape " +
@@ -98,6 +98,16 @@ DenoiserOutput predict_checked(Denoiser& model, const torch::Tensor& x, const to
                        shape_string(x.sizes()));
     }
     out.variance_output = out.variance_output.to(x.options());
+  }
+  if (out.renoise_eps.defined()) {
+    if (!allows_renoise) {
+      throw InputError(sampler + " sampler cannot run CFG++ (--cfg-pp): only ddim and euler re-noise their x0 estimate");
+    }
+    if (out.renoise_eps.sizes() != x.sizes()) {
+      throw ModelError("the guided model's re-noising eps has shape " + shape_string(out.renoise_eps.sizes()) +
+                       ", expected " + shape_string(x.sizes()));
+    }
+    out.renoise_eps = out.renoise_eps.to(x.options());
   }
   return out;
 }

@@ -39,8 +39,11 @@ torch::Tensor step_noise(const SampleNoise& noise, const torch::Tensor& sample_i
 
 // Calls the model and checks its output: eps defined with x's shape (cast to x's dtype),
 // variance_output present when the model learns its variance. Throws ModelError otherwise.
+// A renoise_eps (CFG++) is cast likewise where the sampler `allows_renoise`; elsewhere it is
+// an InputError naming the sampler.
 DenoiserOutput predict_checked(Denoiser& model, const torch::Tensor& x, const torch::Tensor& time,
-                               const torch::Tensor& labels);
+                               const torch::Tensor& labels, const std::string& sampler,
+                               bool allows_renoise = false);
 
 // Records the trajectory (x_T first) and reports progress after every step.
 class StepRecorder {

@@ -74,4 +74,14 @@ torch::Tensor NoiseLevelMap::sigma(const torch::Tensor& time) const {
   return (1.0 - alpha_squared(time)).sqrt();
 }
 
+torch::Tensor NoiseLevelMap::edm_sigma(const torch::Tensor& time) const {
+  if (kind_ == TimeKind::log_snr) {
+    // sigma^2 / alpha^2 = exp(-lambda): exact at both ends of the range.
+    if (!time.defined()) throw InputError("model time tensor is undefined");
+    return (-0.5 * checked_log_snr(time)).exp();
+  }
+  const auto abar = alpha_squared(time);
+  return ((1.0 - abar) / abar).sqrt();
+}
+
 }  // namespace guidiff

@@ -25,6 +25,9 @@ class NoiseLevelMap {
   torch::Tensor alpha_squared(const torch::Tensor& time) const;
   // sqrt(1 - abar) per sample, float64 [N]: the factor of Algorithm 2 / the score view.
   torch::Tensor sigma(const torch::Tensor& time) const;
+  // sqrt((1 - abar) / abar) per sample, float64 [N]: the EDM noise level (Karras et al. 2022)
+  // the few-step samplers and the guidance interval in sigma use.
+  torch::Tensor edm_sigma(const torch::Tensor& time) const;
 
  private:
   TimeKind kind_ = TimeKind::discrete_timestep;

@@ -60,7 +60,7 @@ void write_preview(Model& ema, const Dataset& data, const TrainingOptions& optio
   if (classes > 0) labels = torch::arange(config.num_samples, torch::kInt64).remainder(classes);
 
   torch::NoGradGuard no_grad;
-  const GenerationResult result = generate_across(communicator, ema.denoiser, nullptr, config, labels, {});
+  const GenerationResult result = generate_across(communicator, {ema.denoiser, nullptr, nullptr}, config, labels, {});
   if (!communicator.is_main()) return;
   std::error_code error;
   std::filesystem::create_directories(samples_dir, error);
