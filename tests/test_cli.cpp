@@ -314,7 +314,7 @@ TEST_F(CliTest, FewStepSamplersAndGuidanceRulesRunFromTheCommandLine) {
   result = run(toy + "--sampler dpmpp-2m --cfg-scale " + path("w.npy") + " --out " + path("file.npy"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_TRUE(torch::equal(read_npy(path("scalar.npy")), read_npy(path("file.npy"))));
-  for (const std::string& flags :
+  for (const char* flags :
        {"--sampler unipc --time log-snr --cfg-scale 1", "--sampler euler --cfg-pp 0.6", "--sampler heun --s-churn 5",
         "--sampler dpmpp-3m --sigmas log-snr --cfg-scale 3 --apg --apg-threshold 2 --cfg-rescale 0.7",
         "--sampler ddim --classifier-scale 1 --guidance-interval-sigma 0.5,20 --dynamic-threshold 0.9",

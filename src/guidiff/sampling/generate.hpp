@@ -79,7 +79,6 @@ struct GenerationModels {
   std::shared_ptr<Classifier> classifier;  // classifier guidance, or null
   std::shared_ptr<Denoiser> guide;         // autoguidance (Karras et al. 2024), or null
 };
-};
 
 // labels: int64 [num_samples] or undefined; initial_noise: x_T [num_samples, ...] or
 // undefined (then drawn from the seed). Throws InputError / ModelError for every
