@@ -9,15 +9,10 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff {
 namespace {
-
-std::string number_string(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 // Sums over every dimension but the batch, keeping them (so the result broadcasts).
 torch::Tensor per_sample_sum(const torch::Tensor& x) {

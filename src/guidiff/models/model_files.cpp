@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/network_adapters.hpp"
 
@@ -53,7 +54,6 @@ void wrap(Model& model, const nlohmann::json& fields) {
   model.config["kind"] = model_kind_name(model.kind);
 }
 
-std::string shape_string(torch::IntArrayRef sizes) { return c10::str(sizes); }
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff {
 namespace {
@@ -24,12 +25,6 @@ std::string summary_line(const std::string& text) {
   }
   if (first.empty()) return "unknown error";
   return text.find("TorchScript interpreter") != std::string::npos ? last : first;
-}
-
-std::string shape_string(torch::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
 }
 
 }  // namespace

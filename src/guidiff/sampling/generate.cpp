@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/guidance/guided_model.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/sampling/generation_checks.hpp"
@@ -18,12 +19,6 @@ namespace {
 // The noise stream of random class labels (x_T uses SampleNoise::initial_stream, step i
 // stream i >= 0).
 constexpr int64_t kClassStream = -2;
-
-std::string shape_string(torch::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
 
 // The kept original timesteps: the respacing spec, or `steps` evenly spaced (guided-diffusion
 // "ddimN" for DDIM when it yields exactly N, otherwise the section rule "N"), or all T.

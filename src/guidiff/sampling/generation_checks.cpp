@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff::generation_checks {
 
@@ -14,18 +15,6 @@ bool any_nonzero(double scale, const torch::Tensor& per_sample) {
 }
 
 namespace {
-
-std::string shape_string(torch::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
-
-std::string number_string(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 std::string time_kind_name(TimeKind kind) {
   return kind == TimeKind::discrete_timestep ? "discrete timesteps" : "log-SNR (continuous) time";

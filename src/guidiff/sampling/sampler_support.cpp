@@ -3,15 +3,10 @@
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff::sampler_support {
 namespace {
-
-std::string shape_string(torch::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
 
 const char* time_kind_name(TimeKind kind) {
   return kind == TimeKind::discrete_timestep ? "discrete timesteps" : "log-SNR (continuous) time";

@@ -6,15 +6,10 @@
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff {
 namespace {
-
-std::string number_string(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 // EDM eq. 5: rho-spaced from sigma_max down to sigma_min.
 std::vector<double> karras_levels(double sigma_min, double sigma_max, int64_t steps, double rho) {

@@ -1,0 +1,14 @@
+// Numbers and shapes as error messages print them.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+
+namespace guidiff {
+
+// A double as an ostream writes it by default (6 significant digits: "0.5", "1e-05", "inf").
+std::string number_string(double value);
+// Tensor sizes as libtorch prints them: "[2, 3, 28, 28]".
+std::string shape_string(torch::IntArrayRef sizes);
+
+}  // namespace guidiff
