@@ -16,10 +16,6 @@ bool any_nonzero(double scale, const torch::Tensor& per_sample) {
 
 namespace {
 
-std::string time_kind_name(TimeKind kind) {
-  return kind == TimeKind::discrete_timestep ? "discrete timesteps" : "log-SNR (continuous) time";
-}
-
 void check_scale(double scale, const torch::Tensor& per_sample, const std::string& flag, int64_t num_samples) {
   if (!std::isfinite(scale)) throw InputError(flag + " must be finite, got " + number_string(scale));
   if (!per_sample.defined()) return;

@@ -6,13 +6,6 @@
 #include "guidiff/core/text.hpp"
 
 namespace guidiff::sampler_support {
-namespace {
-
-const char* time_kind_name(TimeKind kind) {
-  return kind == TimeKind::discrete_timestep ? "discrete timesteps" : "log-SNR (continuous) time";
-}
-
-}  // namespace
 
 void check_time_kind(const Denoiser& model, TimeKind expected, const std::string& sampler) {
   if (model.time_kind() != expected) {

@@ -12,6 +12,11 @@ enum class TimeKind {
   log_snr,            // float32 [N], lambda of the continuous-time process (Ho & Salimans)
 };
 
+// The time kind as error messages name it.
+inline std::string time_kind_name(TimeKind kind) {
+  return kind == TimeKind::discrete_timestep ? "discrete timesteps" : "log-SNR (continuous) time";
+}
+
 class NoiseLevelMap {
  public:
   // Discrete time: abar = original.alphas_cumprod[t]. `original` must be unrespaced.
