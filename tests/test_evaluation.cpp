@@ -20,6 +20,7 @@
 #include "guidiff/io/plot.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/network_adapters.hpp"
+#include "guidiff/models/unet_blocks.hpp"
 #include "support/fixture_models.hpp"
 #include "support/test_files.hpp"
 
@@ -77,7 +78,7 @@ TEST_F(EvaluationTest, CnnClassifierGivesPooledFeaturesAndLogitsFromThem) {
   EXPECT_EQ(features.sizes(), (std::vector<int64_t>{5, 16}));
   const torch::Tensor logits = model.classifier->logits(x, torch::zeros({5}, torch::kLong));
   EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{5, 3}));
-  EXPECT_TRUE(torch::allclose(logits, network->logits_from_features(features), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(logits, network->logits_from_penultimate(features), 1e-5, 1e-6));
   // Features are spatial means: after the 2 stages, GroupNorm + SiLU outputs are > -0.279.
   EXPECT_GT(features.min().item<double>(), -0.2785);
   // The config is complete, so a rebuild from it is the same network shape.
@@ -95,6 +96,77 @@ TEST_F(EvaluationTest, CnnClassifierConfigErrorsNameTheField) {
   config = tiny_cnn_config();
   config["widths"] = 3;
   expect_error<InputError>([&] { build_model(config); }, {"widths"});
+}
+
+TEST_F(EvaluationTest, CnnClassifierFeaturesFromSeveralStagesAreTheWeightedScaledStageMeans) {
+  nlohmann::json config = tiny_cnn_config();
+  config["feature_stages"] = {0, 1};
+  config["feature_weights"] = {2.0, 1.0};
+  config["feature_scales"] = {0.5, 3.0};
+  torch::manual_seed(0);
+  Model model = build_model(config);
+  model.module->eval();
+  auto& network = std::dynamic_pointer_cast<CnnClassifier>(model.classifier)->network();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = images(4, 8, 5);
+  const std::vector<torch::Tensor> means = network->stage_means(x);
+  ASSERT_EQ(means.size(), 2u);
+  EXPECT_EQ(means[0].sizes(), (std::vector<int64_t>{4, 8}));
+  EXPECT_EQ(means[1].sizes(), (std::vector<int64_t>{4, 16}));
+  // Stage 0 by hand: conv, GroupNorm, SiLU (one conv per stage), then the spatial mean.
+  auto* body = network->named_children()["body"]->as<torch::nn::Sequential>();
+  const torch::Tensor stage0 = body->ptr(2)->as<torch::nn::SiLU>()->forward(
+      body->ptr(1)->as<Float32GroupNorm>()->forward(body->ptr(0)->as<torch::nn::Conv2d>()->forward(x)));
+  EXPECT_TRUE(torch::allclose(means[0], stage0.mean({2, 3}), 1e-5, 1e-6));
+  const torch::Tensor features = network->features(x);
+  EXPECT_EQ(features.sizes(), (std::vector<int64_t>{4, 8 + 16}));
+  EXPECT_TRUE(torch::allclose(features.slice(1, 0, 8), means[0] * (2.0 * 0.5), 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(features.slice(1, 8), means[1] * (1.0 * 3.0), 1e-6, 1e-7));
+  // The logits come from the penultimate layer whatever the feature layout.
+  EXPECT_TRUE(torch::allclose(network->forward(x), network->logits_from_penultimate(means[1]), 1e-5, 1e-6));
+  // The layout survives a save and a load.
+  save_model(model, path("multi"));
+  const Model loaded = load_model(path("multi"));
+  EXPECT_EQ(loaded.config.at("feature_stages"), config.at("feature_stages"));
+  EXPECT_EQ(loaded.config.at("feature_scales"), config.at("feature_scales"));
+}
+
+TEST_F(EvaluationTest, CnnClassifierFeatureLayoutErrorsNameTheField) {
+  const auto fails = [&](const char* field, const nlohmann::json& value, const std::string& fragment) {
+    nlohmann::json config = tiny_cnn_config();
+    config[field] = value;
+    expect_error<InputError>([&] { build_model(config); }, {field, fragment});
+  };
+  fails("feature_stages", {2}, "[0, 2)");
+  fails("feature_stages", {1, 0}, "increasing");
+  fails("feature_weights", {1.0, 1.0}, "one entry per feature stage (1)");
+  fails("feature_scales", {0.0}, "> 0");
+  fails("feature_scales", {"a"}, "list of numbers");
+}
+
+TEST_F(EvaluationTest, CalibrationGivesEveryFeatureBlockUnitTotalVarianceTimesItsWeight) {
+  nlohmann::json config = tiny_cnn_config();
+  config["feature_stages"] = {0, 1};
+  config["feature_weights"] = {3.0, 1.0};
+  torch::manual_seed(4);
+  save_model(build_model(config), path("evaluator"));
+  const auto before = load_evaluator_network(path("evaluator"), torch::kCPU);
+  const torch::Tensor x = images(50, 8, 11);
+  const std::vector<double> scales = calibrate_evaluator_features(path("evaluator"), x, torch::kCPU);
+  ASSERT_EQ(scales.size(), 2u);
+  // The scales are in the file now; the weights file is untouched.
+  const auto after = load_evaluator_network(path("evaluator"), torch::kCPU);
+  EXPECT_NE(after->cache_key(), before->cache_key());
+  const torch::Tensor features = run_feature_network(*after, x).features.to(torch::kFloat64);
+  // Total variance of block k = weight_k^2 exactly in real arithmetic; float32 features
+  // (relative rounding ~1e-7 per value, sums of 50 terms) leave far less than 1e-4 of it.
+  EXPECT_NEAR(features.slice(1, 0, 8).var(0).sum().item<double>(), 9.0, 9.0 * 1e-4);
+  EXPECT_NEAR(features.slice(1, 8).var(0).sum().item<double>(), 1.0, 1e-4);
+  // Identical images have no spread to calibrate on.
+  expect_error<NumericError>([&] { calibrate_evaluator_features(path("evaluator"), x[0].repeat({4, 1, 1, 1}), torch::kCPU); },
+                             {"stage 0", "total variance"});
+  expect_error<InputError>([&] { calibrate_evaluator_features(path("evaluator"), x.slice(0, 0, 1), torch::kCPU); },
+                           {"at least 2"});
 }
 
 TEST_F(EvaluationTest, EvaluatorNetworkGivesFeaturesAndSoftmaxOfTheSavedWeights) {

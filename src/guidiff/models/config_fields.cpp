@@ -68,6 +68,19 @@ void ConfigFields::read(const char* key, std::vector<int64_t>& value) {
   value = std::move(result);
 }
 
+void ConfigFields::read(const char* key, std::vector<double>& value) {
+  const auto* field = find(key);
+  if (field == nullptr) return;
+  const auto wrong = [&] { return InputError(field_error(key, "must be a list of numbers, got " + field->dump())); };
+  if (!field->is_array()) throw wrong();
+  std::vector<double> result;
+  for (const auto& item : *field) {
+    if (!item.is_number()) throw wrong();
+    result.push_back(item.get<double>());
+  }
+  value = std::move(result);
+}
+
 void ConfigFields::reject_unknown() const {
   for (const auto& item : object_.items()) {
     if (known_.count(item.key()) == 0) {

@@ -22,6 +22,7 @@ class ConfigFields {
   void read(const char* key, bool& value);
   void read(const char* key, std::string& value);
   void read(const char* key, std::vector<int64_t>& value);
+  void read(const char* key, std::vector<double>& value);
 
   // Throws InputError naming the first key that no read asked for.
   void reject_unknown() const;

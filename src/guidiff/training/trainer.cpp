@@ -69,11 +69,18 @@ const char* const kTrajectoryKeys[] = {"task",         "objective",    "schedule
 
 void check_resumable(const nlohmann::json& saved, const TrainingOptions& options, const std::string& file) {
   const nlohmann::json current = options.to_json();
-  for (const char* key : kTrajectoryKeys) {
-    if (!saved.contains(key) || saved.at(key) != current.at(key)) {
+  // Options added after resume files existed: absent means the default they had then.
+  const nlohmann::json defaults = {{"lr_schedule", to_string(LrSchedule::constant)}};
+  std::vector<std::string> keys(std::begin(kTrajectoryKeys), std::end(kTrajectoryKeys));
+  keys.push_back("lr_schedule");
+  // Under a decaying schedule the total number of steps shapes every learning rate.
+  if (options.lr_schedule != LrSchedule::constant) keys.push_back("steps");
+  for (const std::string& key : keys) {
+    const nlohmann::json was = saved.contains(key) ? saved.at(key) : defaults.value(key, nlohmann::json());
+    if (was.is_null() || was != current.at(key)) {
       throw FileError("resume file '" + file + "': option '" + key + "' is " +
-                      (saved.contains(key) ? saved.at(key).dump() : std::string("absent")) +
-                      " in the checkpoint but " + current.at(key).dump() + " now; resume with the same value");
+                      (was.is_null() ? std::string("absent") : was.dump()) + " in the checkpoint but " +
+                      current.at(key).dump() + " now; resume with the same value");
     }
   }
 }
