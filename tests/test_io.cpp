@@ -24,6 +24,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/bitmap_font.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/plot.hpp"
@@ -223,6 +224,70 @@ TEST_F(IoTest, PngGridOfGreyImagesIsGreyscale) {
   EXPECT_EQ(png.at(0, 0, 0), expected[0][0][0][0].item<uint8_t>());
   EXPECT_EQ(png.at(3, 1, 0), 255);
   EXPECT_EQ(png.at(2, 0, 0), expected[1][0][0][0].item<uint8_t>());
+}
+
+TEST_F(IoTest, UpscaledGridRepeatsEveryPixelAsABlock) {
+  const torch::Tensor images = torch::linspace(-1, 1, 2 * 1 * 2 * 3).reshape({2, 1, 2, 3});
+  ImageGridOptions options;
+  options.nrow = 2;
+  options.padding = 1;
+  options.scale = 3;
+  const torch::Tensor grid = image_grid_pixels(images, options);
+  // 1 row x 2 columns of 6x9 blocks: (6 + 1) + 1 = 8 by 2 (9 + 1) + 1 = 21.
+  ASSERT_EQ(grid.sizes(), (std::vector<int64_t>{8, 21, 1}));
+  const torch::Tensor plain = image_grid_pixels(images, {2, 0, 0});  // [2, 6, 1]
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t y = 0; y < 6; ++y) {
+      for (int64_t x = 0; x < 9; ++x) {
+        EXPECT_EQ(grid[1 + y][1 + i * 10 + x][0].item<uint8_t>(), plain[y / 3][i * 3 + x / 3][0].item<uint8_t>());
+      }
+    }
+  }
+}
+
+TEST_F(IoTest, BitmapFontDrawsItsGlyphsAndAQuestionMarkForTheRest) {
+  const torch::Tensor i = render_text("I");
+  ASSERT_EQ(i.sizes(), (std::vector<int64_t>{7, 5}));
+  // 'I': a bar of three on the top and bottom rows, the middle column in between.
+  EXPECT_TRUE(i[0].equal(torch::tensor({false, true, true, true, false})));
+  for (int64_t row = 1; row < 6; ++row) EXPECT_EQ(i[row].sum().item<int64_t>(), 1) << row;
+  EXPECT_TRUE(i[3][2].item<bool>());
+  // Two characters: 5 + 1 + 5 columns, the spacing column empty; scale 2 doubles both sides.
+  const torch::Tensor two = render_text("T-", 2);
+  ASSERT_EQ(two.sizes(), (std::vector<int64_t>{14, 22}));
+  EXPECT_FALSE(two.slice(1, 10, 12).any().item<bool>());
+  EXPECT_TRUE(render_text("~").equal(render_text("?")));
+  EXPECT_FALSE(has_glyph('~'));
+  for (const char c : std::string("T-shirt/top Ankle boot s=3 w=0.5")) EXPECT_TRUE(has_glyph(c)) << c;
+  EXPECT_EQ(render_text("").size(1), 0);
+  EXPECT_THROW(render_text("x", 0), InputError);
+}
+
+TEST_F(IoTest, GridLabelsNameTheRowsAndColumnsInMargins) {
+  const torch::Tensor images = torch::zeros({4, 1, 20, 20});  // mid grey, 128
+  ImageGridOptions options;
+  options.nrow = 2;
+  options.padding = 2;
+  options.label_scale = 1;
+  options.row_labels = {"Coat", "Bag"};
+  options.column_labels = {"s=0", "s=10"};
+  const torch::Tensor grid = image_grid_pixels(images, options);
+  // Left margin: the longest row label (4 glyphs: 23 px) + 2 gaps of 2 on each side = 27;
+  // top margin: 7 + 4 = 11.
+  ASSERT_EQ(grid.sizes(), (std::vector<int64_t>{11 + 2 * 22 + 2, 27 + 2 * 22 + 2, 1}));
+  // The first image starts after both margins and the padding.
+  EXPECT_EQ(grid[11 + 2][27 + 2][0].item<uint8_t>(), 128);
+  // Row 0's label, white on the black margin, vertically centred on the row: y = 11 + 2 + (20 - 7) / 2.
+  const torch::Tensor coat = grid.slice(0, 11 + 2 + 6, 11 + 2 + 6 + 7).slice(1, 2, 2 + 23).squeeze(2);
+  EXPECT_TRUE(coat.eq(255).equal(render_text("Coat")));
+  // Column 1's label, centred over it: x = 27 + 2 + 22 + (20 - 23) / 2 (integer division: -1).
+  const torch::Tensor s10 = grid.slice(0, 2, 9).slice(1, 27 + 2 + 22 - 1, 27 + 2 + 22 - 1 + 23).squeeze(2);
+  EXPECT_TRUE(s10.eq(255).equal(render_text("s=10")));
+  // Black text on a white margin.
+  options.pad_value = 255;
+  EXPECT_TRUE(image_grid_pixels(images, options).slice(0, 19, 26).slice(1, 2, 25).squeeze(2).eq(0).equal(render_text("Coat")));
+  options.row_labels = {"only one"};
+  expect_error<InputError>([&] { image_grid_pixels(images, options); }, {"1 row labels", "2 rows"});
 }
 
 TEST_F(IoTest, PngGridRejectsBadInput) {

@@ -21,6 +21,7 @@
 
 namespace fs = std::filesystem;
 using namespace guidiff;
+using guidiff::testing::expect_error;
 
 namespace {
 
@@ -385,4 +386,54 @@ TEST(TrainingOptions, InvalidValuesNameTheFlag) {
   EXPECT_DOUBLE_EQ(options.learning_rate(0), 0.1);
   EXPECT_DOUBLE_EQ(options.learning_rate(9), 1.0);
   EXPECT_DOUBLE_EQ(options.learning_rate(50), 1.0);
+}
+
+TEST(TrainingOptions, CosineScheduleDecaysFromTheEndOfWarmUpToZeroAtTheLastStep) {
+  TrainingOptions options;
+  options.lr = 2.0;
+  options.warmup_steps = 10;
+  options.steps = 110;
+  options.lr_schedule = LrSchedule::cosine;
+  EXPECT_DOUBLE_EQ(options.learning_rate(0), 0.2);  // warm-up as before: 2 * 1/10
+  EXPECT_DOUBLE_EQ(options.learning_rate(10), 2.0);  // p = 0
+  // p = 50/100: (1 + cos(pi/2)) / 2 = 1/2; p = 1: 0. cos's rounding is ~1e-16.
+  EXPECT_NEAR(options.learning_rate(60), 1.0, 1e-12);
+  EXPECT_NEAR(options.learning_rate(35), 2.0 * 0.5 * (1.0 + std::cos(M_PI * 0.25)), 1e-12);
+  EXPECT_NEAR(options.learning_rate(110), 0.0, 1e-12);
+  for (int64_t step = 11; step < 110; ++step) EXPECT_LT(options.learning_rate(step), options.learning_rate(step - 1));
+  EXPECT_EQ(TrainingOptions::from_json(options.to_json()).lr_schedule, LrSchedule::cosine);
+  EXPECT_THROW(parse_lr_schedule("linear"), InputError);
+}
+
+TEST_F(TrainingTest, CosineRunResumesExactlyAndRefusesAnotherStepCount) {
+  const Dataset data = mixture_dataset(GaussianMixture::demo(), 200, 2);
+  const auto cosine = [&](const std::string& dir, int64_t steps) {
+    TrainingOptions options = quick_options(path(dir), steps);
+    options.lr_schedule = LrSchedule::cosine;
+    options.warmup_steps = 3;
+    return options;
+  };
+  Model straight = fresh_model(mlp_denoiser_config());
+  TrainingOptions whole_options = cosine("whole", 20);
+  const TrainingResult whole = train(straight, data, whole_options);
+
+  // A run stopped after 8 of its 20 steps resumes to the same weights.
+  Model first = fresh_model(mlp_denoiser_config());
+  TrainingHooks hooks;
+  int polls = 0;
+  hooks.should_stop = [&]() { return ++polls > 8; };
+  train(first, data, cosine("split", 20), hooks);
+  Model second = fresh_model(mlp_denoiser_config());
+  TrainingOptions resume = cosine("split", 20);
+  resume.resume = true;
+  const TrainingResult resumed = train(second, data, resume);
+  EXPECT_EQ(resumed.first_step, 8);
+  EXPECT_TRUE(same_weights(second, straight));
+  EXPECT_TRUE(same_weights(resumed.ema, whole.ema));
+
+  // Under cosine decay --steps sets every learning rate, so a longer resume is refused.
+  Model longer = fresh_model(mlp_denoiser_config());
+  TrainingOptions more = cosine("split", 30);
+  more.resume = true;
+  expect_error<FileError>([&] { train(longer, data, more); }, {"'steps'", "20", "30"});
 }

@@ -41,6 +41,7 @@ Command add_convert_command(CLI::App& app, const GlobalOptions& global);
 Command add_demo_command(CLI::App& app, const GlobalOptions& global);
 Command add_train_command(CLI::App& app, const GlobalOptions& global);
 Command add_eval_command(CLI::App& app, const GlobalOptions& global);
+Command add_eval_classifier_command(CLI::App& app, const GlobalOptions& global);
 Command add_sweep_command(CLI::App& app, const GlobalOptions& global);
 
 }  // namespace guidiff::cli

@@ -28,6 +28,7 @@ namespace {
 
 struct EvalFlags {
   std::string samples, labels, json;
+  bool calibrate_features = false;
   DatasetRequest data;
   CLI::Option* data_option = nullptr;
   EvaluationFlags evaluation;
@@ -108,7 +109,22 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
   return result;
 }
 
+// --calibrate-features: the evaluator's feature blocks put on one scale over --data's images.
+void run_calibration(const EvalFlags& flags, const GlobalOptions& global) {
+  if (flags.data_option->count() == 0 || !flags.samples.empty() || !flags.sampling.model.empty()) {
+    throw InputError("--calibrate-features takes the images of --data (e.g. --data fashion-mnist --split train)");
+  }
+  const Dataset data = load_dataset(flags.data);
+  if (!data.holds_images()) throw InputError("--data '" + flags.data.spec + "' holds no images");
+  const std::vector<double> scales =
+      calibrate_evaluator_features(flags.evaluation.evaluator, data.images, global.torch_device());
+  std::printf("evaluator '%s': feature_scales", flags.evaluation.evaluator.c_str());
+  for (const double scale : scales) std::printf(" %.6g", scale);
+  std::printf(" (from %lld images of %s)\n", static_cast<long long>(data.size()), data.name.c_str());
+}
+
 void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
+  if (flags.calibrate_features) return run_calibration(flags, global);
   Communicator& communicator = *global.communicator;
   if (!flags.json.empty() && communicator.is_main()) check_output_path("--json", flags.json);
   Evaluation evaluation(flags.evaluation, global.torch_device(), communicator);
@@ -143,6 +159,8 @@ Command add_eval_command(CLI::App& app, const GlobalOptions& global) {
   f.data_option = command->add_option("--data", f.data.spec, "score a labelled data set instead (fashion-mnist, folder:DIR, ...)");
   command->add_option("--split", f.data.split, "--data split: train or test")->capture_default_str();
   command->add_option("--json", f.json, "write the scores as JSON here");
+  command->add_flag("--calibrate-features", f.calibrate_features,
+                    "instead of scoring, put the --evaluator's feature stages on one scale over the --data images (rewrites its .json)");
   add_evaluation_flags(*command, f.evaluation);
   add_sampling_flags(*command, f.sampling);
   return {command, [flags, &global] { run_eval(*flags, global); }};

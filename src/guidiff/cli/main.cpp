@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
       guidiff::cli::add_demo_command(app, global),
       guidiff::cli::add_train_command(app, global),
       guidiff::cli::add_eval_command(app, global),
+      guidiff::cli::add_eval_classifier_command(app, global),
       guidiff::cli::add_sweep_command(app, global),
   };
   // Set after the subcommands exist, so only the top level collects unknown arguments (the

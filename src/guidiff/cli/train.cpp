@@ -25,7 +25,7 @@ namespace {
 struct TrainFlags {
   std::string config;  // model config JSON; default: a small network that fits the data
   bool conditional = false;
-  std::string objective = "eps", schedule = "linear";
+  std::string objective = "eps", schedule = "linear", lr_schedule = "constant";
   DatasetRequest data;
   TrainingOptions options;
 };
@@ -93,6 +93,7 @@ std::string format_step(const StepReport& report) {
 void run_train(TrainFlags flags, Communicator& communicator) {
   flags.options.objective = parse_objective(flags.objective);
   flags.options.schedule = parse_beta_schedule(flags.schedule);
+  flags.options.lr_schedule = parse_lr_schedule(flags.lr_schedule);
   flags.data.seed = flags.options.seed;
   flags.options.validate();
   if (flags.options.bf16) warn_if_bf16_is_emulated(flags.options.device);
@@ -162,6 +163,8 @@ void add_training_flags(CLI::App& command, TrainFlags& flags) {
   command.add_option("--lr", o.lr, "AdamW learning rate")->capture_default_str();
   command.add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
   command.add_option("--warmup", o.warmup_steps, "linear learning-rate warm-up steps")->capture_default_str();
+  command.add_option("--lr-schedule", flags.lr_schedule, "after warm-up: constant, or cosine decay to 0 at --steps")
+      ->capture_default_str();
   command.add_option("--ema-rate", o.ema_rate, "EMA decay per step (EMA weights are what sampling uses)")
       ->capture_default_str();
   command.add_option("--grad-clip", o.grad_clip, "max gradient L2 norm (0: none)")->capture_default_str();

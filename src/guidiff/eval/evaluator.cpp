@@ -1,10 +1,12 @@
 // The evaluator network and TorchScript feature extractors (see evaluator.hpp).
 #include "guidiff/eval/evaluator.hpp"
 
+#include <cmath>
 #include <filesystem>
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/distributed/shard.hpp"
+#include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/network_adapters.hpp"
 #include "guidiff/models/torchscript_models.hpp"
@@ -30,14 +32,22 @@ class EvaluatorNetwork : public FeatureNetwork {
 
   FeatureOutput run_batch(const torch::Tensor& images) override {
     const auto parameter = network_->parameters().front();
-    const torch::Tensor features = network_->features(images.to(parameter.device(), parameter.scalar_type()));
+    const std::vector<torch::Tensor> means = network_->stage_means(images.to(parameter.device(), parameter.scalar_type()));
     FeatureOutput output;
-    output.features = features.to(torch::kCPU, torch::kFloat32);
-    output.probabilities = torch::softmax(network_->logits_from_features(features), 1).to(torch::kCPU, torch::kFloat32);
+    output.features = network_->evaluation_features(means).to(torch::kCPU, torch::kFloat32);
+    output.probabilities = torch::softmax(network_->logits_from_penultimate(means.back()), 1).to(torch::kCPU, torch::kFloat32);
     return output;
   }
   std::string description() const override { return "guidiff cnn_classifier '" + weights_file_ + "'"; }
-  std::string cache_key() const override { return "cnn_classifier " + file_identity(weights_file_); }
+  // The feature layout (stages, weights, calibration) is part of the key: the same weights
+  // with another layout are another feature space.
+  std::string cache_key() const override {
+    const auto& config = network_->config();
+    const nlohmann::json layout = {{"feature_stages", config.evaluation_stages()},
+                                   {"feature_weights", config.feature_weights},
+                                   {"feature_scales", config.feature_scales}};
+    return "cnn_classifier " + file_identity(weights_file_) + " " + layout.dump();
+  }
   std::vector<int64_t> image_shape() const override {
     const auto& config = network_->config();
     return {config.in_channels, config.image_size, config.image_size};
@@ -103,6 +113,47 @@ std::unique_ptr<FeatureNetwork> load_evaluator_network(const std::string& path, 
   }
   const std::string weights = model_files(path).weights;
   return std::make_unique<EvaluatorNetwork>(std::move(model), weights);
+}
+
+std::vector<double> calibrate_evaluator_features(const std::string& path, const torch::Tensor& images,
+                                                 const torch::Device& device) {
+  Model model = load_model(path, device);
+  if (model.kind != ModelKind::cnn_classifier) {
+    throw InputError("evaluator '" + path + "' holds a " + std::string(model_kind_name(model.kind)) +
+                     "; only a cnn_classifier's features can be calibrated");
+  }
+  CnnClassifierNet network = std::dynamic_pointer_cast<CnnClassifier>(model.classifier)->network();
+  if (!images.defined() || images.dim() != 4 || images.size(0) < 2 || !images.is_floating_point()) {
+    throw InputError("calibrating evaluator '" + path + "' needs at least 2 floating images [N, C, H, W], got " +
+                     (images.defined() ? c10::str(images.sizes()) : std::string("nothing")));
+  }
+  const std::vector<int64_t> stages = network->config().evaluation_stages();
+  std::vector<std::vector<torch::Tensor>> blocks(stages.size());
+  {
+    torch::NoGradGuard no_grad;
+    constexpr int64_t kBatch = 500;
+    for (int64_t begin = 0; begin < images.size(0); begin += kBatch) {
+      const torch::Tensor batch = images.slice(0, begin, std::min(begin + kBatch, images.size(0)));
+      const std::vector<torch::Tensor> means = network->stage_means(batch.to(device, torch::kFloat32));
+      for (size_t k = 0; k < stages.size(); ++k) {
+        blocks[k].push_back(means.at(static_cast<size_t>(stages[k])).to(torch::kCPU, torch::kFloat64));
+      }
+    }
+  }
+  std::vector<double> scales;
+  for (size_t k = 0; k < stages.size(); ++k) {
+    const double total_variance = torch::cat(blocks[k]).var(0, /*unbiased=*/true).sum().item<double>();
+    if (!(std::isfinite(total_variance) && total_variance > 0.0)) {
+      throw NumericError("calibrating evaluator '" + path + "': the features of stage " + std::to_string(stages[k]) +
+                         " have total variance " + std::to_string(total_variance) + " over the images");
+    }
+    scales.push_back(1.0 / std::sqrt(total_variance));
+  }
+  nlohmann::json config = model.config;
+  config["feature_scales"] = scales;
+  build_model(config);  // the updated config must still be valid
+  write_file_atomically(model_files(path).config, config.dump(2) + "\n");
+  return scales;
 }
 
 std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::string& path, const torch::Device& device) {

@@ -42,6 +42,18 @@ class FeatureNetwork {
 // kind of network.
 std::unique_ptr<FeatureNetwork> load_evaluator_network(const std::string& path, const torch::Device& device);
 
+// Calibrates the evaluation features of the cnn_classifier evaluator at `path` (dir, prefix
+// or file) on `images` (float [N, C, H, W] in [-1, 1], N >= 2): for each feature stage k,
+// feature_scales[k] = 1 / sqrt(total variance of stage k's spatial means over the images),
+// the total variance being the sum of the per-dimension (unbiased) variances. Each block then
+// has unit total variance before its weight, so feature_weights alone set how much each depth
+// counts in FID, whatever the activations' magnitudes. Rewrites the evaluator's JSON config
+// atomically (the weights file is untouched) and returns the scales. Throws as
+// load_evaluator_network, InputError for images it cannot take, and NumericError when a block
+// has zero or non-finite variance.
+std::vector<double> calibrate_evaluator_features(const std::string& path, const torch::Tensor& images,
+                                                 const torch::Device& device);
+
 // A TorchScript feature extractor. Throws FileError naming the path when it cannot be
 // loaded; its forward's output is checked on every batch (ModelError naming the path:
 // not a tensor or a (tensor, tensor) tuple, not [N, D] for N images, non-finite values).

@@ -11,6 +11,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/bitmap_font.hpp"
 
 namespace guidiff {
 namespace {
@@ -25,25 +26,64 @@ torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOpti
   if (!images.defined() || images.dim() != 4 || !images.is_floating_point()) {
     throw InputError("images must be a float tensor [N, C, H, W]");
   }
-  const int64_t n = images.size(0), channels = images.size(1), height = images.size(2),
-                width = images.size(3);
+  const int64_t n = images.size(0), channels = images.size(1);
   if (channels != 1 && channels != 3) {
     throw InputError("images must have 1 or 3 channels to be written as PNG, got " + std::to_string(channels));
   }
-  if (n < 1 || height < 1 || width < 1) throw InputError("cannot write an empty image grid");
-  if (options.nrow < 1 || options.padding < 0) throw InputError("image grid: nrow must be >= 1 and padding >= 0");
+  if (n < 1 || images.size(2) < 1 || images.size(3) < 1) throw InputError("cannot write an empty image grid");
+  if (options.nrow < 1 || options.padding < 0 || options.scale < 1 || options.label_scale < 0) {
+    throw InputError("image grid: nrow and scale must be >= 1, padding and label_scale >= 0");
+  }
   if (!torch::isfinite(images).all().item<bool>()) throw NumericError("images contain NaN or infinity");
 
   const int64_t cols = std::min(options.nrow, n);
   const int64_t rows = (n + cols - 1) / cols;
+  if (!options.row_labels.empty() && static_cast<int64_t>(options.row_labels.size()) != rows) {
+    throw InputError("image grid: " + std::to_string(options.row_labels.size()) + " row labels for " +
+                     std::to_string(rows) + " rows");
+  }
+  if (!options.column_labels.empty() && static_cast<int64_t>(options.column_labels.size()) != cols) {
+    throw InputError("image grid: " + std::to_string(options.column_labels.size()) + " column labels for " +
+                     std::to_string(cols) + " columns");
+  }
   const int64_t pad = options.padding;
-  const torch::Tensor pixels = images_to_uint8_nhwc(images.detach());  // [N, H, W, C]
-  torch::Tensor grid = torch::full({rows * (height + pad) + pad, cols * (width + pad) + pad, channels},
+  torch::Tensor pixels = images_to_uint8_nhwc(images.detach());  // [N, H, W, C]
+  if (options.scale > 1) pixels = pixels.repeat_interleave(options.scale, 1).repeat_interleave(options.scale, 2);
+  const int64_t height = pixels.size(1), width = pixels.size(2);
+
+  // Margins for the labels: the longest label plus a gap of two font pixels on each side.
+  const int64_t text_scale = options.label_scale > 0 ? options.label_scale : std::max<int64_t>(1, height / 40);
+  const int64_t gap = 2 * text_scale;
+  const auto text_width = [&](const std::string& text) { return render_text(text, text_scale).size(1); };
+  int64_t left = 0, top = 0;
+  for (const auto& label : options.row_labels) left = std::max(left, text_width(label) + 2 * gap);
+  if (!options.column_labels.empty()) top = kGlyphHeight * text_scale + 2 * gap;
+
+  torch::Tensor grid = torch::full({top + rows * (height + pad) + pad, left + cols * (width + pad) + pad, channels},
                                    static_cast<int64_t>(options.pad_value), torch::kUInt8);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t top = pad + (i / cols) * (height + pad);
-    const int64_t left = pad + (i % cols) * (width + pad);
-    grid.narrow(0, top, height).narrow(1, left, width).copy_(pixels[i]);
+    const int64_t y = top + pad + (i / cols) * (height + pad);
+    const int64_t x = left + pad + (i % cols) * (width + pad);
+    grid.narrow(0, y, height).narrow(1, x, width).copy_(pixels[i]);
+  }
+  // Text in the padding's opposite grey, so it shows on either a black or a white margin.
+  const int64_t ink = options.pad_value < 128 ? 255 : 0;
+  const auto draw = [&](const std::string& text, int64_t y, int64_t x) {
+    // Cropped at the grid's edge: a column label wider than its column may run into the next.
+    const int64_t fit_height = std::min<int64_t>(kGlyphHeight * text_scale, grid.size(0) - y);
+    const int64_t fit_width = std::min<int64_t>(text_width(text), grid.size(1) - x);
+    if (fit_height <= 0 || fit_width <= 0) return;
+    const torch::Tensor mask = render_text(text, text_scale).narrow(0, 0, fit_height).narrow(1, 0, fit_width);
+    grid.narrow(0, y, mask.size(0)).narrow(1, x, mask.size(1)).masked_fill_(mask.unsqueeze(2).expand({-1, -1, channels}), ink);
+  };
+  for (int64_t r = 0; r < static_cast<int64_t>(options.row_labels.size()); ++r) {
+    const int64_t y = top + pad + r * (height + pad) + (height - kGlyphHeight * text_scale) / 2;
+    draw(options.row_labels[static_cast<size_t>(r)], std::max<int64_t>(y, 0), gap);
+  }
+  for (int64_t c = 0; c < static_cast<int64_t>(options.column_labels.size()); ++c) {
+    const std::string& label = options.column_labels[static_cast<size_t>(c)];
+    const int64_t x = left + pad + c * (width + pad) + (width - text_width(label)) / 2;
+    draw(label, gap, std::max<int64_t>(x, 0));
   }
   return grid;
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace guidiff {
 
@@ -11,13 +12,20 @@ struct ImageGridOptions {
   int64_t nrow = 8;          // images per grid row (torchvision's make_grid convention)
   int64_t padding = 2;       // pixels between images and around the border
   uint8_t pad_value = 0;     // the padding's grey level (0 = black)
+  int64_t scale = 1;         // each image pixel becomes a scale x scale block (nearest neighbour)
+  // Optional labels in the built-in 5x7 font (io/bitmap_font.hpp), drawn in the padding's
+  // opposite grey (white on black): one per grid row in a left margin (e.g. class names),
+  // and one per grid column in a top margin (e.g. guidance strengths).
+  std::vector<std::string> row_labels, column_labels;
+  int64_t label_scale = 0;   // font pixel size; 0: max(1, image height * scale / 40)
 };
 
-// The grid as uint8 pixels [H', W', C], C = 1 or 3, with H' = rows (H + p) + p and
-// W' = cols (W + p) + p, cols = min(nrow, N), rows = ceil(N / cols). Pixel values are
-// ((x + 1) * 127.5) clamped to [0, 255] and truncated, as guided-diffusion's samplers
-// store them. Throws InputError unless images is float [N, C, H, W] with C in {1, 3}, N >= 1,
-// and NumericError if it holds NaN or infinity.
+// The grid as uint8 pixels [H', W', C], C = 1 or 3. Without labels H' = rows (H s + p) + p and
+// W' = cols (W s + p) + p, cols = min(nrow, N), rows = ceil(N / cols), s = scale; row labels
+// widen it by a left margin, column labels heighten it by a top margin. Pixel values are
+// ((x + 1) * 127.5) rounded and clamped to [0, 255] (images_to_uint8_nhwc). Throws
+// InputError unless images is float [N, C, H, W] with C in {1, 3}, N >= 1, and the labels
+// are absent or one per row / column; NumericError if the images hold NaN or infinity.
 torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOptions& options = {});
 
 // Writes image_grid_pixels(images) as an 8-bit grey or RGB PNG, atomically. Throws

@@ -74,11 +74,19 @@ std::string processes_text(int64_t count) { return std::to_string(count) + (coun
 void check_resumable(const ResumeState& saved, const TrainingOptions& options, int64_t world_size,
                      const std::string& file) {
   const nlohmann::json current = options.to_json();
-  for (const char* key : kTrajectoryKeys) {
-    if (!saved.options.contains(key) || saved.options.at(key) != current.at(key)) {
+  // Options added after resume files existed: absent means the default they had then.
+  const nlohmann::json defaults = {{"lr_schedule", to_string(LrSchedule::constant)}};
+  std::vector<std::string> keys(std::begin(kTrajectoryKeys), std::end(kTrajectoryKeys));
+  keys.push_back("lr_schedule");
+  // Under a decaying schedule the total number of steps shapes every learning rate.
+  if (options.lr_schedule != LrSchedule::constant) keys.push_back("steps");
+  for (const std::string& key : keys) {
+    const nlohmann::json was =
+        saved.options.contains(key) ? saved.options.at(key) : defaults.value(key, nlohmann::json());
+    if (was.is_null() || was != current.at(key)) {
       throw FileError("resume file '" + file + "': option '" + key + "' is " +
-                      (saved.options.contains(key) ? saved.options.at(key).dump() : std::string("absent")) +
-                      " in the checkpoint but " + current.at(key).dump() + " now; resume with the same value");
+                      (was.is_null() ? std::string("absent") : was.dump()) + " in the checkpoint but " +
+                      current.at(key).dump() + " now; resume with the same value");
     }
   }
   const int64_t saved_batch = saved.options.value("batch_size", int64_t{0});

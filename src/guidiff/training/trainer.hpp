@@ -35,6 +35,12 @@ namespace guidiff {
 enum class TrainingTask { diffusion, classifier };
 std::string to_string(TrainingTask task);
 
+// The learning rate after warm-up: constant, or cosine decay to 0 at the last step
+// (Loshchilov & Hutter 2017, SGDR eq. 5 with one cycle and eta_min = 0).
+enum class LrSchedule { constant, cosine };
+LrSchedule parse_lr_schedule(const std::string& name);  // "constant" | "cosine"; InputError otherwise
+std::string to_string(LrSchedule schedule);
+
 struct TrainingOptions {
   TrainingTask task = TrainingTask::diffusion;
   // Diffusion: the objective (see losses.hpp) and, for discrete time, the training schedule.
@@ -52,6 +58,7 @@ struct TrainingOptions {
   double lr = 1e-4;
   double weight_decay = 0.0;   // AdamW's decoupled weight decay
   int64_t warmup_steps = 0;    // lr rises linearly over the first warmup_steps steps
+  LrSchedule lr_schedule = LrSchedule::constant;  // after warm-up
   double ema_rate = 0.9999;    // ema <- rate ema + (1 - rate) weights after every step
   double grad_clip = 1.0;      // max global gradient L2 norm; 0: no clipping
   bool bf16 = false;           // bfloat16 autocast for the forward pass
@@ -68,7 +75,9 @@ struct TrainingOptions {
 
   // Throws InputError naming the option ("--batch-size", ...) whose value is invalid.
   void validate() const;
-  // The learning rate at 0-based step `step`: lr * min(1, (step + 1) / warmup_steps).
+  // The learning rate at 0-based step `step`: lr * min(1, (step + 1) / warmup_steps), times,
+  // for the cosine schedule, (1 + cos(pi p)) / 2 with p = (step - warmup_steps) /
+  // (steps - warmup_steps) the fraction of the post-warm-up steps done (0 before).
   double learning_rate(int64_t step) const;
   nlohmann::json to_json() const;
   // Reads what to_json wrote (device and out_dir excepted). Throws InputError naming the key.

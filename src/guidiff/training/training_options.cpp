@@ -25,6 +25,14 @@ TrainingTask parse_task(const std::string& name) {
 
 }  // namespace
 
+LrSchedule parse_lr_schedule(const std::string& name) {
+  if (name == "constant") return LrSchedule::constant;
+  if (name == "cosine") return LrSchedule::cosine;
+  throw InputError("--lr-schedule must be constant or cosine, got '" + name + "'");
+}
+
+std::string to_string(LrSchedule schedule) { return schedule == LrSchedule::cosine ? "cosine" : "constant"; }
+
 std::string to_string(TrainingTask task) { return task == TrainingTask::diffusion ? "diffusion" : "classifier"; }
 
 void TrainingOptions::validate() const {
@@ -48,8 +56,12 @@ void TrainingOptions::validate() const {
 }
 
 double TrainingOptions::learning_rate(int64_t step) const {
-  if (warmup_steps <= 0) return lr;
-  return lr * std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
+  const double warmup =
+      warmup_steps <= 0 ? 1.0 : std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup_steps));
+  if (lr_schedule == LrSchedule::constant || step < warmup_steps || steps <= warmup_steps) return lr * warmup;
+  constexpr double kPi = 3.14159265358979323846;
+  const double done = std::min(1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(steps - warmup_steps));
+  return lr * warmup * 0.5 * (1.0 + std::cos(kPi * done));
 }
 
 nlohmann::json TrainingOptions::to_json() const {
@@ -66,6 +78,7 @@ nlohmann::json TrainingOptions::to_json() const {
           {"lr", lr},
           {"weight_decay", weight_decay},
           {"warmup_steps", warmup_steps},
+          {"lr_schedule", to_string(lr_schedule)},
           {"ema_rate", ema_rate},
           {"grad_clip", grad_clip},
           {"bf16", bf16},
@@ -89,13 +102,15 @@ TrainingOptions TrainingOptions::from_json(const nlohmann::json& object) {
     }
   };
   std::string task = to_string(options.task), objective = to_string(options.objective),
-              schedule = to_string(options.schedule);
+              schedule = to_string(options.schedule), lr_schedule = to_string(options.lr_schedule);
   get("task", task);
   get("objective", objective);
   get("schedule", schedule);
   options.task = parse_task(task);
   options.objective = parse_objective(objective);
   options.schedule = parse_beta_schedule(schedule);
+  get("lr_schedule", lr_schedule);
+  options.lr_schedule = parse_lr_schedule(lr_schedule);
   get("timesteps", options.timesteps);
   get("p_uncond", options.p_uncond);
   get("vlb_weight", options.vlb_weight);
