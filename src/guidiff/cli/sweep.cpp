@@ -119,6 +119,10 @@ torch::Tensor class_rows(const torch::Tensor& samples, int64_t num_classes, int6
   return torch::stack(picked);
 }
 
+// Grids large enough to see: small images are shown at about 84 pixels (3x for 28x28), as
+// nearest-neighbour blocks, so no pixel is invented.
+int64_t grid_scale(const torch::Tensor& images) { return std::max<int64_t>(1, 84 / images.size(-1)); }
+
 class Sweep {
  public:
   Sweep(const SweepFlags& flags, const GlobalOptions& global)
@@ -208,6 +212,15 @@ class Sweep {
 
   torch::Tensor labels() const { return torch::arange(flags_.num_samples, torch::kLong) % num_classes_; }
 
+  // The grids' row labels: the reference data's class names (known once the real-data row is
+  // scored), else "class k".
+  std::vector<std::string> class_labels() const {
+    if (!class_names_.empty()) return class_names_;
+    std::vector<std::string> names;
+    for (int64_t c = 0; c < num_classes_; ++c) names.push_back("class " + std::to_string(c));
+    return names;
+  }
+
   void score_real_baseline() {
     DatasetRequest request;
     request.spec = flags_.evaluation.reference;
@@ -217,6 +230,7 @@ class Sweep {
     const int64_t n = std::min(flags_.num_samples, data.size());
     torch::Generator generator = at::detail::createCPUGenerator(flags_.seed);
     const torch::Tensor rows = torch::randperm(data.size(), generator).slice(0, 0, n);
+    if (static_cast<int64_t>(data.class_names.size()) == num_classes_) class_names_ = data.class_names;
     real_ = evaluation_->score(data.images.index_select(0, rows), data.labels.index_select(0, rows));
     real_name_ = "real " + request.split + " images";
   }
@@ -264,6 +278,8 @@ class Sweep {
         write_sample_batch_npz(dir + "/samples.npz", pixels, requested);
         ImageGridOptions grid;
         grid.nrow = std::min(flags_.grid_columns, std::max<int64_t>(1, flags_.num_samples / num_classes_));
+        grid.scale = grid_scale(result.samples);
+        grid.row_labels = class_labels();
         write_png_grid(dir + "/grid.png", class_rows(result.samples, num_classes_, grid.nrow), grid);
       }
       // Scored as saved: the 8-bit images of the .npz.
@@ -445,6 +461,9 @@ class Sweep {
                              std::to_string(steps) + ".png";
     ImageGridOptions options;
     options.nrow = static_cast<int64_t>(columns.size());
+    options.scale = grid_scale(grid);
+    options.row_labels = class_labels();
+    options.column_labels = labels;
     write_png_grid(flags_.out_dir + "/grids/" + name, grid, options);
     std::string caption = sampler_prefix(sampler) +
                           (method == Method::classifier ? "Classifier guidance" : "Classifier-free guidance") +
@@ -553,6 +572,7 @@ class Sweep {
   std::vector<SettingResult> results_;
   SampleScores real_;
   std::string real_name_;
+  std::vector<std::string> class_names_;  // the reference data's, when it names every class
   std::vector<std::pair<std::string, std::string>> plots_, grids_;
   double seconds_ = 0;
 };

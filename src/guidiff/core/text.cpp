@@ -17,4 +17,8 @@ std::string shape_string(torch::IntArrayRef sizes) {
   return out.str();
 }
 
+std::string shape_string(const torch::Tensor& tensor) {
+  return tensor.defined() ? shape_string(tensor.sizes()) : std::string("none");
+}
+
 }  // namespace guidiff

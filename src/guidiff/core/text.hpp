@@ -10,5 +10,7 @@ namespace guidiff {
 std::string number_string(double value);
 // Tensor sizes as libtorch prints them: "[2, 3, 28, 28]".
 std::string shape_string(torch::IntArrayRef sizes);
+// A tensor's sizes as above, or "none" for an undefined tensor.
+std::string shape_string(const torch::Tensor& tensor);
 
 }  // namespace guidiff

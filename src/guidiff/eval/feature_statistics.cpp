@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <map>
-#include <sstream>
 #include <utility>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/safetensors.hpp"
 
 namespace guidiff {
@@ -13,12 +13,6 @@ namespace {
 
 constexpr const char* kMetadataKey = "guidiff_feature_statistics";
 constexpr int64_t kFormat = 1;
-
-std::string shape_string(const torch::Tensor& tensor) {
-  std::ostringstream out;
-  out << tensor.sizes();
-  return out.str();
-}
 
 bool all_finite(const torch::Tensor& tensor) { return tensor.isfinite().all().item<bool>(); }
 
@@ -41,14 +35,14 @@ int64_t checked_dimension(const FeatureStatistics& statistics, const char* which
   const std::string side = std::string("Frechet distance: the ") + which + " statistics' ";
   if (!statistics.mean.defined() || statistics.mean.dim() != 1 || statistics.mean.size(0) == 0) {
     throw InputError(side + "mean must be a non-empty 1-D tensor, got " +
-                     (statistics.mean.defined() ? shape_string(statistics.mean) : "none"));
+                     shape_string(statistics.mean));
   }
   const int64_t dim = statistics.mean.size(0);
   if (!statistics.covariance.defined() || statistics.covariance.dim() != 2 ||
       statistics.covariance.size(0) != dim || statistics.covariance.size(1) != dim) {
     throw InputError(side + "covariance must be [" + std::to_string(dim) + ", " + std::to_string(dim) +
                      "] to match its mean, got " +
-                     (statistics.covariance.defined() ? shape_string(statistics.covariance) : "none"));
+                     shape_string(statistics.covariance));
   }
   if (!statistics.mean.is_floating_point() || !statistics.covariance.is_floating_point() ||
       !all_finite(statistics.mean) || !all_finite(statistics.covariance)) {
@@ -62,13 +56,13 @@ void check_savable(const FeatureStatistics& statistics) {
   const std::string what = "cannot save feature statistics: ";
   if (!statistics.mean.defined() || statistics.mean.dim() != 1 || statistics.mean.size(0) == 0) {
     throw InputError(what + "mean must be a non-empty 1-D tensor, got " +
-                     (statistics.mean.defined() ? shape_string(statistics.mean) : "none"));
+                     shape_string(statistics.mean));
   }
   const int64_t dim = statistics.mean.size(0);
   if (!statistics.covariance.defined() || statistics.covariance.dim() != 2 ||
       statistics.covariance.size(0) != dim || statistics.covariance.size(1) != dim) {
     throw InputError(what + "covariance must be [" + std::to_string(dim) + ", " + std::to_string(dim) + "], got " +
-                     (statistics.covariance.defined() ? shape_string(statistics.covariance) : "none"));
+                     shape_string(statistics.covariance));
   }
   if (statistics.count < 2) {
     throw InputError(what + "count must be at least 2, got " + std::to_string(statistics.count));
@@ -96,7 +90,7 @@ FileError statistics_file_error(const std::string& file, const std::string& what
 FeatureStatistics feature_statistics(const torch::Tensor& features) {
   if (!features.defined() || features.dim() != 2) {
     throw InputError("feature statistics need features [N, D], got " +
-                     (features.defined() ? shape_string(features) : std::string("none")));
+                     shape_string(features));
   }
   if (features.size(0) < 2 || features.size(1) == 0) {
     throw InputError("feature statistics need at least 2 feature vectors of dimension >= 1, got " +

@@ -4,10 +4,10 @@
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <sstream>
 #include <string>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff {
 namespace {
@@ -15,13 +15,6 @@ namespace {
 // Rows of the distance matrix computed at a time: a [1024, 10000] float64 block is 80 MB,
 // where the whole 10k x 10k matrix would be 800 MB.
 constexpr int64_t kBlockRows = 1024;
-
-std::string shape_string(const torch::Tensor& tensor) {
-  if (!tensor.defined()) return "none";
-  std::ostringstream out;
-  out << tensor.sizes();
-  return out.str();
-}
 
 // A point set as float64 CPU [N, D], after checking it has at least `minimum_points` rows.
 torch::Tensor checked_points(const torch::Tensor& points, int64_t minimum_points, const std::string& metric,

@@ -11,9 +11,9 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -45,14 +45,6 @@ const char* dtype_name(torch::ScalarType type, const std::string& tensor_name) {
   }
   throw InputError("cannot save tensor '" + tensor_name + "' as safetensors: unsupported dtype " +
                    std::string(c10::toString(type)));
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::ostringstream out;
-  out << '[';
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << ']';
-  return out.str();
 }
 
 // One header entry, checked against the data section.

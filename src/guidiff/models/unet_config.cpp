@@ -14,12 +14,13 @@ namespace {
   throw InputError(context + ": field \"" + field + "\" " + what);
 }
 
-std::string number_string(double value) { return nlohmann::json(value).dump(); }
+// JSON's spelling of a number ("0.5", "1.0"), as the config file writes it.
+std::string json_number(double value) { return nlohmann::json(value).dump(); }
 
 template <typename Number>
 std::string list_string(const std::vector<Number>& values) {
   std::string text = "[";
-  for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + number_string(values[i]);
+  for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + json_number(values[i]);
   return text + "]";
 }
 
