@@ -21,7 +21,7 @@ struct DtypeCode {
   size_t item_size;
 };
 
-const DtypeCode kDtypes[] = {
+const DtypeCode kNpyDtypes[] = {
     {torch::kFloat32, "<f4", 4}, {torch::kFloat64, "<f8", 8}, {torch::kInt64, "<i8", 8},
     {torch::kInt32, "<i4", 4},   {torch::kUInt8, "|u1", 1},
 };
@@ -29,7 +29,7 @@ const DtypeCode kDtypes[] = {
 std::optional<DtypeCode> dtype_from_descr(const std::string& descr) {
   // '=' means native order, which is little-endian on every platform guidiff targets;
   // single-byte types may carry any order mark.
-  for (const DtypeCode& code : kDtypes) {
+  for (const DtypeCode& code : kNpyDtypes) {
     const std::string base = std::string(code.descr).substr(1);
     if (descr.size() != 3 || descr.substr(1) != base) continue;
     const char order = descr[0];
@@ -41,7 +41,7 @@ std::optional<DtypeCode> dtype_from_descr(const std::string& descr) {
 }
 
 std::optional<DtypeCode> dtype_from_tensor(torch::ScalarType type) {
-  for (const DtypeCode& code : kDtypes) {
+  for (const DtypeCode& code : kNpyDtypes) {
     if (code.type == type) return code;
   }
   return std::nullopt;

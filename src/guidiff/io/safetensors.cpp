@@ -32,7 +32,7 @@ struct DtypeName {
   const char* name;
   torch::ScalarType type;
 };
-constexpr DtypeName kDtypes[] = {
+constexpr DtypeName kSafetensorsDtypes[] = {
     {"F64", torch::kFloat64},   {"F32", torch::kFloat32}, {"F16", torch::kFloat16},
     {"BF16", torch::kBFloat16}, {"I64", torch::kInt64},   {"I32", torch::kInt32},
     {"I16", torch::kInt16},     {"I8", torch::kInt8},     {"U8", torch::kUInt8},
@@ -40,21 +40,28 @@ constexpr DtypeName kDtypes[] = {
 };
 
 const char* dtype_name(torch::ScalarType type, const std::string& tensor_name) {
-  for (const auto& entry : kDtypes) {
+  for (const auto& entry : kSafetensorsDtypes) {
     if (entry.type == type) return entry.name;
   }
   throw InputError("cannot save tensor '" + tensor_name + "' as safetensors: unsupported dtype " +
                    std::string(c10::toString(type)));
 }
 
-// One header entry, checked against the data section.
-struct TensorEntry {
+}  // namespace
+
+// One header entry, checked against the data section. Outside the anonymous namespace because
+// SafetensorsFile::Impl (external linkage) holds a vector of them.
+struct SafetensorsTensorEntry {
   std::string name;
   torch::ScalarType type;
   std::vector<int64_t> shape;
   uint64_t begin = 0;
   uint64_t end = 0;
 };
+
+namespace {
+
+using TensorEntry = SafetensorsTensorEntry;
 
 class HeaderReader {
  public:
@@ -85,9 +92,9 @@ class HeaderReader {
     const auto& dtype = value.at("dtype");
     if (!dtype.is_string()) fail("tensor '" + name + "': dtype is not a string");
     const auto dtype_text = dtype.get<std::string>();
-    const auto found = std::find_if(std::begin(kDtypes), std::end(kDtypes),
+    const auto found = std::find_if(std::begin(kSafetensorsDtypes), std::end(kSafetensorsDtypes),
                                     [&](const DtypeName& d) { return dtype_text == d.name; });
-    if (found == std::end(kDtypes))
+    if (found == std::end(kSafetensorsDtypes))
       fail("tensor '" + name + "': unknown dtype '" + dtype_text + "'");
     entry.type = found->type;
 
