@@ -3,10 +3,12 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <csignal>
 #include <cstdio>
 #include <string>
 
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/option_list.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
@@ -30,6 +32,9 @@ int report(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Under a file size limit (ulimit -f) a write past it fails with EFBIG and becomes the
+  // usual one-line error, instead of SIGXFSZ killing the process mid-checkpoint.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"guidiff: sampling from guided diffusion models (classifier and classifier-free guidance)",
                "guidiff"};
   app.set_version_flag("--version", std::string("guidiff ") + GUIDIFF_VERSION);
@@ -40,6 +45,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", global.threads,
                  "intra-op threads (default: GUIDIFF_THREADS, else all cores)");
   app.add_option("--device", global.device, "where models run (sampling and training): cpu or cuda");
+  bool list_options = false;
+  app.add_flag("--list-options", list_options, "every subcommand's flags as JSON lines")->group("");  // hidden
 
   const guidiff::cli::Command commands[] = {
       guidiff::cli::add_info_command(app, global),
@@ -52,6 +59,7 @@ int main(int argc, char** argv) {
   // Set after the subcommands exist, so only the top level collects unknown arguments (the
   // subcommands pass theirs up) and they can be named in one line.
   app.allow_extras();
+  guidiff::cli::check_numeric_options(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {
@@ -62,6 +70,10 @@ int main(int argc, char** argv) {
     return app.exit(version);
   } catch (const CLI::ParseError& error) {
     return report(error.what());
+  }
+  if (list_options) {
+    std::fputs(guidiff::cli::option_list(app).c_str(), stdout);
+    return 0;
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +

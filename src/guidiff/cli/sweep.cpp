@@ -174,6 +174,11 @@ class Sweep {
     fs::create_directories(flags_.out_dir + "/settings");
     fs::create_directories(flags_.out_dir + "/plots");
     fs::create_directories(flags_.out_dir + "/grids");
+    const AbandonedTemporaries removed = remove_abandoned_temporaries(flags_.out_dir, /*recursive=*/true);
+    if (removed.files > 0) {
+      std::fprintf(stderr, "sweep: removed %lld temporary file(s) (%lld bytes) left by an interrupted run\n",
+                   static_cast<long long>(removed.files), static_cast<long long>(removed.bytes));
+    }
     check_or_write_request(flags_);
     const auto started = std::chrono::steady_clock::now();
     model_ = load_model(flags_.model, device_);
