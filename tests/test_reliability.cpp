@@ -304,4 +304,8 @@ TEST(SamplingNaN, NamesTheStepAndTheSample) {
   config.sampler = SamplerKind::ddpm;
   auto again = std::make_shared<NanAfterCalls>(/*call=*/1, /*row=*/0);
   expect_error<NumericError>([&] { generate(again, nullptr, config, {}, {}); }, {"at step 1 of 10", "sample 100"});
+  // The sigma-space samplers report it the same way (DPM-Solver++(2M): one model call a step).
+  config.sampler = SamplerKind::dpmpp_2m;
+  auto sigma = std::make_shared<NanAfterCalls>(/*call=*/3, /*row=*/1);
+  expect_error<NumericError>([&] { generate(sigma, nullptr, config, {}, {}); }, {"at step 3 of 10", "sample 101"});
 }

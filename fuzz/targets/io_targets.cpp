@@ -1,4 +1,4 @@
-// Fuzz targets of io/: .npy, .npz and safetensors. Where a reader accepts the input, its
+// Fuzz targets of io/: .npy, .npz, safetensors and torch.save .pt files. Where a reader accepts the input, its
 // writer must write what was read and the reader must read that back unchanged: a reader
 // that accepts bytes it misreads is caught even when it does not crash.
 #include <cstring>
@@ -10,6 +10,7 @@
 #include "../fuzz_target.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/npz.hpp"
+#include "guidiff/io/pt_file.hpp"
 #include "guidiff/io/safetensors.hpp"
 
 namespace guidiff::fuzz {
@@ -66,6 +67,15 @@ void fuzz_safetensors(std::string_view input) {
   }
   static Model model = tiny_model();
   load_model_state(*model.module, contents, "fuzz.safetensors");
+}
+
+void fuzz_pt(std::string_view input) {
+  // A torch.save zip archive read with libtorch's own unpickler (io/pt_file): every tensor is
+  // read, so a record whose size disagrees with the pickle is found too.
+  const std::string path = scratch_path("fuzz.pt");
+  write_scratch_file(path, input);
+  const NamedTensors tensors = load_pt_state_dict(path);
+  for (const auto& entry : tensors) require(entry.second.defined(), "tensor '" + entry.first + "' undefined");
 }
 
 }  // namespace guidiff::fuzz
