@@ -4,12 +4,14 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/option_list.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
@@ -43,6 +45,9 @@ int report(const std::string& message, guidiff::Communicator& communicator) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Under a file size limit (ulimit -f) a write past it fails with EFBIG and becomes the
+  // usual one-line error, instead of SIGXFSZ killing the process mid-checkpoint.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"guidiff: sampling from guided diffusion models (classifier and classifier-free guidance)",
                "guidiff"};
   app.set_version_flag("--version", std::string("guidiff ") + GUIDIFF_VERSION);
@@ -58,6 +63,8 @@ int main(int argc, char** argv) {
   app.add_option("--dist-timeout", global.dist_timeout,
                  "seconds a process waits for the others (to arrive, and in any one exchange) before it stops")
       ->capture_default_str();
+  bool list_options = false;
+  app.add_flag("--list-options", list_options, "every subcommand's flags as JSON lines")->group("");  // hidden
 
   const guidiff::cli::Command commands[] = {
       guidiff::cli::add_info_command(app, global),
@@ -73,6 +80,7 @@ int main(int argc, char** argv) {
   // Set after the subcommands exist, so only the top level collects unknown arguments (the
   // subcommands pass theirs up) and they can be named in one line.
   app.allow_extras();
+  guidiff::cli::check_numeric_options(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {
@@ -83,6 +91,10 @@ int main(int argc, char** argv) {
     return app.exit(version);
   } catch (const CLI::ParseError& error) {
     return report(error.what());
+  }
+  if (list_options) {
+    std::fputs(guidiff::cli::option_list(app).c_str(), stdout);
+    return 0;
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +

@@ -136,6 +136,11 @@ class Sweep {
       fs::create_directories(flags_.out_dir + "/settings");
       fs::create_directories(flags_.out_dir + "/plots");
       fs::create_directories(flags_.out_dir + "/grids");
+      const AbandonedTemporaries removed = remove_abandoned_temporaries(flags_.out_dir, /*recursive=*/true);
+      if (removed.files > 0) {
+        std::fprintf(stderr, "sweep: removed %lld temporary file(s) (%lld bytes) left by an interrupted run\n",
+                     static_cast<long long>(removed.files), static_cast<long long>(removed.bytes));
+      }
       check_or_write_request(flags_);
     }
     communicator_.barrier("checking the sweep directory");  // the others learn at once if rank 0 refused it

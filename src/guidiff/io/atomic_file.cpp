@@ -1,6 +1,7 @@
 #include "guidiff/io/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,9 +20,27 @@ namespace {
 
 std::string system_reason() { return std::strerror(errno); }
 
-// Creates an empty temporary file named `.<name>.tmp-XXXXXX` in path's directory and
-// returns its path. The dot keeps it out of casual listings while it exists.
-std::string make_temp_beside(const std::string& path) {
+constexpr char kTempMarker[] = ".tmp-";
+constexpr size_t kTempSuffixLength = 6;  // mkstemp's XXXXXX
+
+// `.<name>.tmp-XXXXXX`, the names make_temp_beside gives.
+bool is_temporary_name(const std::string& name) {
+  const size_t marker = name.size() >= kTempSuffixLength + sizeof kTempMarker
+                            ? name.size() - kTempSuffixLength - (sizeof kTempMarker - 1)
+                            : std::string::npos;
+  return !name.empty() && name[0] == '.' && marker != std::string::npos && marker > 1 &&
+         name.compare(marker, sizeof kTempMarker - 1, kTempMarker) == 0;
+}
+
+// An empty temporary file `.<name>.tmp-XXXXXX` in path's directory (the dot keeps it out of
+// casual listings), locked until it is closed: the lock tells remove_abandoned_temporaries
+// that its writer is alive. The kernel drops the lock when the writer dies, however it dies.
+struct LockedTemporary {
+  std::string path;
+  int fd = -1;
+};
+
+LockedTemporary make_temp_beside(const std::string& path) {
   const std::filesystem::path target(path);
   if (target.filename().empty()) throw FileError("cannot write '" + path + "': not a file name");
   std::filesystem::path dir = target.parent_path();
@@ -34,8 +53,8 @@ std::string make_temp_beside(const std::string& path) {
     throw FileError("cannot write '" + path + "': " + system_reason() +
                     (std::filesystem::is_directory(dir) ? "" : " (directory does not exist)"));
   }
-  ::close(fd);
-  return std::string(buffer.data());
+  ::flock(fd, LOCK_EX);  // a fresh file nobody else has opened: cannot block
+  return {std::string(buffer.data()), fd};
 }
 
 // mkstemp creates files with mode 0600; give the result the usual rw-r--r-- (reading the
@@ -51,40 +70,101 @@ void commit(const std::string& temp_path, const std::string& path) {
   }
 }
 
+// Fills the (empty) temporary with `bytes` and flushes it to disk, so a crash after the rename
+// cannot leave a renamed but empty file.
+void write_and_sync(const LockedTemporary& temp, const std::string& path, const std::string& bytes) {
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = ::write(temp.fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw FileError("cannot write '" + path + "': " + system_reason());
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::fsync(temp.fd) != 0) throw FileError("cannot write '" + path + "': " + system_reason());
+}
+
 }  // namespace
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
-  write_file_atomically_via(path, [&](const std::string& temp_path) {
-    const int fd = ::open(temp_path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
-    if (fd < 0) throw FileError("cannot write '" + path + "': " + system_reason());
-    size_t written = 0;
-    while (written < bytes.size()) {
-      const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        const std::string reason = system_reason();
-        ::close(fd);
-        throw FileError("cannot write '" + path + "': " + reason);
-      }
-      written += static_cast<size_t>(n);
+  write_files_atomically({{path, bytes}});
+}
+
+void write_files_atomically(const std::vector<std::pair<std::string, std::string>>& paths_and_bytes) {
+  std::vector<LockedTemporary> temps;
+  const auto discard = [&] {
+    for (const LockedTemporary& temp : temps) {
+      std::remove(temp.path.c_str());
+      ::close(temp.fd);
     }
-    // Flush to disk before the rename so a crash cannot leave a renamed but empty file.
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-      throw FileError("cannot write '" + path + "': " + system_reason());
+  };
+  try {
+    for (const auto& [path, bytes] : paths_and_bytes) {
+      temps.push_back(make_temp_beside(path));
+      write_and_sync(temps.back(), path, bytes);
     }
-  });
+  } catch (...) {
+    discard();
+    throw;
+  }
+  for (size_t i = 0; i < temps.size(); ++i) {
+    try {
+      commit(temps[i].path, paths_and_bytes[i].first);
+    } catch (...) {
+      ::close(temps[i].fd);  // commit removed this one's temporary; the earlier ones are renamed
+      temps.erase(temps.begin(), temps.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+      discard();
+      throw;
+    }
+    ::close(temps[i].fd);
+  }
 }
 
 void write_file_atomically_via(const std::string& path,
                                const std::function<void(const std::string& temp_path)>& produce) {
-  const std::string temp_path = make_temp_beside(path);
+  const LockedTemporary temp = make_temp_beside(path);
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }
+  } unlock{temp.fd};
   try {
-    produce(temp_path);
+    produce(temp.path);
   } catch (...) {
-    std::remove(temp_path.c_str());
+    std::remove(temp.path.c_str());
     throw;
   }
-  commit(temp_path, path);
+  commit(temp.path, path);
+}
+
+AbandonedTemporaries remove_abandoned_temporaries(const std::string& dir, bool recursive) {
+  namespace fs = std::filesystem;
+  AbandonedTemporaries removed;
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) return removed;
+  std::vector<fs::path> candidates;
+  const auto consider = [&](const fs::directory_entry& entry) {
+    if (entry.is_regular_file(error) && is_temporary_name(entry.path().filename().string())) {
+      candidates.push_back(entry.path());
+    }
+  };
+  if (recursive) {
+    for (fs::recursive_directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) consider(*it);
+  } else {
+    for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) consider(*it);
+  }
+  for (const fs::path& candidate : candidates) {
+    const int fd = ::open(candidate.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat info {};
+    // Only an unlocked temporary is abandoned; a locked one belongs to a live writer.
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && ::fstat(fd, &info) == 0 && ::unlink(candidate.c_str()) == 0) {
+      removed.files += 1;
+      removed.bytes += static_cast<int64_t>(info.st_size);
+    }
+    ::close(fd);
+  }
+  return removed;
 }
 
 std::string read_file_bytes(const std::string& path) {

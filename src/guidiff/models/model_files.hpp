@@ -10,6 +10,8 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "guidiff/io/safetensors.hpp"
 #include "guidiff/models/denoiser.hpp"
@@ -77,10 +79,14 @@ void load_model_state(torch::nn::Module& module, const SafetensorsContents& stat
                       const std::string& file);
 
 // Writes the weights and the config (with "diffusion" and "source" when the model has them)
-// atomically. Throws FileError if they cannot be written.
+// atomically, both or neither. Throws FileError if they cannot be written.
 void save_model(const Model& model, const std::string& dir_or_prefix);
 // The JSON written beside the weights: the config, plus "diffusion" and "source" if set.
 nlohmann::json model_file_json(const Model& model);
+// The paths and bytes save_model writes (weights first), for checkpoints that write several
+// models and files as one group (write_files_atomically).
+std::vector<std::pair<std::string, std::string>> encode_model_files(const Model& model,
+                                                                    const std::string& dir_or_prefix);
 // Builds the network from the config file and loads the weights, in eval mode on `device`.
 // Throws FileError naming the file at fault (missing, malformed, an invalid config, or a
 // key missing / unexpected / mismatched against the network the config builds).

@@ -51,7 +51,7 @@ SamplingResult sample_cfg_continuous(Denoiser& model, const SampleBatch& batch,
 
   c10::InferenceMode inference;  // classifier gradients turn autograd back on locally
   const std::vector<LogSnrLevel> levels = log_snr_levels(options.schedule, options.steps);
-  support::StepRecorder recorder(options, options.steps, batch.x_T);
+  support::StepRecorder recorder(options, options.steps, batch);
   torch::Tensor z = batch.x_T;
   for (int64_t i = 0; i < options.steps; ++i) {
     const LogSnrLevel& now = levels[i];

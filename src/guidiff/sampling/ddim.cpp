@@ -54,7 +54,7 @@ SamplingResult sample_ddim(Denoiser& model, const DiscreteSchedule& schedule,
 
   c10::InferenceMode inference;  // classifier gradients turn autograd back on locally
   const int64_t num_steps = schedule.num_steps();
-  support::StepRecorder recorder(options, num_steps, batch.x_T);
+  support::StepRecorder recorder(options, num_steps, batch);
   torch::Tensor x = batch.x_T;
   for (int64_t i = num_steps - 1; i >= 0; --i) {
     const Prediction pred = predict_x0_and_eps(model, schedule, x, i, batch.labels, options.clip_x0);

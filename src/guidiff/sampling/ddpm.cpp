@@ -23,7 +23,7 @@ SamplingResult sample_ddpm(Denoiser& model, const DiscreteSchedule& schedule,
   // No autograd graph through the loop; the classifier's gradient re-enables it locally.
   c10::InferenceMode inference;
   const int64_t num_steps = schedule.num_steps();
-  support::StepRecorder recorder(options, num_steps, batch.x_T);
+  support::StepRecorder recorder(options, num_steps, batch);
   torch::Tensor x = batch.x_T;
   for (int64_t i = num_steps - 1; i >= 0; --i) {
     const torch::Tensor step_index = support::step_index_for(i, x);

@@ -100,6 +100,11 @@ DenoiserOutput predict_checked(Denoiser& model, const torch::Tensor& x, const to
   return out;
 }
 
+StepRecorder::StepRecorder(const SamplerCommon& options, int64_t total_steps, const SampleBatch& batch)
+    : StepRecorder(options, total_steps, batch.x_T) {
+  sample_indices_ = batch.sample_indices;
+}
+
 StepRecorder::StepRecorder(const SamplerCommon& options, int64_t total_steps,
                            const torch::Tensor& start)
     : options_(options), total_steps_(total_steps) {
@@ -108,6 +113,18 @@ StepRecorder::StepRecorder(const SamplerCommon& options, int64_t total_steps,
 
 void StepRecorder::step_done(const torch::Tensor& x) {
   ++done_;
+  const torch::Tensor bad_rows = torch::isfinite(x).reshape({x.size(0), -1}).all(1).logical_not();
+  if (bad_rows.any().item<bool>()) {
+    const int64_t row = bad_rows.nonzero()[0][0].item<int64_t>();
+    const std::string sample = sample_indices_.defined()
+                                   ? "sample " + std::to_string(sample_indices_[row].item<int64_t>())
+                                   : "row " + std::to_string(row) + " of the batch";
+    const bool nan = torch::isnan(x[row]).any().item<bool>();
+    throw NumericError(std::string("sampling produced ") + (nan ? "NaN" : "infinity") + " at step " +
+                       std::to_string(done_) + " of " + std::to_string(total_steps_) + " for " + sample +
+                       " (" + std::to_string(bad_rows.sum().item<int64_t>()) + " of " + std::to_string(x.size(0)) +
+                       " in its batch): the model's output at that step, or the guidance added to it, is not finite");
+  }
   if (options_.keep_trajectory) trajectory_.push_back(x);
   if (options_.on_step) options_.on_step(done_, total_steps_);
 }

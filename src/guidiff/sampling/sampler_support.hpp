@@ -48,8 +48,13 @@ DenoiserOutput predict_checked(Denoiser& model, const torch::Tensor& x, const to
 // Records the trajectory (x_T first) and reports progress after every step.
 class StepRecorder {
  public:
+  // Starting from a batch: a non-finite sample is named by its index in the whole request.
+  StepRecorder(const SamplerCommon& options, int64_t total_steps, const SampleBatch& batch);
+  // Starting from x alone (inversion): a non-finite sample is named by its row.
   StepRecorder(const SamplerCommon& options, int64_t total_steps, const torch::Tensor& start);
-  // After each step: appends x when keeping the trajectory, then calls on_step(done, total).
+  // After each step: checks x is finite (NumericError naming the step and the first sample
+  // that is not: a NaN in a model's output reaches x at the step it appears), appends x when
+  // keeping the trajectory, then calls on_step(done, total).
   void step_done(const torch::Tensor& x);
   // Checks the result is finite (NumericError naming the sampler) and packs it.
   SamplingResult finish(const torch::Tensor& samples, const std::string& sampler);
@@ -57,6 +62,7 @@ class StepRecorder {
  private:
   const SamplerCommon& options_;
   int64_t total_steps_;
+  torch::Tensor sample_indices_;  // int64 [N] or undefined
   int64_t done_ = 0;
   std::vector<torch::Tensor> trajectory_;
 };

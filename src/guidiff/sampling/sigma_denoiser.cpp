@@ -46,7 +46,7 @@ SigmaRun::SigmaRun(std::string name, Denoiser& model, const SigmaSchedule& sched
       noise_(noise),
       options_(options),
       allows_renoise_(allows_renoise),
-      recorder_(options, schedule.num_steps(), batch.x_T) {}
+      recorder_(options, schedule.num_steps(), batch) {}
 
 torch::Tensor SigmaRun::start() const {
   return batch_.x_T.to(torch::kFloat64) * std::sqrt(1.0 + sigma(0) * sigma(0));

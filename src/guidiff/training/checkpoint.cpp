@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff {
 namespace {
@@ -228,8 +229,8 @@ void load_adamw_state(const torch::nn::Module& module, torch::optim::AdamW& opti
   }
 }
 
-void save_resume_file(const std::string& path, const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
-                      const ResumeState& state) {
+std::string encode_resume_file(const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
+                               const ResumeState& state) {
   NamedTensors tensors;
   add_prefixed(tensors, kModelPrefix, model_state(*model.module));
   add_prefixed(tensors, kEmaPrefix, model_state(*ema.module));
@@ -248,7 +249,12 @@ void save_resume_file(const std::string& path, const Model& model, const Model& 
       {"model_config", state.model_config},
       {"dataset", state.dataset},
       {"interval", state.interval}};
-  save_safetensors(path, tensors, {{"format", "pt"}, {kMetadataKey, meta.dump()}});
+  return encode_safetensors(tensors, {{"format", "pt"}, {kMetadataKey, meta.dump()}});
+}
+
+void save_resume_file(const std::string& path, const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
+                      const ResumeState& state) {
+  write_file_atomically(path, encode_resume_file(model, ema, optimizer, state));
 }
 
 ResumeState load_resume_file(const std::string& path, Model& model, Model& ema, torch::optim::AdamW& optimizer) {
@@ -288,9 +294,24 @@ ResumeState load_resume_file(const std::string& path, Model& model, Model& ema, 
 
 void save_checkpoint(const RunFiles& files, const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
                      const ResumeState& state) {
-  save_model(ema, files.ema_prefix);
-  save_model(model, files.raw_prefix);
-  save_resume_file(files.resume, model, ema, optimizer, state);
+  // A checkpoint of diverged weights would replace the last good one: refuse it.
+  for (const auto* network : {&model, &ema}) {
+    for (const auto& [name, tensor] : model_state(*network->module)) {
+      if (tensor.is_floating_point() && !torch::isfinite(tensor).all().item<bool>()) {
+        throw NumericError("not saving the checkpoint of step " + std::to_string(state.step) + ": " +
+                           (network == &model ? "weight" : "EMA weight") + " '" + name +
+                           "' holds NaN or infinity; the previous checkpoint in '" +
+                           std::filesystem::path(files.resume).parent_path().string() + "' is kept");
+      }
+    }
+  }
+  // All files or none: a full disk leaves the previous checkpoint whole. The resume file goes
+  // last, so a crash between the renames leaves it at the previous step, which is what a
+  // resumed run reads.
+  auto outputs = encode_model_files(ema, files.ema_prefix);
+  for (auto& output : encode_model_files(model, files.raw_prefix)) outputs.push_back(std::move(output));
+  outputs.emplace_back(files.resume, encode_resume_file(model, ema, optimizer, state));
+  write_files_atomically(outputs);
 }
 
 torch::Tensor cpu_rng_state() {

@@ -9,7 +9,8 @@
 // network dropout draws from; in a data-parallel run rank 0's, with rank r's as "rng.cpu.<r>"),
 // and metadata "guidiff_resume" = JSON {format, step, next_position {epoch, offset}, options,
 // model_config, dataset {name, size}, interval, world_size (absent: 1)}.
-// Every file is written atomically, so a crash leaves the previous checkpoint whole.
+// Every file is written atomically, so a crash leaves the previous checkpoint whole; a failed
+// write (disk full) changes none of a checkpoint's files.
 #pragma once
 #include <torch/torch.h>
 
@@ -60,7 +61,9 @@ NamedTensors adamw_state(const torch::nn::Module& module, torch::optim::AdamW& o
 void load_adamw_state(const torch::nn::Module& module, torch::optim::AdamW& optimizer,
                       const SafetensorsContents& contents, const std::string& file);
 
-// Writes the resume file alone (atomically).
+// The bytes of a resume file, and writing it alone (atomically).
+std::string encode_resume_file(const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
+                               const ResumeState& state);
 void save_resume_file(const std::string& path, const Model& model, const Model& ema,
                       torch::optim::AdamW& optimizer, const ResumeState& state);
 
@@ -71,7 +74,9 @@ void save_resume_file(const std::string& path, const Model& model, const Model& 
 // a tensor missing, unexpected, or of the wrong shape or dtype.
 ResumeState load_resume_file(const std::string& path, Model& model, Model& ema, torch::optim::AdamW& optimizer);
 
-// A full checkpoint: EMA and raw weights (save_model), then the resume file.
+// A full checkpoint: EMA and raw weights (save_model), then the resume file, written as one
+// group (write_files_atomically): a failed write changes none of them. Throws NumericError
+// (writing nothing) when a weight is not finite, FileError when a file cannot be written.
 void save_checkpoint(const RunFiles& files, const Model& model, const Model& ema,
                      torch::optim::AdamW& optimizer, const ResumeState& state);
 

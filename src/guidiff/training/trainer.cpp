@@ -36,17 +36,18 @@ struct IntervalStats {
   double loss = 0.0, mse = 0.0, vlb = 0.0, grad_norm = 0.0;
   int64_t steps = 0;
   double reduce_wait = 0.0;  // seconds backward did not hide of the gradient all-reduces (not resumed)
+  int64_t skipped = 0;       // batches skipped (skip_nonfinite), not in the sums above
   BucketAccuracy accuracy;
 
   explicit IntervalStats(const BucketAccuracy& empty) : accuracy(empty) {}
   void clear() {
     loss = mse = vlb = grad_norm = reduce_wait = 0.0;
-    steps = 0;
+    steps = skipped = 0;
     accuracy.clear();
   }
   nlohmann::json to_json() const {
     return {{"loss", loss}, {"mse", mse}, {"vlb", vlb}, {"grad_norm", grad_norm}, {"steps", steps},
-            {"accuracy", accuracy.counts_json()}};
+            {"skipped", skipped}, {"accuracy", accuracy.counts_json()}};
   }
   void restore(const nlohmann::json& saved, const std::string& file) {
     try {
@@ -55,6 +56,7 @@ struct IntervalStats {
       vlb = saved.at("vlb").get<double>();
       grad_norm = saved.at("grad_norm").get<double>();
       steps = saved.at("steps").get<int64_t>();
+      skipped = saved.value("skipped", int64_t{0});  // absent in files of earlier versions
       accuracy.restore_counts(saved.at("accuracy"));
     } catch (const std::exception& error) {
       throw FileError("resume file '" + file + "': metadata key 'interval' is malformed (" + error.what() + ")");
@@ -173,7 +175,9 @@ class TrainingRun {
     double loss;       // averaged over the processes
     double grad_norm;  // before clipping
     bool stop;         // some process was asked to stop
+    bool skipped = false;  // a non-finite batch skipped (skip_nonfinite)
   };
+  StepResult non_finite(int64_t step, const std::string& what, double loss, bool stop);
   StepResult train_step(const Batch& batch, int64_t step);
   torch::Tensor loss_of(const torch::Tensor& x0, const torch::Tensor& labels, const StepDraws& draws,
                         BucketAccuracy& accuracy);
@@ -207,6 +211,7 @@ class TrainingRun {
   IntervalStats interval_;
   ResumeState state_;
   int64_t last_saved_ = -1;
+  int64_t skipped_steps_ = 0;
   Clock::time_point interval_start_ = Clock::now();
   int64_t interval_images_ = 0;
   // The current step's parts of the loss, for the log.
@@ -235,6 +240,11 @@ void TrainingRun::prepare() {
   std::filesystem::create_directories(options_.out_dir, error);
   if (error || !std::filesystem::is_directory(options_.out_dir)) {
     throw FileError("--out-dir '" + options_.out_dir + "': cannot create the directory (" + error.message() + ")");
+  }
+  const AbandonedTemporaries removed = remove_abandoned_temporaries(options_.out_dir, /*recursive=*/true);
+  if (removed.files > 0) {
+    notify("removed " + std::to_string(removed.files) + " temporary file" + (removed.files == 1 ? "" : "s") + " (" +
+           std::to_string(removed.bytes) + " bytes) that an interrupted write left in '" + options_.out_dir + "'");
   }
   model_.module->to(options_.device);
   model_.module->train();
@@ -361,18 +371,18 @@ TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step
   }
   loss.backward();
   reducer_->finish();  // every rank's gradient is now the mean over the ranks
+  // Every rank sees the same averaged loss, so all of them stop or skip together.
   const StepTotals totals = reduce_step(loss.item<double>(), accuracy, hooks_.should_stop && hooks_.should_stop());
-  const std::string kept = last_saved_ >= 0 ? "the checkpoint of step " + std::to_string(last_saved_) + " in '" +
-                                                  options_.out_dir + "' is kept"
-                                            : "no checkpoint had been written yet";
   if (!std::isfinite(totals.loss)) {
-    throw NumericError("training loss is " + std::string(std::isnan(totals.loss) ? "nan" : "inf") + " at step " +
-                       std::to_string(step + 1) + " (lr " + std::to_string(lr) + "); stopped, " + kept);
+    return non_finite(step,
+                      "training loss is " + std::string(std::isnan(totals.loss) ? "nan" : "inf") + " at step " +
+                          std::to_string(step + 1) + " (lr " + std::to_string(lr) + ")",
+                      totals.loss, totals.stop);
   }
   const double max_norm = options_.grad_clip > 0.0 ? options_.grad_clip : std::numeric_limits<double>::infinity();
   const double grad_norm = torch::nn::utils::clip_grad_norm_(parameters_, max_norm);
   if (!std::isfinite(grad_norm)) {
-    throw NumericError("gradient norm is not finite at step " + std::to_string(step + 1) + "; stopped, " + kept);
+    return non_finite(step, "gradient norm is not finite at step " + std::to_string(step + 1), totals.loss, totals.stop);
   }
   optimizer_->step();
   // Gradients are dropped, not zeroed, so a parameter without one is skipped by AdamW alike in
@@ -389,6 +399,20 @@ TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step
   interval_.reduce_wait += reducer_->last_wait_seconds();
   interval_images_ += global_batch();
   return {totals.loss, grad_norm, totals.stop};
+}
+
+TrainingRun::StepResult TrainingRun::non_finite(int64_t step, const std::string& what, double loss, bool stop) {
+  for (auto& parameter : parameters_) parameter.mutable_grad().reset();
+  if (!options_.skip_nonfinite) {
+    const std::string kept = last_saved_ >= 0 ? "the checkpoint of step " + std::to_string(last_saved_) + " in '" +
+                                                    options_.out_dir + "' is kept"
+                                              : "no checkpoint had been written yet";
+    throw NumericError(what + "; stopped, " + kept + " (--skip-nonfinite skips such batches)");
+  }
+  interval_.skipped += 1;
+  skipped_steps_ += 1;
+  notify(what + ": batch skipped (--skip-nonfinite), the weights are unchanged");
+  return {loss, std::numeric_limits<double>::quiet_NaN(), stop, /*skipped=*/true};
 }
 
 void TrainingRun::save(int64_t steps_done) {
@@ -412,6 +436,7 @@ void TrainingRun::write_log_line(int64_t steps_done, double lr) {
                            {"lr", lr},
                            {"grad_norm", interval_.grad_norm / n},
                            {"images_per_sec", interval_images_ / std::max(seconds_since(interval_start_), 1e-9)}};
+  if (interval_.skipped > 0) record["skipped"] = interval_.skipped;
   if (options_.task == TrainingTask::classifier) {
     record["accuracy"] = interval_.accuracy.overall();
     record["accuracy_by_t"] = interval_.accuracy.to_json();
@@ -426,7 +451,8 @@ void TrainingRun::write_log_line(int64_t steps_done, double lr) {
   if (communicator_.is_main()) {
     std::ofstream log(files_.log, std::ios::app);
     log << record.dump() << "\n";
-    if (!log) throw FileError("cannot append to the training log '" + files_.log + "'");
+    log.flush();  // a full disk shows here, not in the destructor where it would go unnoticed
+    if (!log) throw FileError("cannot append to the training log '" + files_.log + "' (disk full?)");
   }
   interval_.clear();
   interval_start_ = Clock::now();
@@ -479,7 +505,7 @@ TrainingResult TrainingRun::run() {
     state_.next_position = batch.next_position;
     result.losses.push_back(outcome.loss);
     result.last_step = done;
-    images += global_batch();
+    if (!outcome.skipped) images += global_batch();
 
     const double lr = options_.learning_rate(step);
     if (hooks_.on_step) {
@@ -500,6 +526,11 @@ TrainingResult TrainingRun::run() {
     if ((options_.save_every > 0 && done % options_.save_every == 0) || done == options_.steps) save(done);
   }
   if (!result.interrupted) notify("trained to step " + std::to_string(result.last_step) + "; weights in '" + options_.out_dir + "'");
+  if (skipped_steps_ > 0) {
+    notify(std::to_string(skipped_steps_) + " batch" + (skipped_steps_ == 1 ? " was" : "es were") +
+           " skipped for a non-finite loss or gradient");
+  }
+  result.skipped_steps = skipped_steps_;
   result.ema = ema_;
   return result;
 }

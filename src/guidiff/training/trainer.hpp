@@ -63,6 +63,10 @@ struct TrainingOptions {
   double grad_clip = 1.0;      // max global gradient L2 norm; 0: no clipping
   bool bf16 = false;           // bfloat16 autocast for the forward pass
   bool random_flip = false;    // mirror images at random (per seed, epoch, sample)
+  // A batch whose loss or gradient norm is NaN or infinite: false stops training with the step
+  // number (the last checkpoint stays as it was); true skips the batch (no update, a notice)
+  // and goes on. Not part of the trajectory: a run stopped by a NaN may resume with it set.
+  bool skip_nonfinite = false;
   uint64_t seed = 0;
   // Outputs (steps between them; 0: never, except the final checkpoint).
   std::string out_dir;
@@ -103,7 +107,8 @@ struct TrainingHooks {
 struct TrainingResult {
   int64_t first_step = 0;      // the step this run started from (> 0 when resumed)
   int64_t last_step = 0;       // steps done when it returned
-  std::vector<double> losses;  // this run's loss per step
+  std::vector<double> losses;  // this run's loss per step (NaN or inf where a batch was skipped)
+  int64_t skipped_steps = 0;   // batches skipped for a non-finite loss or gradient
   bool interrupted = false;    // stopped by should_stop (a checkpoint was saved)
   Model ema;                   // the EMA weights (eval mode)
 };
@@ -115,10 +120,11 @@ struct TrainingResult {
 // options.resume the run continues from the resume file, whose options must agree with these
 // on everything that shapes the trajectory (steps and output intervals may change).
 // Throws InputError for invalid options or data that does not fit the model, FileError for a
-// bad or mismatched resume file (naming the key), NumericError naming the step when the
-// loss or gradient norm is not finite (the last checkpoint on disk is left as it was), and
-// DistributedError when a peer process fails. Every rank of `communicator` calls it with the
-// same arguments.
+// bad or mismatched resume file (naming the key) or a failed write (the previous checkpoint
+// stays whole), NumericError naming the step when the loss or gradient norm is not finite
+// (unless skip_nonfinite) or a weight is (the last checkpoint on disk is left as it was), and
+// DistributedError when a peer process fails. Temporary files that a killed run left in
+// out_dir are removed first. Every rank of `communicator` calls it with the same arguments.
 TrainingResult train(Model& model, const Dataset& data, const TrainingOptions& options,
                      const TrainingHooks& hooks = {}, Communicator& communicator = single_process_communicator());
 

@@ -83,6 +83,7 @@ nlohmann::json TrainingOptions::to_json() const {
           {"grad_clip", grad_clip},
           {"bf16", bf16},
           {"random_flip", random_flip},
+          {"skip_nonfinite", skip_nonfinite},
           {"seed", seed},
           {"log_every", log_every},
           {"sample_every", sample_every},
@@ -125,6 +126,7 @@ TrainingOptions TrainingOptions::from_json(const nlohmann::json& object) {
   get("grad_clip", options.grad_clip);
   get("bf16", options.bf16);
   get("random_flip", options.random_flip);
+  get("skip_nonfinite", options.skip_nonfinite);
   get("seed", options.seed);
   get("log_every", options.log_every);
   get("sample_every", options.sample_every);

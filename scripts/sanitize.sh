@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite under AddressSanitizer and UndefinedBehaviorSanitizer
+# (docs/reliability.md): configures build-san (-DGUIDIFF_SANITIZE=address,undefined; with
+# clang also -DGUIDIFF_FUZZ=ON, so scripts/fuzz.sh shares the build), builds, runs ctest.
+#   bash scripts/sanitize.sh [CTEST_ARGS...]      e.g. -R Training
+# libtorch itself is not instrumented; scripts/sanitizers/ holds the few runtime options and
+# suppressions that follows from, each explained in docs/reliability.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=build-san
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  if command -v clang++ >/dev/null 2>&1; then
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DGUIDIFF_SANITIZE=address,undefined -DGUIDIFF_FUZZ=ON -DGUIDIFF_BUILD_BENCH=OFF
+  else
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGUIDIFF_SANITIZE=address,undefined \
+      -DGUIDIFF_BUILD_BENCH=OFF
+  fi
+fi
+cmake --build "$BUILD" -j"$(nproc)"
+source scripts/sanitizers/options.sh
+ctest --test-dir "$BUILD" --output-on-failure -j"$(nproc)" "$@"
