@@ -27,17 +27,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Run {
+struct CliRun {
   int exit_code = -1;  // -1: killed by a signal
   std::string err;
 };
 
-Run run_cli(const std::string& args, const fs::path& scratch) {
+CliRun run_cli(const std::string& args, const fs::path& scratch) {
   const fs::path err_file = scratch / "stderr.txt";
   const std::string command = "cd '" + scratch.string() + "' && '" + GUIDIFF_CLI_PATH + "' " + args +
                               " </dev/null >/dev/null 2>'" + err_file.string() + "'";
   const int status = std::system(command.c_str());
-  Run run;
+  CliRun run;
   run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   run.err = guidiff::read_file_bytes(err_file.string());
   return run;
@@ -88,11 +88,13 @@ const std::map<std::string, std::string> kBases = {
     {"demo", "demo --out-dir {T}/demo --num-samples 8 --steps 3"},
     {"train diffusion", "train diffusion --data mixture --mixture-size 64 --batch-size 8 --steps 2 --out-dir {T}/run"},
     {"train classifier", "train classifier --data mixture --mixture-size 64 --batch-size 8 --steps 2 --out-dir {T}/run"},
-    {"eval", "eval --samples {F}/samples.npz --cache-dir {F}/cache"},
+    {"eval", "eval --samples {F}/samples.npz --evaluator " GUIDIFF_SOURCE_DIR "/models/fashion-mnist/evaluator "
+             "--cache-dir {F}/cache"},
     {"eval model", "eval --model " GUIDIFF_SOURCE_DIR "/models/fashion-mnist/cfg_unet --num-samples 4 --steps 2 "
-                   "--cache-dir {F}/cache"},
+                   "--evaluator " GUIDIFF_SOURCE_DIR "/models/fashion-mnist/evaluator --cache-dir {F}/cache"},
     {"sweep", "sweep --model " GUIDIFF_SOURCE_DIR "/models/fashion-mnist/cfg_unet --cfg-scales 0 --steps 2 "
-              "--num-samples 4 --no-real-baseline --out-dir {T}/sweep --cache-dir {F}/cache"},
+              "--num-samples 10 --no-real-baseline --evaluator " GUIDIFF_SOURCE_DIR "/models/fashion-mnist/evaluator "
+              "--out-dir {T}/sweep --cache-dir {F}/cache"},
 };
 
 // eval's sampling flags act only with --model.
@@ -247,7 +249,7 @@ TEST_F(BadFlags, EveryBaseCommandWorks) {
   for (const auto& [name, base] : kBases) {
     const fs::path scratch = fixtures_ / ("base-" + std::to_string(std::hash<std::string>()(name)));
     fs::create_directories(scratch);
-    const Run run = run_cli(expand(base, scratch), scratch);
+    const CliRun run = run_cli(expand(base, scratch), scratch);
     EXPECT_EQ(run.exit_code, 0) << name << ": guidiff " << expand(base, scratch) << "\n" << run.err;
   }
 }
@@ -270,7 +272,7 @@ TEST_F(BadFlags, EveryFlagRejectsBadValuesWithOneLineAndExitStatus2) {
       fs::create_directories(scratch);
       const std::string value = expand(c.value, scratch);
       const std::string args = expand(c.base, scratch) + " " + c.option + (c.value[0] == '=' ? value : " " + quoted(value));
-      const Run run = run_cli(args, scratch);
+      const CliRun run = run_cli(args, scratch);
       const std::string line = run.err.substr(0, run.err.find('\n'));
       const bool one_line = !run.err.empty() && run.err.find('\n') == run.err.size() - 1;
       const bool names_it = line.find(c.option) != std::string::npos ||
@@ -310,15 +312,15 @@ TEST_F(BadFlags, NumbersAreDecimalFiniteAndInRange) {
   for (const auto& [flag, value] : cases) {
     const std::string args =
         "sample --num-samples 2 --out x.npy " + std::string(flag == "--steps" ? "" : "--steps 2 ") + flag + " " + quoted(value);
-    const Run run = run_cli(args, scratch);
+    const CliRun run = run_cli(args, scratch);
     EXPECT_EQ(run.exit_code, 2) << args << "\n" << run.err;
     EXPECT_EQ(run.err.rfind("guidiff: error: " + flag, 0), 0u) << args << "\n" << run.err;
     EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n'), 1) << run.err;
   }
   // And what stays accepted: decimal with a sign, exponents for real numbers.
-  for (const std::string& args : {"--steps +2", "--steps 2 --seed 18446744073709551615", "--steps 2 --eta 1e-3",
+  for (const std::string args : {"--steps +2", "--steps 2 --seed 18446744073709551615", "--steps 2 --eta 1e-3",
                                   "--steps 2 --eta -0"}) {
-    const Run run = run_cli("sample --num-samples 2 --out x.npy " + args, scratch);
+    const CliRun run = run_cli("sample --num-samples 2 --out x.npy " + args, scratch);
     EXPECT_EQ(run.exit_code, 0) << args << "\n" << run.err;
   }
 }

@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "../fuzz_target.hpp"
+#include "guidiff/core/errors.hpp"
 #include "guidiff/data/cifar.hpp"
 #include "guidiff/data/idx.hpp"
 #include "guidiff/data/image_folder.hpp"
