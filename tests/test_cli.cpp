@@ -579,8 +579,12 @@ TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
                            "settings/cfg_w1_steps3/samples.npz", "settings/classifier_s2_steps2/grid.png"}) {
     EXPECT_TRUE(fs::exists(path("sweep/") + file)) << file;
   }
-  // rows = 3 classes, columns = 2 strengths, 8 px images with 2 px padding.
-  EXPECT_EQ(png_size(path("sweep/grids/cfg_steps2.png")), std::make_pair(22, 32));
+  // rows = 3 classes, columns = 2 strengths, 8 px images drawn 10x (80 px) with 2 px padding,
+  // under a top margin of strength labels (7 font pixels of 2 px plus 4 px gaps: 22 px) and
+  // beside a left margin of class names.
+  const auto [grid_width, grid_height] = png_size(path("sweep/grids/cfg_steps2.png"));
+  EXPECT_EQ(grid_height, 22 + 3 * (80 + 2) + 2);
+  EXPECT_GT(grid_width, 2 * (80 + 2) + 2);
   const std::string report = read_file_bytes(path("sweep/report.md"));
   EXPECT_NE(report.find("cfg w=1, 3 steps"), std::string::npos) << report;
   EXPECT_NE(report.find("real"), std::string::npos);
