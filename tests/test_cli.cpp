@@ -299,6 +299,18 @@ TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
   expect_one_line_error("sample --bogus" + out, "--bogus");
   expect_one_line_error("sample --bf16" + out, "--bf16 applies to --model");
   expect_one_line_error("sample --mixture " + path("absent.json") + out, "absent.json");
+  // Found by the bad-flag matrix: a directory given for a file is named, a bad request is
+  // refused before anything about it is printed, and a flag the sampler does not use is
+  // still checked.
+  fs::create_directories(path("a-directory"));
+  expect_one_line_error("sample --mixture " + path("a-directory") + out, path("a-directory") + "': it is a directory");
+  expect_one_line_error("train diffusion --data mixture --steps 2 --config " + path("a-directory") + " --out-dir " +
+                            path("run"),
+                        "--config: cannot read '" + path("a-directory") + "': it is a directory");
+  expect_one_line_error("sample --batch-size -1" + out, "--batch-size must be >= 1, got -1");
+  expect_one_line_error("sample --num-samples -1" + out, "--num-samples must be >= 1, got -1");
+  expect_one_line_error("sample --variance-exponent -1" + out, "variance exponent v must be in [0, 1], got -1");
+  expect_one_line_error("demo --num-samples -1 --out-dir " + path("demo"), "--num-samples must be >= 1, got -1");
   expect_one_line_error("frobnicate", "unknown argument 'frobnicate'");
   expect_one_line_error("", "subcommand is required");
   EXPECT_FALSE(fs::exists(path("x.npy")));
@@ -579,8 +591,12 @@ TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
                            "settings/cfg_w1_steps3/samples.npz", "settings/classifier_s2_steps2/grid.png"}) {
     EXPECT_TRUE(fs::exists(path("sweep/") + file)) << file;
   }
-  // rows = 3 classes, columns = 2 strengths, 8 px images with 2 px padding.
-  EXPECT_EQ(png_size(path("sweep/grids/cfg_steps2.png")), std::make_pair(22, 32));
+  // rows = 3 classes, columns = 2 strengths, 8 px images drawn 10x (80 px) with 2 px padding,
+  // under a top margin of strength labels (7 font pixels of 2 px plus 4 px gaps: 22 px) and
+  // beside a left margin of class names.
+  const auto [grid_width, grid_height] = png_size(path("sweep/grids/cfg_steps2.png"));
+  EXPECT_EQ(grid_height, 22 + 3 * (80 + 2) + 2);
+  EXPECT_GT(grid_width, 2 * (80 + 2) + 2);
   const std::string report = read_file_bytes(path("sweep/report.md"));
   EXPECT_NE(report.find("cfg w=1, 3 steps"), std::string::npos) << report;
   EXPECT_NE(report.find("real"), std::string::npos);
