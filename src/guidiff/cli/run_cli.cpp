@@ -1,5 +1,7 @@
-// guidiff: the command-line entry point. Parses flags, sets the thread count, runs one
+// guidiff's command line (see run_cli.hpp): parses flags, sets the thread count, runs one
 // subcommand; every failure becomes one line `guidiff: error: ...` on stderr and exit 2.
+#include "guidiff/cli/run_cli.hpp"
+
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
@@ -44,7 +46,9 @@ int report(const std::string& message, guidiff::Communicator& communicator) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace guidiff::cli {
+
+int run_cli(int argc, char** argv) {
   // Under a file size limit (ulimit -f) a write past it fails with EFBIG and becomes the
   // usual one-line error, instead of SIGXFSZ killing the process mid-checkpoint.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -144,3 +148,5 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
+}  // namespace guidiff::cli
