@@ -33,6 +33,7 @@ struct EvalFlags {
   CLI::Option* data_option = nullptr;
   EvaluationFlags evaluation;
   SamplingFlags sampling;
+  std::vector<const CLI::Option*> sampling_options;  // act only with --model
 };
 
 struct ImagesToScore {
@@ -73,6 +74,16 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
   const int sources = (flags.samples.empty() ? 0 : 1) + (flags.data_option->count() > 0 ? 1 : 0) +
                       (flags.sampling.model.empty() ? 0 : 1);
   if (sources != 1) throw InputError("give exactly one of --samples (npz or image folder), --data or --model");
+  if (flags.data.split != "train" && flags.data.split != "test") {
+    throw InputError("--split '" + flags.data.split + "': expected train or test");
+  }
+  if (flags.sampling.model.empty()) {
+    for (const CLI::Option* option : flags.sampling_options) {
+      if (option->count() > 0) {
+        throw InputError(option->get_name() + " applies to sampling from --model, not to scoring --samples or --data");
+      }
+    }
+  }
   ImagesToScore result;
   if (!flags.samples.empty()) {
     result = read_samples(flags.samples, channels);
@@ -162,7 +173,10 @@ Command add_eval_command(CLI::App& app, const GlobalOptions& global) {
   command->add_flag("--calibrate-features", f.calibrate_features,
                     "instead of scoring, put the --evaluator's feature stages on one scale over the --data images (rewrites its .json)");
   add_evaluation_flags(*command, f.evaluation);
+  const size_t before_sampling = command->get_options().size();
   add_sampling_flags(*command, f.sampling);
+  const std::vector<CLI::Option*> options = command->get_options();
+  f.sampling_options.assign(options.begin() + static_cast<std::ptrdiff_t>(before_sampling), options.end());
   return {command, [flags, &global] { run_eval(*flags, global); }};
 }
 

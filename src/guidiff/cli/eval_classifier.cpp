@@ -8,6 +8,7 @@
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/common.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/data/dataset_spec.hpp"
 #include "guidiff/eval/noisy_classifier_accuracy.hpp"
 #include "guidiff/io/atomic_file.hpp"
@@ -28,11 +29,28 @@ struct EvalClassifierFlags {
 void run_eval_classifier(EvalClassifierFlags flags, const GlobalOptions& global) {
   if (!flags.json.empty()) check_output_path("--json", flags.json);
   if (!flags.plot.empty()) check_output_path("--plot", flags.plot);
+  if (flags.options.buckets < 1) throw InputError("--buckets must be >= 1, got " + std::to_string(flags.options.buckets));
+  if (flags.options.max_t < 0) throw InputError("--max-t must be >= 0 (0: all of T), got " + std::to_string(flags.options.max_t));
+  if (flags.options.batch_size < 1) {
+    throw InputError("--batch-size must be >= 1, got " + std::to_string(flags.options.batch_size));
+  }
   flags.options.device = global.torch_device();
   const Model model = load_model(flags.classifier, flags.options.device);
   if (!model.classifier) throw InputError("--classifier '" + flags.classifier + "' is not a classifier");
   const DiscreteSchedule schedule = make_schedule(parse_beta_schedule(flags.schedule), flags.timesteps);
+  // A folder is read with the classifier's channels (grey for a grey classifier), and any
+  // data set must have the image shape it takes: said here, naming --data, rather than by
+  // the network's own shape check.
+  const int64_t channels = model.config.value("in_channels", int64_t{0});
+  const int64_t side = model.config.value("image_size", int64_t{0});
+  if (channels > 0) flags.data.channels = channels;
   const Dataset data = load_dataset(flags.data);
+  if (channels > 0 && side > 0 &&
+      (data.images.dim() != 4 || data.images.size(1) != channels || data.images.size(2) != side || data.images.size(3) != side)) {
+    throw InputError("--data " + flags.data.spec + ": images are " + shape_string(data.images) + " [N, C, H, W]" +
+                     " but the classifier takes [" + std::to_string(channels) + ", " + std::to_string(side) + ", " +
+                     std::to_string(side) + "]");
+  }
   const BucketAccuracy accuracy =
       noisy_classifier_accuracy(*model.classifier, schedule, data.images, data.labels, flags.options);
   const nlohmann::json rows = accuracy.to_json();

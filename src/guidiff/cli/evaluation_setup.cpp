@@ -8,6 +8,30 @@
 #include "guidiff/core/errors.hpp"
 
 namespace guidiff::cli {
+namespace {
+
+// Refuses, before minutes of reference statistics, a cache path that could not be written:
+// a directory where a file goes, a file where a directory goes, or a regular file among its
+// parent directories. Missing directories are fine: the cache creates them.
+void check_cache_path(const std::string& flag, const std::string& path, bool is_directory) {
+  if (path.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ignored;
+  if (fs::exists(path, ignored) && fs::is_directory(path, ignored) != is_directory) {
+    throw FileError(flag + " '" + path + "' is " + (is_directory ? "not a directory" : "a directory, not a file name"));
+  }
+  for (fs::path parent = fs::path(path).parent_path(); !parent.empty(); parent = parent.parent_path()) {
+    if (fs::exists(parent, ignored)) {
+      if (!fs::is_directory(parent, ignored)) {
+        throw FileError(flag + " '" + path + "': '" + parent.string() + "' is not a directory");
+      }
+      break;
+    }
+    if (parent == parent.parent_path()) break;
+  }
+}
+
+}  // namespace
 
 void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags) {
   flags.evaluator_option =
@@ -26,6 +50,8 @@ void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags) {
 Evaluation::Evaluation(const EvaluationFlags& flags, const torch::Device& device, Communicator& communicator)
     : flags_(flags), communicator_(communicator) {
   if (flags.inception_splits < 1) throw InputError("--inception-splits must be >= 1");
+  check_cache_path("--cache-dir", flags.cache_dir, true);
+  check_cache_path("--reference-stats", flags.reference_stats, false);
   options_.inception_splits = flags.inception_splits;
   // Without --features the evaluator is required; with it, the evaluator is only used for
   // IS and class accuracy, and skipped when the default one is not there.
@@ -53,6 +79,8 @@ const ReferenceSet& Evaluation::reference() {
     DatasetRequest data;
     data.spec = flags_.reference;
     data.split = flags_.reference_split;
+    data.flag = "--reference";
+    data.split_flag = "--reference-split";
     data.channels = image_channels();
     FeatureNetwork& network = features_ ? *features_ : *evaluator_;
     const bool speaks = communicator_.is_main();

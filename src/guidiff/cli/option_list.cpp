@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 namespace guidiff::cli {
@@ -22,13 +23,18 @@ std::string check_integer(const std::string& text, bool is_unsigned) {
   if (!all_digits(text, digits)) {
     return "'" + text + "' is not a " + std::string(is_unsigned ? "non-negative " : "") + "whole number";
   }
+  // CLI11 converts with base 0, so "010" would silently be 8.
+  if (text.size() > digits + 1 && text[digits] == '0') return "'" + text + "' has a leading zero (write it in decimal)";
   errno = 0;
   if (is_unsigned) {
     std::strtoull(text.c_str(), nullptr, 10);
-  } else {
-    std::strtoll(text.c_str(), nullptr, 10);
+    return errno == ERANGE ? "'" + text + "' is out of range" : "";
   }
-  return errno == ERANGE ? "'" + text + "' is out of range" : "";
+  // INT options are int or int64_t; none means anything past int's range (counts, steps,
+  // sizes, threads), and an int one would otherwise end in CLI11's "Could not convert".
+  const long long value = std::strtoll(text.c_str(), nullptr, 10);
+  const bool in_range = errno != ERANGE && value >= std::numeric_limits<int>::min() && value <= std::numeric_limits<int>::max();
+  return in_range ? "" : "'" + text + "' is out of range";
 }
 
 std::string check_float(const std::string& text) {
@@ -70,9 +76,13 @@ std::string option_list(const CLI::App& app) {
   std::string lines;
   for_each_command(app, "", [&](const CLI::App& command, const std::string& path) {
     for (const CLI::Option* option : command.get_options([](const CLI::Option*) { return true; })) {
-      if (option->get_lnames().empty()) continue;  // -h style short-only options
+      // Named options by their first long name; positional arguments (convert's input) by
+      // their name, with "positional": true; -h style short-only options are left out.
+      const bool positional = option->get_positional() && !option->nonpositional();
+      if (option->get_lnames().empty() && !positional) continue;
       const nlohmann::json line = {{"command", path},
-                                   {"option", "--" + option->get_lnames().front()},
+                                   {"option", positional ? option->get_name(true) : "--" + option->get_lnames().front()},
+                                   {"positional", positional},
                                    {"type", option->get_type_name()},
                                    {"flag", option->get_expected_max() == 0},
                                    {"required", option->get_required()}};

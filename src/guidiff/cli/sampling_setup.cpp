@@ -354,6 +354,7 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
   setup.config = generation_config(flags);
   GenerationConfig& config = setup.config;
   const bool state_dict = !flags.model.empty() && model_is_state_dict(flags);
+  classifier_is_state_dict(flags);  // refuses --classifier-flags/--classifier-config without --classifier
   if (flags.super_resolution && !flags.noise.empty()) throw InputError("--noise does not apply to guidiff upsample");
   if (flags.model.empty()) {
     if (!strings.empty() || !flags.model_config.empty()) throw InputError("--model-flags / --model-config need --model");

@@ -102,6 +102,13 @@ void run_train(TrainFlags flags, Communicator& communicator) {
   flags.options.validate();
   if (flags.options.bf16) warn_if_bf16_is_emulated(flags.options.device);
   check_run_directory(flags.options.out_dir, flags.options.resume);
+  // Checked whatever the data (they act on folders only): a bad value is never ignored.
+  if (flags.data.channels != 1 && flags.data.channels != 3) {
+    throw InputError("--channels must be 1 (grey) or 3 (RGB), got " + std::to_string(flags.data.channels));
+  }
+  if (flags.data.image_size < 0) {
+    throw InputError("--image-size must be >= 1 (or 0: keep the images' size), got " + std::to_string(flags.data.image_size));
+  }
   const Dataset data = load_dataset(flags.data);
   // The initial weights come from the global generator: seeded, so a recipe rerun gives the
   // same weights (on the same libtorch and thread count).

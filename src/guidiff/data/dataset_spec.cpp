@@ -9,13 +9,15 @@
 
 namespace guidiff {
 
-Dataset load_dataset(const DatasetRequest& request) {
+namespace {
+
+Dataset load_dataset_unchecked(const DatasetRequest& request) {
   const std::string& spec = request.spec;
   const auto colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);
   const std::string source = colon == std::string::npos ? "" : spec.substr(colon + 1);
   const auto need_source = [&]() {
-    if (source.empty()) throw InputError("--data " + spec + ": give the directory as " + kind + ":DIR");
+    if (source.empty()) throw InputError(request.flag + " " + spec + ": give the directory as " + kind + ":DIR");
   };
   if (kind == "fashion-mnist") return load_fashion_mnist(request.split, source.empty() ? kFashionMnistDirectory : source);
   if (kind == "mnist") return need_source(), load_mnist(source, request.split);
@@ -33,9 +35,26 @@ Dataset load_dataset(const DatasetRequest& request) {
                                                                         : GaussianMixture::from_json_file(source);
     return mixture_dataset(mixture, request.mixture_size, request.seed, source.empty() ? "mixture-demo" : spec);
   }
-  throw InputError("--data '" + spec +
+  throw InputError(request.flag + " '" + spec +
                    "' is not a known dataset (fashion-mnist, mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR, "
                    "mixture, mixture:FILE.json)");
+}
+
+}  // namespace
+
+Dataset load_dataset(const DatasetRequest& request) {
+  if (request.split != "train" && request.split != "test") {
+    throw InputError(request.split_flag + " '" + request.split + "': expected train or test");
+  }
+  const std::string prefix = request.flag + " " + request.spec + ": ";
+  try {
+    return load_dataset_unchecked(request);
+  } catch (const FileError& error) {
+    throw FileError(prefix + error.what());
+  } catch (const InputError& error) {
+    const std::string what = error.what();
+    throw InputError(what.rfind(request.flag + " ", 0) == 0 ? what : prefix + what);
+  }
 }
 
 }  // namespace guidiff

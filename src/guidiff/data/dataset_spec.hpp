@@ -18,10 +18,15 @@ struct DatasetRequest {
   int64_t channels = 3;         // folder: 1 (grey) or 3 (RGB)
   int64_t mixture_size = 20000; // mixture: how many points to draw
   uint64_t seed = 0;            // mixture: which points
+  // The command-line flags the spec and split came from, for messages (eval's reference set
+  // is --reference and --reference-split).
+  std::string flag = "--data";
+  std::string split_flag = "--split";
 };
 
-// Loads the dataset. Throws InputError for an unknown spec (listing the known ones) and the
-// readers' FileError naming the file at fault.
+// Loads the dataset. Throws InputError for an unknown spec (listing the known ones) or a
+// split other than train and test (whatever the data set: a typo is never ignored), and the
+// readers' FileError naming the file at fault, prefixed with the flag and spec.
 Dataset load_dataset(const DatasetRequest& request);
 
 }  // namespace guidiff

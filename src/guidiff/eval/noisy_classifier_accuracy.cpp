@@ -29,8 +29,9 @@ BucketAccuracy noisy_classifier_accuracy(Classifier& classifier, const DiscreteS
                      (labels.defined() ? c10::str(labels.sizes()) : std::string("nothing")));
   }
   const int64_t max_t = options.max_t > 0 ? options.max_t : schedule.num_steps();
-  if (max_t > schedule.num_steps()) {
-    throw InputError("max_t must lie in [1, " + std::to_string(schedule.num_steps()) + "], got " + std::to_string(max_t));
+  if (options.max_t < 0 || max_t > schedule.num_steps()) {
+    throw InputError("max_t must lie in [0, " + std::to_string(schedule.num_steps()) + "] (0: all of T), got " +
+                     std::to_string(options.max_t));
   }
   if (options.batch_size < 1) throw InputError("batch size must be >= 1");
   BucketAccuracy accuracy(max_t, options.buckets);  // InputError for buckets < 1
