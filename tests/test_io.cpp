@@ -22,6 +22,7 @@
 #include <stb/stb_image.h>
 #pragma GCC diagnostic pop
 
+#include "guidiff/core/text.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/bitmap_font.hpp"
@@ -359,3 +360,12 @@ TEST_F(IoTest, ScatterPlotRejectsBadPanels) {
 }
 
 }  // namespace
+
+// Untrusted text quoted in an error stays on one line and short (fuzz findings: a .npy header
+// key and a PNG decoder's reason with raw newlines, a 1 KB JSON "last read").
+TEST(ErrorText, PrintableExcerptEscapesUnprintableBytesAndTruncates) {
+  EXPECT_EQ(guidiff::printable_excerpt(std::string("a\nb\x01\xff", 5), 10), "a\\x0ab\\x01\\xff");
+  EXPECT_EQ(guidiff::printable_excerpt("abcdef", 3), "abc...");
+  EXPECT_EQ(guidiff::printable_excerpt("abc", 3), "abc");
+  EXPECT_EQ(guidiff::printable_excerpt(std::string(1000, 'x')).size(), 203u);  // 200 + "..."
+}

@@ -12,5 +12,9 @@ std::string number_string(double value);
 std::string shape_string(torch::IntArrayRef sizes);
 // A tensor's sizes as above, or "none" for an undefined tensor.
 std::string shape_string(const torch::Tensor& tensor);
+// Text from an untrusted file (a header key, a decoder's or parser's message quoting the
+// input) made safe for a one-line error: bytes outside printable ASCII as \xNN, and at most
+// `max_bytes` of the input, then "...".
+std::string printable_excerpt(const std::string& text, size_t max_bytes = 200);
 
 }  // namespace guidiff

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/data/transforms.hpp"
 
 namespace guidiff {
@@ -63,7 +64,8 @@ torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& 
       stbi_image_free);
   if (!data) {
     const char* failure = stbi_failure_reason();
-    reason = failure != nullptr ? failure : "unknown error";
+    // stb's reasons are short constant texts, but one mutated PNG gave "I\n": kept to one line.
+    reason = failure != nullptr ? printable_excerpt(failure, 80) : "unknown error";
     return {};
   }
   return torch::from_blob(data.get(), {height, width, channels}, torch::kUInt8)

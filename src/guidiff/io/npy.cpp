@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff {
@@ -73,7 +74,7 @@ class HeaderParser {
         shape = parse_shape();
         seen_shape = true;
       } else {
-        fail("unexpected key '" + key + "' in header");
+        fail("unexpected key '" + printable_excerpt(key, 40) + "' in header");
       }
       skip_space();
       if (peek() == ',') {

@@ -11,6 +11,7 @@
 
 #include "guidiff/core/autocast.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/data/batch_loader.hpp"
 #include "guidiff/data/random_order.hpp"
 #include "guidiff/distributed/gradient_reducer.hpp"
@@ -294,10 +295,18 @@ void TrainingRun::resume() {
   }
   interval_.restore(saved.interval, files_.resume);
   const int64_t rank = communicator_.rank();
+  // libtorch checks the mt19937 state it is given; a corrupt one is the file's fault.
+  const auto restore_rng = [&](const torch::Tensor& state) {
+    try {
+      set_cpu_rng_state(state);
+    } catch (const c10::Error&) {
+      throw FileError("resume file '" + files_.resume + "': the saved random-number state is not a valid generator state");
+    }
+  };
   if (rank == 0) {
-    set_cpu_rng_state(saved.cpu_rng_state);
+    restore_rng(saved.cpu_rng_state);
   } else if (rank < saved.world_size) {
-    set_cpu_rng_state(saved.other_rank_rng_states.at(static_cast<size_t>(rank - 1)));
+    restore_rng(saved.other_rank_rng_states.at(static_cast<size_t>(rank - 1)));
   } else {
     seed_dropout(static_cast<uint64_t>(saved.step));  // a rank the checkpoint did not have
   }
