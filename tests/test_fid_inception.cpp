@@ -3,15 +3,17 @@
 // image sets must equal what tests/fixtures/make_inception_fixture.py recorded from torchvision's
 // Inception-v3 with the FID block changes; plus the loader's names, shapes and errors.
 //
-// Time: three forward passes over 12 images at 299 x 299, about 10 s on 2 cores.
+// Time: forward passes over 27 images at 299 x 299 in all, about 20 s on 2 cores when idle.
 #include <gtest/gtest.h>
-#include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/export.h>
-#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
 #include <map>
 #include <sstream>
 #include <string>
@@ -20,6 +22,8 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/eval/feature_statistics.hpp"
 #include "guidiff/eval/fid_inception.hpp"
+#include "guidiff/eval/fid_inception_network.hpp"
+#include "guidiff/eval/sample_scores.hpp"
 #include "guidiff/eval/metrics.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npz.hpp"
@@ -87,20 +91,6 @@ const std::map<std::string, FidInceptionOutputs>& outputs() {
   return all;
 }
 
-// Writes `state` as torch.save(dict) does: libtorch's pickler and zip writer (torch::pickle_save
-// without its type tags, which Python's torch.load strips and guidiff's reader does not take).
-void write_torch_save_state_dict(const std::string& file, const c10::Dict<std::string, torch::Tensor>& state) {
-  std::vector<char> pickle;
-  torch::jit::Pickler pickler([&pickle](const char* bytes, size_t size) { pickle.insert(pickle.end(), bytes, bytes + size); },
-                              nullptr, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
-  pickler.protocol();
-  pickler.pushIValue(state);
-  pickler.stop();
-  caffe2::serialize::PyTorchStreamWriter writer(file);
-  torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
-  writer.writeEndOfFile();
-}
-
 }  // namespace
 
 TEST(FidInception, LoadsExactlyTheNamesAndShapesOfPyTorchsStateDict) {
@@ -142,7 +132,7 @@ TEST(FidInception, FidSfidAndInceptionScoreMatchPyTorch) {
   const auto& b = outputs().at("b");
   // Frechet distances: the features carry <= 2e-5 relative error (above); FID is a sum of
   // squared feature differences and traces, so about twice that, plus the eigen route's
-  // rounding on 2048 near-zero eigenvalues of rank-4 covariances (sqrt(1e-16) per eigenvalue
+  // rounding on 2048 near-zero eigenvalues of rank-5 covariances (sqrt(1e-16) per eigenvalue
   // relative to the largest, summed: ~2e-5 of tr S). Within 1e-4 again.
   const double fid = frechet_distance(feature_statistics(a.pool3), feature_statistics(b.pool3));
   const double sfid = frechet_distance(feature_statistics(a.spatial), feature_statistics(b.spatial));
@@ -153,7 +143,7 @@ TEST(FidInception, FidSfidAndInceptionScoreMatchPyTorch) {
   EXPECT_NEAR(score, fixture_array("inception_score_a").item<double>(),
               kRelativeTolerance * fixture_array("inception_score_a").item<double>());
   // Random features vary little between images, so IS is near 1; still, adding fc's bias (which
-  // the IS convention leaves out) would move it by 1.4e-3 relative, 14 times the tolerance.
+  // the IS convention leaves out) would move it by 2.1e-3 relative, 21 times the tolerance.
   EXPECT_GT(score, 1.02);
 }
 
@@ -202,7 +192,7 @@ TEST(FidInception, ReadsATorchSaveStateDictOfTheFullNetwork) {
   }
   state.insert("Conv2d_1a_3x3.bn.num_batches_tracked", torch::tensor(int64_t{0}));
   state.insert("AuxLogits.fc.weight", torch::zeros({2, 2}));
-  write_torch_save_state_dict(file, state);
+  guidiff::testing::write_torch_save_state_dict(file, state);
   FidInception loaded = load_fid_inception(file);
   std::remove(file.c_str());
   const auto expected = formula_network()->named_parameters();
@@ -215,4 +205,68 @@ TEST(FidInception, ReadsATorchSaveStateDictOfTheFullNetwork) {
       EXPECT_TRUE(torch::equal(item.value(), expected_buffers[item.key()])) << item.key();
     }
   }
+}
+
+TEST(FidInceptionNetwork, GivesPool3FeaturesSpatialMomentsAndScoreProbabilitiesPerBatch) {
+  const std::unique_ptr<FeatureNetwork> network =
+      fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU);
+  EXPECT_FALSE(network->probabilities_are_data_classes());
+  EXPECT_TRUE(network->image_shape().empty());
+  // Batches of 4 over 6 images: features in order, spatial statistics merged across batches.
+  const FeatureOutput output = run_feature_network(*network, uint8_nhwc_to_images(fixture_array("images_a")), 4);
+  EXPECT_LT(scaled_difference(output.features, fixture_array("pool3_a")), kRelativeTolerance);
+  EXPECT_FALSE(output.spatial_features.defined());
+  ASSERT_EQ(output.spatial_moments.count(), 6);
+  const FeatureStatistics expected = feature_statistics(fixture_array("spatial_a"));
+  const FeatureStatistics merged = output.spatial_moments.statistics();
+  EXPECT_LT(scaled_difference(merged.mean, expected.mean), kRelativeTolerance);
+  EXPECT_LT(scaled_difference(merged.covariance, expected.covariance), 2 * kRelativeTolerance);  // products of two
+  EXPECT_TRUE(torch::allclose(output.probabilities.sum(1), torch::ones({6}), 0, 1e-5));
+}
+
+TEST(FidInceptionNetwork, ScoringGivesPyTorchsFidSfidAndIs) {
+  const std::unique_ptr<FeatureNetwork> network =
+      fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU);
+  const FeatureOutput reference_output = run_feature_network(*network, uint8_nhwc_to_images(fixture_array("images_b")));
+  ReferenceSet reference;
+  reference.statistics = feature_statistics(reference_output.features);
+  reference.statistics.features = reference_output.features;
+  reference.spatial_statistics = reference_output.spatial_moments.statistics();
+  ScoreOptions options;
+  options.inception_splits = 1;
+  // Requested labels with Inception's probabilities: IS yes, class accuracy no (ImageNet's
+  // classes are not the data's).
+  const SampleScores scores = score_images(*network, nullptr, uint8_nhwc_to_images(fixture_array("images_a")),
+                                           torch::zeros({6}, torch::kLong), reference, options);
+  const double fid = fixture_array("fid").item<double>(), sfid = fixture_array("sfid").item<double>();
+  const double is = fixture_array("inception_score_a").item<double>();
+  EXPECT_NEAR(scores.fid, fid, kRelativeTolerance * fid);
+  EXPECT_NEAR(scores.sfid, sfid, kRelativeTolerance * sfid);
+  EXPECT_NEAR(scores.inception_score, is, kRelativeTolerance * is);
+  EXPECT_TRUE(std::isnan(scores.class_accuracy));
+  EXPECT_EQ(scores.neighbour_count, 6);
+}
+
+TEST(FidInceptionNetwork, WeightsComeFromTheFlagTheVariableOrTheCache) {
+  const std::string dir = std::string(::testing::TempDir()) + "/guidiff_inception_cache";
+  std::filesystem::create_directories(dir);
+  const std::string cached = dir + "/" + kFidInceptionWeightsName;
+  std::remove(cached.c_str());
+  ::unsetenv(kFidInceptionWeightsVariable);
+  EXPECT_EQ(locate_fid_inception_weights("", dir), "");
+  EXPECT_NE(missing_fid_inception_weights_message(dir).find(std::string("curl -L --create-dirs -o '") + cached + "' " +
+                                                            kFidInceptionWeightsUrl),
+            std::string::npos);
+  { std::ofstream(cached) << "x"; }
+  EXPECT_EQ(locate_fid_inception_weights("", dir), cached);
+  const std::string elsewhere = data_path("fid_inception_partial.pt");
+  ::setenv(kFidInceptionWeightsVariable, elsewhere.c_str(), 1);
+  EXPECT_EQ(locate_fid_inception_weights("", dir), elsewhere);
+  EXPECT_EQ(locate_fid_inception_weights(cached, dir), cached);
+  expect_error<FileError>([&] { locate_fid_inception_weights(dir + "/absent.pth", dir); },
+                          {"--inception-weights", "absent.pth", "does not exist"});
+  ::setenv(kFidInceptionWeightsVariable, (dir + "/gone.pth").c_str(), 1);
+  expect_error<FileError>([&] { locate_fid_inception_weights("", dir); }, {"$GUIDIFF_INCEPTION_WEIGHTS", "gone.pth"});
+  ::unsetenv(kFidInceptionWeightsVariable);
+  std::filesystem::remove_all(dir);
 }

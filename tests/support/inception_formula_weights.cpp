@@ -1,5 +1,9 @@
 #include "support/inception_formula_weights.hpp"
 
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+
 #include <cmath>
 
 namespace guidiff::testing {
@@ -56,6 +60,25 @@ void load_formula_weights(FidInception& network) {
         return torch::Tensor();
       },
       "formula weights");
+}
+
+void write_torch_save_state_dict(const std::string& file, const c10::Dict<std::string, torch::Tensor>& state) {
+  std::vector<char> pickle;
+  torch::jit::Pickler pickler([&pickle](const char* bytes, size_t size) { pickle.insert(pickle.end(), bytes, bytes + size); },
+                              nullptr, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(state);
+  pickler.stop();
+  caffe2::serialize::PyTorchStreamWriter writer(file);
+  torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
+  writer.writeEndOfFile();
+}
+
+void write_formula_weights_file(const std::string& file) {
+  FidInception network;
+  c10::Dict<std::string, torch::Tensor> state;
+  for (const auto& [name, shape] : fid_inception_tensor_shapes(network)) state.insert(name, formula_value(name, shape));
+  write_torch_save_state_dict(file, state);
 }
 
 }  // namespace guidiff::testing

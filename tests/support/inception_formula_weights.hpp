@@ -28,4 +28,13 @@ torch::Tensor formula_value(const std::string& name, const std::vector<int64_t>&
 // Loads formula_value into every tensor the network loads.
 void load_formula_weights(FidInception& network);
 
+// Writes `state` as Python's torch.save(dict) does: libtorch's pickler and zip writer
+// (torch::pickle_save without its type tags, which torch.load strips and guidiff's reader does
+// not take).
+void write_torch_save_state_dict(const std::string& file, const c10::Dict<std::string, torch::Tensor>& state);
+
+// Every formula tensor in a torch.save file at `file` (95 MB): pytorch-fid's weight file as it
+// would be with the formula's values.
+void write_formula_weights_file(const std::string& file);
+
 }  // namespace guidiff::testing
