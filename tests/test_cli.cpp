@@ -560,7 +560,7 @@ TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
   }
   // Model evaluations are counted: heun makes 2N - 1 calls, ddim N.
   const std::string csv = read_file_bytes(path("sweep/results.csv"));
-  EXPECT_NE(csv.find(",sampler,model_evaluations,seconds"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",sampler,model_evaluations,near_black_fraction,seconds"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",heun,5,"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",ddim,3,"), std::string::npos) << csv;
   EXPECT_NE(read_file_bytes(path("sweep/report.md")).find("heun, cfg w=1, 3 steps (5 NFE)"), std::string::npos);
