@@ -302,6 +302,18 @@ TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
   expect_one_line_error("sample --bogus" + out, "--bogus");
   expect_one_line_error("sample --bf16" + out, "--bf16 applies to --model");
   expect_one_line_error("sample --mixture " + path("absent.json") + out, "absent.json");
+  // Found by the bad-flag matrix: a directory given for a file is named, a bad request is
+  // refused before anything about it is printed, and a flag the sampler does not use is
+  // still checked.
+  fs::create_directories(path("a-directory"));
+  expect_one_line_error("sample --mixture " + path("a-directory") + out, path("a-directory") + "': it is a directory");
+  expect_one_line_error("train diffusion --data mixture --steps 2 --config " + path("a-directory") + " --out-dir " +
+                            path("run"),
+                        "--config: cannot read '" + path("a-directory") + "': it is a directory");
+  expect_one_line_error("sample --batch-size -1" + out, "--batch-size must be >= 1, got -1");
+  expect_one_line_error("sample --num-samples -1" + out, "--num-samples must be >= 1, got -1");
+  expect_one_line_error("sample --variance-exponent -1" + out, "variance exponent v must be in [0, 1], got -1");
+  expect_one_line_error("demo --num-samples -1 --out-dir " + path("demo"), "--num-samples must be >= 1, got -1");
   expect_one_line_error("frobnicate", "unknown argument 'frobnicate'");
   expect_one_line_error("", "subcommand is required");
   EXPECT_FALSE(fs::exists(path("x.npy")));
@@ -551,7 +563,7 @@ TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
   }
   // Model evaluations are counted: heun makes 2N - 1 calls, ddim N.
   const std::string csv = read_file_bytes(path("sweep/results.csv"));
-  EXPECT_NE(csv.find(",sampler,model_evaluations,seconds"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",sampler,model_evaluations,near_black_fraction,seconds"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",heun,5,"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",ddim,3,"), std::string::npos) << csv;
   EXPECT_NE(read_file_bytes(path("sweep/report.md")).find("heun, cfg w=1, 3 steps (5 NFE)"), std::string::npos);

@@ -784,12 +784,12 @@ TEST_F(DistributedCliTest, ARankThatFailsIsNamedWithItsReason) {
   const Ended zero = wait_for(rank0, std::chrono::seconds(60));
   const std::string err0 = read_file_bytes(path("rank0.txt")), err1 = read_file_bytes(path("rank1.txt"));
   EXPECT_EQ(one.exit_code, 2) << err1;
-  EXPECT_EQ(err1.rfind("guidiff: error: [rank 1 of 2] --config '", 0), 0u) << err1;
+  EXPECT_EQ(err1.rfind("guidiff: error: [rank 1 of 2] --config: cannot read '", 0), 0u) << err1;
   EXPECT_FALSE(zero.timed_out) << err0;
   EXPECT_EQ(zero.exit_code, 2) << err0;
   const auto errors = error_lines(err0);
   ASSERT_EQ(errors.size(), 1u) << err0;
-  EXPECT_EQ(errors[0].rfind("guidiff: error: [rank 0 of 2] rank 1 failed: --config '", 0), 0u) << err0;
+  EXPECT_EQ(errors[0].rfind("guidiff: error: [rank 0 of 2] rank 1 failed: --config: cannot read '", 0), 0u) << err0;
 }
 
 TEST_F(DistributedCliTest, APeerThatNeverArrivesIsNamedAfterTheTimeout) {

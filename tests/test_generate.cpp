@@ -323,6 +323,9 @@ TEST(Generate, RejectsInconsistentRequests) {
     generate(continuous_model(false), nullptr,
              with([](auto& c) { c.sampler = SamplerKind::cfg_continuous; c.variance_exponent = -0.1; }), {}, {});
   }, "variance exponent");
+  expect_error<InputError>([&] {  // checked even where the sampler does not use it
+    generate(uncond, nullptr, with([](auto& c) { c.variance_exponent = 2.0; }), {}, {});
+  }, "variance exponent");
   expect_error<InputError>([&] { generate(nullptr, nullptr, base, {}, {}); }, "model");
 }
 

@@ -60,6 +60,7 @@ std::string weights_text(const GaussianMixture& mixture) {
 std::string file_in(const std::filesystem::path& dir, const std::string& name) { return (dir / name).string(); }
 
 void run_demo(const DemoFlags& flags) {
+  if (flags.num_samples < 1) throw InputError("--num-samples must be >= 1, got " + std::to_string(flags.num_samples));
   const std::filesystem::path dir(flags.out_dir);
   std::error_code error;
   std::filesystem::create_directories(dir, error);

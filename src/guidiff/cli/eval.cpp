@@ -5,6 +5,7 @@
 // same flags as `guidiff sample`.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/image_folder.hpp"
 #include "guidiff/eval/fid_inception_network.hpp"
+#include "guidiff/eval/metrics.hpp"
 #include "guidiff/eval/reference_batch.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/image.hpp"
@@ -168,6 +170,10 @@ void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
   std::printf("feature space: %s; reference: %s (%s split, %lld images)\n", evaluation.feature_space().c_str(),
               flags.evaluation.reference.c_str(), flags.evaluation.reference_split.c_str(),
               static_cast<long long>(scores.reference_count));
+  if (std::isfinite(scores.reference_near_black_fraction)) {
+    std::printf("black: the fraction of near-black pixels (8-bit level <= %lld), %.3f in the reference data\n",
+                static_cast<long long>(kNearBlackLevel), scores.reference_near_black_fraction);
+  }
   if (!flags.json.empty()) {
     nlohmann::json json = scores.to_json();
     json["source"] = input.source;

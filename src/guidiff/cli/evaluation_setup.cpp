@@ -121,15 +121,15 @@ std::string scores_table(const std::vector<std::pair<std::string, SampleScores>>
   };
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-*s %6s %8s %8s %7s %7s %7s %7s %7s %8s\n", static_cast<int>(name_width), "setting",
-                "N", "FID", "sFID", "IS", "prec", "recall", "density", "cover", "class_acc");
+  std::snprintf(line, sizeof line, "%-*s %6s %8s %8s %7s %7s %7s %7s %7s %9s %6s\n", static_cast<int>(name_width),
+                "setting", "N", "FID", "sFID", "IS", "prec", "recall", "density", "cover", "class_acc", "black");
   out += line;
   for (const auto& [name, s] : rows) {
-    std::snprintf(line, sizeof line, "%-*s %6lld %8s %8s %7s %7s %7s %7s %7s %8s\n", static_cast<int>(name_width),
+    std::snprintf(line, sizeof line, "%-*s %6lld %8s %8s %7s %7s %7s %7s %7s %9s %6s\n", static_cast<int>(name_width),
                   name.c_str(), static_cast<long long>(s.count), cell(s.fid, "%.2f").c_str(), cell(s.sfid, "%.2f").c_str(),
                   cell(s.inception_score, "%.3f").c_str(), cell(s.precision, "%.3f").c_str(),
                   cell(s.recall, "%.3f").c_str(), cell(s.density, "%.3f").c_str(), cell(s.coverage, "%.3f").c_str(),
-                  cell(s.class_accuracy, "%.3f").c_str());
+                  cell(s.class_accuracy, "%.3f").c_str(), cell(s.near_black_fraction, "%.3f").c_str());
     out += line;
   }
   return out;

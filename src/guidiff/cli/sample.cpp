@@ -22,6 +22,7 @@
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/npz.hpp"
 #include "guidiff/io/plot.hpp"
+#include "guidiff/sampling/generation_checks.hpp"
 
 namespace guidiff::cli {
 namespace {
@@ -129,6 +130,7 @@ void run_sample(SampleFlags& flags, const GlobalOptions& global) {
   // Rank 0 alone writes (and checks where it will write); every rank samples its share.
   if (communicator.is_main()) check_outputs(flags, config.sample_shape, setup.models.labels);
   communicator.barrier("checking the outputs");  // the others learn at once if rank 0 refused them
+  generation_checks::check_config(config);  // before the note below counts batches of a bad request
   const int64_t batches = (config.num_samples + config.batch_size - 1) / config.batch_size;
   if (communicator.is_main() && batches < communicator.world_size()) {
     std::fprintf(stderr, "sampling: note: %lld batch(es) for %lld processes, so some have nothing to do; a smaller --batch-size spreads the work\n",

@@ -6,7 +6,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 
 #include "guidiff/cli/common.hpp"
@@ -14,6 +13,7 @@
 #include "guidiff/cli/progress.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/dataset_spec.hpp"
+#include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/training/checkpoint.hpp"
 #include "guidiff/training/interrupt.hpp"
@@ -31,10 +31,14 @@ struct TrainFlags {
 };
 
 nlohmann::json read_json_file(const std::string& path, const std::string& flag) {
-  std::ifstream in(path);
-  if (!in) throw FileError(flag + " '" + path + "' cannot be opened");
+  std::string text;
   try {
-    return nlohmann::json::parse(in);
+    text = read_file_bytes(path);
+  } catch (const FileError& error) {
+    throw FileError(flag + ": " + error.what());
+  }
+  try {
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& error) {
     throw FileError(flag + " '" + path + "' is not valid JSON: " + error.what());
   }

@@ -43,6 +43,8 @@ nlohmann::json SampleScores::to_json() const {
           {"coverage", number_or_null(coverage)},
           {"class_accuracy", number_or_null(class_accuracy)},
           {"per_class_accuracy", per_class},
+          {"near_black_fraction", number_or_null(near_black_fraction)},
+          {"reference_near_black_fraction", number_or_null(reference_near_black_fraction)},
           {"fid_warning", fid_warning}};
 }
 
@@ -62,6 +64,8 @@ SampleScores SampleScores::from_json(const nlohmann::json& json) {
   scores.coverage = number(json.at("coverage"));
   scores.class_accuracy = number(json.at("class_accuracy"));
   for (const auto& value : json.at("per_class_accuracy")) scores.per_class_accuracy.push_back(number(value));
+  scores.near_black_fraction = number(json.value("near_black_fraction", nlohmann::json()));
+  scores.reference_near_black_fraction = number(json.value("reference_near_black_fraction", nlohmann::json()));
   scores.fid_warning = json.at("fid_warning").get<std::string>();
   return scores;
 }
@@ -84,6 +88,7 @@ SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, 
       probabilities = run_feature_network(*classifier, images, 500, communicator).probabilities;
     }
   }
+  SampleScores scores;
   if (communicator.distributed()) {
     // Rank 0 scores; the others receive its scores as JSON (an error on rank 0 reaches them
     // as rank 0's failure).
@@ -97,10 +102,18 @@ SampleScores score_images(FeatureNetwork& features, FeatureNetwork* classifier, 
     }
     text = communicator.all_gather_rows(text, "sharing the scores").contiguous();
     const auto* bytes = reinterpret_cast<const char*>(text.data_ptr<uint8_t>());
-    return SampleScores::from_json(nlohmann::json::parse(std::string(bytes, static_cast<size_t>(text.numel()))));
+    scores = SampleScores::from_json(nlohmann::json::parse(std::string(bytes, static_cast<size_t>(text.numel()))));
+  } else {
+    scores = score_features(output.features, probabilities, requested_labels, reference, options, score_probabilities,
+                            output.spatial_moments);
   }
-  return score_features(output.features, probabilities, requested_labels, reference, options, score_probabilities,
-                        output.spatial_moments);
+  // Every rank holds all the images, so each computes the same fraction.
+  scores.near_black_fraction = near_black_fraction(images);
+  const auto reference_fraction = reference.description.find("near_black_fraction");
+  if (reference_fraction != reference.description.end() && reference_fraction->is_number()) {
+    scores.reference_near_black_fraction = reference_fraction->get<double>();
+  }
+  return scores;
 }
 
 SampleScores score_features(const torch::Tensor& features, const torch::Tensor& probabilities,
@@ -193,10 +206,13 @@ ReferenceSet cached_reference(FeatureNetwork& network, const nlohmann::json& wan
       FeatureStatistics statistics = load_feature_statistics(path, &found, &spatial);
       nlohmann::json found_key = found;
       found_key.erase("count");
-      if (found_key == wanted && statistics.features.defined()) {
-        cached = ReferenceSet{std::move(statistics), std::move(spatial), found};
-      } else {
+      found_key.erase("near_black_fraction");
+      if (found_key != wanted || !statistics.features.defined()) {
         say("reference statistics '" + path + "' are for " + found.dump() + "; recomputing them");
+      } else if (!found.contains("near_black_fraction")) {
+        say("reference statistics '" + path + "' predate the near-black fraction; recomputing them");
+      } else {
+        cached = ReferenceSet{std::move(statistics), std::move(spatial), found};
       }
     } catch (const Error& error) {
       say(std::string("reference statistics cache unusable (") + error.what() + "); recomputing it");
@@ -216,6 +232,7 @@ ReferenceSet cached_reference(FeatureNetwork& network, const nlohmann::json& wan
   if (output.spatial_moments.count() >= 2) reference.spatial_statistics = output.spatial_moments.statistics();
   reference.description = wanted;
   reference.description["count"] = reference.statistics.count;
+  reference.description["near_black_fraction"] = near_black_fraction(input.images);
   if (communicator.is_main()) {
     std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ignored);
     save_feature_statistics(path, reference.statistics, reference.description,

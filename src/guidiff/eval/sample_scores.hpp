@@ -38,10 +38,13 @@ struct SampleScores {
   double precision = 0, recall = 0, density = 0, coverage = 0;
   double class_accuracy = NAN;              // with requested labels and class probabilities
   std::vector<double> per_class_accuracy;   // per requested class (NaN: none requested)
+  // near_black_fraction (metrics.hpp) of these images and of the reference data set (NaN:
+  // not known, e.g. scores saved by an older guidiff or a reference made in memory).
+  double near_black_fraction = NAN, reference_near_black_fraction = NAN;
   std::string fid_warning;                  // fid_sample_warning(count, D), or ""
   nlohmann::json to_json() const;           // NaN as null
   // The inverse of to_json (null as NaN). Throws nlohmann::json::exception for a missing or
-  // mistyped field.
+  // mistyped field; the near-black fractions may be missing (older files): NaN.
   static SampleScores from_json(const nlohmann::json& json);
 };
 
@@ -51,12 +54,15 @@ struct ReferenceSet {
   FeatureStatistics statistics;  // with .features: every reference feature, in a seeded random order
                                  // (undefined when a reference batch has statistics only)
   FeatureStatistics spatial_statistics;  // sFID's; mean undefined when the network has no spatial features
-  nlohmann::json description;    // {"dataset", "split", "network", "count"}
+  // {"dataset", "split", "network", "count", "near_black_fraction"} (reference_set's; a set
+  // made in memory may hold less)
+  nlohmann::json description;
 };
 
 // Images [N, C, H, W] in [-1, 1] plus, optionally, the class each image was asked to be
-// (int64 [N]; undefined: no class accuracy). `features` gives the features, the spatial
-// features (sFID) when it has them, and the IS probabilities when it has them; the class
+// (int64 [N]; undefined: no class accuracy). The near-black fractions come from the images
+// and from the reference's description. `features` gives the features, the spatial features
+// (sFID) when it has them, and the IS probabilities when it has them; the class
 // probabilities come from `features` when they are over the data classes, else from
 // `classifier` (may be null) when the images fit it (which also gives IS when `features` has
 // no probabilities). Precision/recall and density/coverage compare the samples with the

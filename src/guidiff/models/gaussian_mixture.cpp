@@ -4,12 +4,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <sstream>
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff {
 
@@ -253,11 +253,15 @@ GaussianMixture GaussianMixture::demo(int64_t dim) {
 }
 
 GaussianMixture GaussianMixture::from_json_file(const std::string& path) {
-  std::ifstream file(path);
-  if (!file) throw FileError("cannot open mixture file '" + path + "'");
+  std::string text;
+  try {
+    text = read_file_bytes(path);
+  } catch (const FileError& error) {
+    throw FileError(std::string("mixture file: ") + error.what());
+  }
   nlohmann::json document;
   try {
-    file >> document;
+    document = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& error) {
     throw FileError(json_context(path) + "not valid JSON (" + error.what() + ")");
   }

@@ -78,13 +78,14 @@ void check_config(const GenerationConfig& config) {
                      number_string(config.interval.high) + "] is empty");
   }
   check_sampler_and_rules(config);
+  // Checked whatever the sampler, so a bad value never passes unnoticed where it is unused.
+  const double v = config.variance_exponent;
+  if (!std::isfinite(v) || v < 0.0 || v > 1.0) {
+    throw InputError("the variance exponent v must be in [0, 1], got " + number_string(v));
+  }
   if (config.sampler == SamplerKind::cfg_continuous) {
     if (!config.respacing.empty()) {
       throw InputError("--respacing applies only to the discrete samplers; use --steps with cfg-continuous");
-    }
-    const double v = config.variance_exponent;
-    if (!std::isfinite(v) || v < 0.0 || v > 1.0) {
-      throw InputError("the variance exponent v must be in [0, 1], got " + number_string(v));
     }
   } else {
     if (config.timesteps < 1) throw InputError("--timesteps must be >= 1, got " + std::to_string(config.timesteps));
