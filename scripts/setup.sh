@@ -2,7 +2,8 @@
 # Installs everything guidiff needs to build, test and run its demo on Debian 12 (bookworm).
 # Idempotent: does nothing (not even apt-get update) when every package is already there.
 # Run as root (or with sudo available).
-#   --with-python   also install python3-torch (regenerating test fixtures, the Python benchmarks)
+#   --with-python   also install python3-torch and python3-torchvision (regenerating test fixtures,
+#                   the Python benchmarks; torchvision for the Inception-v3 fixture and benchmark)
 set -euo pipefail
 
 # libgloo-dev: Gloo's headers, which c10d's ProcessGroupGloo.hpp includes (data-parallel
@@ -16,7 +17,7 @@ packages=(
 )
 for arg in "$@"; do
   case "$arg" in
-    --with-python) packages+=(python3-torch) ;;
+    --with-python) packages+=(python3-torch python3-torchvision) ;;
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "guidiff/eval/feature_statistics.hpp"
+#include "guidiff/eval/reference_batch.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npz.hpp"
@@ -23,6 +25,7 @@
 #include "guidiff/sampling/generate.hpp"
 #include "guidiff/version.hpp"
 #include "support/fixture_models.hpp"
+#include "support/inception_formula_weights.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
@@ -560,7 +563,7 @@ TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
   }
   // Model evaluations are counted: heun makes 2N - 1 calls, ddim N.
   const std::string csv = read_file_bytes(path("sweep/results.csv"));
-  EXPECT_NE(csv.find(",sampler,model_evaluations,seconds"), std::string::npos) << csv;
+  EXPECT_NE(csv.find(",sampler,model_evaluations,near_black_fraction,seconds"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",heun,5,"), std::string::npos) << csv;
   EXPECT_NE(csv.find(",ddim,3,"), std::string::npos) << csv;
   EXPECT_NE(read_file_bytes(path("sweep/report.md")).find("heun, cfg w=1, 3 steps (5 NFE)"), std::string::npos);
@@ -721,3 +724,64 @@ TEST_F(GuidedDiffusionCliTest, BadFlagsAndRequestsAreOneLineErrors) {
 }
 
 }  // namespace
+
+TEST_F(CliTest, EvalWithInceptionNeedsItsWeightsAndSaysHowToGetThem) {
+  write_sample_batch_npz(path("s.npz"), torch::zeros({2, 8, 8, 3}, torch::kUInt8), {});
+  const std::string base = "eval --features inception --samples '" + path("s.npz") + "' --cache-dir '" + path("cache") + "'";
+  expect_one_line_error(base, "curl -L --create-dirs -o", "GUIDIFF_INCEPTION_WEIGHTS=");
+  expect_one_line_error(base + " --inception-weights '" + path("none.pth") + "'", "none.pth' does not exist");
+  expect_one_line_error("eval --write-reference '" + path("r.npz") + "' --samples '" + path("s.npz") + "'",
+                        "--write-reference takes the images of --data", "GUIDIFF_INCEPTION_WEIGHTS=");
+}
+
+// End to end with pytorch-fid's weight file as it would be with the formula weights of
+// tests/fixtures/make_inception_fixture.py: FID and sFID between its two image sets must be
+// PyTorch's, whether the reference is a batch of images or a batch written by
+// --write-reference from an image folder (with its statistics). Tolerance: test_fid_inception.
+TEST_F(CliTest, EvalWithInceptionGivesPyTorchsFidAndSfidAndWritesReferenceBatches) {
+  const std::string weights = path("formula.pth");
+  guidiff::testing::write_formula_weights_file(weights);
+  const NamedArrays fixture = read_npz(std::string(GUIDIFF_TEST_DATA_DIR) + "/fid_inception_formula.npz");
+  const auto array = [&](const std::string& name) { return npz_array(fixture, name, "fid_inception_formula.npz"); };
+  const double fid = array("fid").item<double>(), sfid = array("sfid").item<double>();
+  write_sample_batch_npz(path("a.npz"), array("images_a"), {});
+  write_sample_batch_npz(path("b.npz"), array("images_b"), {});
+  const std::string inception = " --features inception --inception-weights '" + weights + "' --cache-dir '" + path("cache") + "'";
+
+  const CliResult scored = run("eval --samples '" + path("a.npz") + "' --reference '" + path("b.npz") + "' --json '" +
+                               path("ab.json") + "'" + inception, "GUIDIFF_INCEPTION_WEIGHTS=");
+  ASSERT_EQ(scored.exit_code, 0) << scored.err;
+  EXPECT_NE(scored.out.find("sFID"), std::string::npos) << scored.out;
+  EXPECT_NE(scored.out.find("FID Inception-v3"), std::string::npos) << scored.out;
+  const nlohmann::json ab = nlohmann::json::parse(read_file_bytes(path("ab.json")));
+  EXPECT_NEAR(ab.at("fid").get<double>(), fid, 1e-4 * fid);
+  EXPECT_NEAR(ab.at("sfid").get<double>(), sfid, 1e-4 * sfid);
+  EXPECT_GE(ab.at("precision").get<double>(), 0.0);
+  EXPECT_EQ(ab.at("neighbour_count").get<int64_t>(), 6);
+
+  // Set b as an image folder (two classes of three), written as a reference batch.
+  const torch::Tensor images_b = uint8_nhwc_to_images(array("images_b"));
+  fs::create_directories(path("folder/c0"));
+  fs::create_directories(path("folder/c1"));
+  write_png_images(path("folder/c0"), images_b.slice(0, 0, 3));
+  write_png_images(path("folder/c1"), images_b.slice(0, 3, 6));
+  const CliResult written = run("eval --write-reference '" + path("ref.npz") + "' --data 'folder:" + path("folder") + "'" +
+                                inception, "GUIDIFF_INCEPTION_WEIGHTS=");
+  ASSERT_EQ(written.exit_code, 0) << written.err;
+  const ReferenceBatch reference = read_reference_batch(path("ref.npz"));
+  EXPECT_TRUE(torch::equal(reference.images, array("images_b")));
+  EXPECT_TRUE(torch::equal(reference.labels, torch::tensor({0, 0, 0, 1, 1, 1}, torch::kLong)));
+  const FeatureStatistics pool = feature_statistics(array("pool3_b"));
+  ASSERT_TRUE(reference.pool_statistics.mean.defined());
+  ASSERT_TRUE(reference.spatial_statistics.mean.defined());
+  const double mean_scale = pool.mean.abs().max().item<double>();
+  EXPECT_LT((reference.pool_statistics.mean - pool.mean).abs().max().item<double>(), 1e-4 * mean_scale);
+  EXPECT_EQ(reference.spatial_statistics.mean.size(0), 2023);
+
+  const CliResult against_batch = run("eval --samples '" + path("a.npz") + "' --reference '" + path("ref.npz") +
+                                      "' --json '" + path("ref.json") + "'" + inception, "GUIDIFF_INCEPTION_WEIGHTS=");
+  ASSERT_EQ(against_batch.exit_code, 0) << against_batch.err;
+  const nlohmann::json with_statistics = nlohmann::json::parse(read_file_bytes(path("ref.json")));
+  EXPECT_NEAR(with_statistics.at("fid").get<double>(), fid, 1e-4 * fid);
+  EXPECT_NEAR(with_statistics.at("sfid").get<double>(), sfid, 1e-4 * sfid);
+}

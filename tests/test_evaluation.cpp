@@ -265,6 +265,22 @@ TEST_F(EvaluationTest, ScoringTheReferenceImagesThemselvesIsPerfect) {
   EXPECT_EQ(scores.count, 40);
   EXPECT_EQ(scores.neighbour_count, 40);
   EXPECT_FALSE(scores.fid_warning.empty());  // 40 samples: FID is biased, and the warning says so
+  EXPECT_DOUBLE_EQ(scores.near_black_fraction, near_black_fraction(x));
+  EXPECT_TRUE(std::isnan(scores.reference_near_black_fraction));  // a reference made in memory says nothing
+  EXPECT_TRUE(scores.to_json().at("reference_near_black_fraction").is_null());
+  // The reference's fraction comes from its description, and both survive JSON.
+  ReferenceSet described = reference;
+  described.description["near_black_fraction"] = 0.25;
+  const SampleScores with_reference = score_images(*network, nullptr, x, predicted, described);
+  EXPECT_DOUBLE_EQ(with_reference.reference_near_black_fraction, 0.25);
+  const SampleScores round_trip = SampleScores::from_json(with_reference.to_json());
+  EXPECT_DOUBLE_EQ(round_trip.near_black_fraction, scores.near_black_fraction);
+  EXPECT_DOUBLE_EQ(round_trip.reference_near_black_fraction, 0.25);
+  // Scores saved before the fractions existed read back with NaN.
+  nlohmann::json older = scores.to_json();
+  older.erase("near_black_fraction");
+  older.erase("reference_near_black_fraction");
+  EXPECT_TRUE(std::isnan(SampleScores::from_json(older).near_black_fraction));
   // Asking for the next class every time: no image is what it was asked to be.
   const SampleScores wrong = score_images(*network, nullptr, x, (predicted + 1) % 3, reference);
   EXPECT_DOUBLE_EQ(wrong.class_accuracy, 0.0);
@@ -320,6 +336,21 @@ TEST_F(EvaluationTest, ReferenceStatisticsAreCachedPerDataAndNetwork) {
   EXPECT_EQ(log.size(), 2u);
   EXPECT_TRUE(torch::equal(first.statistics.mean, second.statistics.mean));
   EXPECT_TRUE(torch::equal(first.statistics.features, second.statistics.features));
+  // The data's near-black fraction is part of the cached description.
+  const double data_black = near_black_fraction(load_image_folder(tree, {1}).images);
+  EXPECT_DOUBLE_EQ(first.description.at("near_black_fraction").get<double>(), data_black);
+  EXPECT_EQ(second.description, first.description);
+  {
+    // A cache written before the fraction existed is recomputed once, and says why.
+    nlohmann::json older = first.description;
+    older.erase("near_black_fraction");
+    save_feature_statistics(files.front().string(), first.statistics, older);
+    const ReferenceSet refreshed = reference_set(*evaluator, data, "", path("cache"), record);
+    ASSERT_EQ(log.size(), 5u);  // predate ..., computing ..., cached in ...
+    EXPECT_NE(log[2].find("predate the near-black fraction"), std::string::npos) << log[2];
+    EXPECT_DOUBLE_EQ(refreshed.description.at("near_black_fraction").get<double>(), data_black);
+    log.resize(2);
+  }
   // The features are the data's, in a random order: the same multiset of rows.
   const torch::Tensor direct = run_feature_network(*evaluator, load_image_folder(tree, {1}).images).features;
   // The same per-image float32 network with the images in another order in the batch: sums
@@ -400,7 +431,7 @@ TEST(EvaluatorSensitivity, NoisyAndSpeckledRealImagesScoreWellAboveTheRealDataFl
   torch::Generator generator = at::detail::createCPUGenerator(1);
   const Dataset train = load_fashion_mnist("train");
   const torch::Tensor order = torch::randperm(train.size(), generator);
-  double floor = 0, noisy = 0, speckled = 0;
+  double floor = 0, noisy = 0, speckled = 0, clean_black = 0, noisy_black = 0;
   for (int64_t set = 0; set < 3; ++set) {
     const torch::Tensor clean = train.images.index_select(0, order.slice(0, 1000 * set, 1000 * (set + 1)));
     const torch::Tensor gaussian = (clean + 0.05 * torch::randn(clean.sizes(), generator)).clamp(-1.0, 1.0);
@@ -411,6 +442,8 @@ TEST(EvaluatorSensitivity, NoisyAndSpeckledRealImagesScoreWellAboveTheRealDataFl
     floor += fid(clean) / 3;
     noisy += fid(gaussian) / 3;
     speckled += fid(salt_and_pepper) / 3;
+    clean_black += near_black_fraction(clean) / 3;
+    noisy_black += near_black_fraction(gaussian) / 3;
   }
   ASSERT_GT(floor, 0.0);
   std::printf("FID floor %.4g; Gaussian sigma 0.05: %.4g (%.1fx); 1%% salt-and-pepper: %.4g (%.1fx)\n", floor,
@@ -418,6 +451,13 @@ TEST(EvaluatorSensitivity, NoisyAndSpeckledRealImagesScoreWellAboveTheRealDataFl
   // "Well above": the penultimate features alone fail 4x.
   EXPECT_GT(noisy, 4.0 * floor);
   EXPECT_GT(speckled, 4.0 * floor);
+  // The background metric sees the same noise: Fashion-MNIST's background pixels are 0, and
+  // about 9% of them (1 - Phi(4/3), metrics' test) leave level <= 8 under sigma 0.05. About
+  // half the pixels are background, so the fraction drops by about 0.045; more than 0.03 is
+  // asked, while 3 sets of 1000 clean images differ by about 0.002.
+  std::printf("near-black pixels: clean %.4f, Gaussian sigma 0.05 %.4f\n", clean_black, noisy_black);
+  EXPECT_GT(clean_black, 0.4);
+  EXPECT_GT(clean_black - noisy_black, 0.03);
 }
 
 }  // namespace

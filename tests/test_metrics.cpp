@@ -373,6 +373,43 @@ TEST(DensityCoverage, RejectsBadInput) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Near-black (background) fraction
+
+TEST(NearBlackFraction, CountsPixelsAtMostLevel8InEveryChannelAsAPngStoresThem) {
+  // Levels are round((x + 1) * 127.5): x = -1 is 0; level 8 is black, level 9 is not.
+  const auto level = [](double l) { return l / 127.5 - 1.0; };
+  // One grey image of 2 x 4 pixels: levels 0, 8, 8.4 (rounds to 8), 8.6 (rounds to 9), 9,
+  // 255, NaN, and -3 (below the range: black).
+  const auto grey = torch::tensor({level(0), level(8), level(8.4), level(8.6), level(9), level(255), static_cast<double>(NAN), -3.0})
+                        .reshape({1, 1, 2, 4});
+  EXPECT_DOUBLE_EQ(near_black_fraction(grey), 4.0 / 8.0);
+  EXPECT_DOUBLE_EQ(near_black_fraction(grey.to(torch::kFloat32)), 4.0 / 8.0);
+  // RGB: a pixel is black only if every channel is. Pixel 0: all 0; pixel 1: red at 9.
+  auto rgb = torch::full({1, 3, 1, 2}, -1.0);
+  rgb[0][0][0][1] = level(9);
+  EXPECT_DOUBLE_EQ(near_black_fraction(rgb), 0.5);
+  // Two images, one all black and one all white: half the pixels.
+  EXPECT_DOUBLE_EQ(near_black_fraction(torch::cat({torch::full({1, 1, 3, 3}, -1.0), torch::ones({1, 1, 3, 3})})), 0.5);
+}
+
+TEST(NearBlackFraction, GaussianNoiseOnABlackBackgroundGivesTheNormalProbability) {
+  // x = -1 + sigma z: the level is round(127.5 sigma z) <= 8 exactly when 127.5 sigma z < 8.5,
+  // so the expected fraction is Phi(8.5 / (127.5 sigma)) = Phi(4/3) = 0.908789 at sigma = 0.05.
+  // 200,000 pixels: the binomial standard deviation is 0.00064; 0.004 is six of them.
+  torch::manual_seed(3);
+  const auto noisy = -1.0 + 0.05 * torch::randn({50, 1, 40, 100}, torch::kFloat64);
+  const double expected = 0.5 * std::erfc(-(8.5 / (127.5 * 0.05)) / std::sqrt(2.0));
+  EXPECT_NEAR(expected, 0.908789, 1e-6);
+  EXPECT_NEAR(near_black_fraction(noisy), expected, 0.004);
+}
+
+TEST(NearBlackFraction, RejectsAnythingButImages) {
+  expect_error<InputError>([] { near_black_fraction(torch::zeros({4, 4})); }, {"near-black", "[N, C, H, W]", "[4, 4]"});
+  expect_error<InputError>([] { near_black_fraction(torch::zeros({0, 1, 4, 4})); }, {"near-black", "[0, 1, 4, 4]"});
+  expect_error<InputError>([] { near_black_fraction(torch::Tensor()); }, {"near-black", "no tensor"});
+}
+
+// ---------------------------------------------------------------------------------------
 // Class accuracy
 
 TEST(ClassAccuracy, MatchesAHandExample) {

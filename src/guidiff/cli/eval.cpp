@@ -5,6 +5,7 @@
 // same flags as `guidiff sample`.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -17,6 +18,9 @@
 #include "guidiff/cli/sampling_setup.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/image_folder.hpp"
+#include "guidiff/eval/fid_inception_network.hpp"
+#include "guidiff/eval/metrics.hpp"
+#include "guidiff/eval/reference_batch.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npy.hpp"
@@ -27,7 +31,7 @@ namespace guidiff::cli {
 namespace {
 
 struct EvalFlags {
-  std::string samples, labels, json;
+  std::string samples, labels, json, write_reference;
   bool calibrate_features = false;
   DatasetRequest data;
   CLI::Option* data_option = nullptr;
@@ -134,8 +138,36 @@ void run_calibration(const EvalFlags& flags, const GlobalOptions& global) {
   std::printf(" (from %lld images of %s)\n", static_cast<long long>(data.size()), data.name.c_str());
 }
 
+// --write-reference: --data's images (and their Inception statistics when the weights are
+// found) in guided-diffusion's reference-batch layout.
+void run_write_reference(const EvalFlags& flags, const GlobalOptions& global) {
+  if (flags.data_option->count() == 0 || !flags.samples.empty() || !flags.sampling.model.empty()) {
+    throw InputError("--write-reference takes the images of --data (e.g. --data cifar10:DIR --split test)");
+  }
+  Communicator& communicator = *global.communicator;
+  if (communicator.is_main()) check_output_path("--write-reference", flags.write_reference);
+  const std::string cache =
+      flags.evaluation.cache_dir.empty() ? default_cache_directory() : flags.evaluation.cache_dir;
+  const std::string weights = locate_fid_inception_weights(flags.evaluation.inception_weights, cache);
+  if (weights.empty() && flags.evaluation.features == "inception") {
+    throw FileError(missing_fid_inception_weights_message(cache));
+  }
+  std::unique_ptr<FeatureNetwork> inception;
+  if (!weights.empty()) inception = load_fid_inception_network(weights, global.torch_device());
+  DatasetRequest request = flags.data;
+  request.channels = 3;  // guided-diffusion's evaluator reads RGB
+  const Dataset data = load_dataset(request);
+  const ReferenceBatch batch = make_reference_batch(data, inception.get(), communicator);
+  if (!communicator.is_main()) return;
+  write_reference_batch(flags.write_reference, batch);
+  std::printf("reference batch '%s': %lld images of %s (arr_0%s)%s\n", flags.write_reference.c_str(),
+              static_cast<long long>(batch.images.size(0)), data.name.c_str(), batch.labels.defined() ? ", arr_1" : "",
+              inception ? ", with FID Inception statistics mu, sigma, mu_s, sigma_s" : "; no Inception weights, so no statistics");
+}
+
 void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
   if (flags.calibrate_features) return run_calibration(flags, global);
+  if (!flags.write_reference.empty()) return run_write_reference(flags, global);
   Communicator& communicator = *global.communicator;
   if (!flags.json.empty() && communicator.is_main()) check_output_path("--json", flags.json);
   Evaluation evaluation(flags.evaluation, global.torch_device(), communicator);
@@ -149,6 +181,10 @@ void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
   std::printf("feature space: %s; reference: %s (%s split, %lld images)\n", evaluation.feature_space().c_str(),
               flags.evaluation.reference.c_str(), flags.evaluation.reference_split.c_str(),
               static_cast<long long>(scores.reference_count));
+  if (std::isfinite(scores.reference_near_black_fraction)) {
+    std::printf("black: the fraction of near-black pixels (8-bit level <= %lld), %.3f in the reference data\n",
+                static_cast<long long>(kNearBlackLevel), scores.reference_near_black_fraction);
+  }
   if (!flags.json.empty()) {
     nlohmann::json json = scores.to_json();
     json["source"] = input.source;
@@ -170,6 +206,9 @@ Command add_eval_command(CLI::App& app, const GlobalOptions& global) {
   f.data_option = command->add_option("--data", f.data.spec, "score a labelled data set instead (fashion-mnist, folder:DIR, ...)");
   command->add_option("--split", f.data.split, "--data split: train or test")->capture_default_str();
   command->add_option("--json", f.json, "write the scores as JSON here");
+  command->add_option("--write-reference", f.write_reference,
+                      "instead of scoring, write --data's images as a guided-diffusion reference batch .npz (arr_0, arr_1, "
+                      "and mu/sigma/mu_s/sigma_s when the Inception weights are found)");
   command->add_flag("--calibrate-features", f.calibrate_features,
                     "instead of scoring, put the --evaluator's feature stages on one scale over the --data images (rewrites its .json)");
   add_evaluation_flags(*command, f.evaluation);

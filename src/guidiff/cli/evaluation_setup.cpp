@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/eval/fid_inception_network.hpp"
 
 namespace guidiff::cli {
 namespace {
@@ -38,8 +39,12 @@ void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags) {
       command.add_option("--evaluator", flags.evaluator, "evaluator network (cnn_classifier checkpoint): features, IS, class accuracy")
           ->capture_default_str();
   command.add_option("--features", flags.features,
-                     "TorchScript feature extractor for FID/precision/recall (forward(x) -> [N, D] or (features, logits))");
-  command.add_option("--reference", flags.reference, "reference data set (same specs as --data of train)")
+                     "feature network for FID/precision/recall: inception (FID Inception-v3: also sFID and IS), evaluator, or a "
+                     "TorchScript extractor (forward(x) -> [N, D] or (features, logits)); default: inception when its "
+                     "weights are found, else evaluator");
+  command.add_option("--inception-weights", flags.inception_weights,
+                     "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default $GUIDIFF_INCEPTION_WEIGHTS, else in the cache dir)");
+  command.add_option("--reference", flags.reference, "reference data set (same specs as --data of train) or a guided-diffusion reference batch .npz")
       ->capture_default_str();
   command.add_option("--reference-split", flags.reference_split, "train or test")->capture_default_str();
   command.add_option("--reference-stats", flags.reference_stats, "reference statistics cache file (default: in --cache-dir)");
@@ -53,20 +58,37 @@ Evaluation::Evaluation(const EvaluationFlags& flags, const torch::Device& device
   check_cache_path("--cache-dir", flags.cache_dir, true);
   check_cache_path("--reference-stats", flags.reference_stats, false);
   options_.inception_splits = flags.inception_splits;
-  // Without --features the evaluator is required; with it, the evaluator is only used for
-  // IS and class accuracy, and skipped when the default one is not there.
+  // The feature network: Inception (asked for, or by default when its weights are found), the
+  // evaluator, or a TorchScript file. The evaluator also gives class accuracy (and IS when the
+  // feature network has no probabilities); with another feature network it is skipped when
+  // the default one is not there.
+  const std::string cache_directory = flags.cache_dir.empty() ? default_cache_directory() : flags.cache_dir;
+  std::string inception_weights;
+  if (flags.features.empty() || flags.features == "inception") {
+    inception_weights = locate_fid_inception_weights(flags.inception_weights, cache_directory);
+    if (inception_weights.empty() && flags.features == "inception") {
+      throw FileError(missing_fid_inception_weights_message(cache_directory));
+    }
+  }
+  const bool evaluator_features = inception_weights.empty() && (flags.features.empty() || flags.features == "evaluator");
   std::error_code ignored;
   const bool evaluator_given = flags.evaluator_option != nullptr && flags.evaluator_option->count() > 0;
   const bool evaluator_present = std::filesystem::exists(flags.evaluator, ignored) ||
                                  std::filesystem::exists(flags.evaluator + ".safetensors", ignored);
-  if (flags.features.empty() || evaluator_given || evaluator_present) {
+  if (evaluator_features || evaluator_given || evaluator_present) {
     if (!evaluator_present) {
       throw FileError("evaluator '" + flags.evaluator +
                       "' not found: run from the guidiff source directory, or pass --evaluator (recipes/fashion_mnist_evaluator.sh trains one)");
     }
     evaluator_ = load_evaluator_network(flags.evaluator, device);
   }
-  if (!flags.features.empty()) {
+  if (!inception_weights.empty()) {
+    features_ = load_fid_inception_network(inception_weights, device);
+    feature_space_ = features_->description();
+    reads_colour_ = true;
+    // guided-diffusion's evaluator: every sample against every reference image.
+    options_.neighbours_from_whole_reference = true;
+  } else if (!evaluator_features) {
     features_ = load_torchscript_feature_network(flags.features, device);
     feature_space_ = "TorchScript features '" + flags.features + "'";
   } else {
@@ -109,6 +131,7 @@ SampleScores Evaluation::score(const torch::Tensor& images, const torch::Tensor&
 }
 
 int64_t Evaluation::image_channels() const {
+  if (reads_colour_) return 3;  // Inception takes RGB; grey data sets stay grey (and are replicated)
   for (const FeatureNetwork* network : {features_.get(), evaluator_.get()}) {
     if (network != nullptr && !network->image_shape().empty()) return network->image_shape()[0];
   }
@@ -126,15 +149,15 @@ std::string scores_table(const std::vector<std::pair<std::string, SampleScores>>
   };
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-*s %6s %8s %7s %7s %7s %7s %7s %8s\n", static_cast<int>(name_width), "setting",
-                "N", "FID", "IS", "prec", "recall", "density", "cover", "class_acc");
+  std::snprintf(line, sizeof line, "%-*s %6s %8s %8s %7s %7s %7s %7s %7s %9s %6s\n", static_cast<int>(name_width),
+                "setting", "N", "FID", "sFID", "IS", "prec", "recall", "density", "cover", "class_acc", "black");
   out += line;
   for (const auto& [name, s] : rows) {
-    std::snprintf(line, sizeof line, "%-*s %6lld %8s %7s %7s %7s %7s %7s %8s\n", static_cast<int>(name_width),
-                  name.c_str(), static_cast<long long>(s.count), cell(s.fid, "%.2f").c_str(),
+    std::snprintf(line, sizeof line, "%-*s %6lld %8s %8s %7s %7s %7s %7s %7s %9s %6s\n", static_cast<int>(name_width),
+                  name.c_str(), static_cast<long long>(s.count), cell(s.fid, "%.2f").c_str(), cell(s.sfid, "%.2f").c_str(),
                   cell(s.inception_score, "%.3f").c_str(), cell(s.precision, "%.3f").c_str(),
                   cell(s.recall, "%.3f").c_str(), cell(s.density, "%.3f").c_str(), cell(s.coverage, "%.3f").c_str(),
-                  cell(s.class_accuracy, "%.3f").c_str());
+                  cell(s.class_accuracy, "%.3f").c_str(), cell(s.near_black_fraction, "%.3f").c_str());
     out += line;
   }
   return out;

@@ -18,7 +18,10 @@ namespace guidiff::cli {
 
 struct EvaluationFlags {
   std::string evaluator = "models/fashion-mnist/evaluator";  // cnn_classifier checkpoint
-  std::string features;                                      // TorchScript extractor; empty: the evaluator
+  // "inception" (FID Inception-v3), "evaluator", or a TorchScript extractor's path; empty:
+  // Inception when its weights are found, else the evaluator.
+  std::string features;
+  std::string inception_weights;                             // empty: $GUIDIFF_INCEPTION_WEIGHTS or the cache
   std::string reference = "fashion-mnist", reference_split = "test";
   std::string reference_stats;                               // cache file; empty: one in cache_dir
   std::string cache_dir;                                     // empty: default_cache_directory()
@@ -41,10 +44,12 @@ class Evaluation {
   // images float [N, C, H, W] in [-1, 1]; labels int64 [N] (requested classes) or undefined.
   // The first call loads or computes (and caches) the reference statistics.
   SampleScores score(const torch::Tensor& images, const torch::Tensor& labels);
-  // "evaluator 'models/fashion-mnist/evaluator'" or "TorchScript features 'x.pt'", for reports.
+  // "evaluator 'models/fashion-mnist/evaluator'", "FID Inception-v3 '...'" or "TorchScript
+  // features 'x.pt'", for reports.
   const std::string& feature_space() const { return feature_space_; }
   const ReferenceSet& reference();
-  // The channels images should be read with: the feature network's, else the evaluator's, else 3.
+  // The channels images should be read with: 3 for Inception, else the feature network's, else
+  // the evaluator's, else 3.
   int64_t image_channels() const;
 
  private:
@@ -54,6 +59,7 @@ class Evaluation {
   std::optional<ReferenceSet> reference_;
   ScoreOptions options_;
   std::string feature_space_;
+  bool reads_colour_ = false;  // image folders are read as RGB (the Inception network)
 };
 
 // A fixed-width table, one row per named result, of every metric.

@@ -296,7 +296,8 @@ class Sweep {
                              {"seconds", finished.seconds}, {"model_evaluations", finished.model_evaluations}};
       write_file_atomically(scores_path, json.dump(2) + "\n");
       bar->print_line("sweep: " + setting.id() + ": FID " + format_number(finished.scores.fid, "%.2f") + ", class accuracy " +
-                     format_number(finished.scores.class_accuracy, "%.3f") + ", " +
+                     format_number(finished.scores.class_accuracy, "%.3f") + ", near-black pixels " +
+                     format_number(finished.scores.near_black_fraction, "%.3f") + ", " +
                      format_number(finished.seconds, "%.0f") + " s");
       results_.push_back(finished);
     }
@@ -318,7 +319,7 @@ class Sweep {
   void write_tables() const {
     std::ostringstream csv;
     csv << "method,strength,steps,num_samples,fid,inception_score,inception_score_std,precision,recall,density,"
-           "coverage,class_accuracy,sampler,model_evaluations,seconds\n";
+           "coverage,class_accuracy,sampler,model_evaluations,near_black_fraction,seconds\n";
     nlohmann::json json = {{"request", sweep_request(flags_)}, {"feature_space", evaluation_->feature_space()},
                            {"reference", evaluation_->reference().description}, {"guidiff_version", GUIDIFF_VERSION},
                            {"seconds", seconds_}, {"settings", nlohmann::json::array()}};
@@ -329,8 +330,8 @@ class Sweep {
           << format_number(s.inception_score_std, "%.6g") << ',' << format_number(s.precision, "%.6g") << ','
           << format_number(s.recall, "%.6g") << ',' << format_number(s.density, "%.6g") << ','
           << format_number(s.coverage, "%.6g") << ',' << format_number(s.class_accuracy, "%.6g") << ','
-          << to_string(r.setting.sampler) << ',' << r.model_evaluations << ',' << format_number(r.seconds, "%.2f")
-          << '\n';
+          << to_string(r.setting.sampler) << ',' << r.model_evaluations << ',' << format_number(s.near_black_fraction, "%.6g")
+          << ',' << format_number(r.seconds, "%.2f") << '\n';
       json["settings"].push_back({{"setting", r.setting.to_json()}, {"scores", s.to_json()}, {"seconds", r.seconds},
                                   {"model_evaluations", r.model_evaluations}});
     }
@@ -517,8 +518,8 @@ class Sweep {
 
     std::ostringstream md;
     md << "# guidiff guidance sweep\n\n" << settings_line << ".\n\n" << timing << "\n\n> " << caveat << "\n\n";
-    md << "| setting | N | FID | IS | precision | recall | density | coverage | class accuracy | seconds |\n"
-          "|---|---|---|---|---|---|---|---|---|---|\n";
+    md << "| setting | N | FID | IS | precision | recall | density | coverage | class accuracy | near-black pixels | seconds |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (size_t i = 0; i < rows.size(); ++i) {
       const SampleScores& s = rows[i].second;
       const bool real_row = !flags_.no_real_baseline && i == 0;
@@ -527,7 +528,7 @@ class Sweep {
          << format_number(s.inception_score, "%.3f") << " | " << format_number(s.precision, "%.3f") << " | "
          << format_number(s.recall, "%.3f") << " | " << format_number(s.density, "%.3f") << " | "
          << format_number(s.coverage, "%.3f") << " | " << format_number(s.class_accuracy, "%.3f") << " | "
-         << format_number(seconds, "%.0f") << " |\n";
+         << format_number(s.near_black_fraction, "%.3f") << " | " << format_number(seconds, "%.0f") << " |\n";
     }
     md << "\n## Trade-off plots\n\n";
     for (const auto& [file, title] : plots_) md << "![" << title << "](plots/" << file << ")\n\n";
@@ -544,13 +545,15 @@ class Sweep {
             "img{max-width:100%;image-rendering:pixelated}blockquote{color:#555}</style></head><body>\n"
          << "<h1>guidiff guidance sweep</h1>\n<p>" << settings_line << ".</p>\n<p>" << timing << "</p>\n<blockquote>"
          << caveat << "</blockquote>\n<table><tr><th>setting</th><th>N</th><th>FID</th><th>IS</th><th>precision</th>"
-                      "<th>recall</th><th>density</th><th>coverage</th><th>class accuracy</th></tr>\n";
+                      "<th>recall</th><th>density</th><th>coverage</th><th>class accuracy</th><th>near-black pixels</th>"
+                      "</tr>\n";
     for (const auto& [name, s] : rows) {
       html << "<tr><td>" << name << "</td><td>" << s.count << "</td><td>" << format_number(s.fid, "%.2f") << "</td><td>"
            << format_number(s.inception_score, "%.3f") << "</td><td>" << format_number(s.precision, "%.3f")
            << "</td><td>" << format_number(s.recall, "%.3f") << "</td><td>" << format_number(s.density, "%.3f")
            << "</td><td>" << format_number(s.coverage, "%.3f") << "</td><td>"
-           << format_number(s.class_accuracy, "%.3f") << "</td></tr>\n";
+           << format_number(s.class_accuracy, "%.3f") << "</td><td>" << format_number(s.near_black_fraction, "%.3f")
+           << "</td></tr>\n";
     }
     html << "</table>\n<h2>Trade-off plots</h2>\n";
     for (const auto& [file, title] : plots_) html << "<p><img src=\"plots/" << file << "\" alt=\"" << title << "\"></p>\n";

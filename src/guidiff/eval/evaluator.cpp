@@ -12,9 +12,7 @@
 #include "guidiff/models/torchscript_models.hpp"
 
 namespace guidiff {
-namespace {
 
-// Size and modification time make a retrained file a different network for the cache.
 std::string file_identity(const std::string& path) {
   std::error_code error;
   const auto size = std::filesystem::file_size(path, error);
@@ -22,6 +20,8 @@ std::string file_identity(const std::string& path) {
   if (error) return path;
   return path + " " + std::to_string(size) + " " + std::to_string(time.time_since_epoch().count());
 }
+
+namespace {
 
 class EvaluatorNetwork : public FeatureNetwork {
  public:
@@ -178,12 +178,22 @@ FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& 
   torch::NoGradGuard no_grad;
   const Shard rows = batch_aligned_shard(images.size(0), batch_size, communicator.rank(), communicator.world_size());
   std::vector<torch::Tensor> features, probabilities;
+  FeatureMoments spatial_moments;
   for (int64_t begin = rows.begin; begin < rows.end; begin += batch_size) {
     FeatureOutput batch = network.run_batch(images.slice(0, begin, std::min(begin + batch_size, rows.end)));
     features.push_back(batch.features);
     if (batch.probabilities.defined()) probabilities.push_back(batch.probabilities);
+    if (batch.spatial_features.defined()) spatial_moments.add(batch.spatial_features);
   }
   FeatureOutput output;
+  // Each rank's moments as one row; merged in rank order (the same sums as one process up to
+  // the order of additions).
+  const torch::Tensor moment_rows = communicator.all_gather_rows(spatial_moments.to_row(), "gathering the spatial feature moments");
+  if (moment_rows.defined()) {
+    for (int64_t rank_row = 0; rank_row < moment_rows.size(0); ++rank_row) {
+      output.spatial_moments.merge(FeatureMoments::from_row(moment_rows[rank_row]));
+    }
+  }
   if (!features.empty()) output.features = torch::cat(features);
   if (!features.empty() && probabilities.size() == features.size()) output.probabilities = torch::cat(probabilities);
   // A rank without batches contributes undefined tensors: no rows.

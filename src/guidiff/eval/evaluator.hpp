@@ -2,6 +2,8 @@
 // density/coverage, and the class probabilities behind IS and class accuracy.
 //   - guidiff's evaluator: a cnn_classifier checkpoint (models/fashion-mnist/evaluator,
 //     recipes/fashion_mnist_evaluator.sh): penultimate (globally pooled) features + softmax.
+//   - the FID Inception-v3 network (fid_inception_network.hpp): pool3 features, sFID's spatial
+//     features and the Inception Score's probabilities over ImageNet's classes.
 //   - any TorchScript module (`--features net.pt`), e.g. an exported Inception network:
 //     forward(x) -> features [N, D], or -> (features [N, D], logits [N, K]).
 // Images go in as float [N, C, H, W] in [-1, 1], the range guidiff samples in; a TorchScript
@@ -15,12 +17,18 @@
 #include <vector>
 
 #include "guidiff/distributed/communicator.hpp"
+#include "guidiff/eval/feature_statistics.hpp"
 
 namespace guidiff {
 
 struct FeatureOutput {
   torch::Tensor features;       // float32 [N, D], CPU
   torch::Tensor probabilities;  // float32 [N, K] rows summing to 1, CPU; undefined if the network has none
+  // A second feature set of which only the statistics are kept (sFID's spatial features):
+  // run_batch returns its rows, float32 [N, S] on the CPU (undefined: none);
+  // run_feature_network folds them into spatial_moments and leaves spatial_features undefined.
+  torch::Tensor spatial_features;
+  FeatureMoments spatial_moments;
 };
 
 class FeatureNetwork {
@@ -35,7 +43,14 @@ class FeatureNetwork {
   virtual std::string cache_key() const = 0;
   // The image shape {C, H, W} the network accepts, or empty when it takes any.
   virtual std::vector<int64_t> image_shape() const = 0;
+  // Whether `probabilities` are over the data set's classes (class accuracy can use them), or
+  // over other classes (the Inception network's ImageNet classes: IS only).
+  virtual bool probabilities_are_data_classes() const { return true; }
 };
+
+// "<path> <size> <modification time>": a file's identity for cache keys, so that a retrained or
+// replaced network gets new statistics. The path alone when the file cannot be read.
+std::string file_identity(const std::string& path);
 
 // guidiff's own evaluator: a cnn_classifier checkpoint (dir, prefix or file). Throws
 // FileError naming the path when it is missing or broken, InputError when it holds another
@@ -64,6 +79,8 @@ std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::stri
 // empty, hold NaN, or do not have the shape the network accepts (both shapes quoted). With a
 // distributed `communicator` every rank runs its whole batches (batch_aligned_shard) and gets
 // all N outputs back, in order: the same batches, so the same numbers, as one process.
+// Spatial features are not kept: their moments are accumulated batch by batch (and merged
+// across ranks), so memory stays O(S^2) for any N.
 FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size = 500,
                                   Communicator& communicator = single_process_communicator());
 

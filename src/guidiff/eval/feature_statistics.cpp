@@ -99,16 +99,82 @@ FeatureStatistics feature_statistics(const torch::Tensor& features) {
   if (!features.is_floating_point() || !all_finite(features)) {
     throw InputError("feature statistics: the features must be floating point and finite (found NaN, infinity or integers)");
   }
-  const torch::Tensor x = features.to(torch::kCPU, torch::kFloat64);
-  const int64_t count = x.size(0);
+  FeatureMoments moments;
+  constexpr int64_t kRowsPerBlock = 4096;  // 64 MB of float64 at D = 2048
+  for (int64_t begin = 0; begin < features.size(0); begin += kRowsPerBlock) {
+    moments.add(features.slice(0, begin, std::min(begin + kRowsPerBlock, features.size(0))));
+  }
+  return moments.statistics();
+}
+
+void FeatureMoments::add(const torch::Tensor& rows) {
+  if (!rows.defined() || rows.dim() != 2 || (count_ > 0 && rows.size(1) != mean_.size(0))) {
+    throw InputError("feature moments: rows must be [B, " + (count_ > 0 ? std::to_string(mean_.size(0)) : std::string("D")) +
+                     "], got " + shape_string(rows));
+  }
+  if (rows.size(0) == 0) return;
+  if (!rows.is_floating_point() || !all_finite(rows)) {
+    throw InputError("feature moments: the features must be floating point and finite (found NaN, infinity or integers)");
+  }
+  const torch::Tensor x = rows.to(torch::kCPU, torch::kFloat64);
+  FeatureMoments batch;
+  batch.count_ = x.size(0);
+  batch.mean_ = x.mean(0);
+  // Centred before multiplying: no cancellation of E[xx^T] - mu mu^T when the mean is large.
+  const torch::Tensor centred = x - batch.mean_.unsqueeze(0);
+  batch.scatter_ = centred.t().mm(centred);
+  merge(batch);
+}
+
+void FeatureMoments::merge(const FeatureMoments& other) {
+  if (other.count_ == 0) return;
+  if (count_ == 0) {
+    *this = other;
+    return;
+  }
+  if (other.mean_.size(0) != mean_.size(0)) {
+    throw InputError("feature moments: cannot merge dimension " + std::to_string(other.mean_.size(0)) + " into " +
+                     std::to_string(mean_.size(0)));
+  }
+  const double n_a = static_cast<double>(count_), n_b = static_cast<double>(other.count_), n = n_a + n_b;
+  const torch::Tensor delta = other.mean_ - mean_;
+  mean_ = mean_ + delta * (n_b / n);
+  scatter_ = scatter_ + other.scatter_ + torch::outer(delta, delta) * (n_a * n_b / n);
+  count_ += other.count_;
+}
+
+FeatureStatistics FeatureMoments::statistics() const {
+  if (count_ < 2) {
+    throw InputError("feature statistics need at least 2 feature vectors, got " + std::to_string(count_));
+  }
   FeatureStatistics statistics;
-  statistics.mean = x.mean(0);
-  // Two-pass (centre, then multiply): avoids the cancellation of E[xx^T] - mu mu^T when the
-  // mean is large compared with the spread.
-  const torch::Tensor centred = x - statistics.mean.unsqueeze(0);
-  statistics.covariance = symmetrized(centred.t().mm(centred) / static_cast<double>(count - 1));
-  statistics.count = count;
+  statistics.mean = mean_.clone();
+  statistics.covariance = symmetrized(scatter_ / static_cast<double>(count_ - 1));
+  statistics.count = count_;
   return statistics;
+}
+
+torch::Tensor FeatureMoments::to_row() const {
+  if (count_ == 0) return {};
+  const double header[3] = {static_cast<double>(count_), static_cast<double>(mean_.size(0)), 0.0};
+  return torch::cat({torch::tensor(std::vector<double>(header, header + 3), torch::kFloat64), mean_, scatter_.flatten()})
+      .unsqueeze(0);
+}
+
+FeatureMoments FeatureMoments::from_row(const torch::Tensor& row) {
+  const torch::Tensor flat = row.to(torch::kCPU, torch::kFloat64).flatten();
+  FeatureMoments moments;
+  if (flat.numel() < 3) throw InputError("feature moments row has " + std::to_string(flat.numel()) + " values");
+  const auto count = static_cast<int64_t>(flat[0].item<double>());
+  const auto dim = static_cast<int64_t>(flat[1].item<double>());
+  if (count < 0 || dim < 1 || flat.numel() != 3 + dim + dim * dim) {
+    throw InputError("feature moments row of " + std::to_string(flat.numel()) + " values does not hold count " +
+                     std::to_string(count) + " and dimension " + std::to_string(dim));
+  }
+  moments.count_ = count;
+  moments.mean_ = flat.slice(0, 3, 3 + dim).clone();
+  moments.scatter_ = flat.slice(0, 3 + dim).reshape({dim, dim}).clone();
+  return moments;
 }
 
 double frechet_distance(const FeatureStatistics& a, const FeatureStatistics& b) {
@@ -156,7 +222,7 @@ std::string fid_sample_warning(int64_t count, int64_t dim) {
 }
 
 void save_feature_statistics(const std::string& path, const FeatureStatistics& statistics,
-                             const nlohmann::json& description) {
+                             const nlohmann::json& description, const FeatureStatistics* spatial) {
   check_savable(statistics);
   NamedTensors tensors = {
       {"mean", statistics.mean.to(torch::kCPU, torch::kFloat64)},
@@ -165,11 +231,17 @@ void save_feature_statistics(const std::string& path, const FeatureStatistics& s
   if (statistics.features.defined()) {
     tensors.emplace_back("features", statistics.features.to(torch::kCPU, torch::kFloat32));
   }
+  if (spatial != nullptr) {
+    check_savable(*spatial);
+    tensors.emplace_back("spatial_mean", spatial->mean.to(torch::kCPU, torch::kFloat64));
+    tensors.emplace_back("spatial_covariance", spatial->covariance.to(torch::kCPU, torch::kFloat64));
+  }
   const nlohmann::json metadata = {{"format", kFormat}, {"count", statistics.count}, {"description", description}};
   save_safetensors(path, tensors, {{kMetadataKey, metadata.dump()}});  // atomic
 }
 
-FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::json* description) {
+FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::json* description,
+                                          FeatureStatistics* spatial) {
   const SafetensorsContents contents = load_safetensors(path);  // FileError naming the file
 
   const auto found = contents.metadata.find(kMetadataKey);
@@ -199,7 +271,8 @@ FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::jso
   }
 
   for (const auto& [name, tensor] : contents.tensors) {
-    if (name != "mean" && name != "covariance" && name != "features") {
+    if (name != "mean" && name != "covariance" && name != "features" && name != "spatial_mean" &&
+        name != "spatial_covariance") {
       throw statistics_file_error(path, "unexpected tensor '" + name + "'");
     }
   }
@@ -238,6 +311,20 @@ FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::jso
                                         statistics.features.size(1) != dim)) {
     throw statistics_file_error(path, "tensor 'features' must be [N, " + std::to_string(dim) +
                                           "] to match 'mean', got " + shape_string(statistics.features));
+  }
+  const torch::Tensor spatial_mean = tensor("spatial_mean", torch::kFloat64, false);
+  const torch::Tensor spatial_covariance = tensor("spatial_covariance", torch::kFloat64, false);
+  if (spatial_mean.defined() != spatial_covariance.defined() ||
+      (spatial_mean.defined() && (spatial_mean.dim() != 1 || spatial_covariance.dim() != 2 ||
+                                  spatial_covariance.size(0) != spatial_mean.size(0) ||
+                                  spatial_covariance.size(1) != spatial_mean.size(0)))) {
+    throw statistics_file_error(path, "tensors 'spatial_mean' " + shape_string(spatial_mean) + " and 'spatial_covariance' " +
+                                          shape_string(spatial_covariance) + " must come together as [S] and [S, S]");
+  }
+  if (spatial != nullptr && spatial_mean.defined()) {
+    spatial->mean = spatial_mean;
+    spatial->covariance = spatial_covariance;
+    spatial->count = statistics.count;
   }
   if (description != nullptr) *description = metadata.at("description");
   return statistics;

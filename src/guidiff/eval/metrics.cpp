@@ -184,6 +184,17 @@ double class_accuracy(const torch::Tensor& probabilities_or_logits, const torch:
       .item<double>();
 }
 
+double near_black_fraction(const torch::Tensor& images) {
+  if (!images.defined() || images.dim() != 4 || images.numel() == 0) {
+    throw InputError("near-black fraction: expected images [N, C, H, W] with N > 0, got " +
+                     (images.defined() ? shape_string(images) : std::string("no tensor")));
+  }
+  // The 8-bit level a PNG would store; NaN compares false, so it is never black.
+  const torch::Tensor level = ((images.to(torch::kFloat64) + 1.0) * 127.5).round();
+  const torch::Tensor black = level.le(static_cast<double>(kNearBlackLevel)).all(1);
+  return black.to(torch::kFloat64).mean().item<double>();
+}
+
 torch::Tensor per_class_accuracy(const torch::Tensor& probabilities_or_logits, const torch::Tensor& requested_labels,
                                  int64_t num_classes) {
   if (num_classes < 1) {
