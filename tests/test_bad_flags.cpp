@@ -163,6 +163,7 @@ const std::map<std::string, TextKind> kTextKinds = {
     {"--use_ddim", TextKind::choice},       {"--clip_denoised", TextKind::choice},
     {"--base-samples", TextKind::input_file}, {"convert input", TextKind::model},
     {"convert --out", TextKind::output_dir},
+    {"--inception-weights", TextKind::input_file}, {"--write-reference", TextKind::output_file},
 };
 
 // Numeric flags for which -1 is a meaningful value (so not out of range).
