@@ -10,6 +10,7 @@
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/core/bf16_kernels.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff::cli {
 namespace {
@@ -79,6 +80,20 @@ std::pair<double, double> parse_number_pair(const std::string& flag, const std::
   }
   if (!ok) throw InputError(flag + " '" + text + "': expected two numbers 'low,high'");
   return {numbers[0], numbers[1]};
+}
+
+nlohmann::json read_json_file(const std::string& flag, const std::string& path) {
+  std::string text;
+  try {
+    text = read_file_bytes(path);
+  } catch (const FileError& error) {
+    throw FileError(flag + ": " + error.what());
+  }
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& error) {
+    throw FileError(flag + " '" + path + "': not valid JSON (" + error.what() + ")");
+  }
 }
 
 void check_output_path(const std::string& flag, const std::string& path) {

@@ -1,7 +1,8 @@
-// Small helpers the subcommands share: list flags, output paths.
+// Small helpers the subcommands share: list flags, output paths, JSON files.
 #pragma once
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,10 @@ std::pair<double, double> parse_number_pair(const std::string& flag, const std::
 // Fails early, before minutes of sampling, when an output file cannot be created:
 // throws FileError naming the flag and path if its directory does not exist.
 void check_output_path(const std::string& flag, const std::string& path);
+
+// The JSON document in the file that `flag` names. A missing, unreadable or malformed file
+// is a one-line FileError naming the flag and the file.
+nlohmann::json read_json_file(const std::string& flag, const std::string& path);
 
 // --bf16 on a CPU without bf16 arithmetic: says once per process, on stderr, that it will
 // likely be slower than float32 and why (bf16_slowdown_reason); silent elsewhere.

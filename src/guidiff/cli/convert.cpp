@@ -9,9 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/common.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/process_memory.hpp"
-#include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/guided_diffusion_models.hpp"
 
 namespace guidiff::cli {
@@ -30,13 +30,7 @@ Model build(const ConvertFlags& flags) {
   const int described = !flags.model_flags.empty() + !flags.classifier_flags.empty() + !flags.config.empty();
   if (described != 1) throw InputError("give exactly one of --model-flags, --classifier-flags or --config");
   if (!flags.config.empty()) {
-    nlohmann::json config;
-    try {
-      config = nlohmann::json::parse(read_file_bytes(flags.config));
-    } catch (const nlohmann::json::exception& error) {
-      throw FileError("--config '" + flags.config + "': not valid JSON (" + error.what() + ")");
-    }
-    return build_pt_model(config);
+    return build_pt_model(read_json_file("--config", flags.config));
   }
   if (!flags.classifier_flags.empty()) {
     return build_guided_diffusion_model(GuidedDiffusionFlags::parse(flags.classifier_flags, "--classifier-flags"),

@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "guidiff/cli/common.hpp"
 #include "guidiff/core/errors.hpp"
-#include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/npz.hpp"
 #include "guidiff/models/guided_diffusion_models.hpp"
 #include "guidiff/models/network_adapters.hpp"
@@ -40,13 +40,6 @@ void take(T& setting, const CLI::Option* option, const T& value, const std::stri
   setting = value;
 }
 
-nlohmann::json read_json_file(const std::string& flag, const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_file_bytes(path));
-  } catch (const nlohmann::json::exception& error) {
-    throw FileError(flag + " '" + path + "': not valid JSON (" + error.what() + ")");
-  }
-}
 
 }  // namespace
 

@@ -13,7 +13,6 @@
 #include "guidiff/cli/progress.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/dataset_spec.hpp"
-#include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/training/checkpoint.hpp"
 #include "guidiff/training/interrupt.hpp"
@@ -30,28 +29,14 @@ struct TrainFlags {
   TrainingOptions options;
 };
 
-nlohmann::json read_json_file(const std::string& path, const std::string& flag) {
-  std::string text;
-  try {
-    text = read_file_bytes(path);
-  } catch (const FileError& error) {
-    throw FileError(flag + ": " + error.what());
-  }
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& error) {
-    throw FileError(flag + " '" + path + "' is not valid JSON: " + error.what());
-  }
-}
-
 // The model config: the given file (or, when resuming without one, the run's own), with
 // the fields the data decides filled in where the file leaves them out.
 nlohmann::json model_config(const TrainFlags& flags, const Dataset& data) {
   nlohmann::json config;
   if (!flags.config.empty()) {
-    config = read_json_file(flags.config, "--config");
+    config = read_json_file("--config", flags.config);
   } else if (flags.options.resume) {
-    config = read_json_file(run_files(flags.options.out_dir).raw_prefix + ".json", "--resume");
+    config = read_json_file("--resume", run_files(flags.options.out_dir).raw_prefix + ".json");
   }
   if (!config.is_object()) config = nlohmann::json::object();
   const bool classifier = flags.options.task == TrainingTask::classifier;
