@@ -9,9 +9,10 @@ bash scripts/setup.sh
 bash scripts/build.sh
 
 # ctest and the reruns below run nproc test processes at once. Each takes one intra-op thread,
-# and OpenMP's idle threads sleep instead of spinning: with every process on all cores, libgomp's
-# spin-waiting threads steal the cores their own process's other threads need, and two 2-thread
-# test processes on 2 cores took 165 s where one thread each took 13 s (docs/performance.md).
+# and OpenMP's idle threads sleep instead of spinning: with every process on all cores, one
+# process's spin-waiting threads hold the cores the other's working threads wait for, and two
+# 2-thread test processes on 2 cores took 165 s where one thread each took 13 s
+# (docs/performance.md).
 export GUIDIFF_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir build --output-on-failure -j"$(nproc)"
 

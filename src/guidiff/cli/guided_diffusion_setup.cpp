@@ -40,7 +40,6 @@ void take(T& setting, const CLI::Option* option, const T& value, const std::stri
   setting = value;
 }
 
-
 }  // namespace
 
 void add_guided_diffusion_flags(CLI::App& command, SamplingFlags& flags) {
