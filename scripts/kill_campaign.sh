@@ -34,8 +34,10 @@ LATE=("${BASE[@]}" --save-every 1000)
 
 # Seconds as a decimal, e.g. 0.734: a random moment in [0, max) (max in ms).
 random_delay() { awk -v r="$RANDOM$RANDOM" -v max="$1" 'BEGIN { srand(r); printf "%.3f", rand() * max / 1000 }'; }
-temporaries() { find "$1" -name '.*.tmp-*' 2>/dev/null | wc -l; }
-temporary_bytes() { find "$1" -name '.*.tmp-*' -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+# A kill can land before the run has made its directory: find then fails, which under pipefail
+# would end the campaign.
+temporaries() { { find "$1" -name '.*.tmp-*' 2>/dev/null || true; } | wc -l; }
+temporary_bytes() { { find "$1" -name '.*.tmp-*' -printf '%s\n' 2>/dev/null || true; } | awk '{ s += $1 } END { print s + 0 }'; }
 step_of() { head -c 65536 "$1/resume.safetensors" 2>/dev/null | grep -ao '\\"step\\":[0-9]*' | grep -o '[0-9]*$' || echo none; }
 log_losses() { sed -E 's/"images_per_sec":[^,}]*,?//' "$1/log.jsonl"; }
 same_files() {  # same_files DIR_A DIR_B FILE...

@@ -19,6 +19,7 @@
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #pragma GCC diagnostic ignored "-Wsign-compare"
 #pragma GCC diagnostic ignored "-Wunused-function"
+#include <nlohmann/json.hpp>
 #include <stb/stb_image.h>
 #pragma GCC diagnostic pop
 
@@ -368,4 +369,30 @@ TEST(ErrorText, PrintableExcerptEscapesUnprintableBytesAndTruncates) {
   EXPECT_EQ(guidiff::printable_excerpt("abcdef", 3), "abc...");
   EXPECT_EQ(guidiff::printable_excerpt("abc", 3), "abc");
   EXPECT_EQ(guidiff::printable_excerpt(std::string(1000, 'x')).size(), 203u);  // 200 + "..."
+}
+
+// nlohmann's message names the library ("[json.exception.parse_error.101] ") and quotes what it
+// last read, raw: a corrupt config's non-ASCII bytes and up to its whole length.
+TEST(ErrorText, JsonParseErrorsLoseTheLibraryTagAndQuoteTheInputPrintably) {
+  const auto parse_error_text = [](const std::string& corrupt) {
+    try {
+      (void)nlohmann::json::parse(corrupt);
+    } catch (const nlohmann::json::exception& error) {
+      EXPECT_EQ(std::string(error.what()).rfind("[json.exception.", 0), 0u) << error.what();
+      return guidiff::json_error_text(error);
+    }
+    ADD_FAILURE() << "the corrupt text parsed";
+    return std::string();
+  };
+  const auto non_ascii = parse_error_text("{\"a\": \"\xff\"}");
+  EXPECT_EQ(non_ascii.rfind("parse error", 0), 0u) << non_ascii;
+  EXPECT_NE(non_ascii.find("\\xff"), std::string::npos) << non_ascii;
+  for (const char byte : non_ascii) EXPECT_TRUE(byte >= 0x20 && byte < 0x7f) << non_ascii;
+
+  const auto long_input = parse_error_text("{\"a\": \"" + std::string(1000, 'x') + "\xff\"}");
+  EXPECT_EQ(long_input.rfind("parse error", 0), 0u) << long_input;
+  EXPECT_EQ(long_input.size(), 163u) << long_input;  // 160 bytes + "..."
+
+  // Any other exception's text is only made printable.
+  EXPECT_EQ(guidiff::json_error_text(std::runtime_error("short\tone")), "short\\x09one");
 }

@@ -232,6 +232,14 @@ TEST_F(ModelFilesTest, MismatchedConfigOrWeightsNameTheKey) {
   expect_error<FileError>([&] { load_model(path("unet")); }, {"unet.json", "\"kind\""});
   write_file_atomically(path("unet.json"), "{\"kind\": ");
   expect_error<FileError>([&] { load_model(path("unet")); }, {"unet.json", "not valid JSON"});
+  // A binary file given as the config: the parser's quote of it comes out printable.
+  write_file_atomically(path("unet.json"), std::string("\x89PNG\r\n\x1a\n", 8));
+  expect_error<FileError>([&] { load_model(path("unet")); }, {"unet.json", "not valid JSON (parse error", "\\x89"});
+  try {
+    load_model(path("unet"));
+  } catch (const FileError& error) {
+    EXPECT_EQ(std::string(error.what()).find("[json.exception"), std::string::npos) << error.what();
+  }
 
   // Weights lacking a tensor the config's network has.
   write_file_atomically(path("unet.json"), model.config.dump());

@@ -10,6 +10,7 @@
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/core/bf16_kernels.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff::cli {
@@ -92,7 +93,7 @@ nlohmann::json read_json_file(const std::string& flag, const std::string& path) 
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& error) {
-    throw FileError(flag + " '" + path + "': not valid JSON (" + error.what() + ")");
+    throw FileError(flag + " '" + path + "': not valid JSON (" + json_error_text(error) + ")");
   }
 }
 

@@ -22,6 +22,16 @@ std::string printable_excerpt(const std::string& text, size_t max_bytes) {
   return out;
 }
 
+std::string json_error_text(const std::exception& error) {
+  std::string text = error.what();
+  static const std::string kTag = "[json.exception.";
+  if (text.compare(0, kTag.size(), kTag) == 0) {
+    const auto end = text.find("] ");
+    if (end != std::string::npos) text.erase(0, end + 2);
+  }
+  return printable_excerpt(text, 160);
+}
+
 std::string number_string(double value) {
   std::ostringstream out;
   out << value;

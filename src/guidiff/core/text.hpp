@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <exception>
 #include <string>
 
 namespace guidiff {
@@ -16,5 +17,9 @@ std::string shape_string(const torch::Tensor& tensor);
 // input) made safe for a one-line error: bytes outside printable ASCII as \xNN, and at most
 // `max_bytes` of the input, then "...".
 std::string printable_excerpt(const std::string& text, size_t max_bytes = 200);
+// A JSON library error as a one-line error's reason: nlohmann's "[json.exception.parse_error.101] "
+// tag dropped (it names the library, not the problem), and the rest, which can quote most of a
+// corrupt input, through printable_excerpt.
+std::string json_error_text(const std::exception& error);
 
 }  // namespace guidiff

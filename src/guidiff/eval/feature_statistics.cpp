@@ -254,7 +254,7 @@ FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::jso
     metadata = nlohmann::json::parse(found->second);
   } catch (const nlohmann::json::exception& error) {
     throw statistics_file_error(path, std::string("metadata '") + kMetadataKey + "' is not valid JSON (" +
-                                          error.what() + ")");
+                                          json_error_text(error) + ")");
   }
   if (!metadata.is_object() || !metadata.contains("format") || !metadata.contains("count") ||
       !metadata.contains("description")) {

@@ -250,8 +250,7 @@ ParsedHeader parse_header(const std::string& text, uint64_t data_bytes, const st
   try {
     header = OrderedJson::parse(text);
   } catch (const nlohmann::json::exception& error) {
-    // nlohmann quotes what it last read, which can be most of a corrupt header.
-    fail_file(name, std::string("header is not valid JSON (") + printable_excerpt(error.what(), 160) + ")");
+    fail_file(name, std::string("header is not valid JSON (") + json_error_text(error) + ")");
   }
   if (!header.is_object()) fail_file(name, "header is not a JSON object");
   const HeaderReader reader(name, data_bytes);

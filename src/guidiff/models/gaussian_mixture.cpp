@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff {
@@ -263,7 +264,7 @@ GaussianMixture GaussianMixture::from_json_file(const std::string& path) {
   try {
     document = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& error) {
-    throw FileError(json_context(path) + "not valid JSON (" + error.what() + ")");
+    throw FileError(json_context(path) + "not valid JSON (" + json_error_text(error) + ")");
   }
   GaussianMixture mixture;
   try {
@@ -306,7 +307,7 @@ GaussianMixture GaussianMixture::from_json_file(const std::string& path) {
     }
     mixture.validate();
   } catch (const nlohmann::json::exception& error) {
-    throw InputError(json_context(path) + "wrong field type (" + error.what() + ")");
+    throw InputError(json_context(path) + "wrong field type (" + json_error_text(error) + ")");
   } catch (const InputError& error) {
     const std::string message = error.what();
     if (message.rfind("mixture file", 0) == 0) throw;

@@ -198,7 +198,7 @@ Model load_model(const std::string& dir_or_prefix, const torch::Device& device) 
   try {
     config = nlohmann::json::parse(read_file_bytes(files.config));
   } catch (const nlohmann::json::exception& error) {
-    throw FileError("model config '" + files.config + "': not valid JSON (" + error.what() + ")");
+    throw FileError("model config '" + files.config + "': not valid JSON (" + json_error_text(error) + ")");
   }
   Model model;
   try {

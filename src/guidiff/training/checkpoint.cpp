@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff {
@@ -82,7 +83,7 @@ ResumeState parse_metadata(const SafetensorsContents& contents, const std::strin
   try {
     meta = nlohmann::json::parse(found->second);
   } catch (const nlohmann::json::exception& error) {
-    throw resume_error(file, std::string("metadata '") + kMetadataKey + "' is not valid JSON (" + error.what() + ")");
+    throw resume_error(file, std::string("metadata '") + kMetadataKey + "' is not valid JSON (" + json_error_text(error) + ")");
   }
   const auto field = [&](const char* key) -> const nlohmann::json& {
     if (!meta.is_object() || !meta.contains(key)) throw resume_error(file, std::string("metadata key '") + key + "' is missing");
