@@ -267,6 +267,18 @@ TEST_F(ReliabilityTest, NonFiniteLossStopsAtItsStepOrSkipsTheBatch) {
   EXPECT_EQ(logged_skips, result.skipped_steps);
 }
 
+// Skipping is for a bad batch now and then; a run whose every batch is non-finite has diverged
+// and stops at the 10th in a row instead of skipping to its end.
+TEST_F(ReliabilityTest, SkippingStopsWhenEveryBatchIsNonFinite) {
+  Dataset data = mixture_dataset(GaussianMixture::demo(), 64, 1);
+  data.images.fill_(std::nan(""));
+  TrainingOptions skipping = quick_options(path("diverged"), 40);
+  skipping.skip_nonfinite = true;
+  Model model = fresh_model();
+  expect_error<NumericError>([&] { train(model, data, skipping); },
+                             {"training loss is nan at step 10 ", "the 10th batch in a row", "diverged"});
+}
+
 TEST_F(ReliabilityTest, ACheckpointOfNonFiniteWeightsIsRefused) {
   const Dataset data = mixture_dataset(GaussianMixture::demo(), 64, 1);
   Model model = fresh_model();

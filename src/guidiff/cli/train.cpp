@@ -167,7 +167,7 @@ void add_training_flags(CLI::App& command, TrainFlags& flags) {
   command.add_flag("--bf16", o.bf16, "bfloat16 autocast for the forward pass");
   command.add_flag("--flip", o.random_flip, "random horizontal flips");
   command.add_flag("--skip-nonfinite", o.skip_nonfinite,
-                   "skip a batch whose loss or gradient is NaN or infinite (default: stop at that step)");
+                   "skip a batch whose loss or gradient is NaN or infinite (default: stop at that step); 10 in a row still stop");
   command.add_option("--seed", o.seed)->capture_default_str();
   command.add_option("--schedule", flags.schedule, "linear or cosine")->capture_default_str();
   command.add_option("--timesteps", o.timesteps, "T of the discrete schedule")->capture_default_str();

@@ -26,6 +26,8 @@ namespace {
 // The data_random_bits domain of the dropout generator seeds of ranks > 0 (losses.cpp uses
 // 16-18 for the step draws, the data layer 1 and 2).
 constexpr uint64_t kDropoutSeedDomain = 19;
+// With --skip-nonfinite, this many non-finite batches in a row stop the run as diverged.
+constexpr int64_t kMaxSkipsInARow = 10;
 
 using Clock = std::chrono::steady_clock;
 
@@ -213,6 +215,7 @@ class TrainingRun {
   ResumeState state_;
   int64_t last_saved_ = -1;
   int64_t skipped_steps_ = 0;
+  int64_t skips_in_a_row_ = 0;
   Clock::time_point interval_start_ = Clock::now();
   int64_t interval_images_ = 0;
   // The current step's parts of the loss, for the log.
@@ -385,7 +388,7 @@ TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step
   if (!std::isfinite(totals.loss)) {
     return non_finite(step,
                       "training loss is " + std::string(std::isnan(totals.loss) ? "nan" : "inf") + " at step " +
-                          std::to_string(step + 1) + " (lr " + std::to_string(lr) + ")",
+                          std::to_string(step + 1) + " (lr " + number_string(lr) + ")",
                       totals.loss, totals.stop);
   }
   const double max_norm = options_.grad_clip > 0.0 ? options_.grad_clip : std::numeric_limits<double>::infinity();
@@ -394,6 +397,7 @@ TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step
     return non_finite(step, "gradient norm is not finite at step " + std::to_string(step + 1), totals.loss, totals.stop);
   }
   optimizer_->step();
+  skips_in_a_row_ = 0;
   // Gradients are dropped, not zeroed, so a parameter without one is skipped by AdamW alike in
   // an uninterrupted and a resumed run.
   for (auto& parameter : parameters_) parameter.mutable_grad().reset();
@@ -412,11 +416,15 @@ TrainingRun::StepResult TrainingRun::train_step(const Batch& batch, int64_t step
 
 TrainingRun::StepResult TrainingRun::non_finite(int64_t step, const std::string& what, double loss, bool stop) {
   for (auto& parameter : parameters_) parameter.mutable_grad().reset();
-  if (!options_.skip_nonfinite) {
-    const std::string kept = last_saved_ >= 0 ? "the checkpoint of step " + std::to_string(last_saved_) + " in '" +
-                                                    options_.out_dir + "' is kept"
-                                              : "no checkpoint had been written yet";
-    throw NumericError(what + "; stopped, " + kept + " (--skip-nonfinite skips such batches)");
+  const std::string kept = last_saved_ >= 0 ? "the checkpoint of step " + std::to_string(last_saved_) + " in '" +
+                                                  options_.out_dir + "' is kept"
+                                            : "no checkpoint had been written yet";
+  if (!options_.skip_nonfinite) throw NumericError(what + "; stopped, " + kept + " (--skip-nonfinite skips such batches)");
+  // A poisoned sample spoils one batch an epoch; batch after batch means the weights (or the
+  // learning rate) diverged, and skipping on would only spend the run's time.
+  if (++skips_in_a_row_ >= kMaxSkipsInARow) {
+    throw NumericError(what + ", the " + std::to_string(kMaxSkipsInARow) +
+                       "th batch in a row: the run has diverged; stopped, " + kept);
   }
   interval_.skipped += 1;
   skipped_steps_ += 1;
