@@ -45,9 +45,8 @@ else
   mapfile -t TARGETS < <("$LIST" --list | awk '{print $1}')
 fi
 
-# libtorch is not instrumented: see docs/reliability.md for why each option is set.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:symbolize=1}"
-export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+# libtorch is not instrumented: scripts/sanitizers/options.sh says why each option is set.
+source scripts/sanitizers/options.sh
 
 declare -A DICT=([npy]=npy [npz]=npz [safetensors]=safetensors [resume]=safetensors [image_folder]=png
                  [model_config]=json [training_options]=json [mixture_config]=json)

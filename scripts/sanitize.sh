@@ -3,8 +3,8 @@
 # (docs/reliability.md): configures build-san (-DGUIDIFF_SANITIZE=address,undefined; with
 # clang also -DGUIDIFF_FUZZ=ON, so scripts/fuzz.sh shares the build), builds, runs ctest.
 #   bash scripts/sanitize.sh [CTEST_ARGS...]      e.g. -R Training
-# libtorch itself is not instrumented; scripts/sanitizers/ holds the few runtime options and
-# suppressions that follows from, each explained in docs/reliability.md.
+# libtorch itself is not instrumented; scripts/sanitizers/options.sh holds the few runtime
+# options that follow from that, each explained there and in docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-san
@@ -19,4 +19,6 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
 fi
 cmake --build "$BUILD" -j"$(nproc)"
 source scripts/sanitizers/options.sh
+# One thread per test process, idle threads asleep: as scripts/test.sh, for the same reason.
+export GUIDIFF_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 ctest --test-dir "$BUILD" --output-on-failure -j"$(nproc)" "$@"

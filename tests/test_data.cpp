@@ -122,6 +122,14 @@ TEST_F(DataTest, IdxTruncationIsReportedWithExpectedAndActualByteCounts) {
     expect_error<FileError>([&] { load_idx_dataset(path(name), path("labels")); },
                             {path(name), "truncated", "expected 18 bytes", "found 10"});
   }
+  // A header declaring far more than the file can hold is refused before any allocation (a fuzz
+  // finding: 41 bytes of gzip that asked for 1.8 GB).
+  write_raw("huge", idx_bytes({60000, 100, 100}, short_payload));
+  write_gz("huge.gz", idx_bytes({60000, 100, 100}, short_payload));
+  for (const std::string name : {"huge", "huge.gz"}) {
+    expect_error<FileError>([&] { read_idx_ubyte(path(name), 3); },
+                            {path(name), "truncated", "declares 600000000 bytes", "can hold"});
+  }
   write_raw("header-only", {0, 0, 8, 3, 0, 0});
   expect_error<FileError>([&] { read_idx_ubyte(path("header-only"), 3); },
                           {"header-only", "truncated", "expected 12 bytes", "found 2"});
@@ -406,6 +414,27 @@ TEST_F(DataTest, UnreadableImagesFailOrAreSkippedWithOneWarning) {
       },
       {path("dead/a"), "no readable images"});
   ::testing::internal::GetCapturedStderr();
+}
+
+// Debian's stb_image writes past its arrays for a JPEG Huffman table of more than 256 codes (a
+// fuzz finding under UBSan); the reader refuses such a file before stb sees it. Tables of up to
+// 256 codes, and a 0xFF 0xC4 pair whose table stb itself refuses, are left to stb.
+TEST_F(DataTest, AJpegHuffmanTableOfMoreThan256CodesIsRefused) {
+  const auto jpeg_with_table = [](uint8_t class_and_slot, uint8_t count_each) {
+    Bytes bytes = {0xFF, 0xD8, 0xFF, 0xC4, 0x00, 19, class_and_slot};
+    for (int i = 0; i < 16; ++i) bytes.push_back(count_each);
+    return bytes;
+  };
+  write_raw("jpeg/a/overflow.jpg", jpeg_with_table(0x00, 17));  // 16 x 17 = 272 codes
+  expect_error<FileError>([&] { load_image_folder(path("jpeg")); },
+                          {path("jpeg/a/overflow.jpg"), "Huffman table declares more than 256 codes"});
+  write_raw("jpeg/a/overflow.jpg", jpeg_with_table(0x00, 16));  // 256: stb's own error
+  expect_error<FileError>([&] { load_image_folder(path("jpeg")); }, {path("jpeg/a/overflow.jpg")});
+  try {
+    load_image_folder(path("jpeg"));
+  } catch (const FileError& error) {
+    EXPECT_EQ(std::string(error.what()).find("256 codes"), std::string::npos) << error.what();
+  }
 }
 
 // ---- mixture data --------------------------------------------------------------------------

@@ -388,6 +388,18 @@ TEST(TrainingOptions, InvalidValuesNameTheFlag) {
   EXPECT_DOUBLE_EQ(options.learning_rate(50), 1.0);
 }
 
+// nlohmann casts a float to an integer field unchecked (undefined for 4e36; a fuzz finding under
+// UBSan): integer fields take integers within their range, and the error quotes the value.
+TEST(TrainingOptions, IntegerFieldsRefuseFloatsAndValuesOutOfRange) {
+  TrainingOptions defaults;
+  EXPECT_EQ(TrainingOptions::from_json(nlohmann::json{{"steps", 12}}).steps, 12);
+  EXPECT_EQ(TrainingOptions::from_json(nlohmann::json::object()).steps, defaults.steps);
+  for (const auto& value : {nlohmann::json(4.44444e36), nlohmann::json(12.0), nlohmann::json(18446744073709551615ull)}) {
+    expect_error<InputError>([&] { TrainingOptions::from_json(nlohmann::json{{"steps", value}}); },
+                             {"\"steps\" has the wrong type", value.dump()});
+  }
+}
+
 TEST(TrainingOptions, CosineScheduleDecaysFromTheEndOfWarmUpToZeroAtTheLastStep) {
   TrainingOptions options;
   options.lr = 2.0;

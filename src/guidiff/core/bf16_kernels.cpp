@@ -36,7 +36,7 @@ bool accumulates_in_float32(const torch::Tensor& bf16_result, const torch::Tenso
 }
 
 Bf16KernelReport measure_bf16_kernels() {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
+  c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::DispatchKeySet(c10::DispatchKey::AutocastCPU)};
   torch::NoGradGuard no_grad;
   Bf16KernelReport report;
   const auto a = positive_pattern({2, 4, 4096}).to(torch::kBFloat16);
@@ -71,7 +71,7 @@ void bf16_operands_float32_accumulation(const c10::OperatorHandle& op, c10::Disp
     *it = tensor.to(torch::kBFloat16).to(torch::kFloat32);
   }
   {
-    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKeySet(c10::DispatchKey::AutocastCPU));
+    c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::DispatchKeySet(c10::DispatchKey::AutocastCPU)};
     op.callBoxed(stack);
   }
   for (auto it = stack->end() - static_cast<std::ptrdiff_t>(schema.returns().size()); it != stack->end(); ++it) {

@@ -20,6 +20,9 @@ namespace {
 constexpr int kUnsignedByteType = 0x08;
 // A sanity bound on one file's payload (16 GiB): a corrupt header cannot make us allocate more.
 constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 34;
+// Deflate expands at most about 1032:1 (a 258-byte match per 2 bits), so a gzip file of n bytes
+// holds at most n * 1032 bytes of data; a header that declares more is lying.
+constexpr uint64_t kMaxDeflateRatio = 1032;
 
 struct GzCloser {
   void operator()(gzFile_s* file) const { gzclose(file); }
@@ -145,6 +148,18 @@ torch::Tensor read_idx_ubyte(const std::string& path, int64_t expected_ndims) {
                     "' declares an implausibly large array (more than 16 GiB)");
   }
 
+  // Checked before the allocation: a 40-byte file must not make the reader ask for gigabytes.
+  std::error_code size_error;
+  const uint64_t file_bytes = std::filesystem::file_size(path, size_error);
+  if (!size_error) {
+    const bool raw = gzdirect(file.get()) != 0;
+    const uint64_t most = raw ? file_bytes : file_bytes * kMaxDeflateRatio;
+    if (payload > most) {
+      throw FileError("IDX file '" + path + "' is truncated: its header declares " + std::to_string(payload) +
+                      " bytes of data, more than its " + std::to_string(file_bytes) + " bytes" +
+                      (raw ? "" : " of gzip") + " can hold");
+    }
+  }
   torch::Tensor values = torch::empty(dims, torch::kUInt8);
   const uint64_t payload_read = read_up_to(file.get(), path, values.data_ptr<uint8_t>(), payload);
   if (payload_read < payload) {

@@ -17,12 +17,14 @@
 #include <cctype>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/data/transforms.hpp"
+#include "guidiff/io/atomic_file.hpp"
 
 namespace guidiff {
 namespace {
@@ -55,12 +57,55 @@ std::string size_text(int64_t width, int64_t height) {
   return std::to_string(width) + "x" + std::to_string(height);
 }
 
+// Debian 12's stb_image (v2.27) trusts a JPEG Huffman table's 16 code counts: when they add up
+// to more than 256 it writes past its 257-entry size and 256-entry value arrays
+// (stbi__build_huffman, found by fuzzing under UBSan). stb takes any 0xFF 0xC4 it meets as a DHT
+// marker, even after garbage, so every such pair is read the way stb would read it, and the file
+// is refused when a table stb would accept (class <= 1, slot <= 3) declares more than 256 codes.
+// The pair cannot occur in entropy-coded data (0xFF is followed by 0x00 or a restart there).
+bool jpeg_huffman_tables_fit(const std::string& bytes) {
+  const auto byte_at = [&](size_t at) -> unsigned { return at < bytes.size() ? static_cast<unsigned char>(bytes[at]) : 0; };
+  for (size_t at = 0; at + 1 < bytes.size(); ++at) {
+    if (byte_at(at) != 0xFF || byte_at(at + 1) != 0xC4) continue;
+    int64_t length = static_cast<int64_t>(byte_at(at + 2) << 8 | byte_at(at + 3)) - 2;
+    size_t table = at + 4;
+    while (length > 0 && table < bytes.size()) {
+      const unsigned class_and_slot = byte_at(table);
+      if ((class_and_slot >> 4) > 1 || (class_and_slot & 15) > 3) break;  // stb refuses this table itself
+      unsigned codes = 0;
+      for (size_t i = 1; i <= 16; ++i) codes += byte_at(table + i);
+      if (codes > 256) return false;
+      table += 17 + codes;
+      length -= 17 + static_cast<int64_t>(codes);
+    }
+  }
+  return true;
+}
+
 // uint8 pixels [C, H, W] of one file, or an undefined tensor with `reason` set when stb_image
 // cannot decode it.
 torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& reason) {
+  std::string bytes;
+  try {
+    bytes = read_file_bytes(file.string());
+  } catch (const FileError& error) {
+    reason = error.what();
+    return {};
+  }
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    reason = "larger than 2 GiB";
+    return {};
+  }
+  const bool jpeg = bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0xFF &&
+                    static_cast<unsigned char>(bytes[1]) == 0xD8;
+  if (jpeg && !jpeg_huffman_tables_fit(bytes)) {
+    reason = "corrupt JPEG: a Huffman table declares more than 256 codes";
+    return {};
+  }
   int width = 0, height = 0, channels_in_file = 0;
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
-      stbi_load(file.c_str(), &width, &height, &channels_in_file, static_cast<int>(channels)),
+      stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                            &height, &channels_in_file, static_cast<int>(channels)),
       stbi_image_free);
   if (!data) {
     const char* failure = stbi_failure_reason();

@@ -190,7 +190,7 @@ torch::Tensor decode_npy(std::string_view bytes, const std::string& source) {
   HeaderParser(header, source).parse(descr, fortran_order, shape);
   const std::optional<DtypeCode> code = dtype_from_descr(descr);
   if (!code) {
-    throw FileError(source + ": unsupported dtype '" + descr +
+    throw FileError(source + ": unsupported dtype '" + printable_excerpt(descr, 40) +
                     "' (supported: little-endian float32, float64, int64, int32, uint8)");
   }
   if (fortran_order) {

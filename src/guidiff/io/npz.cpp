@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/npy.hpp"
 
@@ -245,6 +246,7 @@ namespace {
 // One central-directory entry, with ZIP64 values already substituted.
 struct Entry {
   std::string name;
+  std::string printable_name;  // the name as error messages quote it (it comes from the file)
   uint16_t flags = 0;
   uint16_t method = 0;
   uint32_t crc = 0;
@@ -260,7 +262,7 @@ class NpzReader {
   NamedArrays read() {
     NamedArrays arrays;
     for (const Entry& entry : central_directory()) {
-      const std::string source = "'" + path_ + "' member '" + entry.name + "'";
+      const std::string source = "'" + path_ + "' member '" + entry.printable_name + "'";
       if (entry.name.size() <= 4 || entry.name.compare(entry.name.size() - 4, 4, ".npy") != 0) {
         throw FileError(source + " is not a .npy array (an .npz file holds only <name>.npy members)");
       }
@@ -355,6 +357,7 @@ class NpzReader {
       const size_t record_length = kCentralHeaderSize + name_length + extra_length + comment_length;
       if (central_end - at < record_length) corrupt("bad central directory entry " + std::to_string(i));
       entry.name = std::string(bytes_.substr(at + kCentralHeaderSize, name_length));
+      entry.printable_name = printable_excerpt(entry.name, 100);
       apply_zip64_extra(entry, bytes_.substr(at + kCentralHeaderSize + name_length, extra_length));
       result.push_back(std::move(entry));
       at += record_length;
@@ -385,7 +388,7 @@ class NpzReader {
       at += 4 + length;
     }
     if (entry.size == kMax32 || entry.compressed_size == kMax32 || entry.local_offset == kMax32) {
-      corrupt("member '" + entry.name + "' lacks its ZIP64 sizes");
+      corrupt("member '" + entry.printable_name + "' lacks its ZIP64 sizes");
     }
   }
 
@@ -400,13 +403,13 @@ class NpzReader {
     // The local header's own sizes may be zero (data descriptor, flag bit 3) or ZIP64
     // markers, and its extra field may differ from the central one: only its name and
     // extra lengths are used, to find the data.
-    if (!fits(entry.local_offset, kLocalHeaderSize)) truncated("member '" + entry.name + "' lies past the end");
+    if (!fits(entry.local_offset, kLocalHeaderSize)) truncated("member '" + entry.printable_name + "' lies past the end");
     if (get32(bytes_, entry.local_offset) != kLocalHeaderSig) {
-      corrupt("member '" + entry.name + "' has no local header where the central directory says");
+      corrupt("member '" + entry.printable_name + "' has no local header where the central directory says");
     }
     const uint64_t data_offset = entry.local_offset + kLocalHeaderSize + get16(bytes_, entry.local_offset + 26) +
                                  get16(bytes_, entry.local_offset + 28);
-    if (!fits(data_offset, entry.compressed_size)) truncated("member '" + entry.name + "' runs past the end");
+    if (!fits(data_offset, entry.compressed_size)) truncated("member '" + entry.printable_name + "' runs past the end");
     const std::string_view data = bytes_.substr(data_offset, entry.compressed_size);
     if (entry.method == kMethodStored) {
       if (entry.compressed_size != entry.size) {
@@ -486,9 +489,11 @@ torch::Tensor npz_array(const NamedArrays& arrays, const std::string& name, cons
     if (key == name) return tensor;
   }
   std::string present;
+  // The names come from the file: printable, and not all of a file with thousands.
   for (const auto& entry : arrays) present += (present.empty() ? "" : ", ") + entry.first;
   throw FileError("'" + file + "' has no array '" + name + "' (" +
-                  (present.empty() ? std::string("it holds none") : "it holds: " + present) + ")");
+                  (present.empty() ? std::string("it holds none") : "it holds: " + printable_excerpt(present, 160)) +
+                  ")");
 }
 
 void write_sample_batch_npz(const std::string& path, const torch::Tensor& images_uint8_nhwc,

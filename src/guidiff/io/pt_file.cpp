@@ -9,6 +9,7 @@
 #include <set>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/state_dict_pickle.hpp"
 
 namespace guidiff {
@@ -20,8 +21,9 @@ std::string first_line(const std::string& text) {
   return line.empty() ? "unknown error" : line;
 }
 
+// `what` can quote the file's own strings (tensor names, record keys): printable and short.
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw FileError("'" + path + "': " + what);
+  throw FileError("'" + path + "': " + printable_excerpt(what, 240));
 }
 
 // Names the format when it is not a zip archive (checked before libtorch sees the file).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff {
 namespace {
@@ -162,8 +163,9 @@ class PickleMachine {
   }
 
  private:
+  // `what` can quote the pickle's strings (a storage key, a location): printable and short.
   [[noreturn]] void fail_at(size_t offset, const std::string& what) const {
-    throw FileError(name_ + ": data.pkl byte " + std::to_string(offset) + ": " + what);
+    throw FileError(name_ + ": data.pkl byte " + std::to_string(offset) + ": " + printable_excerpt(what, 240));
   }
   [[noreturn]] void fail(const std::string& what) const { fail_at(op_start_, what); }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 
 namespace guidiff {
 
@@ -81,7 +82,7 @@ void ConfigFields::read(const char* key, std::vector<double>& value) {
 void ConfigFields::reject_unknown() const {
   for (const auto& item : object_.items()) {
     if (known_.count(item.key()) == 0) {
-      throw InputError(context_ + ": unknown field \"" + item.key() + "\"");
+      throw InputError(context_ + ": unknown field \"" + printable_excerpt(item.key(), 60) + "\"");
     }
   }
 }

@@ -1,7 +1,10 @@
 // TrainingOptions: validation, the warm-up schedule and JSON (see trainer.hpp).
 #include <cmath>
+#include <limits>
+#include <type_traits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/training/trainer.hpp"
 
 namespace guidiff {
@@ -93,13 +96,31 @@ nlohmann::json TrainingOptions::to_json() const {
 
 TrainingOptions TrainingOptions::from_json(const nlohmann::json& object) {
   TrainingOptions options;
-  if (!object.is_object()) throw InputError("training options: expected a JSON object, got " + object.dump());
+  if (!object.is_object()) {
+    throw InputError("training options: expected a JSON object, got " + printable_excerpt(object.dump(), 80));
+  }
   const auto get = [&](const char* key, auto& value) {
     if (!object.contains(key)) return;
+    const nlohmann::json& field = object.at(key);
+    const auto wrong_type = [&] {
+      return InputError(std::string("training options: key \"") + key + "\" has the wrong type: " +
+                        printable_excerpt(field.dump(), 80));
+    };
+    using Value = std::decay_t<decltype(value)>;
+    if constexpr (std::is_integral_v<Value> && !std::is_same_v<Value, bool>) {
+      // nlohmann converts a float such as 4e36 to an integer with a cast whose result is
+      // undefined (UBSan, fuzzing): integers only, and within the field's range.
+      const bool fits = field.is_number_unsigned()
+                            ? field.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<Value>::max())
+                            : field.is_number_integer() &&
+                                  field.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<Value>::min()) &&
+                                  field.get<int64_t>() <= static_cast<int64_t>(std::numeric_limits<Value>::max());
+      if (!fits) throw wrong_type();
+    }
     try {
-      object.at(key).get_to(value);
+      field.get_to(value);
     } catch (const nlohmann::json::exception&) {
-      throw InputError(std::string("training options: key \"") + key + "\" has the wrong type: " + object.at(key).dump());
+      throw wrong_type();
     }
   };
   std::string task = to_string(options.task), objective = to_string(options.objective),
