@@ -31,6 +31,7 @@
 #include "guidiff/data/mixture_dataset.hpp"
 #include "guidiff/data/random_order.hpp"
 #include "guidiff/data/transforms.hpp"
+#include "guidiff/io/atomic_file.hpp"
 #include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
@@ -435,6 +436,20 @@ TEST_F(DataTest, AJpegHuffmanTableOfMoreThan256CodesIsRefused) {
   } catch (const FileError& error) {
     EXPECT_EQ(std::string(error.what()).find("256 codes"), std::string::npos) << error.what();
   }
+}
+
+// stb_image reserves a PNG chunk's declared length before reading it (a fuzz finding: 200 bytes
+// that asked for 1.3 GB); a chunk longer than the rest of the file is refused first.
+TEST_F(DataTest, APngChunkRunningPastTheEndIsRefusedBeforeDecoding) {
+  write_png("png/a/good.png", 2, 2, 1, {1, 2, 3, 4});
+  EXPECT_EQ(load_image_folder(path("png")).size(), 1);
+  std::string bytes = read_file_bytes(path("png/a/good.png"));
+  const size_t idat = bytes.find("IDAT");
+  ASSERT_NE(idat, std::string::npos);
+  bytes.replace(idat - 4, 4, std::string("\x4e\x54\x0f\x96", 4));  // 1,314,131,862 bytes
+  write_raw("png/a/good.png", Bytes(bytes.begin(), bytes.end()));
+  expect_error<FileError>([&] { load_image_folder(path("png")); },
+                          {path("png/a/good.png"), "corrupt PNG: a chunk runs past the end of the file"});
 }
 
 // ---- mixture data --------------------------------------------------------------------------

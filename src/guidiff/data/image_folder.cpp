@@ -82,6 +82,25 @@ bool jpeg_huffman_tables_fit(const std::string& bytes) {
   return true;
 }
 
+// stb_image reserves a PNG chunk's declared length before reading it, so a 200-byte file that
+// declares a 1.3 GB IDAT chunk makes it ask for 1.3 GB (found by fuzzing with a memory limit).
+// The chunks are walked the way stb walks them (length, type, data, CRC, up to IEND), and a chunk
+// that runs past the end of the file refuses the file first.
+bool png_chunks_fit(const std::string& bytes) {
+  const auto big_endian_32 = [&](size_t at) {
+    uint32_t value = 0;
+    for (size_t i = 0; i < 4; ++i) value = value << 8 | static_cast<unsigned char>(bytes[at + i]);
+    return value;
+  };
+  for (size_t at = 8; at + 8 <= bytes.size();) {
+    const uint64_t length = big_endian_32(at);
+    if (length + 12 > bytes.size() - at) return false;
+    if (bytes.compare(at + 4, 4, "IEND") == 0) break;
+    at += 12 + length;
+  }
+  return true;
+}
+
 // uint8 pixels [C, H, W] of one file, or an undefined tensor with `reason` set when stb_image
 // cannot decode it.
 torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& reason) {
@@ -100,6 +119,11 @@ torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& 
                     static_cast<unsigned char>(bytes[1]) == 0xD8;
   if (jpeg && !jpeg_huffman_tables_fit(bytes)) {
     reason = "corrupt JPEG: a Huffman table declares more than 256 codes";
+    return {};
+  }
+  static const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
+  if (bytes.compare(0, kPngSignature.size(), kPngSignature) == 0 && !png_chunks_fit(bytes)) {
+    reason = "corrupt PNG: a chunk runs past the end of the file";
     return {};
   }
   int width = 0, height = 0, channels_in_file = 0;
