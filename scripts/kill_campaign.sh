@@ -15,12 +15,8 @@ cd "$(dirname "$0")/.."
 KILLS="${1:-20}"
 SWEEP_KILLS="${2:-8}"
 RANDOM="${KILL_SEED:-1}"
-GUIDIFF="$(pwd)/${GUIDIFF:-build/guidiff}"
-[ -x "$GUIDIFF" ] || { echo "kill_campaign: $GUIDIFF not built (bash scripts/build.sh)" >&2; exit 2; }
-W="$(mktemp -d /tmp/guidiff-kill-XXXXXX)"
-trap 'rm -rf "$W"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+source scripts/campaign_setup.sh
+campaign_setup kill_campaign
 
 cat >"$W/tiny.json" <<'JSON'
 {"kind": "mlp_denoiser", "hidden_channels": 64, "num_blocks": 2}

@@ -7,12 +7,8 @@
 # Needs build/guidiff (bash scripts/build.sh). Prints each outcome; exits 1 if a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GUIDIFF="$(pwd)/${GUIDIFF:-build/guidiff}"
-[ -x "$GUIDIFF" ] || { echo "nan_outcomes: $GUIDIFF not built (bash scripts/build.sh)" >&2; exit 2; }
-W="$(mktemp -d /tmp/guidiff-nan-XXXXXX)"
-trap 'rm -rf "$W"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+source scripts/campaign_setup.sh
+campaign_setup nan_outcomes
 # expect_error CODE COMMAND...: the command must exit with CODE, and its error must be one line,
 # the last on stderr (progress lines such as training's banner may precede it).
 expect_error() {
