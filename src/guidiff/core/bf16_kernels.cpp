@@ -35,22 +35,40 @@ bool accumulates_in_float32(const torch::Tensor& bf16_result, const torch::Tenso
   return error <= std::ldexp(1.0, -7) + std::ldexp(1.0, -11);
 }
 
+// As accumulates_in_float32, for a bf16 kernel that may not run at all: libtorch 1.13 sends
+// bf16 convolutions to oneDNN when the CPU has AVX-512, and oneDNN held below that by
+// ONEDNN_MAX_CPU_ISA refuses them ("could not create a primitive descriptor iterator"). Such a
+// kernel counts as lacking float32 accumulation, so autocast gets guidiff's widened kernels,
+// which run in float32 at any level.
+template <typename Bf16Call, typename Float32Call>
+bool usable_and_accumulates_in_float32(Bf16Call&& bf16_call, Float32Call&& float32_call, bool& fails) {
+  try {
+    return accumulates_in_float32(bf16_call(), float32_call());
+  } catch (const std::exception&) {  // oneDNN's dnnl::error, not a c10::Error
+    fails = true;
+    return false;
+  }
+}
+
 Bf16KernelReport measure_bf16_kernels() {
   c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::DispatchKeySet(c10::DispatchKey::AutocastCPU)};
   torch::NoGradGuard no_grad;
   Bf16KernelReport report;
   const auto a = positive_pattern({2, 4, 4096}).to(torch::kBFloat16);
   const auto b = positive_pattern({2, 4096, 4}).flip(0).to(torch::kBFloat16);
-  const bool mm_ok =
-      accumulates_in_float32(torch::mm(a[0], b[0]), torch::mm(a[0].to(torch::kFloat32), b[0].to(torch::kFloat32)));
-  const bool bmm_ok =
-      accumulates_in_float32(torch::bmm(a, b), torch::bmm(a.to(torch::kFloat32), b.to(torch::kFloat32)));
+  const bool mm_ok = usable_and_accumulates_in_float32(
+      [&] { return torch::mm(a[0], b[0]); }, [&] { return torch::mm(a[0].to(torch::kFloat32), b[0].to(torch::kFloat32)); },
+      report.matrix_product_fails);
+  const bool bmm_ok = usable_and_accumulates_in_float32(
+      [&] { return torch::bmm(a, b); }, [&] { return torch::bmm(a.to(torch::kFloat32), b.to(torch::kFloat32)); },
+      report.matrix_product_fails);
   report.matrix_product_accumulates_in_float32 = mm_ok && bmm_ok;
   const auto input = positive_pattern({1, 512, 5, 5}).to(torch::kBFloat16);
   const auto weight = positive_pattern({2, 512, 3, 3}).flip(1).to(torch::kBFloat16);
-  report.convolution_accumulates_in_float32 =
-      accumulates_in_float32(torch::conv2d(input, weight),
-                             torch::conv2d(input.to(torch::kFloat32), weight.to(torch::kFloat32)));
+  report.convolution_accumulates_in_float32 = usable_and_accumulates_in_float32(
+      [&] { return torch::conv2d(input, weight); },
+      [&] { return torch::conv2d(input.to(torch::kFloat32), weight.to(torch::kFloat32)); },
+      report.convolution_fails);
   return report;
 }
 

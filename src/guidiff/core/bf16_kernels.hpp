@@ -18,9 +18,13 @@ namespace guidiff {
 // Measured once per process: does libtorch's CPU kernel for this family of operations,
 // given bf16 operands, accumulate in float32? Found by a positive-valued K = 4608 (conv) or
 // K = 4096 (matmul) reduction whose bf16-accumulated sum is far from its float32 sum.
+// A kernel that throws (see bf16_kernels.cpp) counts as not accumulating in float32 and is
+// also marked as failing.
 struct Bf16KernelReport {
   bool convolution_accumulates_in_float32 = true;
   bool matrix_product_accumulates_in_float32 = true;
+  bool convolution_fails = false;
+  bool matrix_product_fails = false;
   bool all_float32() const { return convolution_accumulates_in_float32 && matrix_product_accumulates_in_float32; }
 };
 const Bf16KernelReport& cpu_bf16_kernel_report();
