@@ -429,6 +429,12 @@ TEST_F(DataTest, AJpegHuffmanTableOfMoreThan256CodesIsRefused) {
   write_raw("jpeg/a/overflow.jpg", jpeg_with_table(0x00, 17));  // 16 x 17 = 272 codes
   expect_error<FileError>([&] { load_image_folder(path("jpeg")); },
                           {path("jpeg/a/overflow.jpg"), "Huffman table declares more than 256 codes"});
+  // stb skips 0xFF fill bytes before the start marker, so this is a JPEG to it as well.
+  Bytes filled = jpeg_with_table(0x00, 17);
+  filled.insert(filled.begin(), 5, 0xFF);
+  write_raw("jpeg/a/overflow.jpg", filled);
+  expect_error<FileError>([&] { load_image_folder(path("jpeg")); },
+                          {path("jpeg/a/overflow.jpg"), "Huffman table declares more than 256 codes"});
   write_raw("jpeg/a/overflow.jpg", jpeg_with_table(0x00, 16));  // 256: stb's own error
   expect_error<FileError>([&] { load_image_folder(path("jpeg")); }, {path("jpeg/a/overflow.jpg")});
   try {

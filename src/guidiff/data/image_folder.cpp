@@ -115,15 +115,17 @@ torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& 
     reason = "larger than 2 GiB";
     return {};
   }
-  const bool jpeg = bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0xFF &&
-                    static_cast<unsigned char>(bytes[1]) == 0xD8;
-  if (jpeg && !jpeg_huffman_tables_fit(bytes)) {
-    reason = "corrupt JPEG: a Huffman table declares more than 256 codes";
+  // stb decodes only PNG and JPEG here, and takes anything that is not a PNG for a JPEG: it
+  // skips any number of 0xFF fill bytes before the start marker, so a JPEG need not begin with
+  // 0xFF 0xD8 (a fuzz finding).
+  static const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
+  const bool png = bytes.compare(0, kPngSignature.size(), kPngSignature) == 0;
+  if (png && !png_chunks_fit(bytes)) {
+    reason = "corrupt PNG: a chunk runs past the end of the file";
     return {};
   }
-  static const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
-  if (bytes.compare(0, kPngSignature.size(), kPngSignature) == 0 && !png_chunks_fit(bytes)) {
-    reason = "corrupt PNG: a chunk runs past the end of the file";
+  if (!png && !jpeg_huffman_tables_fit(bytes)) {
+    reason = "corrupt JPEG: a Huffman table declares more than 256 codes";
     return {};
   }
   int width = 0, height = 0, channels_in_file = 0;
