@@ -458,6 +458,20 @@ TEST_F(DataTest, APngChunkRunningPastTheEndIsRefusedBeforeDecoding) {
                           {path("png/a/good.png"), "corrupt PNG: a chunk runs past the end of the file"});
 }
 
+// An image header may declare far more pixels than any data set holds; stb would allocate them
+// all before decoding (a fuzz finding: a small JPEG asked for 1.3 GB). stb itself refuses a PNG
+// over 1 GiB, so the case is a PNG of 10^8 pixels.
+TEST_F(DataTest, AnImageDeclaringMoreThanThePixelLimitIsRefusedBeforeDecoding) {
+  write_png("big/a/image.png", 2, 2, 1, {1, 2, 3, 4});
+  std::string bytes = read_file_bytes(path("big/a/image.png"));
+  const size_t ihdr = bytes.find("IHDR");
+  ASSERT_NE(ihdr, std::string::npos);
+  bytes.replace(ihdr + 4, 8, std::string("\x00\x00\x27\x10\x00\x00\x27\x10", 8));  // 10000 x 10000
+  write_raw("big/a/image.png", Bytes(bytes.begin(), bytes.end()));
+  expect_error<FileError>([&] { load_image_folder(path("big")); },
+                          {path("big/a/image.png"), "declares 10000x10000 pixels, more than the 89478485"});
+}
+
 // ---- mixture data --------------------------------------------------------------------------
 
 TEST(MixtureDataset, HoldsTheMixturesExactDraws) {

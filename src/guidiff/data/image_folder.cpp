@@ -129,6 +129,17 @@ torch::Tensor decode_image(const fs::path& file, int64_t channels, std::string& 
     return {};
   }
   int width = 0, height = 0, channels_in_file = 0;
+  // A 300-byte JPEG can declare a 40000 x 33000 image, which stb allocates in full before
+  // decoding (a fuzz finding): the declared size is capped first, at Pillow's
+  // decompression-bomb limit.
+  constexpr int64_t kMaxPixels = 89478485;
+  if (stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                            &height, &channels_in_file) != 0 &&
+      static_cast<int64_t>(width) * height > kMaxPixels) {
+    reason = "declares " + size_text(width, height) + " pixels, more than the " + std::to_string(kMaxPixels) +
+             " guidiff decodes";
+    return {};
+  }
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
       stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
                             &height, &channels_in_file, static_cast<int>(channels)),
