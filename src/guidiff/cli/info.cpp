@@ -27,14 +27,13 @@ Command add_info_command(CLI::App& app, const GlobalOptions& global) {
             std::printf("cpu      %s\n", cpu.summary().c_str());
             std::printf("kernels  libtorch %s, oneDNN %s\n", aten_cpu_capability().c_str(), onednn_cpu_isa().c_str());
             const Bf16KernelReport& bf16 = cpu_bf16_kernel_report();
+            const auto accumulation = [](bool fails, bool float32) {
+              return fails ? "nothing: they fail at this oneDNN level" : float32 ? "float32" : "bf16";
+            };
             std::printf("bf16     %s; libtorch's CPU kernels accumulate in %s (convolution), %s (matrix products)%s\n",
                         cpu.native_bf16() ? "native" : "emulated (no avx512_bf16 or amx_bf16)",
-                        bf16.convolution_fails                    ? "nothing: they fail at this oneDNN level"
-                        : bf16.convolution_accumulates_in_float32 ? "float32"
-                                                                  : "bf16",
-                        bf16.matrix_product_fails                    ? "nothing: they fail at this oneDNN level"
-                        : bf16.matrix_product_accumulates_in_float32 ? "float32"
-                                                                     : "bf16",
+                        accumulation(bf16.convolution_fails, bf16.convolution_accumulates_in_float32),
+                        accumulation(bf16.matrix_product_fails, bf16.matrix_product_accumulates_in_float32),
                         bf16.all_float32()            ? ""
                         : keep_libtorch_bf16_kernels() ? "; GUIDIFF_BF16_ACCUMULATION=libtorch keeps them"
                                                        : "; guidiff's bf16 autocast widens those to float32");

@@ -246,7 +246,6 @@ namespace {
 // One central-directory entry, with ZIP64 values already substituted.
 struct Entry {
   std::string name;
-  std::string printable_name;  // the name as error messages quote it (it comes from the file)
   uint16_t flags = 0;
   uint16_t method = 0;
   uint32_t crc = 0;
@@ -255,6 +254,9 @@ struct Entry {
   uint64_t local_offset = 0;
 };
 
+// "member 'NAME'" as error messages quote it: the name comes from the file.
+std::string member_text(const Entry& entry) { return "member '" + printable_excerpt(entry.name, 100) + "'"; }
+
 class NpzReader {
  public:
   NpzReader(const std::string& path, std::string_view bytes) : path_(path), bytes_(bytes) {}
@@ -262,7 +264,7 @@ class NpzReader {
   NamedArrays read() {
     NamedArrays arrays;
     for (const Entry& entry : central_directory()) {
-      const std::string source = "'" + path_ + "' member '" + entry.printable_name + "'";
+      const std::string source = "'" + path_ + "' " + member_text(entry);
       if (entry.name.size() <= 4 || entry.name.compare(entry.name.size() - 4, 4, ".npy") != 0) {
         throw FileError(source + " is not a .npy array (an .npz file holds only <name>.npy members)");
       }
@@ -357,7 +359,6 @@ class NpzReader {
       const size_t record_length = kCentralHeaderSize + name_length + extra_length + comment_length;
       if (central_end - at < record_length) corrupt("bad central directory entry " + std::to_string(i));
       entry.name = std::string(bytes_.substr(at + kCentralHeaderSize, name_length));
-      entry.printable_name = printable_excerpt(entry.name, 100);
       apply_zip64_extra(entry, bytes_.substr(at + kCentralHeaderSize + name_length, extra_length));
       result.push_back(std::move(entry));
       at += record_length;
@@ -388,7 +389,7 @@ class NpzReader {
       at += 4 + length;
     }
     if (entry.size == kMax32 || entry.compressed_size == kMax32 || entry.local_offset == kMax32) {
-      corrupt("member '" + entry.printable_name + "' lacks its ZIP64 sizes");
+      corrupt(member_text(entry) + " lacks its ZIP64 sizes");
     }
   }
 
@@ -403,13 +404,13 @@ class NpzReader {
     // The local header's own sizes may be zero (data descriptor, flag bit 3) or ZIP64
     // markers, and its extra field may differ from the central one: only its name and
     // extra lengths are used, to find the data.
-    if (!fits(entry.local_offset, kLocalHeaderSize)) truncated("member '" + entry.printable_name + "' lies past the end");
+    if (!fits(entry.local_offset, kLocalHeaderSize)) truncated(member_text(entry) + " lies past the end");
     if (get32(bytes_, entry.local_offset) != kLocalHeaderSig) {
-      corrupt("member '" + entry.printable_name + "' has no local header where the central directory says");
+      corrupt(member_text(entry) + " has no local header where the central directory says");
     }
     const uint64_t data_offset = entry.local_offset + kLocalHeaderSize + get16(bytes_, entry.local_offset + 26) +
                                  get16(bytes_, entry.local_offset + 28);
-    if (!fits(data_offset, entry.compressed_size)) truncated("member '" + entry.printable_name + "' runs past the end");
+    if (!fits(data_offset, entry.compressed_size)) truncated(member_text(entry) + " runs past the end");
     const std::string_view data = bytes_.substr(data_offset, entry.compressed_size);
     if (entry.method == kMethodStored) {
       if (entry.compressed_size != entry.size) {
