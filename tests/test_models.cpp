@@ -482,6 +482,19 @@ TEST(Configs, JsonRoundTripsAndRejectsUnknownOrMistypedFields) {
         json{{"model_channels", "32"}}.get<UNetConfig>();
       },
       {"\"model_channels\"", "integer"});
+  // An integer past int64_t's range (nlohmann would wrap 2^64 - 1 to -1), an integer list
+  // holding one, and a long value quoted as one short line.
+  expect_error<InputError>([] { json{{"model_channels", 18446744073709551615ull}}.get<UNetConfig>(); },
+                           {"\"model_channels\"", "integer", "18446744073709551615"});
+  expect_error<InputError>([] { json{{"attention_resolutions", {7, 18446744073709551615ull}}}.get<UNetConfig>(); },
+                           {"\"attention_resolutions\"", "integers"});
+  try {
+    json{{"model_channels", std::string(1000, 'x') + "\n"}}.get<UNetConfig>();
+    ADD_FAILURE() << "a string accepted as model_channels";
+  } catch (const InputError& error) {
+    EXPECT_LT(std::string(error.what()).size(), 200u) << error.what();
+    EXPECT_EQ(std::string(error.what()).find('\n'), std::string::npos) << error.what();
+  }
   // Fractional multipliers are fine when they give whole channel counts (guided-diffusion's
   // 512x512 models start at 0.5); 2.01 x 64 channels is not whole.
   const json fractional = {{"channel_mult", {0.5, 2.5}}};

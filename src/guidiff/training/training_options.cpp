@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/json_integer.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/training/trainer.hpp"
 
@@ -108,14 +109,7 @@ TrainingOptions TrainingOptions::from_json(const nlohmann::json& object) {
     };
     using Value = std::decay_t<decltype(value)>;
     if constexpr (std::is_integral_v<Value> && !std::is_same_v<Value, bool>) {
-      // nlohmann converts a float such as 4e36 to an integer with a cast whose result is
-      // undefined (UBSan, fuzzing): integers only, and within the field's range.
-      const bool fits = field.is_number_unsigned()
-                            ? field.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<Value>::max())
-                            : field.is_number_integer() &&
-                                  field.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<Value>::min()) &&
-                                  field.get<int64_t>() <= static_cast<int64_t>(std::numeric_limits<Value>::max());
-      if (!fits) throw wrong_type();
+      if (!json_integer_fits<Value>(field)) throw wrong_type();
     }
     try {
       field.get_to(value);
