@@ -8,9 +8,11 @@
 # fuzz/corpus/<target> and the past findings fuzz/regressions/<target>; new findings land in
 # fuzz/findings/<target>/ (fix the reader, then move the file to fuzz/regressions/<target>/).
 # The summary (executions, time, findings per target) is printed and written to
-# build-san/fuzz-summary.tsv (or build/fuzz-summary.tsv). Runs at nice 10.
+# build-san/fuzz-summary.tsv (or build/fuzz-summary.tsv; GUIDIFF_FUZZ_SUMMARY=FILE elsewhere, so
+# that two runs over different targets can share the machine's cores). Runs at nice 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh --with-clang || echo "fuzz.sh: clang could not be installed; the seed-mutation fuzzer runs instead" >&2
 SECONDS_PER_TARGET="${1:-600}"
 shift || true
 MAX_RUNS="${GUIDIFF_FUZZ_RUNS:-1000000}"
@@ -51,7 +53,7 @@ source scripts/sanitizers/options.sh
 declare -A DICT=([npy]=npy [npz]=npz [safetensors]=safetensors [resume]=safetensors [image_folder]=png
                  [model_config]=json [training_options]=json [mixture_config]=json)
 
-SUMMARY="$BUILD/fuzz-summary.tsv"
+SUMMARY="${GUIDIFF_FUZZ_SUMMARY:-$BUILD/fuzz-summary.tsv}"
 printf 'target\tmode\texecutions\tseconds\texec_per_s\tnew_findings\n' >"$SUMMARY"
 status=0
 for target in "${TARGETS[@]}"; do

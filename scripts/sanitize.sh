@@ -7,6 +7,7 @@
 # options that follow from that, each explained there and in docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh --with-clang || echo "sanitize.sh: clang could not be installed; building with gcc's sanitizers" >&2
 BUILD=build-san
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   if command -v clang++ >/dev/null 2>&1; then

@@ -4,6 +4,8 @@
 # Run as root (or with sudo available).
 #   --with-python   also install python3-torch and python3-torchvision (regenerating test fixtures,
 #                   the Python benchmarks; torchvision for the Inception-v3 fixture and benchmark)
+#   --with-clang    also install clang and its runtime libraries (libFuzzer, the sanitizers'
+#                   runtimes): scripts/sanitize.sh and scripts/fuzz.sh ask for them
 set -euo pipefail
 
 # libgloo-dev: Gloo's headers, which c10d's ProcessGroupGloo.hpp includes (data-parallel
@@ -18,7 +20,8 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --with-python) packages+=(python3-torch python3-torchvision) ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --with-clang) packages+=(clang libclang-rt-14-dev) ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done

@@ -14,15 +14,6 @@
 #include <string>
 #include <vector>
 
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_STATIC
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#include <stb/stb_image_write.h>
-#pragma GCC diagnostic pop
-
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/batch_loader.hpp"
 #include "guidiff/data/cifar.hpp"
@@ -32,11 +23,14 @@
 #include "guidiff/data/random_order.hpp"
 #include "guidiff/data/transforms.hpp"
 #include "guidiff/io/atomic_file.hpp"
+#include "support/image_writers.hpp"
 #include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace guidiff;
 using guidiff::testing::expect_error;
+using guidiff::testing::write_jpeg_with_stb;
+using guidiff::testing::write_png_with_stb;
 
 namespace {
 
@@ -82,9 +76,7 @@ class DataTest : public guidiff::testing::TempDirTest {
   void write_png(const std::string& name, int width, int height, int channels,
                  const Bytes& pixels) const {
     fs::create_directories(fs::path(path(name)).parent_path());
-    ASSERT_NE(stbi_write_png(path(name).c_str(), width, height, channels, pixels.data(),
-                             width * channels),
-              0);
+    ASSERT_TRUE(write_png_with_stb(path(name), width, height, channels, pixels));
   }
 };
 
@@ -329,7 +321,7 @@ TEST_F(DataTest, ImageFolderRgbAndGreyConversion) {
   // its DC term, and the integer IDCT and YCbCr round trip cost a level or two: 2.5 levels.
   fs::create_directories(path("jpeg/one"));
   const Bytes flat(8 * 8 * 3, 90);
-  ASSERT_NE(stbi_write_jpg(path("jpeg/one/a.jpg").c_str(), 8, 8, 3, flat.data(), 95), 0);
+  ASSERT_TRUE(write_jpeg_with_stb(path("jpeg/one/a.jpg"), 8, 8, 3, flat, 95));
   const Dataset jpeg = load_image_folder(path("jpeg"));
   EXPECT_EQ(jpeg.images.sizes(), (torch::IntArrayRef{1, 3, 8, 8}));
   EXPECT_LT((jpeg.images - (90 / 127.5 - 1)).abs().max().item<float>(), 2.5 / 127.5);
