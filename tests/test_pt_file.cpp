@@ -85,7 +85,7 @@ TEST(PtFile, BadFilesGiveOneLineErrorsNamingTheProblem) {
   bad("missing.pt", {"cannot open"});
   bad("bad_not_zip.pt", {"not a torch.save zip archive"});
   bad("bad_legacy.pt", {"legacy format"});
-  bad("bad_truncated.pt", {"not a readable torch.save archive"});
+  bad("bad_truncated.pt", {"is truncated", "no end-of-central-directory record"});
   bad("bad_list.pt", {"data.pkl byte", "opcode"});
   bad("bad_tensor.pt", {"a tensor, not a dict of tensors"});
   bad("bad_int_value.pt", {"key 'step'", "not a tensor"});
@@ -96,6 +96,25 @@ TEST(PtFile, BadFilesGiveOneLineErrorsNamingTheProblem) {
   bad("bad_missing_record.pt", {"data/0 is missing"});
   bad("bad_record_size.pt", {"has 16 bytes but the pickle says 24"});
   bad("bad_location.pt", {"location 'xla:1'"});
+}
+
+class PtFileTemp : public guidiff::testing::TempDirTest {};
+
+// A fuzz finding: libtorch's archive reader allocates a record's declared size before reading
+// it, so 528 bytes could ask for 4 GiB. small.pt with its data.pkl's central-directory sizes
+// raised past the file's is refused, naming the record, before libtorch sees it.
+TEST_F(PtFileTemp, ARecordDeclaringMoreThanTheFileHoldsIsRefusedBeforeLibtorchReadsIt) {
+  std::string bytes = read_file_bytes(pt_path("small.pt"));
+  const size_t name_at = bytes.rfind("/data.pkl");  // the central directory comes after the data
+  ASSERT_NE(name_at, std::string::npos);
+  const size_t entry = bytes.rfind("PK\x01\x02", name_at);
+  ASSERT_NE(entry, std::string::npos);
+  for (const size_t field : {entry + 20, entry + 24}) {  // compressed and uncompressed sizes
+    for (int i = 0; i < 4; ++i) bytes[field + i] = static_cast<char>(0xEF);  // 0xEFEFEFEF, about 4 GB
+  }
+  write_raw("huge_record.pt", bytes);
+  expect_error<FileError>([&] { load_pt_state_dict(path("huge_record.pt")); },
+                          {"huge_record.pt", "not a valid torch.save archive", "data.pkl'", "declares 4025479151 bytes"});
 }
 
 TEST(PtFile, NormalisedPickleKeepsPlainBytesAndRewritesOrderedDicts) {

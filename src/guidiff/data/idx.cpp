@@ -13,6 +13,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/transforms.hpp"
+#include "guidiff/io/deflate_limit.hpp"
 
 namespace guidiff {
 namespace {
@@ -20,9 +21,6 @@ namespace {
 constexpr int kUnsignedByteType = 0x08;
 // A sanity bound on one file's payload (16 GiB): a corrupt header cannot make us allocate more.
 constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 34;
-// Deflate expands at most about 1032:1 (a 258-byte match per 2 bits), so a gzip file of n bytes
-// holds at most n * 1032 bytes of data; a header that declares more is lying.
-constexpr uint64_t kMaxDeflateRatio = 1032;
 
 struct GzCloser {
   void operator()(gzFile_s* file) const { gzclose(file); }

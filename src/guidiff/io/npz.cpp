@@ -16,33 +16,14 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/deflate_limit.hpp"
 #include "guidiff/io/npy.hpp"
+#include "guidiff/io/zip_directory.hpp"
 
 namespace guidiff {
 namespace {
 
-// ZIP record signatures (APPNOTE 4.3).
-constexpr uint32_t kLocalHeaderSig = 0x04034b50;
-constexpr uint32_t kCentralHeaderSig = 0x02014b50;
-constexpr uint32_t kEndSig = 0x06054b50;
-constexpr uint32_t kZip64EndSig = 0x06064b50;
-constexpr uint32_t kZip64LocatorSig = 0x07064b50;
-constexpr uint16_t kZip64ExtraId = 0x0001;
-
-constexpr size_t kLocalHeaderSize = 30;
-constexpr size_t kCentralHeaderSize = 46;
-constexpr size_t kEndSize = 22;
-constexpr size_t kZip64EndSize = 56;
-constexpr size_t kZip64LocatorSize = 20;
-
-constexpr uint16_t kMethodStored = 0;
-constexpr uint16_t kMethodDeflate = 8;
-constexpr uint16_t kFlagEncrypted = 1 << 0;
-constexpr uint16_t kFlagUtf8Name = 1 << 11;
-
-// 0xFFFFFFFF in a 32-bit field means "see the ZIP64 extra field", so a non-ZIP64 archive
-// keeps every size and offset below it.
-constexpr uint64_t kMax32 = 0xFFFFFFFFu;
+using namespace zip_format;
 
 // What we write. Version 2.0 is what Python's zipfile (and so numpy.savez) writes for
 // non-ZIP64 members; "made by" Unix so unzip honours the rw-r--r-- mode in the external
@@ -64,16 +45,6 @@ void put32(std::string& out, uint32_t value) {
   put16(out, value >> 16);
 }
 
-uint64_t get_le(std::string_view bytes, size_t at, int count) {
-  uint64_t value = 0;
-  for (int i = count - 1; i >= 0; --i) value = (value << 8) | static_cast<unsigned char>(bytes[at + i]);
-  return value;
-}
-uint32_t get16(std::string_view bytes, size_t at) { return static_cast<uint32_t>(get_le(bytes, at, 2)); }
-uint32_t get32(std::string_view bytes, size_t at) { return static_cast<uint32_t>(get_le(bytes, at, 4)); }
-uint64_t get64(std::string_view bytes, size_t at) { return get_le(bytes, at, 8); }
-
-// zlib's crc32 takes a 32-bit length; feed larger buffers in pieces.
 uint32_t crc32_of(std::string_view bytes) {
   uLong crc = crc32(0L, Z_NULL, 0);
   size_t done = 0;
@@ -243,28 +214,15 @@ namespace {
 
 // ---- reading ----------------------------------------------------------------------------
 
-// One central-directory entry, with ZIP64 values already substituted.
-struct Entry {
-  std::string name;
-  uint16_t flags = 0;
-  uint16_t method = 0;
-  uint32_t crc = 0;
-  uint64_t compressed_size = 0;
-  uint64_t size = 0;
-  uint64_t local_offset = 0;
-};
-
-// "member 'NAME'" as error messages quote it: the name comes from the file.
-std::string member_text(const Entry& entry) { return "member '" + printable_excerpt(entry.name, 100) + "'"; }
-
 class NpzReader {
  public:
-  NpzReader(const std::string& path, std::string_view bytes) : path_(path), bytes_(bytes) {}
+  NpzReader(const std::string& path, std::string_view bytes)
+      : path_(path), bytes_(bytes), errors_{path, ".npz file", "an .npz file"} {}
 
   NamedArrays read() {
     NamedArrays arrays;
-    for (const Entry& entry : central_directory()) {
-      const std::string source = "'" + path_ + "' " + member_text(entry);
+    for (const ZipEntry& entry : read_zip_directory(bytes_, 0, errors_)) {
+      const std::string source = "'" + path_ + "' " + zip_member_text(entry);
       if (entry.name.size() <= 4 || entry.name.compare(entry.name.size() - 4, 4, ".npy") != 0) {
         throw FileError(source + " is not a .npy array (an .npz file holds only <name>.npy members)");
       }
@@ -281,121 +239,11 @@ class NpzReader {
   }
 
  private:
-  [[noreturn]] void corrupt(const std::string& why) const {
-    throw FileError("'" + path_ + "' is not a valid .npz file: " + why);
-  }
-  [[noreturn]] void truncated(const std::string& where) const {
-    throw FileError("'" + path_ + "' is truncated (" + where + ")");
-  }
   bool fits(uint64_t at, uint64_t count) const { return at <= bytes_.size() && count <= bytes_.size() - at; }
-
-  // The end-of-central-directory record: the last one within the 64 KiB comment window.
-  size_t find_end_record() const {
-    if (bytes_.size() >= kEndSize) {
-      const size_t lowest = bytes_.size() - kEndSize > 0xFFFF ? bytes_.size() - kEndSize - 0xFFFF : 0;
-      for (size_t at = bytes_.size() - kEndSize;; --at) {
-        if (get32(bytes_, at) == kEndSig && fits(at + kEndSize, get16(bytes_, at + 20))) return at;
-        if (at == lowest) break;
-      }
-    }
-    // Without it, a file that starts like a zip archive has lost its end.
-    if (bytes_.size() >= 4 && get32(bytes_, 0) == kLocalHeaderSig) truncated("no end-of-central-directory record");
-    throw FileError("'" + path_ + "' is not an .npz file (not a zip archive)");
-  }
-
-  std::vector<Entry> central_directory() const {
-    const size_t end = find_end_record();
-    uint64_t disk = get16(bytes_, end + 4);
-    uint64_t central_disk = get16(bytes_, end + 6);
-    uint64_t entries_here = get16(bytes_, end + 8);
-    uint64_t entries = get16(bytes_, end + 10);
-    uint64_t central_size = get32(bytes_, end + 12);
-    uint64_t central_offset = get32(bytes_, end + 16);
-    size_t directory_end = end;  // the central directory lies before the end records
-
-    // A ZIP64 locator right before the record points at the ZIP64 end record, whose
-    // 64-bit values take precedence (Python's zipfile, and so numpy.savez for batches over
-    // 4 GiB, writes one; it may leave the 32-bit fields below their 0xFFFF... markers).
-    if (end >= kZip64LocatorSize && get32(bytes_, end - kZip64LocatorSize) == kZip64LocatorSig) {
-      const size_t locator = end - kZip64LocatorSize;
-      const uint64_t record = get64(bytes_, locator + 8);
-      if (record > locator || locator - record < kZip64EndSize || get32(bytes_, record) != kZip64EndSig) {
-        corrupt("bad ZIP64 end-of-central-directory record");
-      }
-      disk = get32(bytes_, record + 16);
-      central_disk = get32(bytes_, record + 20);
-      entries_here = get64(bytes_, record + 24);
-      entries = get64(bytes_, record + 32);
-      central_size = get64(bytes_, record + 40);
-      central_offset = get64(bytes_, record + 48);
-      directory_end = record;
-    }
-    if (disk != 0 || central_disk != 0 || entries_here != entries) {
-      corrupt("archives split over several disks are not supported");
-    }
-    if (central_offset > directory_end || central_size > directory_end - central_offset) {
-      corrupt("the central directory lies outside the file");
-    }
-    if (entries > central_size / kCentralHeaderSize) corrupt("the central directory is too short for its entries");
-
-    std::vector<Entry> result;
-    result.reserve(entries);
-    size_t at = central_offset;
-    const size_t central_end = central_offset + central_size;
-    for (uint64_t i = 0; i < entries; ++i) {
-      if (central_end - at < kCentralHeaderSize || get32(bytes_, at) != kCentralHeaderSig) {
-        corrupt("bad central directory entry " + std::to_string(i));
-      }
-      Entry entry;
-      entry.flags = static_cast<uint16_t>(get16(bytes_, at + 8));
-      entry.method = static_cast<uint16_t>(get16(bytes_, at + 10));
-      entry.crc = get32(bytes_, at + 16);
-      entry.compressed_size = get32(bytes_, at + 20);
-      entry.size = get32(bytes_, at + 24);
-      const size_t name_length = get16(bytes_, at + 28);
-      const size_t extra_length = get16(bytes_, at + 30);
-      const size_t comment_length = get16(bytes_, at + 32);
-      entry.local_offset = get32(bytes_, at + 42);
-      const size_t record_length = kCentralHeaderSize + name_length + extra_length + comment_length;
-      if (central_end - at < record_length) corrupt("bad central directory entry " + std::to_string(i));
-      entry.name = std::string(bytes_.substr(at + kCentralHeaderSize, name_length));
-      apply_zip64_extra(entry, bytes_.substr(at + kCentralHeaderSize + name_length, extra_length));
-      result.push_back(std::move(entry));
-      at += record_length;
-    }
-    return result;
-  }
-
-  // Fields stored as 0xFFFFFFFF take their 64-bit values, in APPNOTE order, from the ZIP64
-  // extra block (id 1).
-  void apply_zip64_extra(Entry& entry, std::string_view extra) const {
-    const bool needs = entry.size == kMax32 || entry.compressed_size == kMax32 || entry.local_offset == kMax32;
-    size_t at = 0;
-    while (needs && extra.size() - at >= 4) {
-      const uint32_t id = get16(extra, at);
-      const size_t length = get16(extra, at + 2);
-      if (extra.size() - at - 4 < length) break;
-      if (id == kZip64ExtraId) {
-        std::string_view block = extra.substr(at + 4, length);
-        size_t next = 0;
-        for (uint64_t* field : {&entry.size, &entry.compressed_size, &entry.local_offset}) {
-          if (*field != kMax32) continue;
-          if (block.size() - next < 8) break;
-          *field = get64(block, next);
-          next += 8;
-        }
-        break;
-      }
-      at += 4 + length;
-    }
-    if (entry.size == kMax32 || entry.compressed_size == kMax32 || entry.local_offset == kMax32) {
-      corrupt(member_text(entry) + " lacks its ZIP64 sizes");
-    }
-  }
 
   // The member's uncompressed bytes: a view into the file for stored members, or
   // `inflated` (filled here) for deflated ones.
-  std::string_view member_data(const Entry& entry, const std::string& source, std::string& inflated) const {
+  std::string_view member_data(const ZipEntry& entry, const std::string& source, std::string& inflated) const {
     if (entry.flags & kFlagEncrypted) throw FileError(source + " is encrypted, which is not supported");
     if (entry.method != kMethodStored && entry.method != kMethodDeflate) {
       throw FileError(source + " uses unsupported compression method " + std::to_string(entry.method) +
@@ -404,13 +252,13 @@ class NpzReader {
     // The local header's own sizes may be zero (data descriptor, flag bit 3) or ZIP64
     // markers, and its extra field may differ from the central one: only its name and
     // extra lengths are used, to find the data.
-    if (!fits(entry.local_offset, kLocalHeaderSize)) truncated(member_text(entry) + " lies past the end");
+    if (!fits(entry.local_offset, kLocalHeaderSize)) errors_.truncated(zip_member_text(entry) + " lies past the end");
     if (get32(bytes_, entry.local_offset) != kLocalHeaderSig) {
-      corrupt(member_text(entry) + " has no local header where the central directory says");
+      errors_.corrupt(zip_member_text(entry) + " has no local header where the central directory says");
     }
     const uint64_t data_offset = entry.local_offset + kLocalHeaderSize + get16(bytes_, entry.local_offset + 26) +
                                  get16(bytes_, entry.local_offset + 28);
-    if (!fits(data_offset, entry.compressed_size)) truncated(member_text(entry) + " runs past the end");
+    if (!fits(data_offset, entry.compressed_size)) errors_.truncated(zip_member_text(entry) + " runs past the end");
     const std::string_view data = bytes_.substr(data_offset, entry.compressed_size);
     if (entry.method == kMethodStored) {
       if (entry.compressed_size != entry.size) {
@@ -424,9 +272,8 @@ class NpzReader {
 
   // Raw deflate (no zlib header: window bits negative), into exactly `size` bytes.
   static void inflate_into(std::string_view data, uint64_t size, const std::string& source, std::string& out) {
-    // Deflate cannot expand more than about 1032:1; a larger claim is corruption, and
-    // refusing it avoids a huge allocation.
-    if (size / 1032 > data.size() + 1) throw FileError(source + " declares an impossible size: the file is corrupt");
+    // A larger claim than deflate can expand to is corruption; refusing it avoids a huge allocation.
+    if (size / kMaxDeflateRatio > data.size() + 1) throw FileError(source + " declares an impossible size: the file is corrupt");
     const auto fail = [&](const std::string& why) {
       throw FileError(source + " has bad deflate data (" + why + "): the file is corrupt");
     };
@@ -476,6 +323,7 @@ class NpzReader {
 
   const std::string& path_;
   std::string_view bytes_;
+  ZipArchiveErrors errors_;
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/state_dict_pickle.hpp"
+#include "guidiff/io/zip_directory.hpp"
 
 namespace guidiff {
 namespace {
@@ -69,6 +70,7 @@ PtStateDict::~PtStateDict() = default;
 
 PtStateDict::PtStateDict(const std::string& path) : path_(path) {
   check_zip_magic(path);
+  check_zip_members_fit({path, "torch.save archive", "a torch.save archive"});
   std::string pickle;
   try {
     reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);

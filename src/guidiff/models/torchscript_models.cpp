@@ -6,6 +6,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
+#include "guidiff/io/zip_directory.hpp"
 
 namespace guidiff {
 namespace {
@@ -33,6 +34,7 @@ torch::jit::script::Module load_torchscript_module(const std::string& path, cons
   std::error_code ignored;
   if (!std::filesystem::exists(path, ignored)) throw FileError("model file '" + path + "' does not exist");
   if (std::filesystem::is_directory(path, ignored)) throw FileError("model file '" + path + "' is a directory");
+  check_zip_members_fit({path, "TorchScript archive", "a TorchScript archive"});
   torch::jit::script::Module module;
   try {
     module = torch::jit::load(path, device);
