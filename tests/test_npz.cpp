@@ -19,6 +19,7 @@
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/npz.hpp"
+#include "guidiff/io/zip_directory.hpp"
 #include "support/test_files.hpp"
 
 namespace fs = std::filesystem;
@@ -167,6 +168,38 @@ TEST_F(NpzTest, ReadsNumpyZip64Archive) {
   ASSERT_EQ(names_of(arrays), (std::vector<std::string>{"arr_0", "arr_1"}));
   EXPECT_TRUE(same_bytes(arrays[0].second, torch::tensor({0, 255, 128, 1}, torch::kUInt8).reshape({1, 2, 2, 1})));
   EXPECT_TRUE(same_bytes(arrays[1].second, torch::tensor({999}, torch::kInt64)));
+}
+
+// zip_directory_of_file reads a file's tail: the end records, then, when the central directory
+// starts before that 64 KiB window (here 1500 members with long names, about 130 KB of
+// directory), from its start. Both give what reading the whole file gives, ZIP64 included.
+TEST_F(NpzTest, TheDirectoryReadFromAFilesTailIsTheWholeFilesDirectory) {
+  NamedArrays many;
+  for (int i = 0; i < 1500; ++i) {
+    many.emplace_back("an_array_with_a_rather_long_name_to_fill_the_directory_" + std::to_string(i),
+                      torch::full({20}, static_cast<float>(i)));
+  }
+  write_npz(path("many.npz"), many);
+  const std::string zip64 = kData + "/npz_zip64.npz";
+  for (const std::string& file : {path("many.npz"), zip64}) {
+    SCOPED_TRACE(file);
+    const ZipArchiveErrors errors{file, ".npz file", "an .npz file"};
+    const std::vector<ZipEntry> tail = zip_directory_of_file(errors);
+    const std::vector<ZipEntry> whole = read_zip_directory(read_file_bytes(file), 0, errors);
+    ASSERT_EQ(tail.size(), whole.size());
+    ASSERT_FALSE(whole.empty());
+    for (size_t i = 0; i < whole.size(); ++i) {
+      EXPECT_EQ(tail[i].name, whole[i].name);
+      EXPECT_EQ(tail[i].size, whole[i].size);
+      EXPECT_EQ(tail[i].local_offset, whole[i].local_offset);
+      EXPECT_EQ(tail[i].crc, whole[i].crc);
+    }
+  }
+  EXPECT_EQ(zip_directory_of_file({path("many.npz"), ".npz file", "an .npz file"}).size(), 1500u);
+  check_zip_members_fit({path("many.npz"), ".npz file", "an .npz file"});  // a good archive passes
+  write_raw("not_zip.npz", std::string(100000, 'x'));
+  expect_error<FileError>([&] { zip_directory_of_file({path("not_zip.npz"), ".npz file", "an .npz file"}); },
+                          {"not_zip.npz", "is not an .npz file (not a zip archive)"});
 }
 
 TEST_F(NpzTest, ReadsNumpyArchiveWithDataDescriptors) {
