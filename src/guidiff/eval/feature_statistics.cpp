@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/json_integer.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/safetensors.hpp"
 
@@ -266,7 +267,7 @@ FeatureStatistics load_feature_statistics(const std::string& path, nlohmann::jso
                                           "; this guidiff reads format " + std::to_string(kFormat));
   }
   const auto& count = metadata.at("count");
-  if (!count.is_number_integer() || count.get<int64_t>() < 2) {
+  if (!json_integer_fits<int64_t>(count) || count.get<int64_t>() < 2) {
     throw statistics_file_error(path, "metadata count must be an integer >= 2, got " + count.dump());
   }
 

@@ -45,6 +45,7 @@ void put32(std::string& out, uint32_t value) {
   put16(out, value >> 16);
 }
 
+// zlib's crc32 takes a 32-bit length; feed larger buffers in pieces.
 uint32_t crc32_of(std::string_view bytes) {
   uLong crc = crc32(0L, Z_NULL, 0);
   size_t done = 0;

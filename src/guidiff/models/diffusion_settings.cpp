@@ -2,6 +2,7 @@
 #include "guidiff/models/diffusion_settings.hpp"
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/json_integer.hpp"
 
 namespace guidiff {
 namespace {
@@ -40,7 +41,7 @@ DiffusionSettings DiffusionSettings::from_json(const nlohmann::json& object, con
         throw field_error("noise_schedule", error.what());
       }
     } else if (key == "diffusion_steps") {
-      if (!value.is_number_integer() || value.get<int64_t>() < 1) throw field_error("diffusion_steps", "must be an integer >= 1");
+      if (!json_integer_fits<int64_t>(value) || value.get<int64_t>() < 1) throw field_error("diffusion_steps", "must be an integer >= 1");
       settings.timesteps = value.get<int64_t>();
     } else if (key == "fixed_variance") {
       if (!value.is_string()) throw field_error("fixed_variance", "must be a string");

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/json_integer.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
@@ -90,7 +91,7 @@ ResumeState parse_metadata(const SafetensorsContents& contents, const std::strin
     return meta.at(key);
   };
   const auto integer = [&](const nlohmann::json& value, const std::string& key) {
-    if (!value.is_number_integer() || value.get<int64_t>() < 0) {
+    if (!json_integer_fits<int64_t>(value) || value.get<int64_t>() < 0) {
       throw resume_error(file, "metadata key '" + key + "' must be a non-negative integer, got " + value.dump());
     }
     return value.get<int64_t>();

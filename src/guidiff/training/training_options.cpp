@@ -1,6 +1,5 @@
 // TrainingOptions: validation, the warm-up schedule and JSON (see trainer.hpp).
 #include <cmath>
-#include <limits>
 #include <type_traits>
 
 #include "guidiff/core/errors.hpp"
