@@ -272,6 +272,18 @@ TEST_F(CliTest, TorchScriptConditionalModelWithCfgMatchesTheClosedForm) {
   EXPECT_EQ(png_size(path("grid.png")), std::make_pair(20, 14));
 }
 
+TEST_F(CliTest, GridScaleEnlargesEachSampleAndIsChecked) {
+  const std::string command = "sample --model " + fixture_path("linear_conditional.pt") +
+                              " --num-classes 3 --shape 1,4,4 --steps 2 --num-samples 6 --class 0,1,2 --grid " +
+                              path("grid.png");
+  const CliResult result = run(command + " --grid-scale 3");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  // Rows of 3 images of 12x12 (4x4 at 3x) with 2 px padding: 3 (12 + 2) + 2 = 44 by 2 (12 + 2) + 2 = 30.
+  EXPECT_EQ(png_size(path("grid.png")), std::make_pair(44, 30));
+  expect_one_line_error(command + " --grid-scale 0", "--grid-scale must be 1 to 16, got 0");
+  expect_one_line_error(command + " --grid-scale 17", "--grid-scale must be 1 to 16, got 17");
+}
+
 TEST_F(CliTest, TorchScriptClassifierGuidesTheUnconditionalModel) {
   const CliResult result = run("sample --model " + fixture_path("linear_unconditional.pt") + " --classifier " +
                                fixture_path("linear_classifier.pt") +

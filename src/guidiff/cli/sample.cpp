@@ -31,6 +31,7 @@ struct SampleFlags {
   SamplingFlags sampling;
   // Outputs.
   std::string out, labels_out, plot, grid, trajectory, npz, manifest, image_dir;
+  int64_t grid_scale = 1;
 };
 
 // The model card goes beside every sample output: x.npz -> x.model_card.json, and
@@ -64,6 +65,9 @@ void check_outputs(const SampleFlags& flags, const std::vector<int64_t>& shape, 
   }
   const bool images = shape.size() == 3 && (shape[0] == 1 || shape[0] == 3);
   if (!flags.grid.empty() && !images) throw InputError("--grid needs image samples of shape 1,H,W or 3,H,W");
+  if (flags.grid_scale < 1 || flags.grid_scale > 16) {
+    throw InputError("--grid-scale must be 1 to 16, got " + std::to_string(flags.grid_scale));
+  }
   if (!flags.npz.empty() && !images) throw InputError("--npz needs image samples of shape 1,H,W or 3,H,W");
   if (!flags.image_dir.empty() && !images) throw InputError("--image-dir needs image samples of shape 1,H,W or 3,H,W");
   if (!flags.image_dir.empty()) {
@@ -97,6 +101,7 @@ void write_outputs(const SampleFlags& flags, const GenerationConfig& config, con
   if (!flags.grid.empty()) {
     ImageGridOptions grid;
     grid.nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(config.num_samples))));
+    grid.scale = flags.grid_scale;
     write_png_grid(flags.grid, result.samples, grid);
   }
   if (!flags.image_dir.empty()) write_png_images(flags.image_dir, result.samples);
@@ -175,6 +180,8 @@ Command add_sampling_command(CLI::App& app, const GlobalOptions& global, bool up
   command->add_option("--manifest", f.manifest, "JSON manifest of the run (default with --npz: beside it, .json)");
   command->add_option("--plot", f.plot, "scatter plot PNG of 2-D samples coloured by class");
   command->add_option("--grid", f.grid, "PNG grid of image samples");
+  command->add_option("--grid-scale", f.grid_scale, "each pixel of --grid becomes an N x N block (nearest neighbour), 1 to 16")
+      ->capture_default_str();
   command->add_option("--image-dir", f.image_dir, "one PNG per sample: DIR/000000.png, ... (created if missing)");
   command->add_option("--trajectory", f.trajectory, "every step's x as float32 .npy [steps + 1, num_samples, shape...]");
   return {command, [flags, &global] { run_sample(*flags, global); }};
