@@ -423,6 +423,30 @@ TEST_F(CliTest, UnavailableDeviceIsAOneLineError) {
 
 // ---- training and sampling the trained models -------------------------------------------
 
+// Ctrl-C saves a checkpoint and exits with 130, so a script that trains (the recipes) stops
+// instead of copying unfinished weights. SIGINT goes in once the first log line shows the
+// training loop running (the handler is installed before it).
+TEST_F(CliTest, CtrlCDuringTrainingSavesACheckpointAndExitsWith130) {
+  const std::string run_dir = path("run");
+  const std::string script =
+      "'" + std::string(GUIDIFF_CLI_PATH) + "' train diffusion --data mixture --mixture-size 500 --steps 10000000 "
+      "--batch-size 16 --timesteps 100 --log-every 1 --out-dir '" + run_dir + "' </dev/null 2>'" + path("err.txt") +
+      "' & pid=$!; tries=0; while [ ! -s '" + run_dir + "/log.jsonl' ] && [ $tries -lt 1200 ]; do sleep 0.1; "
+      "tries=$((tries + 1)); done; kill -INT $pid; wait $pid; echo $?";
+  FILE* pipe = ::popen(script.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string out;
+  char buffer[256];
+  size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  ::pclose(pipe);
+  const std::string err = read_file_bytes(path("err.txt"));
+  EXPECT_EQ(out, "130\n") << err;
+  EXPECT_NE(err.find("interrupted: checkpoint saved at step"), std::string::npos) << err;
+  EXPECT_EQ(err.find("guidiff: error"), std::string::npos) << err;
+  EXPECT_TRUE(fs::exists(run_dir + "/resume.safetensors"));
+}
+
 TEST_F(CliTest, TrainedCheckpointsSampleWithEveryGuidanceRule) {
   const std::string common = " --data mixture --mixture-size 2000 --steps 60 --batch-size 64 --timesteps 100 --lr 2e-3";
   const std::string mlp = R"({"kind": "mlp_denoiser", "hidden_channels": 32, "num_blocks": 1})";

@@ -29,6 +29,12 @@ struct GlobalOptions {
   void join_processes();
 };
 
+// Thrown by a subcommand that stops early without an error, having said why itself (Ctrl-C
+// during training): the process exits with `code` and prints nothing more.
+struct ExitStatus {
+  int code;
+};
+
 struct Command {
   CLI::App* app;             // the subcommand; run it when app->parsed()
   std::function<void()> run;

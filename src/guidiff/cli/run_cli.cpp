@@ -139,6 +139,8 @@ int run_cli(int argc, char** argv) {
     for (const guidiff::cli::Command& command : commands) {
       if (command.app->parsed()) command.run();
     }
+  } catch (const guidiff::cli::ExitStatus& status) {
+    return status.code;
   } catch (const guidiff::Error& error) {
     return report(error.what(), *global.communicator);
   } catch (const c10::Error& error) {

@@ -140,6 +140,10 @@ void run_train(TrainFlags flags, Communicator& communicator) {
                  static_cast<long long>(result.first_step), static_cast<long long>(result.last_step),
                  result.losses.back(), images_per_second, static_cast<double>(usage.ru_maxrss) / 1024.0);
   }
+  // 128 + SIGINT, the status a shell gives a command stopped by Ctrl-C: a script that runs
+  // `guidiff train` (the recipes) must stop here, not go on as if training had finished.
+  constexpr int kInterruptedExit = 130;
+  if (result.interrupted) throw ExitStatus{kInterruptedExit};
 }
 
 void add_training_flags(CLI::App& command, TrainFlags& flags) {
