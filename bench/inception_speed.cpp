@@ -11,46 +11,21 @@
 
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include "guidiff/core/autocast.hpp"
 #include "guidiff/core/threads.hpp"
 #include "guidiff/eval/fid_inception.hpp"
-
-namespace {
-
-int64_t flag_value(int argc, char** argv, const std::string& name, int64_t fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (name == argv[i]) return std::atoll(argv[i + 1]);
-  }
-  return fallback;
-}
-
-std::string flag_text(int argc, char** argv, const std::string& name) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (name == argv[i]) return argv[i + 1];
-  }
-  return "";
-}
-
-bool has_flag(int argc, char** argv, const std::string& name) {
-  for (int i = 1; i < argc; ++i) {
-    if (name == argv[i]) return true;
-  }
-  return false;
-}
-
-}  // namespace
+#include "bench_flags.hpp"
 
 int main(int argc, char** argv) {
-  const int64_t side = flag_value(argc, argv, "--side", 28);
-  const int64_t channels = flag_value(argc, argv, "--channels", 1);
-  const int64_t images = flag_value(argc, argv, "--images", 1000);
-  const int64_t batch = flag_value(argc, argv, "--batch", 100);
-  const int threads = guidiff::configure_threads(static_cast<int>(flag_value(argc, argv, "--threads", 0)));
-  const bool bf16 = has_flag(argc, argv, "--bf16");
-  const std::string weights = flag_text(argc, argv, "--weights");
+  const int64_t side = bench_flags::value(argc, argv, "--side", 28);
+  const int64_t channels = bench_flags::value(argc, argv, "--channels", 1);
+  const int64_t images = bench_flags::value(argc, argv, "--images", 1000);
+  const int64_t batch = bench_flags::value(argc, argv, "--batch", 100);
+  const int threads = guidiff::configure_threads(static_cast<int>(bench_flags::value(argc, argv, "--threads", 0)));
+  const bool bf16 = bench_flags::present(argc, argv, "--bf16");
+  const std::string weights = bench_flags::text(argc, argv, "--weights");
   try {
     guidiff::FidInception network = weights.empty() ? guidiff::FidInception() : guidiff::load_fid_inception(weights);
     network->eval();
