@@ -4,7 +4,7 @@
 # p_uncond = 0.1, so the one network is both eps(x, c) (classifier-free guidance) and, through
 # its null class, the unconditional eps(x) that classifier guidance steers.
 # 5400 steps of 64 (5.8 epochs), lr 1e-3 with 200 warm-up steps and a cosine decay, EMA 0.999:
-# about 35 minutes on 2 idle cores, an hour on one (docs/training.md). Writes the run to
+# an hour on one core, about 33 minutes on 2 idle cores by a probe's speed (docs/training.md). Writes the run to
 # out/recipes/cfg_unet/ and copies the EMA weights to models/fashion-mnist/cfg_unet.{safetensors,json}.
 # Extra arguments go to `guidiff train` (e.g. --resume after Ctrl-C). The earlier, 1.9-epoch
 # recipe is in git history (git log -- recipes/fashion_mnist_cfg_unet.sh).

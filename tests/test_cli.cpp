@@ -67,8 +67,15 @@ class CliTest : public ::testing::Test {
   // Runs `env guidiff args` through the shell; stderr goes to a file, stdin is empty.
   CliResult run(const std::string& args, const std::string& env = "") const {
     const std::string err_file = path("stderr.txt");
-    const std::string command = (env.empty() ? "" : "env " + env + " ") + "'" + GUIDIFF_CLI_PATH + "' " + args +
-                                " </dev/null 2>'" + err_file + "'";
+    CliResult result = run_shell((env.empty() ? "" : "env " + env + " ") + "'" + GUIDIFF_CLI_PATH + "' " + args +
+                                 " </dev/null 2>'" + err_file + "'");
+    result.err = read_file_bytes(err_file);
+    fs::remove(err_file);
+    return result;
+  }
+
+  // Runs a shell command line: its stdout and exit status (stderr is the command's business).
+  static CliResult run_shell(const std::string& command) {
     CliResult result;
     FILE* pipe = ::popen(command.c_str(), "r");
     if (pipe == nullptr) return result;
@@ -77,8 +84,6 @@ class CliTest : public ::testing::Test {
     while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) result.out.append(buffer, n);
     const int status = ::pclose(pipe);
     result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    result.err = read_file_bytes(err_file);
-    fs::remove(err_file);
     return result;
   }
 
@@ -433,15 +438,9 @@ TEST_F(CliTest, CtrlCDuringTrainingSavesACheckpointAndExitsWith130) {
       "--batch-size 16 --timesteps 100 --log-every 1 --out-dir '" + run_dir + "' </dev/null 2>'" + path("err.txt") +
       "' & pid=$!; tries=0; while [ ! -s '" + run_dir + "/log.jsonl' ] && [ $tries -lt 1200 ]; do sleep 0.1; "
       "tries=$((tries + 1)); done; kill -INT $pid; wait $pid; echo $?";
-  FILE* pipe = ::popen(script.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string out;
-  char buffer[256];
-  size_t n = 0;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-  ::pclose(pipe);
+  const CliResult shell = run_shell(script);
   const std::string err = read_file_bytes(path("err.txt"));
-  EXPECT_EQ(out, "130\n") << err;
+  EXPECT_EQ(shell.out, "130\n") << err;
   EXPECT_NE(err.find("interrupted: checkpoint saved at step"), std::string::npos) << err;
   EXPECT_EQ(err.find("guidiff: error"), std::string::npos) << err;
   EXPECT_TRUE(fs::exists(run_dir + "/resume.safetensors"));
