@@ -13,7 +13,9 @@ FID blocks), with the same preprocessing, under torch.no_grad, with the same thr
 two programs run one after the other, never together. Without --weights both networks keep
 their default initialisation (speed does not depend on the values; the pool3 checksums then
 differ). bf16 rows run guidiff under bf16 autocast (fast only on CPUs with avx512_bf16/AMX).
-Prints a table of images/s and the ratio guidiff / PyTorch.
+PyTorch runs twice in a child process: as a user runs it (glibc's default heap) and with the heap
+tuning guidiff applies at start-up (through GLIBC_TUNABLES), so the comparison is on equal terms.
+Prints a table of images/s and the ratio guidiff / PyTorch as a user runs it.
 """
 import argparse
 import json
@@ -23,6 +25,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# As in bench/side_by_side.py: glibc's defaults (how a PyTorch user runs) and the tuning guidiff
+# applies at start-up (src/guidiff/core/allocator.hpp), given to the reference by environment.
+GLIBC_DEFAULTS = {"GLIBC_TUNABLES": "glibc.malloc.check=0"}
+HEAP_TUNED = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}
 sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
 
 
@@ -63,7 +69,17 @@ def pytorch_images_per_second(side, channels, images, batch, threads, weights):
             checksum += float(features(count).double().sum())
             done += count
         seconds = time.perf_counter() - start
-    return {"images_per_second": images / seconds, "seconds": seconds, "pool3_sum": checksum}
+    import resource
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"images_per_second": images / seconds, "seconds": seconds, "pool3_sum": checksum, "peak_mib": peak_mib}
+
+
+def pytorch_in_child(side, channels, images, batch, threads, weights, heap):
+    """pytorch_images_per_second in a fresh interpreter whose glibc heap is set by `heap`."""
+    command = [sys.executable, os.path.abspath(__file__), "--pytorch-child", f"{side},{channels}", "--images",
+               str(images), "--batch", str(batch), "--threads", str(threads), "--weights", weights]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, **heap})
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def guidiff_images_per_second(binary, side, channels, images, batch, threads, weights, bf16):
@@ -87,7 +103,13 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "build", "bench", "inception_speed"))
     parser.add_argument("--no-bf16", action="store_true", help="skip guidiff's bf16 rows")
     parser.add_argument("--json", default="")
+    parser.add_argument("--pytorch-child", default="", help=argparse.SUPPRESS)  # "side,channels": one PyTorch row
     args = parser.parse_args()
+    if args.pytorch_child:
+        side, channels = (int(v) for v in args.pytorch_child.split(","))
+        print(json.dumps(pytorch_images_per_second(side, channels, args.images, args.batch, args.threads,
+                                                   args.weights)))
+        return
     if not os.path.exists(args.binary):
         sys.exit(f"inception_speed: {args.binary} is missing; build it with -DGUIDIFF_BUILD_BENCH=ON "
                  "(cmake --build build --target inception_speed)")
@@ -96,18 +118,25 @@ def main():
     rows = []
     for case in args.cases.split(","):
         side, channels = shapes[case]
-        reference = pytorch_images_per_second(side, channels, args.images, args.batch, args.threads, args.weights)
+        reference = pytorch_in_child(side, channels, args.images, args.batch, args.threads, args.weights,
+                                     GLIBC_DEFAULTS)
         rows.append({"case": f"{side}x{side}x{channels}", "program": "PyTorch fp32", **reference, "ratio": 1.0})
+        tuned = pytorch_in_child(side, channels, args.images, args.batch, args.threads, args.weights, HEAP_TUNED)
+        rows.append({"case": f"{side}x{side}x{channels}", "program": "PyTorch, heap", **tuned,
+                     "ratio": tuned["images_per_second"] / reference["images_per_second"]})
         for bf16 in ([False] if args.no_bf16 else [False, True]):
             ours = guidiff_images_per_second(args.binary, side, channels, args.images, args.batch, args.threads,
                                              args.weights, bf16)
             rows.append({"case": f"{side}x{side}x{channels}", "program": "guidiff " + ("bf16" if bf16 else "fp32"),
-                         **ours, "ratio": ours["images_per_second"] / reference["images_per_second"]})
+                         **ours, "ratio": ours["images_per_second"] / reference["images_per_second"],
+                         "ratio_heap_tuned": ours["images_per_second"] / tuned["images_per_second"]})
     print(f"{args.images} images, batch {args.batch}, {args.threads} threads, resized to 299x299")
-    print(f"{'case':<12} {'program':<14} {'images/s':>10} {'vs PyTorch':>11} {'pool3 sum':>14}")
+    print(f"{'case':<12} {'program':<14} {'images/s':>10} {'vs PyTorch':>11} {'vs PyTorch, heap':>17} "
+          f"{'peak MiB':>9} {'pool3 sum':>14}")
     for row in rows:
+        heap = f"{row['ratio_heap_tuned']:.2f}x" if "ratio_heap_tuned" in row else "-"
         print(f"{row['case']:<12} {row['program']:<14} {row['images_per_second']:>10.2f} {row['ratio']:>10.2f}x "
-              f"{row['pool3_sum']:>14.6g}")
+              f"{heap:>17} {row['peak_mib']:>9.0f} {row['pool3_sum']:>14.6g}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"images": args.images, "batch": args.batch, "threads": args.threads, "rows": rows}, out, indent=2)

@@ -224,6 +224,23 @@ TEST(FidInceptionNetwork, GivesPool3FeaturesSpatialMomentsAndScoreProbabilitiesP
   EXPECT_TRUE(torch::allclose(output.probabilities.sum(1), torch::ones({6}), 0, 1e-5));
 }
 
+TEST(FidInceptionNetwork, SplitsABatchIntoPassesOfAtMostItsPassSize) {
+  // One batch of 6 in passes of 4 and 2 (the evaluator's batches of 500 run 25 at a time): the
+  // same features, spatial statistics and probabilities as PyTorch's one pass.
+  const std::unique_ptr<FeatureNetwork> network =
+      fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU, 4);
+  const FeatureOutput output = run_feature_network(*network, uint8_nhwc_to_images(fixture_array("images_a")), 6);
+  EXPECT_LT(scaled_difference(output.features, fixture_array("pool3_a")), kRelativeTolerance);
+  ASSERT_EQ(output.spatial_moments.count(), 6);
+  EXPECT_LT(scaled_difference(output.spatial_moments.statistics().mean, feature_statistics(fixture_array("spatial_a")).mean),
+            kRelativeTolerance);
+  const FeatureOutput whole = run_feature_network(
+      *fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU, 6),
+      uint8_nhwc_to_images(fixture_array("images_a")), 6);
+  EXPECT_LT(scaled_difference(output.probabilities, whole.probabilities), kRelativeTolerance);
+  EXPECT_THROW(fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU, 0), InputError);
+}
+
 TEST(FidInceptionNetwork, ScoringGivesPyTorchsFidSfidAndIs) {
   const std::unique_ptr<FeatureNetwork> network =
       fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU);

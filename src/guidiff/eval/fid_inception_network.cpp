@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <vector>
 
 #include "guidiff/core/errors.hpp"
 
@@ -11,19 +12,28 @@ namespace {
 
 class FidInceptionFeatureNetwork : public FeatureNetwork {
  public:
-  FidInceptionFeatureNetwork(FidInception network, std::string identity, const torch::Device& device)
-      : network_(std::move(network)), identity_(std::move(identity)), device_(device) {
+  FidInceptionFeatureNetwork(FidInception network, std::string identity, const torch::Device& device,
+                             int64_t images_per_pass)
+      : network_(std::move(network)), identity_(std::move(identity)), device_(device), images_per_pass_(images_per_pass) {
+    if (images_per_pass_ < 1) throw InputError("images per Inception pass must be >= 1, got " + std::to_string(images_per_pass_));
     network_->to(device_);
     network_->eval();
   }
 
   FeatureOutput run_batch(const torch::Tensor& images) override {
     torch::NoGradGuard no_grad;
-    const FidInceptionOutputs outputs = network_->forward(fid_inception_input(images.to(device_)));
+    std::vector<torch::Tensor> pool3, spatial;
+    for (int64_t begin = 0; begin < images.size(0); begin += images_per_pass_) {
+      const torch::Tensor part = images.slice(0, begin, begin + images_per_pass_).to(device_);
+      const FidInceptionOutputs outputs = network_->forward(fid_inception_input(part));
+      pool3.push_back(outputs.pool3);
+      spatial.push_back(outputs.spatial.to(torch::kCPU, torch::kFloat32));
+    }
     FeatureOutput result;
-    result.features = outputs.pool3.to(torch::kCPU, torch::kFloat32);
-    result.probabilities = network_->score_probabilities(outputs.pool3).to(torch::kCPU, torch::kFloat32);
-    result.spatial_features = outputs.spatial.to(torch::kCPU, torch::kFloat32);
+    const torch::Tensor all_pool3 = torch::cat(pool3);
+    result.features = all_pool3.to(torch::kCPU, torch::kFloat32);
+    result.probabilities = network_->score_probabilities(all_pool3).to(torch::kCPU, torch::kFloat32);
+    result.spatial_features = torch::cat(spatial);
     return result;
   }
   std::string description() const override { return "FID Inception-v3 '" + identity_ + "'"; }
@@ -35,6 +45,7 @@ class FidInceptionFeatureNetwork : public FeatureNetwork {
   FidInception network_;
   std::string identity_;
   torch::Device device_;
+  int64_t images_per_pass_;
 };
 
 bool is_file(const std::string& path) {
@@ -71,8 +82,8 @@ std::unique_ptr<FeatureNetwork> load_fid_inception_network(const std::string& we
 }
 
 std::unique_ptr<FeatureNetwork> fid_inception_feature_network(FidInception network, const std::string& identity,
-                                                              const torch::Device& device) {
-  return std::make_unique<FidInceptionFeatureNetwork>(std::move(network), identity, device);
+                                                              const torch::Device& device, int64_t images_per_pass) {
+  return std::make_unique<FidInceptionFeatureNetwork>(std::move(network), identity, device, images_per_pass);
 }
 
 }  // namespace guidiff
