@@ -680,6 +680,12 @@ TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
                             " --cfg-scales 0 --steps 2 --num-samples 11 --out-dir " +
                             path("sweep") + common_,
                         "num_samples");
+  // A classifier retrained under the same path: its results are not reused.
+  save_model(build_model({{"kind", "encoder_unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                          {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                          {"norm_groups", 4}, {"pool", "adaptive"}, {"num_classes", 3}}),
+             path("classifier"));
+  expect_one_line_error(args, "holds a sweep made with other network files");
   expect_one_line_error("sweep --model " + path("unet") + " --classifier-scales 1 --out-dir " + path("s2") + common_,
                         "--classifier-scales needs --classifier");
 }

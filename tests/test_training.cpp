@@ -141,6 +141,23 @@ TEST(Losses, StepDrawsDependOnSeedStepAndSlotOnly) {
                            torch::tensor({0, 0, 1, 3}, torch::kInt64)));
 }
 
+TEST(Losses, TimestepPowerSkewsTowardsSmallTAsItsCdfSays) {
+  // t = floor(u^p T) has P(t < k) = (k / T)^(1/p). With p = 2, T = 100 and 40000 draws, the
+  // fraction below 10 is sqrt(0.1) = 0.316 (standard deviation 0.0023), three times the
+  // uniform 0.1, and below 70 it is sqrt(0.7) = 0.837 (0.0018); 0.012 is over 5 of them.
+  const torch::Tensor u = draw_step(0, 0, torch::arange(40000, torch::kInt64), {1}).time;
+  const torch::Tensor t = timesteps_from_uniform(u, 100, 2.0);
+  EXPECT_GE(t.min().item<int64_t>(), 0);
+  EXPECT_LE(t.max().item<int64_t>(), 99);
+  EXPECT_NEAR(t.lt(10).to(torch::kFloat64).mean().item<double>(), std::sqrt(0.1), 0.012);
+  EXPECT_NEAR(t.lt(70).to(torch::kFloat64).mean().item<double>(), std::sqrt(0.7), 0.012);
+  // Each draw exactly: floor(100 u^2).
+  EXPECT_TRUE(torch::equal(timesteps_from_uniform(torch::tensor({0.0, 0.35, 0.5, 0.99999}, torch::kFloat64), 100, 2.0),
+                           torch::tensor({0, 12, 25, 99}, torch::kInt64)));
+  // p = 1 is the uniform draw itself.
+  EXPECT_TRUE(torch::equal(timesteps_from_uniform(u, 100, 1.0), timesteps_from_uniform(u, 100)));
+}
+
 TEST(Losses, EpsLossIsTheMseOfTheModelAtTheDrawnNoise) {
   // A model that predicts zero has loss E[eps^2] = 1 whatever t is.
   const Model model = fresh_model(mlp_denoiser_config());  // zero-initialised output layer
@@ -380,6 +397,18 @@ TEST(TrainingOptions, InvalidValuesNameTheFlag) {
   options.p_uncond = 1.5;
   EXPECT_THROW(options.validate(), InputError);
   options.p_uncond = 0.1;
+  for (const double power : {0.0, 5.0, std::nan("")}) {
+    options.t_power = power;
+    try {
+      options.validate();
+      FAIL() << power;
+    } catch (const InputError& error) {
+      EXPECT_NE(std::string(error.what()).find("--t-power"), std::string::npos) << error.what();
+    }
+  }
+  options.t_power = 2.0;
+  EXPECT_NO_THROW(options.validate());
+  EXPECT_EQ(TrainingOptions::from_json(options.to_json()).t_power, 2.0);
   options.warmup_steps = 10;
   options.lr = 1.0;
   // lr (step + 1) / warmup: one or two float64 roundings, within DOUBLE_EQ's 4 ulps.

@@ -31,6 +31,7 @@
 #include "guidiff/core/threads.hpp"
 #include "guidiff/data/dataset_spec.hpp"
 #include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/checksum.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npz.hpp"
 #include "guidiff/io/plot.hpp"
@@ -67,7 +68,24 @@ std::vector<SamplerKind> swept_samplers(const SweepFlags& flags) {
                             flags.samplers.empty() ? flags.sampler : flags.samplers);
 }
 
-// The sweep's identity: a directory holding another sweep's results is not reused.
+// The checksums of the files a network flag names (a file, or a checkpoint's weights and
+// config), so that results made with other weights under the same path are never reused;
+// "" when it names nothing readable (loading it reports that).
+std::string network_checksum(const std::string& path) {
+  if (path.empty()) return "";
+  std::error_code ignored;
+  if (fs::is_regular_file(path, ignored)) return file_checksum(path);
+  const ModelFiles files = model_files(path);
+  std::string text;
+  for (const std::string& file : {files.weights, files.config}) {
+    if (!fs::is_regular_file(file, ignored)) continue;
+    text += (text.empty() ? "" : "; ") + fs::path(file).filename().string() + " " + file_checksum(file);
+  }
+  return text;
+}
+
+// The sweep's identity: a directory holding another sweep's results is not reused, nor one
+// whose networks' files have changed since (a retrained model under the same path).
 nlohmann::json sweep_request(const SweepFlags& flags) {
   std::string samplers;
   bool any_sigma_sampler = false;
@@ -80,6 +98,9 @@ nlohmann::json sweep_request(const SweepFlags& flags) {
                             {"evaluator", flags.evaluation.evaluator}, {"features", flags.evaluation.features},
                             {"reference", flags.evaluation.reference}, {"reference_split", flags.evaluation.reference_split}};
   if (any_sigma_sampler) request["sigmas"] = flags.sigmas;
+  request["network_files"] = {{"model", network_checksum(flags.model)},
+                              {"classifier", network_checksum(flags.classifier)},
+                              {"evaluator", network_checksum(flags.evaluation.evaluator)}};
   return request;
 }
 
@@ -95,6 +116,11 @@ void check_or_write_request(const SweepFlags& flags) {
       throw FileError("'" + path + "' is not valid JSON; remove it or use another --out-dir");
     }
     for (auto it = request.begin(); it != request.end(); ++it) {
+      if (it.key() == "network_files" && saved.value(it.key(), nlohmann::json()) != it.value()) {
+        throw InputError("--out-dir '" + flags.out_dir +
+                         "' holds a sweep made with other network files (retrained or replaced since, or from before "
+                         "guidiff recorded them); remove it or use another --out-dir");
+      }
       if (!saved.contains(it.key()) || saved.at(it.key()) != it.value()) {
         throw InputError("--out-dir '" + flags.out_dir + "' holds a sweep with " + it.key() + " = " +
                          (saved.contains(it.key()) ? saved.at(it.key()).dump() : std::string("(absent)")) + ", not " +

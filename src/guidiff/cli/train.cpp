@@ -205,6 +205,9 @@ Command add_train_command(CLI::App& app, const GlobalOptions& global) {
   add_training_flags(*classifier, *classifier_flags);
   classifier->add_option("--max-t", classifier_flags->options.max_t, "train on t < max-t (0: all)")
       ->capture_default_str();
+  classifier->add_option("--t-power", classifier_flags->options.t_power,
+                         "t = floor(max-t u^p), u uniform: p > 1 trains more on small t (1: uniform)")
+      ->capture_default_str();
   classifier->add_option("--accuracy-buckets", classifier_flags->options.accuracy_buckets,
                          "t ranges the logged accuracy is split into")
       ->capture_default_str();

@@ -16,6 +16,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
+#include "guidiff/io/checksum.hpp"
 #include "guidiff/io/deflate_limit.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/zip_directory.hpp"
@@ -43,18 +44,6 @@ void put16(std::string& out, uint32_t value) {
 void put32(std::string& out, uint32_t value) {
   put16(out, value & 0xFFFF);
   put16(out, value >> 16);
-}
-
-// zlib's crc32 takes a 32-bit length; feed larger buffers in pieces.
-uint32_t crc32_of(std::string_view bytes) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const size_t piece = std::min<size_t>(bytes.size() - done, size_t{1} << 30);
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + done), static_cast<uInt>(piece));
-    done += piece;
-  }
-  return static_cast<uint32_t>(crc);
 }
 
 std::string hex32(uint32_t value) {

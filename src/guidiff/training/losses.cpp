@@ -103,9 +103,12 @@ StepDraws draw_step(uint64_t seed, int64_t step, const torch::Tensor& slots, tor
   return draws;
 }
 
-torch::Tensor timesteps_from_uniform(const torch::Tensor& u, int64_t num_timesteps) {
-  // floor(u T) < T for u < 1; the clamp only guards against u rounding up to 1.
-  return (u.to(torch::kFloat64) * static_cast<double>(num_timesteps)).floor().to(torch::kInt64).clamp_max(num_timesteps - 1);
+torch::Tensor timesteps_from_uniform(const torch::Tensor& u, int64_t num_timesteps, double power) {
+  // floor(u^p T) < T for u < 1; the clamp only guards against u rounding up to 1. p = 1 skips
+  // pow so the uniform draws stay bit-identical to those of runs made before the power existed.
+  torch::Tensor v = u.to(torch::kFloat64);
+  if (power != 1.0) v = v.pow(power);
+  return (v * static_cast<double>(num_timesteps)).floor().to(torch::kInt64).clamp_max(num_timesteps - 1);
 }
 
 torch::Tensor drop_labels(const torch::Tensor& labels, double p_uncond, int64_t num_classes,
@@ -213,7 +216,8 @@ DiffusionLoss continuous_diffusion_loss(Denoiser& model, const LogSnrSchedule& s
 }
 
 ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& schedule, const torch::Tensor& x0,
-                               const torch::Tensor& labels, int64_t max_t, const StepDraws& draws) {
+                               const torch::Tensor& labels, int64_t max_t, double t_power,
+                               const StepDraws& draws) {
   if (classifier.time_kind() != TimeKind::discrete_timestep) {
     throw ModelError("classifier training needs a discrete-time classifier (time_input discrete_timestep)");
   }
@@ -223,7 +227,7 @@ ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& s
   require_labels(labels, x0);
   require_draws(draws, x0);
   ClassifierLoss result;
-  result.timesteps = timesteps_from_uniform(draws.time, max_t).to(x0.device());
+  result.timesteps = timesteps_from_uniform(draws.time, max_t, t_power).to(x0.device());
   const auto noise = draws.noise.to(x0.device(), x0.scalar_type());
   const auto x_t = q_sample(schedule, x0, result.timesteps, noise);
   const auto logits = classifier.logits(x_t, result.timesteps);

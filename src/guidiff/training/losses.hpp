@@ -54,9 +54,9 @@ struct StepDraws {
 // counter-based SampleNoise keyed by (seed, step) and the slot.
 StepDraws draw_step(uint64_t seed, int64_t step, const torch::Tensor& slots, torch::IntArrayRef sample_shape);
 
-// t = floor(u T), int64 [N], for u = StepDraws::time: uniform on {0, ..., T - 1} (53-bit u:
-// each t's probability is 1/T within T / 2^53).
-torch::Tensor timesteps_from_uniform(const torch::Tensor& u, int64_t num_timesteps);
+// t = floor(u^power T), int64 [N], for u = StepDraws::time. power 1: uniform on {0, ..., T - 1}
+// (53-bit u: each t's probability is 1/T within T / 2^53). Otherwise P(t < k) = (k / T)^(1/power).
+torch::Tensor timesteps_from_uniform(const torch::Tensor& u, int64_t num_timesteps, double power = 1.0);
 
 // Label dropout of classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label is
 // replaced by the null class `num_classes` where its uniform draw is below p_uncond.
@@ -124,11 +124,12 @@ struct ClassifierLoss {
 };
 
 // The noise-aware classifier of Dhariwal & Nichol 2021 (Sec. 4.1): t = timesteps_from_uniform(
-// draws.time, max_t), uniform on {0, ..., max_t - 1}, eps = draws.noise, x_t = q_sample(x0, t, eps), loss = cross-entropy(classifier(x_t, t), y).
+// draws.time, max_t, t_power) (t_power 1: uniform on {0, ..., max_t - 1}, as in the paper),
+// eps = draws.noise, x_t = q_sample(x0, t, eps), loss = cross-entropy(classifier(x_t, t), y).
 // Throws ModelError for a log-SNR-time classifier and InputError unless 1 <= max_t <= T.
 ClassifierLoss classifier_loss(Classifier& classifier, const DiscreteSchedule& schedule,
                                const torch::Tensor& x0, const torch::Tensor& labels, int64_t max_t,
-                               const StepDraws& draws);
+                               double t_power, const StepDraws& draws);
 
 // Accuracy per noise-level bucket: [0, max_t) cut into `buckets` equal ranges of t.
 class BucketAccuracy {

@@ -80,9 +80,10 @@ void check_resumable(const ResumeState& saved, const TrainingOptions& options, i
                      const std::string& file) {
   const nlohmann::json current = options.to_json();
   // Options added after resume files existed: absent means the default they had then.
-  const nlohmann::json defaults = {{"lr_schedule", to_string(LrSchedule::constant)}};
+  const nlohmann::json defaults = {{"lr_schedule", to_string(LrSchedule::constant)}, {"t_power", 1.0}};
   std::vector<std::string> keys(std::begin(kTrajectoryKeys), std::end(kTrajectoryKeys));
   keys.push_back("lr_schedule");
+  keys.push_back("t_power");
   // Under a decaying schedule the total number of steps shapes every learning rate.
   if (options.lr_schedule != LrSchedule::constant) keys.push_back("steps");
   for (const std::string& key : keys) {
@@ -330,7 +331,7 @@ void TrainingRun::resume() {
 torch::Tensor TrainingRun::loss_of(const torch::Tensor& x0, const torch::Tensor& labels, const StepDraws& draws,
                                    BucketAccuracy& accuracy) {
   if (options_.task == TrainingTask::classifier) {
-    const ClassifierLoss result = classifier_loss(*model_.classifier, schedule_, x0, labels, max_t_, draws);
+    const ClassifierLoss result = classifier_loss(*model_.classifier, schedule_, x0, labels, max_t_, options_.t_power, draws);
     accuracy.add(result.timesteps, result.correct);
     return result.loss;
   }

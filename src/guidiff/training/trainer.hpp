@@ -51,6 +51,9 @@ struct TrainingOptions {
   double vlb_weight = 0.001; // lambda of the hybrid loss
   // Classifier: t is drawn from [0, max_t); 0 means T. Accuracy is logged per t bucket.
   int64_t max_t = 0;
+  // Classifier: t = floor(max_t u^t_power) for uniform u. 1 is uniform (Dhariwal & Nichol);
+  // p > 1 spends more of training on small t, where the density of t goes as t^(1/p - 1).
+  double t_power = 1.0;
   int64_t accuracy_buckets = 10;
   // Optimisation.
   int64_t steps = 1000;        // total optimiser steps (a resumed run continues up to it)

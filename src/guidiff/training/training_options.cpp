@@ -50,6 +50,7 @@ void TrainingOptions::validate() const {
   require(std::isfinite(vlb_weight) && vlb_weight >= 0.0, "--vlb-weight", ">= 0", text(vlb_weight));
   require(timesteps >= 1, "--timesteps", ">= 1", std::to_string(timesteps));
   require(max_t >= 0 && max_t <= timesteps, "--max-t", "in [1, --timesteps] (0: all)", std::to_string(max_t));
+  require(std::isfinite(t_power) && t_power >= 0.25 && t_power <= 4.0, "--t-power", "in [0.25, 4]", text(t_power));
   require(accuracy_buckets >= 1, "--accuracy-buckets", ">= 1", std::to_string(accuracy_buckets));
   require(log_every >= 0, "--log-every", ">= 0", std::to_string(log_every));
   require(sample_every >= 0, "--sample-every", ">= 0", std::to_string(sample_every));
@@ -75,6 +76,7 @@ nlohmann::json TrainingOptions::to_json() const {
           {"p_uncond", p_uncond},
           {"vlb_weight", vlb_weight},
           {"max_t", max_t},
+          {"t_power", t_power},
           {"accuracy_buckets", accuracy_buckets},
           {"steps", steps},
           {"batch_size", batch_size},
@@ -130,6 +132,7 @@ TrainingOptions TrainingOptions::from_json(const nlohmann::json& object) {
   get("p_uncond", options.p_uncond);
   get("vlb_weight", options.vlb_weight);
   get("max_t", options.max_t);
+  get("t_power", options.t_power);
   get("accuracy_buckets", options.accuracy_buckets);
   get("steps", options.steps);
   get("batch_size", options.batch_size);
