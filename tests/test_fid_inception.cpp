@@ -225,10 +225,11 @@ TEST(FidInceptionNetwork, GivesPool3FeaturesSpatialMomentsAndScoreProbabilitiesP
 }
 
 TEST(FidInceptionNetwork, SplitsABatchIntoPassesOfAtMostItsPassSize) {
-  // One batch of 6 in passes of 4 and 2 (the evaluator's batches of 500 run 25 at a time): the
-  // same features, spatial statistics and probabilities as PyTorch's one pass.
+  // Batches of 6 asked for, run as passes of 4 and 2 (the evaluator's batches of 500 run 25 at a
+  // time): the same features, spatial statistics and probabilities as PyTorch's one pass.
   const std::unique_ptr<FeatureNetwork> network =
       fid_inception_feature_network(formula_network(), "formula weights", torch::kCPU, 4);
+  EXPECT_EQ(network->largest_batch(), 4);
   const FeatureOutput output = run_feature_network(*network, uint8_nhwc_to_images(fixture_array("images_a")), 6);
   EXPECT_LT(scaled_difference(output.features, fixture_array("pool3_a")), kRelativeTolerance);
   ASSERT_EQ(output.spatial_moments.count(), 6);

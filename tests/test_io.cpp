@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -27,6 +28,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/bitmap_font.hpp"
+#include "guidiff/io/checksum.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/plot.hpp"
@@ -59,6 +61,24 @@ Decoded decode_png(const std::string& file) {
   image.pixels.assign(data, data + image.width * image.height * image.channels);
   stbi_image_free(data);
   return image;
+}
+
+// ---- checksums ----------------------------------------------------------------------------
+
+TEST_F(IoTest, FileChecksumIsTheCrc32OfTheWholeFileReadInPieces) {
+  // The standard check value of CRC-32/ISO-HDLC.
+  EXPECT_EQ(crc32_of("123456789"), 0xCBF43926u);
+  // 2.5 MiB crosses the 1 MiB read pieces; the streamed CRC equals the one of all the bytes.
+  std::string bytes(size_t{5} << 19, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 7919) >> 3);
+  write_raw("big.bin", bytes);
+  char expected[64];
+  std::snprintf(expected, sizeof expected, "crc32 %08x, %zu bytes", crc32_of(bytes), bytes.size());
+  EXPECT_EQ(file_checksum(path("big.bin")), expected);
+  bytes[bytes.size() - 1] ^= 1;
+  write_raw("big.bin", bytes);
+  EXPECT_NE(file_checksum(path("big.bin")), expected);
+  EXPECT_THROW(file_checksum(path("missing.bin")), FileError);
 }
 
 // ---- .npy ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // The evaluator network and TorchScript feature extractors (see evaluator.hpp).
 #include "guidiff/eval/evaluator.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -175,6 +176,7 @@ FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& 
   }
   if (torch::isnan(images).any().item<bool>()) throw InputError("images for " + name + " contain NaN");
   if (batch_size < 1) throw InputError("feature batch size must be >= 1, got " + std::to_string(batch_size));
+  if (network.largest_batch() > 0) batch_size = std::min(batch_size, network.largest_batch());
   torch::NoGradGuard no_grad;
   const Shard rows = batch_aligned_shard(images.size(0), batch_size, communicator.rank(), communicator.world_size());
   std::vector<torch::Tensor> features, probabilities;

@@ -46,6 +46,9 @@ class FeatureNetwork {
   // Whether `probabilities` are over the data set's classes (class accuracy can use them), or
   // over other classes (the Inception network's ImageNet classes: IS only).
   virtual bool probabilities_are_data_classes() const { return true; }
+  // The most images run_batch should be given at once (0: any number). run_feature_network
+  // never hands it more, whatever batch its caller asks for.
+  virtual int64_t largest_batch() const { return 0; }
 };
 
 // "<path> <size> <modification time>": a file's identity for cache keys, so that a retrained or
@@ -79,6 +82,7 @@ std::unique_ptr<FeatureNetwork> load_torchscript_feature_network(const std::stri
 // empty, hold NaN, or do not have the shape the network accepts (both shapes quoted). With a
 // distributed `communicator` every rank runs its whole batches (batch_aligned_shard) and gets
 // all N outputs back, in order: the same batches, so the same numbers, as one process.
+// Batches are `batch_size` images, or the network's largest_batch() where that is smaller.
 // Spatial features are not kept: their moments are accumulated batch by batch (and merged
 // across ranks), so memory stays O(S^2) for any N.
 FeatureOutput run_feature_network(FeatureNetwork& network, const torch::Tensor& images, int64_t batch_size = 500,

@@ -3,7 +3,6 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <vector>
 
 #include "guidiff/core/errors.hpp"
 
@@ -22,24 +21,18 @@ class FidInceptionFeatureNetwork : public FeatureNetwork {
 
   FeatureOutput run_batch(const torch::Tensor& images) override {
     torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> pool3, spatial;
-    for (int64_t begin = 0; begin < images.size(0); begin += images_per_pass_) {
-      const torch::Tensor part = images.slice(0, begin, begin + images_per_pass_).to(device_);
-      const FidInceptionOutputs outputs = network_->forward(fid_inception_input(part));
-      pool3.push_back(outputs.pool3);
-      spatial.push_back(outputs.spatial.to(torch::kCPU, torch::kFloat32));
-    }
+    const FidInceptionOutputs outputs = network_->forward(fid_inception_input(images.to(device_)));
     FeatureOutput result;
-    const torch::Tensor all_pool3 = torch::cat(pool3);
-    result.features = all_pool3.to(torch::kCPU, torch::kFloat32);
-    result.probabilities = network_->score_probabilities(all_pool3).to(torch::kCPU, torch::kFloat32);
-    result.spatial_features = torch::cat(spatial);
+    result.features = outputs.pool3.to(torch::kCPU, torch::kFloat32);
+    result.probabilities = network_->score_probabilities(outputs.pool3).to(torch::kCPU, torch::kFloat32);
+    result.spatial_features = outputs.spatial.to(torch::kCPU, torch::kFloat32);
     return result;
   }
   std::string description() const override { return "FID Inception-v3 '" + identity_ + "'"; }
   std::string cache_key() const override { return "fid_inception " + identity_; }
   std::vector<int64_t> image_shape() const override { return {}; }
   bool probabilities_are_data_classes() const override { return false; }
+  int64_t largest_batch() const override { return images_per_pass_; }
 
  private:
   FidInception network_;

@@ -18,7 +18,7 @@ constexpr const char* kFidInceptionWeightsUrl =
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
 constexpr const char* kFidInceptionWeightsVariable = "GUIDIFF_INCEPTION_WEIGHTS";
 
-// Images per forward pass, whatever batch the caller hands over. At 299x299 the activations
+// Images per forward pass, whatever batch run_feature_network's caller asks for. At 299x299 the activations
 // take about 30 MB per image, so the evaluator's batches of 500 in one pass would peak near
 // 15 GiB; passes of 25 peak at 1.2 GiB (docs/evaluation.md). They also stay below the heap's
 // 1 GiB trim threshold (src/guidiff/core/allocator.hpp), so freed activations are reused
@@ -39,8 +39,8 @@ std::string missing_fid_inception_weights_message(const std::string& cache_direc
 std::unique_ptr<FeatureNetwork> load_fid_inception_network(const std::string& weights_path, const torch::Device& device);
 
 // A loaded network as a FeatureNetwork; `identity` stands for its weights in descriptions and
-// cache keys (e.g. file_identity of the weight file). Each batch it is given runs in forward
-// passes of at most `images_per_pass` images (InputError unless >= 1).
+// cache keys (e.g. file_identity of the weight file). run_feature_network gives it at most
+// `images_per_pass` images per forward pass (its largest_batch; InputError unless >= 1).
 std::unique_ptr<FeatureNetwork> fid_inception_feature_network(FidInception network, const std::string& identity,
                                                               const torch::Device& device,
                                                               int64_t images_per_pass = kFidInceptionImagesPerPass);

@@ -11,8 +11,8 @@ namespace guidiff {
 uint32_t crc32_of(std::string_view bytes);
 
 // "crc32 <8 hex digits>, <size> bytes" of the file's contents. Unlike a modification time it
-// survives a copy or a fresh clone and changes when the contents do. Throws FileError naming
-// the path if it cannot be read.
+// survives a copy or a fresh clone and changes when the contents do. Reads the file in pieces
+// (memory stays bounded). Throws FileError naming the path if it cannot be read.
 std::string file_checksum(const std::string& path);
 
 }  // namespace guidiff
