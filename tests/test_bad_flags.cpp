@@ -155,7 +155,7 @@ const std::map<std::string, TextKind> kTextKinds = {
     {"--data", TextKind::data_spec},        {"--reference", TextKind::data_spec},
     {"--sigmas", TextKind::choice},         {"--samplers", TextKind::list},
     {"--lr-schedule", TextKind::choice},    {"--guide-model", TextKind::model},
-    {"--guidance-interval-sigma", TextKind::list},
+    {"--guidance-interval-sigma", TextKind::list}, {"--conditional-classifier-scales", TextKind::list},
     {"--classifier-scale", TextKind::number_or_file},
     {"--cfg-scale", TextKind::number_or_file},
     {"--model-flags", TextKind::flag_string}, {"--classifier-flags", TextKind::flag_string},

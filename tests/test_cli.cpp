@@ -624,6 +624,55 @@ TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
                         "--samplers");
 }
 
+TEST_F(EvalCliTest, SweepGuidesTheConditionalModelWithTheClassifierOnRequest) {
+  torch::manual_seed(4);
+  const nlohmann::json unet = {{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                               {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                               {"norm_groups", 4}, {"num_classes", 3}};
+  // Both networks' output layers start at zero (eps = 0 whatever the class; no classifier
+  // gradient): random weights everywhere make the class and the guidance matter.
+  const auto randomize = [](const Model& model) {
+    torch::NoGradGuard no_grad;
+    for (torch::Tensor& parameter : model.module->parameters()) parameter.add_(torch::randn_like(parameter) * 0.3);
+    return model;
+  };
+  save_model(randomize(build_model(unet)), path("unet"));
+  const Model classifier =
+      build_model({{"kind", "encoder_unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                   {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                   {"norm_groups", 4}, {"pool", "adaptive"}, {"num_classes", 3}});
+  save_model(randomize(classifier), path("classifier"));
+  const std::string args = "sweep --model " + path("unet") + " --classifier " + path("classifier") +
+                           " --classifier-scales 3 --conditional-classifier-scales 0,3 --cfg-scales 0 --steps 2 "
+                           "--num-samples 12 --no-real-baseline --out-dir " + path("sweep") + common_;
+  const CliResult result = run(args);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto images = [&](const std::string& setting) {
+    return read_sample_batch_npz(path("sweep/settings/" + setting + "/samples.npz")).images;
+  };
+  // Unguided, the conditional model given the requested class is CFG at w = 0, pixel for pixel.
+  EXPECT_TRUE(torch::equal(images("classifier-cond_s0_steps2"), images("cfg_w0_steps2")));
+  // Guided, it starts from the same x_T as the null-class run but follows the class's eps.
+  EXPECT_FALSE(torch::equal(images("classifier-cond_s3_steps2"), images("classifier_s3_steps2")));
+  EXPECT_FALSE(torch::equal(images("classifier-cond_s3_steps2"), images("cfg_w0_steps2")));
+  EXPECT_TRUE(fs::exists(path("sweep/grids/classifier-cond_steps2.png")));
+  const std::string csv = read_file_bytes(path("sweep/results.csv"));
+  EXPECT_NE(csv.find("\nclassifier-cond,3,2,12,"), std::string::npos) << csv;
+  EXPECT_NE(read_file_bytes(path("sweep/report.md")).find("classifier-cond s=3, 2 steps"), std::string::npos);
+
+  expect_one_line_error("sweep --model " + path("unet") + " --conditional-classifier-scales 1 --out-dir " + path("s2") +
+                            common_,
+                        "--conditional-classifier-scales needs --classifier");
+  nlohmann::json unconditional = unet;
+  unconditional.erase("num_classes");
+  save_model(build_model(unconditional), path("uncond"));
+  expect_one_line_error("sweep --model " + path("uncond") + " --classifier " + path("classifier") +
+                            " --conditional-classifier-scales 1 --out-dir " + path("s3") + common_,
+                        "needs a class-conditional --model");
+  expect_one_line_error("sweep --model " + path("uncond") + " --cfg-scales 0 --out-dir " + path("s4") + common_,
+                        "is unconditional: sweeping it needs --classifier");
+}
+
 TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
   torch::manual_seed(2);
   save_model(build_model({{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},

@@ -13,6 +13,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
@@ -370,6 +371,54 @@ TEST(DensityCoverage, RejectsBadInput) {
   auto with_inf = torch::zeros({6, 2});
   with_inf[0][0] = INFINITY;
   expect_error<InputError>([&] { density_coverage(with_inf, torch::zeros({3, 2})); }, {"real", "finite"});
+}
+
+// ---------------------------------------------------------------------------------------
+// Both neighbour metrics from shared distance passes
+
+TEST(NeighbourMetrics, MatchesTheHandComputationsOfBothMetricsIn1D) {
+  // Density/coverage with k = 2 as in DensityCoverage.MatchesAHandComputationIn1D: 4/6, 0.8.
+  // Precision/recall with k = 1 on the same sets. Real {0, 1, 2, 3, 10}: 1st-neighbour radii
+  // 1, 1, 1, 1, 7, manifold [-1, 17]. Fake {0.25, 4, 20}: radii 3.75, 3.75, 16, manifold
+  // [-3.5, 36]. precision: 0.25 and 4 lie in [-1, 17], 20 does not: 2/3. recall: every real
+  // point lies in [-3.5, 36]: 1. The two metrics' real balls come from one pass with k = 1 and 2.
+  const auto result = neighbour_metrics(points_1d({0, 1, 2, 3, 10}), points_1d({0.25f, 4, 20}), 1, 2);
+  EXPECT_DOUBLE_EQ(result.precision_recall.precision, 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(result.precision_recall.recall, 1.0);
+  EXPECT_DOUBLE_EQ(result.density_coverage.density, 4.0 / 6.0);
+  EXPECT_DOUBLE_EQ(result.density_coverage.coverage, 0.8);
+}
+
+TEST(NeighbourMetrics, EqualsTheSeparateMetricsWhicheverKIsLarger) {
+  torch::manual_seed(7);
+  const auto real = torch::randn({1100, 6});
+  const auto fake = torch::randn({1050, 6}) * 1.2 + 0.2;  // more than one row block each
+  for (const auto& [pr_k, dc_k] : std::vector<std::pair<int64_t, int64_t>>{{3, 5}, {5, 3}, {4, 4}}) {
+    const auto shared = neighbour_metrics(real, fake, pr_k, dc_k);
+    const auto pr = precision_recall(real, fake, pr_k);
+    const auto dc = density_coverage(real, fake, dc_k);
+    // The same distance blocks and the same comparisons: equal, not close.
+    EXPECT_EQ(shared.precision_recall.precision, pr.precision) << pr_k << "," << dc_k;
+    EXPECT_EQ(shared.precision_recall.recall, pr.recall) << pr_k << "," << dc_k;
+    EXPECT_EQ(shared.density_coverage.density, dc.density) << pr_k << "," << dc_k;
+    EXPECT_EQ(shared.density_coverage.coverage, dc.coverage) << pr_k << "," << dc_k;
+  }
+  // The two k give different balls, so a mix-up of the radii columns would show.
+  EXPECT_NE(density_coverage(real, fake, 3).density, density_coverage(real, fake, 5).density);
+  EXPECT_NE(precision_recall(real, fake, 3).precision, precision_recall(real, fake, 5).precision);
+}
+
+TEST(NeighbourMetrics, AZeroKLeavesThatMetricOutAndBadKIsNamed) {
+  const auto real = points_1d({0, 1, 2, 3, 10}), fake = points_1d({0.25f, 4, 20});
+  const auto only_dc = neighbour_metrics(real, fake, 0, 2);
+  EXPECT_EQ(only_dc.precision_recall.precision, 0.0);
+  EXPECT_DOUBLE_EQ(only_dc.density_coverage.coverage, 0.8);
+  const auto only_pr = neighbour_metrics(real, fake, 1, 0);
+  EXPECT_DOUBLE_EQ(only_pr.precision_recall.precision, 2.0 / 3.0);
+  EXPECT_EQ(only_pr.density_coverage.density, 0.0);
+  expect_error<InputError>([&] { neighbour_metrics(real, fake, 0, 0); }, {"neither metric"});
+  expect_error<InputError>([&] { neighbour_metrics(real, fake, -1, 2); }, {"k must be at least 1", "-1"});
+  expect_error<InputError>([&] { neighbour_metrics(real, fake, 3, 5); }, {"real", "5 points", "k = 5"});
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <sys/utsname.h>
 #include <torch/torch.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <utility>
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/common.hpp"
@@ -46,7 +48,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct SweepFlags {
-  std::string model, classifier, classifier_scales, cfg_scales, steps = "50", sampler = "ddim", samplers,
+  std::string model, classifier, classifier_scales, conditional_classifier_scales, cfg_scales, steps = "50", sampler = "ddim", samplers,
       sigmas = "karras", out_dir;
   double eta = 0.0;
   int64_t num_samples = 250, batch_size = 64, grid_columns = 8;
@@ -176,7 +178,15 @@ class Sweep {
     if (model_.config.value("image_size", int64_t{0}) == 0) throw InputError("--model must be an image model (unet)");
     if (!flags_.classifier.empty()) classifier_ = load_model(flags_.classifier, device_).classifier;
     if (!flags_.classifier.empty() && !classifier_) throw InputError("--classifier '" + flags_.classifier + "' is not a classifier");
-    num_classes_ = model_.denoiser->num_classes() > 0 ? model_.denoiser->num_classes() : classifier_->num_classes();
+    const bool conditional_model = model_.denoiser->num_classes() > 0;
+    if (!conditional_model && !flags_.conditional_classifier_scales.empty()) {
+      throw InputError("--conditional-classifier-scales needs a class-conditional --model; '" + flags_.model +
+                       "' is unconditional (use --classifier-scales)");
+    }
+    if (!conditional_model && !classifier_) {
+      throw InputError("--model '" + flags_.model + "' is unconditional: sweeping it needs --classifier (the classes)");
+    }
+    num_classes_ = conditional_model ? model_.denoiser->num_classes() : classifier_->num_classes();
     evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_, communicator_);
     const int64_t side = model_.config.at("image_size").get<int64_t>();
     evaluation_->check_images(torch::zeros({1, model_.config.at("in_channels").get<int64_t>(), side, side}));
@@ -197,11 +207,17 @@ class Sweep {
   void validate() {
     if (flags_.model.empty()) throw InputError("--model is required");
     const std::vector<double> s = parse_number_list("--classifier-scales", flags_.classifier_scales);
+    const std::vector<double> conditional_s =
+        parse_number_list("--conditional-classifier-scales", flags_.conditional_classifier_scales);
     const std::vector<double> w = parse_number_list("--cfg-scales", flags_.cfg_scales);
-    if (s.empty() && w.empty()) throw InputError("nothing to sweep: give --classifier-scales and/or --cfg-scales");
-    bool needs_classifier = false;
-    for (double value : s) needs_classifier = needs_classifier || value != 0.0;
-    if (needs_classifier && flags_.classifier.empty()) throw InputError("--classifier-scales needs --classifier");
+    if (s.empty() && conditional_s.empty() && w.empty()) {
+      throw InputError("nothing to sweep: give --classifier-scales, --conditional-classifier-scales and/or --cfg-scales");
+    }
+    for (const auto& [flag, scales] : {std::pair{"--classifier-scales", &s}, {"--conditional-classifier-scales", &conditional_s}}) {
+      bool needs_classifier = false;
+      for (double value : *scales) needs_classifier = needs_classifier || value != 0.0;
+      if (needs_classifier && flags_.classifier.empty()) throw InputError(std::string(flag) + " needs --classifier");
+    }
     const std::vector<int64_t> steps = parse_positive_list("--steps", flags_.steps);
     if (flags_.num_samples < 10) throw InputError("--num-samples must be >= 10 for the metrics to mean anything");
     if (flags_.grid_columns < 1) throw InputError("--grid-columns must be >= 1");
@@ -211,6 +227,9 @@ class Sweep {
     for (const SamplerKind sampler : samplers_) {
       for (int64_t t : steps) {
         for (double value : s) settings_.push_back({sampler, Method::classifier, value, t, named_by_sampler});
+        for (double value : conditional_s) {
+          settings_.push_back({sampler, Method::classifier_conditional, value, t, named_by_sampler});
+        }
         for (double value : w) settings_.push_back({sampler, Method::cfg, value, t, named_by_sampler});
       }
     }
@@ -224,7 +243,7 @@ class Sweep {
     config.steps = setting.steps;
     config.eta = setting.sampler == SamplerKind::ddim ? flags_.eta : 0.0;
     config.clip_x0 = true;
-    config.classifier_scale = setting.method == Method::classifier ? setting.strength : 0.0;
+    config.classifier_scale = is_classifier_guidance(setting.method) ? setting.strength : 0.0;
     config.cfg_scale = setting.method == Method::cfg ? setting.strength : 0.0;
     const int64_t side = model_.config.at("image_size").get<int64_t>();
     config.sample_shape = {model_.config.at("in_channels").get<int64_t>(), side, side};
@@ -237,7 +256,7 @@ class Sweep {
   // The relative cost of a setting, for the ETA: model forwards per sample.
   double cost(const Setting& setting) const {
     const double per_call = setting.method == Method::cfg && setting.strength != 0.0 ? 2.0
-                            : setting.method == Method::classifier && setting.strength != 0.0 ? 1.6 : 1.0;
+                            : is_classifier_guidance(setting.method) && setting.strength != 0.0 ? 1.6 : 1.0;
     return per_call * static_cast<double>(model_calls(setting.sampler, setting.steps));
   }
 
@@ -382,11 +401,10 @@ class Sweep {
   std::vector<LineSeries> series_by_method(double SampleScores::*x, double SampleScores::*y, bool x_is_strength) const {
     std::vector<LineSeries> series;
     for (const SamplerKind sampler : samplers_) {
-      for (Method method : {Method::classifier, Method::cfg}) {
+      for (Method method : kMethods) {
         for (int64_t steps : steps_) {
           LineSeries line;
-          line.title = sampler_prefix(sampler) +
-                       (method == Method::classifier ? "classifier guidance (s)" : "classifier-free (w)") +
+          line.title = sampler_prefix(sampler) + method_title(method) + (is_classifier_guidance(method) ? " (s)" : " (w)") +
                        (steps_.size() > 1 ? ", " + std::to_string(steps) + " steps" : "");
           for (const SettingResult& r : results_) {
             if (r.setting.sampler != sampler || r.setting.method != method || r.setting.steps != steps) continue;
@@ -443,8 +461,10 @@ class Sweep {
     plot("accuracy_vs_strength.png",
          series_by_method(nullptr, &SampleScores::class_accuracy, true), options);
     if (steps_.size() > 1) {
-      std::vector<LineSeries> series = fid_series(Method::classifier, false);
-      for (const LineSeries& line : fid_series(Method::cfg, false)) series.push_back(line);
+      std::vector<LineSeries> series;
+      for (Method method : kMethods) {
+        for (const LineSeries& line : fid_series(method, false)) series.push_back(line);
+      }
       options.title = "FID against sampling steps";
       options.x_label = "sampling steps";
       options.y_label = "FID";
@@ -453,9 +473,8 @@ class Sweep {
     }
     if (steps_.size() > 1 || samplers_.size() > 1) {
       // The few-step figure: quality against cost, one curve per sampler (points labelled by steps).
-      for (Method method : {Method::classifier, Method::cfg}) {
-        options.title = std::string("FID against model evaluations, ") +
-                        (method == Method::classifier ? "classifier guidance" : "classifier-free guidance");
+      for (Method method : kMethods) {
+        options.title = "FID against model evaluations, " + method_title(method);
         options.x_label = "model evaluations per sample (NFE)";
         options.y_label = "FID";
         options.log_x = true;
@@ -466,7 +485,7 @@ class Sweep {
 
   void write_strength_grids() {
     for (const SamplerKind sampler : samplers_) {
-      for (Method method : {Method::classifier, Method::cfg}) {
+      for (Method method : kMethods) {
         for (int64_t steps : steps_) {
           write_strength_grid(sampler, method, steps);
         }
@@ -497,9 +516,9 @@ class Sweep {
     options.row_labels = class_labels();
     options.column_labels = labels;
     write_png_grid(flags_.out_dir + "/grids/" + name, grid, options);
-    std::string caption = sampler_prefix(sampler) +
-                          (method == Method::classifier ? "Classifier guidance" : "Classifier-free guidance") +
-                          ", " + std::to_string(steps) + " steps: rows are classes 0.." +
+    std::string title = method_title(method);
+    title[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(title[0])));
+    std::string caption = sampler_prefix(sampler) + title + ", " + std::to_string(steps) + " steps: rows are classes 0.." +
                           std::to_string(num_classes_ - 1) + ", columns ";
     for (size_t i = 0; i < labels.size(); ++i) caption += (i ? ", " : "") + labels[i];
     grids_.push_back({name, caption});
@@ -617,9 +636,16 @@ Command add_sweep_command(CLI::App& app, const GlobalOptions& global) {
   CLI::App* command = app.add_subcommand("sweep", "sample and score a model over guidance strengths and steps; plots and a report");
   auto flags = std::make_shared<SweepFlags>();
   SweepFlags& f = *flags;
-  command->add_option("--model", f.model, "denoiser checkpoint (conditional for CFG; its null class for classifier guidance)")->required();
+  command->add_option("--model", f.model,
+                      "denoiser checkpoint (conditional for CFG and --conditional-classifier-scales; its null class "
+                      "for --classifier-scales)")
+      ->required();
   command->add_option("--classifier", f.classifier, "noise-aware classifier checkpoint (for --classifier-scales)");
-  command->add_option("--classifier-scales", f.classifier_scales, "classifier scales s: list 0,1,3 or range start:stop:step");
+  command->add_option("--classifier-scales", f.classifier_scales,
+                      "classifier scales s, guiding the model's null class: list 0,1,3 or range start:stop:step");
+  command->add_option("--conditional-classifier-scales", f.conditional_classifier_scales,
+                      "classifier scales s, guiding the conditional model given the requested class (Dhariwal & "
+                      "Nichol's conditional + guidance)");
   command->add_option("--cfg-scales", f.cfg_scales, "CFG weights w: list 0,1,3 or range start:stop:step");
   command->add_option("--steps", f.steps, "sampling steps, a list (e.g. 10,25,50)")->capture_default_str();
   CLI::Option* sampler = command->add_option("--sampler", f.sampler, "the sampler (any of guidiff sample's)")->capture_default_str();

@@ -10,12 +10,28 @@
 
 namespace guidiff::cli {
 
-const char* method_name(Method method) { return method == Method::classifier ? "classifier" : "cfg"; }
+const char* method_name(Method method) {
+  switch (method) {
+    case Method::classifier: return "classifier";
+    case Method::classifier_conditional: return "classifier-cond";
+    case Method::cfg: break;
+  }
+  return "cfg";
+}
+
+std::string method_title(Method method) {
+  switch (method) {
+    case Method::classifier: return "classifier guidance";
+    case Method::classifier_conditional: return "classifier guidance of the conditional model";
+    case Method::cfg: break;
+  }
+  return "classifier-free guidance";
+}
 
 std::string Setting::id() const {
   char text[96];
   std::snprintf(text, sizeof text, "%s%s_%s%g_steps%lld", named_by_sampler ? (to_string(sampler) + "_").c_str() : "",
-                method_name(method), method == Method::classifier ? "s" : "w", strength, static_cast<long long>(steps));
+                method_name(method), is_classifier_guidance(method) ? "s" : "w", strength, static_cast<long long>(steps));
   std::string id = text;
   for (char& c : id) if (c == '.') c = 'p';
   return id;
@@ -23,7 +39,7 @@ std::string Setting::id() const {
 
 std::string Setting::label() const {
   char text[64];
-  std::snprintf(text, sizeof text, "%s=%g", method == Method::classifier ? "s" : "w", strength);
+  std::snprintf(text, sizeof text, "%s=%g", is_classifier_guidance(method) ? "s" : "w", strength);
   return text;
 }
 

@@ -10,8 +10,15 @@
 
 namespace guidiff::cli {
 
-enum class Method { classifier, cfg };
-const char* method_name(Method method);
+// classifier: classifier guidance of the model's null class (or of an unconditional model);
+// classifier_conditional: classifier guidance of the conditional model given the requested
+// class (Dhariwal & Nichol 2021, sec. 5, "conditional + guidance"); cfg: classifier-free.
+enum class Method { classifier, classifier_conditional, cfg };
+constexpr Method kMethods[] = {Method::classifier, Method::classifier_conditional, Method::cfg};
+const char* method_name(Method method);  // on disk and in tables: classifier, classifier-cond, cfg
+// In plots and captions, e.g. "classifier guidance of the conditional model".
+std::string method_title(Method method);
+inline bool is_classifier_guidance(Method method) { return method != Method::cfg; }
 
 struct Setting {
   SamplerKind sampler = SamplerKind::ddim;

@@ -5,6 +5,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
@@ -12,9 +13,15 @@
 namespace guidiff {
 namespace {
 
-// Rows of the distance matrix computed at a time: a [1024, 10000] float64 block is 80 MB,
-// where the whole 10k x 10k matrix would be 800 MB.
-constexpr int64_t kBlockRows = 1024;
+// Entries of the distance matrix computed at a time: 10M float64 entries are 80 MB, e.g. 1024
+// rows of 10,000 columns, where the whole 10k x 10k matrix would be 800 MB. A fixed count of
+// rows instead (1024 rows of 50,000 columns: 410 MB per temporary) made each block's several
+// temporaries outgrow the heap's 1 GiB trim threshold (core/allocator.hpp), and at 50,000
+// points more than half the CPU time went to the kernel handing pages back and faulting them
+// in again.
+// At most 1024 rows: more buys nothing from the matrix products.
+constexpr int64_t kBlockEntries = 10'000'000;
+constexpr int64_t kMinBlockRows = 16, kMaxBlockRows = 1024;
 
 // A point set as float64 CPU [N, D], after checking it has at least `minimum_points` rows.
 torch::Tensor checked_points(const torch::Tensor& points, int64_t minimum_points, const std::string& metric,
@@ -50,19 +57,27 @@ void check_k(int64_t k, const std::string& metric) {
 // rounding of a sphere can change sides.
 void for_each_distance_block(const torch::Tensor& rows, const torch::Tensor& columns,
                              const std::function<void(int64_t, const torch::Tensor&)>& visit) {
-  for (int64_t begin = 0; begin < rows.size(0); begin += kBlockRows) {
-    const int64_t end = std::min(begin + kBlockRows, rows.size(0));
+  const int64_t block_rows =
+      std::clamp(kBlockEntries / std::max<int64_t>(columns.size(0), 1), kMinBlockRows, kMaxBlockRows);
+  for (int64_t begin = 0; begin < rows.size(0); begin += block_rows) {
+    const int64_t end = std::min(begin + block_rows, rows.size(0));
     visit(begin, torch::cdist(rows.slice(0, begin, end), columns));
   }
 }
 
-// r_k(x) for every point x of the set: the distance to its k-th nearest neighbour, x itself
-// excluded. A point's distance to itself (0) is the smallest in its row, so r_k is the
-// (k+1)-th smallest distance of the row; duplicates of x count as neighbours at distance 0.
-torch::Tensor kth_neighbour_radii(const torch::Tensor& points, int64_t k) {
-  torch::Tensor radii = torch::empty({points.size(0)}, torch::kFloat64);
+// r_k(x) for every point x of the set and each k of `ks`: the distance to its k-th nearest
+// neighbour, x itself excluded. A point's distance to itself (0) is the smallest in its row, so
+// r_k is the (k+1)-th smallest distance of the row; duplicates of x count as neighbours at
+// distance 0. Returns float64 [N, ks.size()], column i for ks[i]: one pass over the N x N
+// distances serves every k (precision/recall's k = 3 and density/coverage's k = 5).
+torch::Tensor kth_neighbour_radii(const torch::Tensor& points, const std::vector<int64_t>& ks) {
+  const int64_t largest_k = *std::max_element(ks.begin(), ks.end());
+  const torch::Tensor column_index = torch::tensor(ks, torch::kLong);  // index k of a sorted row: its (k+1)-th smallest
+  torch::Tensor radii = torch::empty({points.size(0), static_cast<int64_t>(ks.size())}, torch::kFloat64);
   for_each_distance_block(points, points, [&](int64_t begin, const torch::Tensor& distances) {
-    radii.slice(0, begin, begin + distances.size(0)).copy_(std::get<0>(distances.kthvalue(k + 1, 1)));
+    const torch::Tensor nearest =
+        std::get<0>(distances.topk(largest_k + 1, 1, /*largest=*/false, /*sorted=*/true));
+    radii.slice(0, begin, begin + distances.size(0)).copy_(nearest.index_select(1, column_index));
   });
   return radii;
 }
@@ -131,50 +146,73 @@ double inception_score(const torch::Tensor& probabilities, int64_t splits, doubl
   return mean;
 }
 
-PrecisionRecall precision_recall(const torch::Tensor& real, const torch::Tensor& fake, int64_t k) {
-  const std::string metric = "precision/recall";
-  check_k(k, metric);
-  const torch::Tensor real_points = checked_points(real, k + 1, metric, "real", k);
-  const torch::Tensor fake_points = checked_points(fake, k + 1, metric, "fake", k);
+NeighbourMetrics neighbour_metrics(const torch::Tensor& real, const torch::Tensor& fake, int64_t precision_recall_k,
+                                   int64_t density_coverage_k) {
+  const bool want_pr = precision_recall_k > 0, want_dc = density_coverage_k > 0;
+  const std::string metric = want_pr && want_dc ? "precision/recall and density/coverage"
+                             : want_pr          ? "precision/recall"
+                                                : "density/coverage";
+  if (!want_pr && !want_dc) throw InputError("neighbour metrics: neither metric was asked for");
+  if (precision_recall_k != 0) check_k(precision_recall_k, metric);
+  if (density_coverage_k != 0) check_k(density_coverage_k, metric);
+  const int64_t real_k = std::max(precision_recall_k, density_coverage_k);
+  const torch::Tensor real_points = checked_points(real, real_k + 1, metric, "real", real_k);
+  const torch::Tensor fake_points =
+      checked_points(fake, want_pr ? precision_recall_k + 1 : 1, metric, "fake", precision_recall_k);
   check_same_dimension(real_points, fake_points, metric);
 
-  const torch::Tensor real_radii = kth_neighbour_radii(real_points, k);
-  const torch::Tensor fake_radii = kth_neighbour_radii(fake_points, k);
-  // One pass over the fake x real distances serves both directions: row j tested against the
-  // real radii (columns) says whether fake_j is in the real manifold; column i tested against
-  // the fake radii (rows) says whether real_i is in fake_j's ball.
-  int64_t fake_inside = 0;
+  // One pass over the real x real distances gives the real balls of both metrics.
+  std::vector<int64_t> real_ks;
+  if (want_pr) real_ks.push_back(precision_recall_k);
+  if (want_dc) real_ks.push_back(density_coverage_k);
+  const torch::Tensor real_radii = kth_neighbour_radii(real_points, real_ks);
+  const torch::Tensor real_radii_pr = want_pr ? real_radii.select(1, 0).unsqueeze(0) : torch::Tensor();
+  const torch::Tensor real_radii_dc = want_dc ? real_radii.select(1, want_pr ? 1 : 0).unsqueeze(0) : torch::Tensor();
+  const torch::Tensor fake_radii =
+      want_pr ? kth_neighbour_radii(fake_points, {precision_recall_k}).select(1, 0) : torch::Tensor();
+
+  // One pass over the fake x real distances serves every test. Row j against the real radii
+  // (columns) says whether fake_j lies in the real manifold (precision) and in which real balls
+  // (density); column i against the fake radii (rows) says whether real_i lies in fake_j's ball
+  // (recall); a real ball holding any row is covered (coverage).
+  int64_t fake_inside = 0;   // fake points in the real manifold
+  int64_t memberships = 0;   // pairs (i, j) with fake_j in B(real_i, r_k(real_i)), density's k
   torch::Tensor real_inside = torch::zeros({real_points.size(0)}, torch::kBool);
+  torch::Tensor covered = torch::zeros({real_points.size(0)}, torch::kBool);
   for_each_distance_block(fake_points, real_points, [&](int64_t begin, const torch::Tensor& distances) {
-    fake_inside += distances.le(real_radii.unsqueeze(0)).any(1).sum().item<int64_t>();
-    const torch::Tensor block_radii = fake_radii.slice(0, begin, begin + distances.size(0));
-    real_inside.logical_or_(distances.le(block_radii.unsqueeze(1)).any(0));
+    if (want_pr) {
+      fake_inside += distances.le(real_radii_pr).any(1).sum().item<int64_t>();
+      const torch::Tensor block_radii = fake_radii.slice(0, begin, begin + distances.size(0));
+      real_inside.logical_or_(distances.le(block_radii.unsqueeze(1)).any(0));
+    }
+    if (want_dc) {
+      const torch::Tensor inside = distances.le(real_radii_dc);
+      memberships += inside.sum().item<int64_t>();
+      covered.logical_or_(inside.any(0));
+    }
   });
-  PrecisionRecall result;
-  result.precision = static_cast<double>(fake_inside) / static_cast<double>(fake_points.size(0));
-  result.recall = real_inside.to(torch::kFloat64).mean().item<double>();
+  const double fake_count = static_cast<double>(fake_points.size(0));
+  NeighbourMetrics result;
+  if (want_pr) {
+    result.precision_recall.precision = static_cast<double>(fake_inside) / fake_count;
+    result.precision_recall.recall = real_inside.to(torch::kFloat64).mean().item<double>();
+  }
+  if (want_dc) {
+    result.density_coverage.density =
+        static_cast<double>(memberships) / (static_cast<double>(density_coverage_k) * fake_count);
+    result.density_coverage.coverage = covered.to(torch::kFloat64).mean().item<double>();
+  }
   return result;
 }
 
-DensityCoverage density_coverage(const torch::Tensor& real, const torch::Tensor& fake, int64_t k) {
-  const std::string metric = "density/coverage";
-  check_k(k, metric);
-  const torch::Tensor real_points = checked_points(real, k + 1, metric, "real", k);
-  const torch::Tensor fake_points = checked_points(fake, 1, metric, "fake", k);
-  check_same_dimension(real_points, fake_points, metric);
+PrecisionRecall precision_recall(const torch::Tensor& real, const torch::Tensor& fake, int64_t k) {
+  check_k(k, "precision/recall");
+  return neighbour_metrics(real, fake, k, 0).precision_recall;
+}
 
-  const torch::Tensor real_radii = kth_neighbour_radii(real_points, k);
-  int64_t memberships = 0;  // pairs (i, j) with fake_j in B(real_i, r_k(real_i))
-  torch::Tensor covered = torch::zeros({real_points.size(0)}, torch::kBool);
-  for_each_distance_block(fake_points, real_points, [&](int64_t /*begin*/, const torch::Tensor& distances) {
-    const torch::Tensor inside = distances.le(real_radii.unsqueeze(0));
-    memberships += inside.sum().item<int64_t>();
-    covered.logical_or_(inside.any(0));
-  });
-  DensityCoverage result;
-  result.density = static_cast<double>(memberships) / (static_cast<double>(k) * static_cast<double>(fake_points.size(0)));
-  result.coverage = covered.to(torch::kFloat64).mean().item<double>();
-  return result;
+DensityCoverage density_coverage(const torch::Tensor& real, const torch::Tensor& fake, int64_t k) {
+  check_k(k, "density/coverage");
+  return neighbour_metrics(real, fake, 0, k).density_coverage;
 }
 
 double class_accuracy(const torch::Tensor& probabilities_or_logits, const torch::Tensor& requested_labels) {

@@ -139,12 +139,12 @@ SampleScores score_features(const torch::Tensor& features, const torch::Tensor& 
                                                                  : std::min(scores.count, stats.features.size(0));
     const torch::Tensor neighbours = stats.features.slice(0, 0, used);
     scores.neighbour_count = neighbours.size(0);
-    const PrecisionRecall pr = precision_recall(neighbours, features, options.precision_recall_k);
-    scores.precision = pr.precision;
-    scores.recall = pr.recall;
-    const DensityCoverage dc = density_coverage(neighbours, features, options.density_coverage_k);
-    scores.density = dc.density;
-    scores.coverage = dc.coverage;
+    const NeighbourMetrics neighbour =
+        neighbour_metrics(neighbours, features, options.precision_recall_k, options.density_coverage_k);
+    scores.precision = neighbour.precision_recall.precision;
+    scores.recall = neighbour.precision_recall.recall;
+    scores.density = neighbour.density_coverage.density;
+    scores.coverage = neighbour.density_coverage.coverage;
   } else {
     scores.precision = scores.recall = scores.density = scores.coverage = NAN;
   }
