@@ -48,8 +48,8 @@ namespace {
 namespace fs = std::filesystem;
 
 struct SweepFlags {
-  std::string model, classifier, classifier_scales, conditional_classifier_scales, cfg_scales, steps = "50", sampler = "ddim", samplers,
-      sigmas = "karras", out_dir;
+  std::string model, classifier, classifier_scales, conditional_classifier_scales, cfg_scales, steps = "50",
+      sampler = "ddim", samplers, sigmas = "karras", out_dir;
   double eta = 0.0;
   int64_t num_samples = 250, batch_size = 64, grid_columns = 8;
   uint64_t seed = 0;
@@ -213,7 +213,8 @@ class Sweep {
     if (s.empty() && conditional_s.empty() && w.empty()) {
       throw InputError("nothing to sweep: give --classifier-scales, --conditional-classifier-scales and/or --cfg-scales");
     }
-    for (const auto& [flag, scales] : {std::pair{"--classifier-scales", &s}, {"--conditional-classifier-scales", &conditional_s}}) {
+    for (const auto& [flag, scales] :
+         {std::pair{"--classifier-scales", &s}, {"--conditional-classifier-scales", &conditional_s}}) {
       bool needs_classifier = false;
       for (double value : *scales) needs_classifier = needs_classifier || value != 0.0;
       if (needs_classifier && flags_.classifier.empty()) throw InputError(std::string(flag) + " needs --classifier");
@@ -404,7 +405,8 @@ class Sweep {
       for (Method method : kMethods) {
         for (int64_t steps : steps_) {
           LineSeries line;
-          line.title = sampler_prefix(sampler) + method_title(method) + (is_classifier_guidance(method) ? " (s)" : " (w)") +
+          line.title = sampler_prefix(sampler) + method_title(method) +
+                       (is_classifier_guidance(method) ? " (s)" : " (w)") +
                        (steps_.size() > 1 ? ", " + std::to_string(steps) + " steps" : "");
           for (const SettingResult& r : results_) {
             if (r.setting.sampler != sampler || r.setting.method != method || r.setting.steps != steps) continue;
