@@ -244,7 +244,12 @@ void write_line_plot(const std::string& path, const std::vector<LineSeries>& ser
     std::ofstream script(script_path);
     script << "set terminal pngcairo size " << options.width << "," << options.height << " font ',10' noenhanced\n"
            << "set output " << quoted(temp_png) << "\n"
-           << "set grid\nset key outside below center horizontal\nset offsets graph 0.08, graph 0.12, graph 0.08, graph 0.08\n";
+           << "set grid\nset key outside below center horizontal\n";
+    // Room around the data for the point labels (drawn up and to the right of each point);
+    // without labels the axes keep gnuplot's own range, e.g. 0-1000 for timesteps.
+    const bool any_labels = std::any_of(series.begin(), series.end(),
+                                        [](const LineSeries& line) { return !line.point_labels.empty(); });
+    if (any_labels) script << "set offsets graph 0.08, graph 0.12, graph 0.08, graph 0.08\n";
     if (!options.title.empty()) script << "set title " << quoted(options.title) << "\n";
     if (!options.x_label.empty()) script << "set xlabel " << quoted(options.x_label) << "\n";
     if (!options.y_label.empty()) script << "set ylabel " << quoted(options.y_label) << "\n";
