@@ -671,6 +671,8 @@ TEST_F(EvalCliTest, SweepGuidesTheConditionalModelWithTheClassifierOnRequest) {
                         "needs a class-conditional --model");
   expect_one_line_error("sweep --model " + path("uncond") + " --cfg-scales 0 --out-dir " + path("s4") + common_,
                         "is unconditional: sweeping it needs --classifier");
+  // Refused before the directory was claimed: the corrected command is not refused for it.
+  EXPECT_FALSE(fs::exists(path("s4/sweep.json")));
 }
 
 TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {

@@ -160,18 +160,6 @@ class Sweep {
   // results are gathered), and rank 0 alone reads and writes the files.
   void run() {
     validate();
-    if (communicator_.is_main()) {
-      fs::create_directories(flags_.out_dir + "/settings");
-      fs::create_directories(flags_.out_dir + "/plots");
-      fs::create_directories(flags_.out_dir + "/grids");
-      const AbandonedTemporaries removed = remove_abandoned_temporaries(flags_.out_dir, /*recursive=*/true);
-      if (removed.files > 0) {
-        std::fprintf(stderr, "sweep: removed %lld temporary file(s) (%lld bytes) left by an interrupted run\n",
-                     static_cast<long long>(removed.files), static_cast<long long>(removed.bytes));
-      }
-      check_or_write_request(flags_);
-    }
-    communicator_.barrier("checking the sweep directory");  // the others learn at once if rank 0 refused it
     const auto started = std::chrono::steady_clock::now();
     model_ = load_model(flags_.model, device_);
     if (!model_.denoiser) throw InputError("--model '" + flags_.model + "' is not a denoiser");
@@ -187,6 +175,20 @@ class Sweep {
       throw InputError("--model '" + flags_.model + "' is unconditional: sweeping it needs --classifier (the classes)");
     }
     num_classes_ = conditional_model ? model_.denoiser->num_classes() : classifier_->num_classes();
+    // The directory and its sweep.json come after the networks are checked, so that a refused
+    // model or classifier leaves no request behind to refuse the corrected command.
+    if (communicator_.is_main()) {
+      fs::create_directories(flags_.out_dir + "/settings");
+      fs::create_directories(flags_.out_dir + "/plots");
+      fs::create_directories(flags_.out_dir + "/grids");
+      const AbandonedTemporaries removed = remove_abandoned_temporaries(flags_.out_dir, /*recursive=*/true);
+      if (removed.files > 0) {
+        std::fprintf(stderr, "sweep: removed %lld temporary file(s) (%lld bytes) left by an interrupted run\n",
+                     static_cast<long long>(removed.files), static_cast<long long>(removed.bytes));
+      }
+      check_or_write_request(flags_);
+    }
+    communicator_.barrier("checking the sweep directory");  // the others learn at once if rank 0 refused it
     evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_, communicator_);
     const int64_t side = model_.config.at("image_size").get<int64_t>();
     evaluation_->check_images(torch::zeros({1, model_.config.at("in_channels").get<int64_t>(), side, side}));
