@@ -273,8 +273,9 @@ TEST_F(CliTest, TorchScriptConditionalModelWithCfgMatchesTheClosedForm) {
   // The twin runs the module's float32 operations one for one, so eps agrees; a stray ulp
   // (u = 2^-24) per model call would reach the samples with O(1) gain over 10 steps, ~1e-6.
   EXPECT_TRUE(torch::allclose(read_npy(path("x.npy")), expected.samples, 1e-5, 1e-6));
-  // 6 images of 4x4 in rows of ceil(sqrt(6)) = 3 with 2 px padding: 20 x 14.
-  EXPECT_EQ(png_size(path("grid.png")), std::make_pair(20, 14));
+  // 6 images of 4x4, two of each class: one row of two per class, 2 px padding, after a left
+  // margin for the names ("class 0": 7 glyphs of 6 px less 1, plus gaps of 2 on each side: 45).
+  EXPECT_EQ(png_size(path("grid.png")), std::make_pair(45 + 2 * 6 + 2, 3 * 6 + 2));
 }
 
 TEST_F(CliTest, GridScaleEnlargesEachSampleAndIsChecked) {
@@ -283,8 +284,9 @@ TEST_F(CliTest, GridScaleEnlargesEachSampleAndIsChecked) {
                               path("grid.png");
   const CliResult result = run(command + " --grid-scale 3");
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  // Rows of 3 images of 12x12 (4x4 at 3x) with 2 px padding: 3 (12 + 2) + 2 = 44 by 2 (12 + 2) + 2 = 30.
-  EXPECT_EQ(png_size(path("grid.png")), std::make_pair(44, 30));
+  // A row of 2 images of 12x12 (4x4 at 3x) per class with 2 px padding, after the names' margin
+  // (45, as above: the font stays 1 px below 40 px images): 45 + 2 (12 + 2) + 2 = 75 by 3 (12 + 2) + 2 = 44.
+  EXPECT_EQ(png_size(path("grid.png")), std::make_pair(75, 44));
   expect_one_line_error(command + " --grid-scale 0", "--grid-scale must be 1 to 16, got 0");
   expect_one_line_error(command + " --grid-scale 17", "--grid-scale must be 1 to 16, got 17");
 }
@@ -490,6 +492,38 @@ TEST_F(CliTest, TrainedCheckpointsSampleWithEveryGuidanceRule) {
                " --data mixture --mixture-size 2000 --steps 70 --batch-size 64 --timesteps 100 --lr 2e-3");
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_NE(result.err.find("resumed from step 60"), std::string::npos) << result.err;
+}
+
+TEST_F(CliTest, TrainedModelsKeepTheDataClassNamesAndSampleGridsShowThem) {
+  // Two classes of four 8x8 images, in folders named after them.
+  fs::create_directories(path("shades/dark"));
+  fs::create_directories(path("shades/light"));
+  write_png_images(path("shades/dark"), torch::full({4, 1, 8, 8}, -0.8));
+  write_png_images(path("shades/light"), torch::full({4, 1, 8, 8}, 0.8));
+  {
+    std::ofstream(path("unet.json")) << R"({"kind": "unet", "model_channels": 8, "channel_mult": [1], )"
+                                        R"("num_res_blocks": 1, "attention_resolutions": [], "norm_groups": 4})";
+  }
+  const std::string train = "train diffusion --data folder:" + path("shades") +
+                            " --conditional --p-uncond 0.2 --batch-size 4 --timesteps 50 --out-dir " + path("run");
+  CliResult result = run(train + " --config " + path("unet.json") + " --steps 2");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  for (const char* file : {"model.json", "raw.json"}) {
+    const auto saved = nlohmann::json::parse(read_file_bytes(path("run") + "/" + file));
+    EXPECT_EQ(saved.at("class_names"), nlohmann::json({"dark", "light"})) << file;
+  }
+  // The run's saved config, names and all, builds the network again on --resume.
+  result = run(train + " --resume --steps 3");
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.err.find("resumed from step 2"), std::string::npos) << result.err;
+
+  // Three samples of each class: a row of three per class, named from the model ("light": 5
+  // glyphs, 29 px, plus gaps of 2 on each side: a margin of 33).
+  result = run("sample --model " + path("run") + " --timesteps 50 --class 0,1 --num-samples 6 --steps 2 --grid " + path("g.png"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(png_size(path("g.png")), std::make_pair(33 + 3 * 10 + 2, 2 * 10 + 2));
+  const auto card = nlohmann::json::parse(read_file_bytes(path("g.model_card.json")));
+  EXPECT_EQ(card.at("model").at("class_names"), nlohmann::json({"dark", "light"}));
 }
 
 TEST_F(CliTest, BadTrainingRequestsAreOneLineErrors) {

@@ -312,6 +312,35 @@ TEST_F(IoTest, GridLabelsNameTheRowsAndColumnsInMargins) {
   expect_error<InputError>([&] { image_grid_pixels(images, options); }, {"1 row labels", "2 rows"});
 }
 
+TEST_F(IoTest, ClassRowsPutEachClassOnItsOwnNamedRows) {
+  // Image i is the constant i / 10, so every cell says which sample it holds.
+  const torch::Tensor images = (torch::arange(6, torch::kFloat32) / 10).view({6, 1, 1, 1}).expand({6, 1, 2, 2});
+  const torch::Tensor labels = torch::tensor({2, 0, 2, 0, 2, 5}, torch::kLong);
+  const auto cell_values = [](const torch::Tensor& cells) {
+    std::vector<float> values;
+    for (int64_t i = 0; i < cells.size(0); ++i) values.push_back(cells[i][0][0][0].item<float>());
+    return values;
+  };
+  // Classes in ascending order, each on whole rows of two; the short rows end in black (-1);
+  // class 5 has no name among the three given.
+  const ClassRows rows = arrange_by_class(images, labels, {"zero", "one", "two"}, 2);
+  EXPECT_EQ(rows.row_labels, (std::vector<std::string>{"zero", "two", "", "class 5"}));
+  EXPECT_EQ(cell_values(rows.images), (std::vector<float>{0.1f, 0.3f, 0.0f, 0.2f, 0.4f, -1.0f, 0.5f, -1.0f}));
+  EXPECT_EQ(rows.images.sizes(), (std::vector<int64_t>{8, 1, 2, 2}));
+  // One row per class at most: class 2's third sample is left out.
+  const ClassRows first = arrange_by_class(images, labels, {}, 2, 1);
+  EXPECT_EQ(first.row_labels, (std::vector<std::string>{"class 0", "class 2", "class 5"}));
+  EXPECT_EQ(cell_values(first.images), (std::vector<float>{0.1f, 0.3f, 0.0f, 0.2f, 0.5f, -1.0f}));
+  // The rows fit image_grid_pixels with nrow = columns.
+  ImageGridOptions options;
+  options.nrow = 2;
+  options.row_labels = rows.row_labels;
+  EXPECT_EQ(image_grid_pixels(rows.images, options).size(0), 4 * (2 + 2) + 2);
+  expect_error<InputError>([&] { arrange_by_class(images, labels.slice(0, 0, 5), {}, 2); }, {"one label per image", "6"});
+  expect_error<InputError>([&] { arrange_by_class(images, labels - 1, {}, 2); }, {"negative"});
+  expect_error<InputError>([&] { arrange_by_class(images, labels, {}, 0); }, {"columns"});
+}
+
 TEST_F(IoTest, PngGridRejectsBadInput) {
   EXPECT_THROW(write_png_grid(path("x.png"), torch::zeros({1, 2, 4, 4})), InputError);  // 2 channels
   EXPECT_THROW(write_png_grid(path("x.png"), torch::zeros({3, 4, 4})), InputError);     // not NCHW

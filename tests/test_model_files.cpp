@@ -205,6 +205,32 @@ TEST_F(ModelFilesTest, SaveLoadRoundTripGivesBitIdenticalOutputs) {
                            classifier.classifier->logits(points, steps({0, 1, 2, 3}))));
 }
 
+TEST_F(ModelFilesTest, ClassNamesTravelWithTheModelAndAreChecked) {
+  auto model = build_model(tiny_unet_json());  // 3 classes (and the null class)
+  model.class_names = {"Coat", "Bag", "Ankle boot"};
+  save_model(model, path("unet"));
+  const auto stored = json::parse(read_file_bytes(path("unet.json")));
+  EXPECT_EQ(stored.at("class_names"), json({"Coat", "Bag", "Ankle boot"}));
+  EXPECT_EQ(load_model(path("unet")).class_names, model.class_names);
+  // A classifier's names are one per output.
+  auto classifier = build_model({{"kind", "mlp_classifier"}, {"num_classes", 2}, {"hidden_channels", 8}});
+  classifier.class_names = {"left", "right"};
+  save_model(classifier, path("classifier"));
+  EXPECT_EQ(load_model(path("classifier")).class_names, classifier.class_names);
+
+  auto config = stored;
+  config["class_names"] = {"Coat", "Bag"};
+  write_file_atomically(path("unet.json"), config.dump());
+  expect_error<FileError>([&] { load_model(path("unet")); },
+                          {"unet.json", "\"class_names\" has 2 names for the network's 3 classes"});
+  config["class_names"] = {"Coat", 1, "Bag"};
+  write_file_atomically(path("unet.json"), config.dump());
+  expect_error<FileError>([&] { load_model(path("unet")); }, {"unet.json", "\"class_names\" must be an array of strings"});
+  config["class_names"] = "Coat";
+  write_file_atomically(path("unet.json"), config.dump());
+  expect_error<FileError>([&] { load_model(path("unet")); }, {"unet.json", "array of strings"});
+}
+
 TEST_F(ModelFilesTest, MismatchedConfigOrWeightsNameTheKey) {
   auto model = build_model(tiny_unet_json());
   save_model(model, path("unet"));

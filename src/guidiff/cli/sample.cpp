@@ -102,7 +102,17 @@ void write_outputs(const SampleFlags& flags, const GenerationConfig& config, con
     ImageGridOptions grid;
     grid.nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(config.num_samples))));
     grid.scale = flags.grid_scale;
-    write_png_grid(flags.grid, result.samples, grid);
+    torch::Tensor images = result.samples;
+    if (result.labels.defined()) {
+      // One class per row (more where it has more samples than the square grid's row holds),
+      // named on the left, as the sweep's grids are.
+      const torch::Tensor labels = result.labels.to(torch::kCPU, torch::kLong);
+      grid.nrow = std::min(grid.nrow, torch::bincount(labels).max().item<int64_t>());
+      ClassRows rows = arrange_by_class(result.samples, labels, models.class_names, grid.nrow);
+      images = std::move(rows.images);
+      grid.row_labels = std::move(rows.row_labels);
+    }
+    write_png_grid(flags.grid, images, grid);
   }
   if (!flags.image_dir.empty()) write_png_images(flags.image_dir, result.samples);
   if (!flags.npz.empty()) write_sample_batch_npz(flags.npz, images_to_uint8_nhwc(result.samples), result.labels);

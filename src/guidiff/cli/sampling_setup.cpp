@@ -100,14 +100,17 @@ bool is_checkpoint(const std::string& path) {
 }
 
 // A classifier from a checkpoint or a TorchScript archive.
+// `class_names` (if given) receives a guidiff checkpoint's class names.
 std::shared_ptr<Classifier> load_classifier(const SamplingFlags& flags, TorchScriptOptions options,
-                                            const torch::Device& device) {
+                                            const torch::Device& device,
+                                            std::vector<std::string>* class_names = nullptr) {
   if (!is_checkpoint(flags.classifier)) return std::make_shared<TorchScriptClassifier>(flags.classifier, options);
-  const Model model = load_model(flags.classifier, device);
+  Model model = load_model(flags.classifier, device);
   if (!model.classifier) {
     throw InputError("--classifier '" + flags.classifier + "' holds a " + model_kind_name(model.kind) +
                      ", not a classifier");
   }
+  if (class_names) *class_names = std::move(model.class_names);
   return model.classifier;
 }
 
@@ -175,6 +178,7 @@ SamplingModels network_models(const SamplingFlags& flags, const GuidedDiffusionF
   config.sample_shape = shape;
   SamplingModels models;
   models.model_card["model"] = model_card(model, flags.model);
+  models.class_names = model.class_names;
   models.denoiser = flags.unconditional ? std::make_shared<NullClassDenoiser>(model.denoiser) : model.denoiser;
   if (!flags.guide_model.empty()) {
     TorchScriptOptions options;
@@ -198,8 +202,10 @@ SamplingModels network_models(const SamplingFlags& flags, const GuidedDiffusionF
       options.time_kind = model.denoiser->time_kind();
       options.num_classes = flags.num_classes > 0 ? flags.num_classes : model.denoiser->num_classes();
       options.device = device;
-      models.classifier = load_classifier(flags, options, device);
+      std::vector<std::string> classifier_names;
+      models.classifier = load_classifier(flags, options, device, &classifier_names);
       models.model_card["classifier"] = {{"path", flags.classifier}};
+      if (models.class_names.empty()) models.class_names = std::move(classifier_names);
     }
     if (classes == 0) classes = models.classifier->num_classes();
   }

@@ -59,6 +59,9 @@ struct SamplingModels {
   std::shared_ptr<Denoiser> guide;         // --guide-model (autoguidance), or null
   std::optional<GaussianMixture> mixture;  // the toy's, for plots
   torch::Tensor labels;                    // requested classes, or undefined
+  // The classes' names from the model's file (the classifier's when the model has none), or
+  // empty (TorchScript models, data without names).
+  std::vector<std::string> class_names;
   // `guidiff upsample`: the super-resolution model for a batch of low-resolution images.
   LowResolutionConditioning conditioned_on;
   torch::Tensor low_res;                   // float [num_samples, C, h, w] in [-1, 1]

@@ -134,19 +134,6 @@ void check_or_write_request(const SweepFlags& flags) {
   write_file_atomically(path, request.dump(2) + "\n");
 }
 
-// Samples of the sweep's N sorted into rows of classes: row c holds the first `columns`
-// samples that asked for class c. labels cycle 0..K-1, so sample c + K j is class c.
-torch::Tensor class_rows(const torch::Tensor& samples, int64_t num_classes, int64_t columns) {
-  std::vector<torch::Tensor> picked;
-  for (int64_t c = 0; c < num_classes; ++c) {
-    for (int64_t j = 0; j < columns; ++j) {
-      const int64_t index = c + j * num_classes;
-      picked.push_back(index < samples.size(0) ? samples[index] : torch::zeros_like(samples[0]));
-    }
-  }
-  return torch::stack(picked);
-}
-
 // Grids large enough to see: small images are shown at about 84 pixels (3x for 28x28), as
 // nearest-neighbour blocks, so no pixel is invented.
 int64_t grid_scale(const torch::Tensor& images) { return std::max<int64_t>(1, 84 / images.size(-1)); }
@@ -164,7 +151,12 @@ class Sweep {
     model_ = load_model(flags_.model, device_);
     if (!model_.denoiser) throw InputError("--model '" + flags_.model + "' is not a denoiser");
     if (model_.config.value("image_size", int64_t{0}) == 0) throw InputError("--model must be an image model (unet)");
-    if (!flags_.classifier.empty()) classifier_ = load_model(flags_.classifier, device_).classifier;
+    std::vector<std::string> classifier_names;
+    if (!flags_.classifier.empty()) {
+      Model classifier = load_model(flags_.classifier, device_);
+      classifier_ = classifier.classifier;
+      classifier_names = std::move(classifier.class_names);
+    }
     if (!flags_.classifier.empty() && !classifier_) throw InputError("--classifier '" + flags_.classifier + "' is not a classifier");
     const bool conditional_model = model_.denoiser->num_classes() > 0;
     if (!conditional_model && !flags_.conditional_classifier_scales.empty()) {
@@ -175,6 +167,7 @@ class Sweep {
       throw InputError("--model '" + flags_.model + "' is unconditional: sweeping it needs --classifier (the classes)");
     }
     num_classes_ = conditional_model ? model_.denoiser->num_classes() : classifier_->num_classes();
+    class_names_ = conditional_model ? model_.class_names : classifier_names;
     // The directory and its sweep.json come after the networks are checked, so that a refused
     // model or classifier leaves no request behind to refuse the corrected command.
     if (communicator_.is_main()) {
@@ -265,8 +258,8 @@ class Sweep {
 
   torch::Tensor labels() const { return torch::arange(flags_.num_samples, torch::kLong) % num_classes_; }
 
-  // The grids' row labels: the reference data's class names (known once the real-data row is
-  // scored), else "class k".
+  // The grids' row labels: the model's class names (the classifier's for an unconditional
+  // model), else the reference data's (known once the real-data row is scored), else "class k".
   std::vector<std::string> class_labels() const {
     if (!class_names_.empty()) return class_names_;
     std::vector<std::string> names;
@@ -283,7 +276,9 @@ class Sweep {
     const int64_t n = std::min(flags_.num_samples, data.size());
     torch::Generator generator = at::detail::createCPUGenerator(flags_.seed);
     const torch::Tensor rows = torch::randperm(data.size(), generator).slice(0, 0, n);
-    if (static_cast<int64_t>(data.class_names.size()) == num_classes_) class_names_ = data.class_names;
+    if (class_names_.empty() && static_cast<int64_t>(data.class_names.size()) == num_classes_) {
+      class_names_ = data.class_names;
+    }
     real_ = evaluation_->score(data.images.index_select(0, rows), data.labels.index_select(0, rows));
     real_name_ = "real " + request.split + " images";
   }
@@ -332,8 +327,10 @@ class Sweep {
         ImageGridOptions grid;
         grid.nrow = std::min(flags_.grid_columns, std::max<int64_t>(1, flags_.num_samples / num_classes_));
         grid.scale = grid_scale(result.samples);
-        grid.row_labels = class_labels();
-        write_png_grid(dir + "/grid.png", class_rows(result.samples, num_classes_, grid.nrow), grid);
+        // Row c: the first samples that asked for class c.
+        const ClassRows rows = arrange_by_class(result.samples, requested, class_labels(), grid.nrow, 1);
+        grid.row_labels = rows.row_labels;
+        write_png_grid(dir + "/grid.png", rows.images, grid);
       }
       // Scored as saved: the 8-bit images of the .npz.
       SettingResult finished{setting, evaluation_->score(uint8_nhwc_to_images(pixels), requested), 0.0,
@@ -629,7 +626,7 @@ class Sweep {
   std::vector<SettingResult> results_;
   SampleScores real_;
   std::string real_name_;
-  std::vector<std::string> class_names_;  // the reference data's, when it names every class
+  std::vector<std::string> class_names_;  // the model's, or the reference data's (class_labels)
   std::vector<std::pair<std::string, std::string>> plots_, grids_;
   double seconds_ = 0;
 };

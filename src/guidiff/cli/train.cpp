@@ -39,6 +39,9 @@ nlohmann::json model_config(const TrainFlags& flags, const Dataset& data) {
     config = read_json_file("--resume", run_files(flags.options.out_dir).raw_prefix + ".json");
   }
   if (!config.is_object()) config = nlohmann::json::object();
+  // A saved model's config (the run's own on --resume) records class names beside the
+  // network; they come from the data instead.
+  config.erase("class_names");
   const bool classifier = flags.options.task == TrainingTask::classifier;
   if (!config.contains("kind")) {
     if (data.holds_images()) {
@@ -99,6 +102,9 @@ void run_train(TrainFlags flags, Communicator& communicator) {
   // same weights (on the same libtorch and thread count).
   torch::manual_seed(flags.options.seed);
   Model model = build_model(model_config(flags, data));
+  // The data's class names go into the saved model (grids label their rows with them).
+  const int64_t classes = model.denoiser ? model.denoiser->num_classes() : model.classifier->num_classes();
+  if (classes > 0 && static_cast<int64_t>(data.class_names.size()) == classes) model.class_names = data.class_names;
 
   std::error_code ignored;
   std::filesystem::create_directories(flags.options.out_dir, ignored);

@@ -9,6 +9,8 @@
 #include <stb/stb_image_write.h>
 #pragma GCC diagnostic pop
 
+#include <map>
+
 #include "guidiff/core/errors.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/bitmap_font.hpp"
@@ -119,6 +121,36 @@ torch::Tensor uint8_nhwc_to_images(const torch::Tensor& pixels_nhwc) {
                      (pixels_nhwc.defined() ? c10::str(pixels_nhwc.scalar_type(), " ", pixels_nhwc.sizes()) : std::string("an undefined tensor")));
   }
   return (pixels_nhwc.detach().to(torch::kCPU).permute({0, 3, 1, 2}).to(torch::kFloat32) / 127.5 - 1).contiguous();
+}
+
+ClassRows arrange_by_class(const torch::Tensor& images, const torch::Tensor& labels,
+                           const std::vector<std::string>& class_names, int64_t columns, int64_t rows_per_class) {
+  if (!images.defined() || images.dim() != 4) throw InputError("images must be a tensor [N, C, H, W]");
+  if (!labels.defined() || labels.dim() != 1 || labels.size(0) != images.size(0)) {
+    throw InputError("class rows: need one label per image (" + std::to_string(images.size(0)) + ")");
+  }
+  if (columns < 1 || rows_per_class < 0) throw InputError("class rows: columns must be >= 1, rows_per_class >= 0");
+  const torch::Tensor classes = labels.to(torch::kCPU, torch::kLong).contiguous();
+  if (classes.numel() > 0 && classes.min().item<int64_t>() < 0) throw InputError("class rows: a label is negative");
+  const torch::Tensor blank = torch::full_like(images[0], -1.0);  // black, as the grid's padding
+  ClassRows rows;
+  std::vector<torch::Tensor> cells;
+  std::map<int64_t, std::vector<int64_t>> members;  // class -> its samples, in order
+  const auto label_of = classes.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < classes.size(0); ++i) members[label_of[i]].push_back(i);
+  for (const auto& [c, indices] : members) {
+    int64_t count = static_cast<int64_t>(indices.size());
+    if (rows_per_class > 0) count = std::min(count, rows_per_class * columns);
+    const int64_t class_rows = (count + columns - 1) / columns;
+    for (int64_t i = 0; i < class_rows * columns; ++i) {
+      cells.push_back(i < count ? images[indices[static_cast<size_t>(i)]] : blank);
+    }
+    const bool named = c < static_cast<int64_t>(class_names.size());
+    rows.row_labels.push_back(named ? class_names[static_cast<size_t>(c)] : "class " + std::to_string(c));
+    rows.row_labels.resize(rows.row_labels.size() + static_cast<size_t>(class_rows - 1));
+  }
+  rows.images = cells.empty() ? images.slice(0, 0, 0) : torch::stack(cells);
+  return rows;
 }
 
 void write_png_images(const std::string& dir, const torch::Tensor& images, int64_t first_index) {

@@ -33,6 +33,20 @@ torch::Tensor image_grid_pixels(const torch::Tensor& images, const ImageGridOpti
 void write_png_grid(const std::string& path, const torch::Tensor& images,
                     const ImageGridOptions& options = {});
 
+// Images sorted into grid rows by class, for write_png_grid with nrow = columns: each class
+// present in `labels` (int64 [N]), in ascending order, fills rows of `columns` images in the
+// order of its samples, the last one completed with black images; at most rows_per_class rows
+// (0: as many as its samples need; later samples are left out). row_labels holds the class's
+// name on its first row and "" on the others: class_names[c], or "class c" where class_names
+// has no entry. Throws InputError for labels that are not [N] with N = images.size(0), a
+// negative label, or columns < 1.
+struct ClassRows {
+  torch::Tensor images;  // [rows * columns, C, H, W]
+  std::vector<std::string> row_labels;
+};
+ClassRows arrange_by_class(const torch::Tensor& images, const torch::Tensor& labels,
+                           const std::vector<std::string>& class_names, int64_t columns, int64_t rows_per_class = 0);
+
 // One PNG per image: dir/000000.png, dir/000001.png, ... (index + first_index, six digits),
 // each written atomically; `dir` must exist. Throws as write_png_grid.
 void write_png_images(const std::string& dir, const torch::Tensor& images, int64_t first_index = 0);

@@ -94,6 +94,7 @@ nlohmann::json model_card(const Model& model, const std::string& path) {
                          {"config", model.config}};
   if (model.diffusion) card["diffusion"] = model.diffusion->to_json();
   if (!model.source.is_null()) card["source"] = model.source;
+  if (!model.class_names.empty()) card["class_names"] = model.class_names;
   // Read with guided-diffusion's flags: one of its models (a JSON config may describe any).
   if (model.source.is_object() && model.source.contains("flags")) {
     card["origin"] = {

@@ -1,6 +1,7 @@
 // Building networks from configs, saving and loading them (see model_files.hpp).
 #include "guidiff/models/model_files.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -20,6 +21,7 @@ constexpr const char* kDefaultName = "model";
 // Keys of the config file beside the network's fields.
 constexpr const char* kDiffusionKey = "diffusion";
 constexpr const char* kSourceKey = "source";
+constexpr const char* kClassNamesKey = "class_names";
 
 ModelKind parse_kind(const nlohmann::json& config) {
   if (!config.is_object())
@@ -54,6 +56,19 @@ void wrap(Model& model, const nlohmann::json& fields) {
   model.config["kind"] = model_kind_name(model.kind);
 }
 
+// "class_names": one string per class of the network (a denoiser's classes without its null
+// class, or a classifier's outputs).
+std::vector<std::string> parse_class_names(const nlohmann::json& names, const Model& model) {
+  const int64_t classes = model.denoiser ? model.denoiser->num_classes() : model.classifier->num_classes();
+  if (!names.is_array() || !std::all_of(names.begin(), names.end(), [](const auto& name) { return name.is_string(); })) {
+    throw InputError("field \"class_names\" must be an array of strings");
+  }
+  if (static_cast<int64_t>(names.size()) != classes) {
+    throw InputError("field \"class_names\" has " + std::to_string(names.size()) + " names for the network's " +
+                     std::to_string(classes) + " classes");
+  }
+  return names.get<std::vector<std::string>>();
+}
 
 }  // namespace
 
@@ -171,6 +186,7 @@ nlohmann::json model_file_json(const Model& model) {
   nlohmann::json json = model.config;
   if (model.diffusion) json[kDiffusionKey] = model.diffusion->to_json();
   if (!model.source.is_null()) json[kSourceKey] = model.source;
+  if (!model.class_names.empty()) json[kClassNamesKey] = model.class_names;
   return json;
 }
 
@@ -203,16 +219,19 @@ Model load_model(const std::string& dir_or_prefix, const torch::Device& device) 
   Model model;
   try {
     // The network's fields, and beside them what the file records about the model.
-    nlohmann::json diffusion, source;
+    nlohmann::json diffusion, source, class_names;
     if (config.is_object()) {
       if (config.contains(kDiffusionKey)) diffusion = config.at(kDiffusionKey);
       if (config.contains(kSourceKey)) source = config.at(kSourceKey);
+      if (config.contains(kClassNamesKey)) class_names = config.at(kClassNamesKey);
       config.erase(kDiffusionKey);
       config.erase(kSourceKey);
+      config.erase(kClassNamesKey);
     }
     model = build_model(config);
     if (!diffusion.is_null()) model.diffusion = DiffusionSettings::from_json(diffusion, "model config");
     model.source = source;
+    if (!class_names.is_null()) model.class_names = parse_class_names(class_names, model);
   } catch (const InputError& error) {
     throw FileError("model config '" + files.config + "': " + error.what());
   }

@@ -36,6 +36,9 @@ struct Model {
   // Where the weights came from (e.g. {"format": ..., "file": ..., "flags": ...}); the config
   // file keeps it under "source". Null for models guidiff trained.
   nlohmann::json source;
+  // The classes' names, one per class, from the data set it was trained on (empty when the
+  // data named none); the config file keeps them under "class_names". Grids label rows with them.
+  std::vector<std::string> class_names;
 };
 
 // A freshly initialised network (training mode, CPU, float32) from its config. Throws
@@ -78,10 +81,10 @@ void load_model_state(torch::nn::Module& module, const StoredTensors& stored, co
 void load_model_state(torch::nn::Module& module, const SafetensorsContents& state,
                       const std::string& file);
 
-// Writes the weights and the config (with "diffusion" and "source" when the model has them)
+// Writes the weights and the config (with "diffusion", "source" and "class_names" when set)
 // atomically, both or neither. Throws FileError if they cannot be written.
 void save_model(const Model& model, const std::string& dir_or_prefix);
-// The JSON written beside the weights: the config, plus "diffusion" and "source" if set.
+// The JSON written beside the weights: the config, plus "diffusion", "source" and "class_names" if set.
 nlohmann::json model_file_json(const Model& model);
 // The paths and bytes save_model writes (weights first), for checkpoints that write several
 // models and files as one group (write_files_atomically).

@@ -254,6 +254,7 @@ void TrainingRun::prepare() {
   model_.module->to(options_.device);
   model_.module->train();
   ema_ = build_model(model_.config);
+  ema_.class_names = model_.class_names;
   ema_.module->to(options_.device);
   ema_.module->eval();
   for (auto& parameter : ema_.module->parameters()) parameter.set_requires_grad(false);
