@@ -658,6 +658,30 @@ TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
                         "--samplers");
 }
 
+TEST_F(EvalCliTest, SweepGridsNameTheModelsClassesAndShowOnlyThoseAskedFor) {
+  // 12 classes, named, and 10 samples: classes 10 and 11 are never asked for.
+  torch::manual_seed(5);
+  Model unet = build_model({{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                            {"channel_mult", {1}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                            {"norm_groups", 4}, {"num_classes", 12}});
+  for (int c = 0; c < 12; ++c) unet.class_names.push_back(std::string(static_cast<size_t>(c + 1), 'x'));
+  save_model(unet, path("unet"));
+  save_model(build_model({{"kind", "cnn_classifier"}, {"image_size", 8}, {"in_channels", 1}, {"channels", {8}},
+                          {"norm_groups", 4}, {"num_classes", 12}}),
+             path("evaluator12"));
+  const CliResult result = run("sweep --model " + path("unet") + " --cfg-scales 0,1 --steps 2 --num-samples 10 "
+                               "--no-real-baseline --out-dir " + path("sweep") + " --evaluator " + path("evaluator12") +
+                               " --reference folder:" + path("reference") + " --cache-dir " + path("cache12"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  // Ten rows of 8x8 images at 10x (84 / 8) with 2 px padding, after the margin of the longest
+  // name asked for: class 9's ten x's, 59 px at 2 px a font pixel (10 * 6 - 1 = 59 font pixels
+  // would be 118), plus gaps of 4 on each side.
+  const int name_margin = 2 * (10 * 6 - 1) + 2 * 2 * 2;
+  // The strength grid also has the strengths on top: 7 font pixels and gaps of 4 above and below.
+  EXPECT_EQ(png_size(path("sweep/grids/cfg_steps2.png")), std::make_pair(name_margin + 2 * 82 + 2, 22 + 10 * 82 + 2));
+  EXPECT_EQ(png_size(path("sweep/settings/cfg_w1_steps2/grid.png")), std::make_pair(name_margin + 82 + 2, 10 * 82 + 2));
+}
+
 TEST_F(EvalCliTest, SweepGuidesTheConditionalModelWithTheClassifierOnRequest) {
   torch::manual_seed(4);
   const nlohmann::json unet = {{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},

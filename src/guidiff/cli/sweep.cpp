@@ -515,6 +515,7 @@ class Sweep {
     options.nrow = static_cast<int64_t>(columns.size());
     options.scale = grid_scale(grid);
     options.row_labels = class_labels();
+    options.row_labels.resize(static_cast<size_t>(columns.front().size(0)));  // N < K: the classes asked for
     options.column_labels = labels;
     write_png_grid(flags_.out_dir + "/grids/" + name, grid, options);
     std::string title = method_title(method);
