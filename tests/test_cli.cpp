@@ -676,6 +676,11 @@ TEST_F(EvalCliTest, SweepGridsNameTheModelsClassesAndShowOnlyThoseAskedFor) {
   // Ten rows of 8x8 images at 10x (84 / 8) with 2 px padding, after the margin of the longest
   // name asked for: class 9's ten x's, 59 px at 2 px a font pixel (10 * 6 - 1 = 59 font pixels
   // would be 118), plus gaps of 4 on each side.
+  // Refused before sampling: the 3-class evaluator cannot score 10 classes.
+  expect_one_line_error("sweep --model " + path("unet") + " --cfg-scales 0 --steps 2 --num-samples 10 --no-real-baseline "
+                        "--out-dir " + path("refused") + common_,
+                        "tells 3 classes apart, so samples of the model's 10 classes cannot be scored");
+  EXPECT_FALSE(fs::exists(path("refused/sweep.json")));
   const int name_margin = 2 * (10 * 6 - 1) + 2 * 2 * 2;
   // The strength grid also has the strengths on top: 7 font pixels and gaps of 4 above and below.
   EXPECT_EQ(png_size(path("sweep/grids/cfg_steps2.png")), std::make_pair(name_margin + 2 * 82 + 2, 22 + 10 * 82 + 2));

@@ -123,6 +123,16 @@ void Evaluation::check_images(const torch::Tensor& images) {
   run_feature_network(network, images.defined() && images.dim() == 4 ? images.slice(0, 0, 1) : images);
 }
 
+void Evaluation::check_classes(const torch::Tensor& images, int64_t classes) {
+  if (!evaluator_ || classes < 1 || !evaluator_->probabilities_are_data_classes()) return;
+  const torch::Tensor probabilities = run_feature_network(*evaluator_, images.slice(0, 0, 1)).probabilities;
+  if (probabilities.defined() && probabilities.size(1) < classes) {
+    throw InputError("the evaluator " + evaluator_->description() + " tells " + std::to_string(probabilities.size(1)) +
+                     " classes apart, so samples of the model's " + std::to_string(classes) +
+                     " classes cannot be scored for class accuracy (give --evaluator a network of the model's classes)");
+  }
+}
+
 SampleScores Evaluation::score(const torch::Tensor& images, const torch::Tensor& labels) {
   check_images(images);
   const ReferenceSet& set = reference();

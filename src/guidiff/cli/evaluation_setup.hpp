@@ -41,6 +41,9 @@ class Evaluation {
   // Throws InputError when the feature network cannot take images of this shape, before any
   // reference statistics are computed.
   void check_images(const torch::Tensor& images);
+  // Throws InputError when samples that ask for classes 0..classes-1 cannot get a class
+  // accuracy because the evaluator tells fewer classes apart (before any sampling).
+  void check_classes(const torch::Tensor& images, int64_t classes);
   // images float [N, C, H, W] in [-1, 1]; labels int64 [N] (requested classes) or undefined.
   // The first call loads or computes (and caches) the reference statistics.
   SampleScores score(const torch::Tensor& images, const torch::Tensor& labels);

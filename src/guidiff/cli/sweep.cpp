@@ -168,8 +168,14 @@ class Sweep {
     }
     num_classes_ = conditional_model ? model_.denoiser->num_classes() : classifier_->num_classes();
     class_names_ = conditional_model ? model_.class_names : classifier_names;
+    // The evaluator must take the model's images and tell its classes apart.
+    evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_, communicator_);
+    const int64_t side = model_.config.at("image_size").get<int64_t>();
+    const torch::Tensor probe = torch::zeros({1, model_.config.at("in_channels").get<int64_t>(), side, side});
+    evaluation_->check_images(probe);
+    evaluation_->check_classes(probe, std::min(num_classes_, flags_.num_samples));
     // The directory and its sweep.json come after the networks are checked, so that a refused
-    // model or classifier leaves no request behind to refuse the corrected command.
+    // model, classifier or evaluator leaves no request behind to refuse the corrected command.
     if (communicator_.is_main()) {
       fs::create_directories(flags_.out_dir + "/settings");
       fs::create_directories(flags_.out_dir + "/plots");
@@ -182,9 +188,6 @@ class Sweep {
       check_or_write_request(flags_);
     }
     communicator_.barrier("checking the sweep directory");  // the others learn at once if rank 0 refused it
-    evaluation_ = std::make_unique<Evaluation>(flags_.evaluation, device_, communicator_);
-    const int64_t side = model_.config.at("image_size").get<int64_t>();
-    evaluation_->check_images(torch::zeros({1, model_.config.at("in_channels").get<int64_t>(), side, side}));
 
     if (!flags_.no_real_baseline) score_real_baseline();
     run_settings();
