@@ -632,6 +632,15 @@ TEST_F(EvalCliTest, EvalBadInputsAreOneLineErrors) {
                             " --reference folder:" + path("reference"),
                         "evaluator");
   EXPECT_FALSE(fs::exists(path("cache")));  // nothing half-written
+  // A model of 10 classes against the 3-class evaluator: refused before sampling, by the
+  // check (after sampling, class_accuracy itself would refuse the labels in other words).
+  save_model(build_model({{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
+                          {"channel_mult", {1}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},
+                          {"norm_groups", 4}, {"num_classes", 10}}),
+             path("unet10"));
+  expect_one_line_error("eval --model " + path("unet10") + " --class 0,1,2,3,4,5,6,7,8,9 --num-samples 10 --steps 2" +
+                            common_,
+                        "tells 3 classes apart, so samples of the model's 10 classes cannot be scored");
 }
 
 TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {

@@ -74,7 +74,8 @@ ImagesToScore read_samples(const std::string& path, int64_t channels) {
   return result;
 }
 
-ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& global, int64_t channels) {
+ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& global, Evaluation& evaluation) {
+  const int64_t channels = evaluation.image_channels();
   const int sources = (flags.samples.empty() ? 0 : 1) + (flags.data_option->count() > 0 ? 1 : 0) +
                       (flags.sampling.model.empty() ? 0 : 1);
   if (sources != 1) throw InputError("give exactly one of --samples (npz or image folder), --data or --model");
@@ -103,6 +104,15 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
   } else {
     SamplingSetup setup = prepare_sampling(flags.sampling, global);
     if (setup.config.sample_shape.size() != 3) throw InputError("--model must make images (C,H,W) to be evaluated");
+    // The evaluator must take these images and tell the requested classes apart: checked
+    // before minutes of sampling.
+    std::vector<int64_t> probe_shape = {1};
+    probe_shape.insert(probe_shape.end(), setup.config.sample_shape.begin(), setup.config.sample_shape.end());
+    const torch::Tensor probe = torch::zeros(probe_shape);
+    evaluation.check_images(probe);
+    if (setup.models.labels.defined() && setup.models.labels.numel() > 0) {
+      evaluation.check_classes(probe, setup.models.labels.max().item<int64_t>() + 1);
+    }
     Communicator& communicator = *global.communicator;
     std::optional<ProgressBar> progress;
     if (communicator.is_main()) progress.emplace("sampling");
@@ -171,7 +181,7 @@ void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
   Communicator& communicator = *global.communicator;
   if (!flags.json.empty() && communicator.is_main()) check_output_path("--json", flags.json);
   Evaluation evaluation(flags.evaluation, global.torch_device(), communicator);
-  const ImagesToScore input = images_to_score(flags, global, evaluation.image_channels());
+  const ImagesToScore input = images_to_score(flags, global, evaluation);
   evaluation.check_images(input.images);
   // In a data-parallel run every rank computes features of its share; rank 0 reports.
   const SampleScores scores = evaluation.score(input.images, input.labels);
