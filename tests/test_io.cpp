@@ -339,6 +339,7 @@ TEST_F(IoTest, ClassRowsPutEachClassOnItsOwnNamedRows) {
   expect_error<InputError>([&] { arrange_by_class(images, labels.slice(0, 0, 5), {}, 2); }, {"one label per image", "6"});
   expect_error<InputError>([&] { arrange_by_class(images, labels - 1, {}, 2); }, {"negative"});
   expect_error<InputError>([&] { arrange_by_class(images, labels, {}, 0); }, {"columns"});
+  expect_error<InputError>([&] { arrange_by_class(images.slice(0, 0, 0), labels.slice(0, 0, 0), {}, 2); }, {"N >= 1"});
 }
 
 TEST_F(IoTest, PngGridRejectsBadInput) {

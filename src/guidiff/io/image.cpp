@@ -125,13 +125,15 @@ torch::Tensor uint8_nhwc_to_images(const torch::Tensor& pixels_nhwc) {
 
 ClassRows arrange_by_class(const torch::Tensor& images, const torch::Tensor& labels,
                            const std::vector<std::string>& class_names, int64_t columns, int64_t rows_per_class) {
-  if (!images.defined() || images.dim() != 4) throw InputError("images must be a tensor [N, C, H, W]");
+  if (!images.defined() || images.dim() != 4 || images.size(0) < 1) {
+    throw InputError("class rows: images must be a tensor [N, C, H, W] with N >= 1");
+  }
   if (!labels.defined() || labels.dim() != 1 || labels.size(0) != images.size(0)) {
     throw InputError("class rows: need one label per image (" + std::to_string(images.size(0)) + ")");
   }
   if (columns < 1 || rows_per_class < 0) throw InputError("class rows: columns must be >= 1, rows_per_class >= 0");
   const torch::Tensor classes = labels.to(torch::kCPU, torch::kLong).contiguous();
-  if (classes.numel() > 0 && classes.min().item<int64_t>() < 0) throw InputError("class rows: a label is negative");
+  if (classes.min().item<int64_t>() < 0) throw InputError("class rows: a label is negative");
   const torch::Tensor blank = torch::full_like(images[0], -1.0);  // black, as the grid's padding
   ClassRows rows;
   std::vector<torch::Tensor> cells;
@@ -149,7 +151,7 @@ ClassRows arrange_by_class(const torch::Tensor& images, const torch::Tensor& lab
     rows.row_labels.push_back(named ? class_names[static_cast<size_t>(c)] : "class " + std::to_string(c));
     rows.row_labels.resize(rows.row_labels.size() + static_cast<size_t>(class_rows - 1));
   }
-  rows.images = cells.empty() ? images.slice(0, 0, 0) : torch::stack(cells);
+  rows.images = torch::stack(cells);  // N >= 1: at least one class, one cell
   return rows;
 }
 

@@ -38,8 +38,8 @@ void write_png_grid(const std::string& path, const torch::Tensor& images,
 // order of its samples, the last one completed with black images; at most rows_per_class rows
 // (0: as many as its samples need; later samples are left out). row_labels holds the class's
 // name on its first row and "" on the others: class_names[c], or "class c" where class_names
-// has no entry. Throws InputError for labels that are not [N] with N = images.size(0), a
-// negative label, or columns < 1.
+// has no entry. Throws InputError for images that are not [N, C, H, W] with N >= 1, labels
+// that are not [N], a negative label, or columns < 1.
 struct ClassRows {
   torch::Tensor images;  // [rows * columns, C, H, W]
   std::vector<std::string> row_labels;
