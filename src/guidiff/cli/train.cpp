@@ -103,7 +103,7 @@ void run_train(TrainFlags flags, Communicator& communicator) {
   torch::manual_seed(flags.options.seed);
   Model model = build_model(model_config(flags, data));
   // The data's class names go into the saved model (grids label their rows with them).
-  const int64_t classes = model.denoiser ? model.denoiser->num_classes() : model.classifier->num_classes();
+  const int64_t classes = model_class_count(model);
   if (classes > 0 && static_cast<int64_t>(data.class_names.size()) == classes) model.class_names = data.class_names;
 
   std::error_code ignored;

@@ -59,7 +59,7 @@ void wrap(Model& model, const nlohmann::json& fields) {
 // "class_names": one string per class of the network (a denoiser's classes without its null
 // class, or a classifier's outputs).
 std::vector<std::string> parse_class_names(const nlohmann::json& names, const Model& model) {
-  const int64_t classes = model.denoiser ? model.denoiser->num_classes() : model.classifier->num_classes();
+  const int64_t classes = model_class_count(model);
   if (!names.is_array() || !std::all_of(names.begin(), names.end(), [](const auto& name) { return name.is_string(); })) {
     throw InputError("field \"class_names\" must be an array of strings");
   }
@@ -244,6 +244,10 @@ Model load_model(const std::string& dir_or_prefix, const torch::Device& device) 
   model.module->to(device);
   model.module->eval();
   return model;
+}
+
+int64_t model_class_count(const Model& model) {
+  return model.denoiser ? model.denoiser->num_classes() : model.classifier->num_classes();
 }
 
 int64_t count_parameters(const torch::nn::Module& module) {

@@ -54,6 +54,9 @@ struct ModelFiles {
 };
 ModelFiles model_files(const std::string& dir_or_prefix);
 
+// The classes the network tells apart: a denoiser's (without its null class) or a classifier's.
+int64_t model_class_count(const Model& model);
+
 // The number of trainable scalars in `module`.
 int64_t count_parameters(const torch::nn::Module& module);
 
