@@ -25,6 +25,7 @@
 #include "guidiff/eval/fid_inception_network.hpp"
 #include "guidiff/eval/sample_scores.hpp"
 #include "guidiff/eval/metrics.hpp"
+#include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npz.hpp"
 #include "support/inception_formula_weights.hpp"
@@ -159,6 +160,26 @@ TEST(FidInception, ResizeIsBilinearWithoutCornerAlignmentAndGreyBecomesRgb) {
   const torch::Tensor same = torch::rand({1, 3, 299, 299}) * 2 - 1;
   EXPECT_TRUE(torch::allclose(fid_inception_input(same), same, 0, 1e-6));
   expect_error<InputError>([] { fid_inception_input(torch::zeros({2, 2, 8, 8})); }, {"C = 1 or 3", "[2, 2, 8, 8]"});
+}
+
+// pytorch-fid's pt_inception-2015-12-05-6726825d.pth is in torch.save's legacy format, a plain
+// dict in sorted key order with num_batches_tracked; this file has its layout (every tensor a
+// broadcast of one value, to stay small) and loads through the same path.
+TEST(FidInception, LoadsTheLayoutOfPytorchFidsLegacyWeightFile) {
+  const std::string path = data_path("fid_inception_legacy_layout.pt");
+  ASSERT_EQ(read_file_bytes(path).compare(0, 4, "\x80\x02\x8a\x0a"), 0);
+  FidInception network = load_fid_inception(path);
+  int checked = 0;
+  const auto expect_broadcast = [&checked](const std::string& name, const torch::Tensor& tensor) {
+    const float value = guidiff::testing::formula_uniform(name, 1).to(torch::kFloat32).item<float>();
+    EXPECT_TRUE(torch::equal(tensor, torch::full_like(tensor, value))) << name;
+    ++checked;
+  };
+  for (const auto& item : network->named_parameters()) expect_broadcast(item.key(), item.value());
+  for (const auto& item : network->named_buffers()) {
+    if (item.key().find("num_batches_tracked") == std::string::npos) expect_broadcast(item.key(), item.value());
+  }
+  EXPECT_EQ(checked, static_cast<int>(fid_inception_tensor_shapes(network).size()));
 }
 
 TEST(FidInception, LoaderErrorsNameTheFileAndTheTensor) {

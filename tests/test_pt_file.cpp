@@ -1,10 +1,11 @@
-// The `.pt` state-dict reader: files written by torch.save (tests/data/guided_diffusion/pt,
-// made by tests/fixtures/make_guided_diffusion_fixtures.py), storages saved on "cuda:0"
-// mapped to the CPU, and untrusted input: hand-made bad files and a mutation loop over good
-// ones, each ending in a one-line FileError and never a crash.
+// The `.pt` state-dict reader: files written by torch.save in its zip and its legacy format
+// (tests/data/guided_diffusion/pt, made by tests/fixtures/make_guided_diffusion_fixtures.py),
+// storages saved on "cuda:0" mapped to the CPU, and untrusted input: hand-made bad files and a
+// mutation loop over good ones, each ending in a one-line FileError and never a crash.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <string>
@@ -56,6 +57,31 @@ void expect_small_state(const std::string& file) {
 
 TEST(PtFile, ReadsEveryConstructOfATorchSaveStateDict) { expect_small_state(pt_path("small.pt")); }
 
+// pytorch-fid's Inception weights are saved in the format torch.save wrote before 1.6.
+TEST(PtFile, ReadsTheLegacyFormatWithTheSameMeaning) {
+  const std::string bytes = read_file_bytes(pt_path("legacy_small.pt"));
+  ASSERT_EQ(bytes.compare(0, 4, "\x80\x02\x8a\x0a"), 0);  // a pickled magic number, not a zip
+  expect_small_state(pt_path("legacy_small.pt"));
+  EXPECT_NE(read_file_bytes(pt_path("legacy_small_cuda.pt")).find("cuda:0"), std::string::npos);
+  expect_small_state(pt_path("legacy_small_cuda.pt"));
+  const auto tensors = load_pt_state_dict(pt_path("legacy_plain_dict.pt"));
+  ASSERT_EQ(tensors.size(), 1u);
+  EXPECT_EQ(tensors[0].first, "only");
+  EXPECT_TRUE(torch::equal(tensors[0].second, torch::ones({2})));
+}
+
+TEST(PtFile, ReadsALegacyPickleLongerThanTheFirstRead) {
+  // 500 entries make a state dict pickle of about 90 KB: the head is read again, longer.
+  const auto tensors = load_pt_state_dict(pt_path("legacy_long_pickle.pt"));
+  ASSERT_EQ(tensors.size(), 500u);
+  for (const int i : {0, 123, 499}) {
+    char name[96];
+    std::snprintf(name, sizeof name, "block.%04d.a.name.long.enough.that.the.pickle.needs.more.than.one.read", i);
+    EXPECT_EQ(tensors[i].first, name);
+    EXPECT_EQ(tensors[i].second.item<float>(), static_cast<float>(i));
+  }
+}
+
 TEST(PtFile, MapsCudaStoragesToTheCpu) {
   // The released checkpoints' storages say "cuda:0"; torch.load without map_location fails
   // on a CPU machine, guidiff maps them as map_location="cpu" does.
@@ -83,8 +109,15 @@ TEST(PtFile, BadFilesGiveOneLineErrorsNamingTheProblem) {
     expect_error<FileError>([&] { load_pt_state_dict(pt_path(name)); }, fragments);
   };
   bad("missing.pt", {"cannot open"});
-  bad("bad_not_zip.pt", {"not a torch.save zip archive"});
-  bad("bad_legacy.pt", {"legacy format"});
+  bad("bad_not_zip.pt", {"not a torch.save file", "neither a zip archive nor the legacy format"});
+  bad("bad_legacy_protocol.pt", {"pickle protocol 4"});
+  bad("bad_legacy_truncated_data.pt", {"truncated: storage '", "but the file has", "interrupted download"});
+  bad("bad_legacy_truncated_pickle.pt", {"truncated", "the state dict pickle byte"});
+  bad("bad_legacy_trailing.pt", {"5 bytes follow the last storage's data"});
+  bad("bad_legacy_count.pt", {"elements but the pickle says"});
+  bad("bad_legacy_big_endian.pt", {"big-endian"});
+  bad("bad_legacy_unused_key.pt", {"names '999', which no tensor uses"});
+  bad("bad_legacy_missing_key.pt", {"is used by a tensor but has no data"});
   bad("bad_truncated.pt", {"is truncated", "no end-of-central-directory record"});
   bad("bad_list.pt", {"data.pkl byte", "opcode"});
   bad("bad_tensor.pt", {"a tensor, not a dict of tensors"});
@@ -135,6 +168,9 @@ TEST(PtFile, NormalisedPickleKeepsPlainBytesAndRewritesOrderedDicts) {
   refused("\x80\x02"s + "X\xff\xff\xff\x7f", "a string of");
   refused("\x80\x02"s + "}(X\x01\x00\x00\x00ku."s, "odd number");
   refused("\x80\x02"s + "}", "truncated");
+  // A pickle that ends early is a PickleTruncated, so a reader of a file's head can read more.
+  EXPECT_THROW(normalise_state_dict_pickle("\x80\x02"s + "}", "p"), PickleTruncated);
+  EXPECT_THROW(normalise_state_dict_pickle("\x80\x02"s + "X\x05\x00\x00\x00"s + "ab", "p"), PickleTruncated);
   refused("\x80\x02"s + "}.junk", "after STOP");
   refused("\x80\x02"s + "}}.", "2 values on the stack");
   std::string deep = "\x80\x02";
@@ -145,6 +181,28 @@ TEST(PtFile, NormalisedPickleKeepsPlainBytesAndRewritesOrderedDicts) {
   refused(nested + "s.", "nest deeper");
 }
 
+TEST(PtFile, PlainValuePicklesOfTheLegacyFormatAreCheckedAndNormalised) {
+  PickleSource source;
+  source.name_for_errors = "f";
+  source.label = "the key pickle";
+  source.first_byte = 100;
+  source.content = PickleContent::plain_values;
+  source.more_follows = true;
+  // ["k"] by APPEND, then bytes of whatever follows: APPEND becomes MARK ... APPENDS.
+  const std::string list = "\x80\x02"s + "]q\x00"s + "X\x01\x00\x00\x00k"s + "a.";
+  const auto normalised = normalise_state_dict_pickle(list + "\x01\x02"s, source);
+  EXPECT_EQ(normalised.consumed, list.size());
+  EXPECT_EQ(normalised.bytes, "\x80\x02"s + "]q\x00"s + "(X\x01\x00\x00\x00k"s + "e.");
+  EXPECT_FALSE(normalised.top_level_is_built_tuple);
+  // Plain values hold no code and no storages; offsets count from first_byte.
+  expect_error<FileError>([&] { normalise_state_dict_pickle("\x80\x02"s + "ctorch\nFloatStorage\n.", source); },
+                          {"f: the key pickle byte 102", "global 'torch.FloatStorage' where only plain values belong"});
+  expect_error<FileError>([&] { normalise_state_dict_pickle("\x80\x02"s + "]Q.", source); },
+                          {"persistent id", "where only plain values belong"});
+  // A state dict never holds a list.
+  expect_error<FileError>([&] { normalise_state_dict_pickle("\x80\x02"s + "].", "p"); }, {"p: data.pkl byte 2", "a list"});
+}
+
 class PtFileMutation : public guidiff::testing::TempDirTest {};
 
 TEST_F(PtFileMutation, MutatedFilesNeverCrash) {
@@ -153,7 +211,7 @@ TEST_F(PtFileMutation, MutatedFilesNeverCrash) {
   // Anything else (another exception type, a crash, a hang) fails the test.
   std::mt19937 random(12345);
   int errors = 0, reads = 0;
-  for (const char* name : {"small.pt", "small_cuda.pt", "handmade.pt"}) {
+  for (const char* name : {"small.pt", "small_cuda.pt", "handmade.pt", "legacy_small.pt", "legacy_small_cuda.pt"}) {
     const std::string good = read_file_bytes(pt_path(name));
     for (int iteration = 0; iteration < 150; ++iteration) {
       std::string bytes = good;
@@ -181,7 +239,7 @@ TEST_F(PtFileMutation, MutatedFilesNeverCrash) {
       }
     }
   }
-  // Most mutations of such small files hit the archive's structure or the pickle.
-  EXPECT_GT(errors, 200);
-  EXPECT_EQ(errors + reads, 450);
+  // Most mutations of such small files hit the archive's structure or the pickles.
+  EXPECT_GT(errors, 350);
+  EXPECT_EQ(errors + reads, 750);
 }

@@ -11,6 +11,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
@@ -30,6 +31,9 @@ enum Opcode : uint8_t {
   kTuple3 = 0x87,
   kEmptyTuple = ')',
   kEmptyDict = '}',
+  kEmptyList = ']',
+  kAppend = 'a',
+  kAppends = 'e',
   kSetItem = 's',
   kSetItems = 'u',
   kBinUnicode = 'X',
@@ -57,7 +61,7 @@ constexpr int kMaxDepth = 16;
 constexpr int kMaxDims = 16;
 constexpr uint32_t kMaxStringBytes = 1u << 20;
 constexpr size_t kMaxGlobalNameBytes = 256;
-constexpr size_t kMaxPickleBytes = size_t{64} << 20;
+constexpr size_t kMaxPickleBytes = kMaxStateDictPickleBytes;
 
 enum class Kind {
   integer,
@@ -67,6 +71,7 @@ enum class Kind {
   string,
   tuple,
   dict,
+  list,
   tensor,
   storage,
   storage_type,          // GLOBAL torch.<Type>Storage
@@ -85,6 +90,7 @@ const char* kind_name(Kind kind) {
     case Kind::string: return "a string";
     case Kind::tuple: return "a tuple";
     case Kind::dict: return "a dict";
+    case Kind::list: return "a list";
     case Kind::tensor: return "a tensor";
     case Kind::storage: return "a storage";
     case Kind::storage_type: return "a storage type";
@@ -139,17 +145,20 @@ class PickleMachine {
   };
 
  public:
-  PickleMachine(const std::string& pickle, std::string name)
-      : data_(pickle), name_(std::move(name)) {}
+  PickleMachine(const std::string& pickle, PickleSource source) : data_(pickle), source_(std::move(source)) {}
 
   NormalisedStateDictPickle run() {
-    if (data_.size() > kMaxPickleBytes) {
-      fail_at(0, "data.pkl has " + std::to_string(data_.size()) +
+    if (data_.size() > kMaxPickleBytes && !source_.more_follows) {
+      fail_at(0, source_.label + " has " + std::to_string(data_.size()) +
                      " bytes, far more than a state dict's pickle needs");
     }
-    result_.bytes.reserve(data_.size() + 64);
+    result_.bytes.reserve(std::min(data_.size(), size_t{1} << 20) + 64);
     while (true) {
-      if (pos_ >= data_.size()) fail_at(pos_, "data.pkl is truncated (no STOP opcode)");
+      if (pos_ >= data_.size()) truncated(source_.label + " is truncated (no STOP opcode)");
+      if (pos_ > kMaxPickleBytes) {
+        fail_at(pos_, source_.label + " runs past " + std::to_string(kMaxPickleBytes) +
+                          " bytes without a STOP, far more than a state dict's pickle needs");
+      }
       op_start_ = pos_;
       out_before_ = result_.bytes.size();
       const uint8_t op = read_u8();
@@ -158,20 +167,29 @@ class PickleMachine {
       }
       if (step(op)) break;
     }
-    if (pos_ != data_.size()) fail("data.pkl has " + std::to_string(data_.size() - pos_) + " bytes after STOP");
+    if (pos_ != data_.size() && !source_.more_follows) {
+      fail(source_.label + " has " + std::to_string(data_.size() - pos_) + " bytes after STOP");
+    }
+    result_.consumed = pos_;
     return result_;
   }
 
  private:
   // `what` can quote the pickle's strings (a storage key, a location): printable and short.
+  std::string where(size_t offset) const {
+    return source_.name_for_errors + ": " + source_.label + " byte " + std::to_string(source_.first_byte + offset) + ": ";
+  }
   [[noreturn]] void fail_at(size_t offset, const std::string& what) const {
-    throw FileError(name_ + ": data.pkl byte " + std::to_string(offset) + ": " + printable_excerpt(what, 240));
+    throw FileError(where(offset) + printable_excerpt(what, 240));
   }
   [[noreturn]] void fail(const std::string& what) const { fail_at(op_start_, what); }
+  [[noreturn]] void truncated(const std::string& what) const {
+    throw PickleTruncated(where(op_start_) + what);
+  }
 
   // ---- reading arguments ----
   void need(size_t bytes) {
-    if (data_.size() - pos_ < bytes) fail("truncated opcode argument");
+    if (data_.size() - pos_ < bytes) truncated("truncated opcode argument");
   }
   uint8_t read_u8() {
     need(1);
@@ -186,6 +204,7 @@ class PickleMachine {
   }
   std::string read_line() {
     const size_t end = data_.find('\n', pos_);
+    if (end == std::string::npos && data_.size() - pos_ <= kMaxGlobalNameBytes) truncated("truncated GLOBAL name");
     if (end == std::string::npos || end - pos_ > kMaxGlobalNameBytes) fail("malformed GLOBAL name");
     std::string line = data_.substr(pos_, end - pos_);
     pos_ = end + 1;
@@ -253,8 +272,26 @@ class PickleMachine {
     return dict;
   }
 
+  Value& list_at(size_t index) {
+    Value& list = *stack_[index];
+    if (list.kind != Kind::list) fail(std::string("APPEND(S) into ") + kind_name(list.kind));
+    return list;
+  }
+
+  void append(Value& list, const ValuePtr& item) {
+    require_plain(item, "a list item");
+    list.depth = std::max(list.depth, item->depth + 1);
+    require_depth(list.depth);
+  }
+
+  // Plain values (a legacy file's settings and storage keys) never hold code or storages.
+  void require_state_dict_content(const char* what) const {
+    if (source_.content != PickleContent::state_dict) fail(std::string(what) + " where only plain values belong");
+  }
+
   // ---- torch.save's constructs ----
   ValuePtr global(const std::string& module, const std::string& name) {
+    require_state_dict_content(("global '" + module + "." + name + "'").c_str());
     if (module == "collections" && name == "OrderedDict") return Value::of(Kind::ordered_dict_class, false);
     if (module == "torch._utils" && name == "_rebuild_tensor_v2") return Value::of(Kind::rebuild_tensor);
     if (module == "torch") {
@@ -289,10 +326,15 @@ class PickleMachine {
     return true;
   }
 
-  // BINPERSID of ("storage", <Type>Storage, key, location, numel).
+  // BINPERSID of ("storage", <Type>Storage, key, location, numel); the legacy format adds a
+  // sixth item, view metadata, which is None unless the storage is a slice of another (a
+  // construct of torch < 0.4 that state dicts do not use, refused).
   ValuePtr storage(const ValuePtr& id) {
     const auto& items = id->items;
-    const bool shaped = id->kind == Kind::tuple && items.size() == 5 && items[0]->kind == Kind::string &&
+    if (id->kind == Kind::tuple && items.size() == 6 && items[5]->kind != Kind::none) {
+      fail("a persistent id names a view of another storage (torch < 0.4), which guidiff does not read");
+    }
+    const bool shaped = id->kind == Kind::tuple && (items.size() == 5 || items.size() == 6) && items[0]->kind == Kind::string &&
                         items[0]->text == "storage" && items[1]->kind == Kind::storage_type &&
                         items[2]->kind == Kind::string && items[3]->kind == Kind::string &&
                         items[4]->kind == Kind::integer;
@@ -310,7 +352,21 @@ class PickleMachine {
     value->dtype = items[1]->dtype;
     value->numel = numel;
     value->text = items[2]->text;
+    remember_storage(*value);
     return value;
+  }
+
+  // Every reference to one key must describe the same storage (libtorch would keep the first).
+  void remember_storage(const Value& storage) {
+    const auto [known, added] = storage_index_.emplace(storage.text, result_.storages.size());
+    if (added) {
+      result_.storages.push_back({storage.text, storage.dtype, storage.numel});
+      return;
+    }
+    const StorageReference& first = result_.storages[known->second];
+    if (first.dtype != storage.dtype || first.numel != storage.numel) {
+      fail("storage '" + storage.text + "' is described twice, with different types or sizes");
+    }
   }
 
   std::vector<int64_t> int_tuple(const ValuePtr& value, const char* what) const {
@@ -367,6 +423,21 @@ class PickleMachine {
   void emit_verbatim() { result_.bytes.append(data_, op_start_, pos_ - op_start_); }
   void emit_byte(uint8_t byte) { result_.bytes.push_back(static_cast<char>(byte)); }
 
+  // libtorch 1.13 reads only the batch forms (SETITEMS, APPENDS) of SETITEM and APPEND: a MARK
+  // goes in before the first value's opcodes, and the batch opcode after the last's.
+  void emit_as_batch(const Value& first, uint8_t batch_opcode) {
+    result_.bytes.insert(result_.bytes.begin() + static_cast<std::ptrdiff_t>(first.out_start), static_cast<char>(kMark));
+    emit_byte(batch_opcode);
+  }
+
+  // The `count` values an opcode takes, none of them above an open MARK.
+  void need_unmarked_stack(size_t count, const char* opcode) {
+    need_stack(count);
+    if (!marks_.empty() && marks_.back().stack_size > stack_.size() - count) {
+      fail(std::string(opcode) + " inside an open MARK");
+    }
+  }
+
   void memo_put(size_t id) {
     need_stack(1);
     if (id > memo_.size()) fail("memo index " + std::to_string(id) + " skips ahead (pickle writes them in order)");
@@ -381,14 +452,17 @@ class PickleMachine {
   void memo_get(size_t id) {
     if (id >= memo_.size()) fail("memo index " + std::to_string(id) + " was never stored");
     const ValuePtr& value = memo_[id];
-    // Dicts are mutable: one referenced twice could grow behind the depth checks.
-    if (value->kind == Kind::dict) fail("a dict is referenced twice (not written by torch.save)");
+    // Dicts and lists are mutable: one referenced twice could grow behind the depth checks.
+    if (value->kind == Kind::dict || value->kind == Kind::list) {
+      fail(std::string(kind_name(value->kind)) + " is referenced twice (not written by torch.save)");
+    }
     auto copy = std::make_shared<Value>(*value);  // the same value, found at this opcode
     push(std::move(copy));
     if (value->passed_on) emit_verbatim();
   }
 
   void reduce() {
+    require_state_dict_content("a call (REDUCE)");
     need_stack(2);
     const ValuePtr args = pop();
     const ValuePtr callable = pop();
@@ -407,6 +481,7 @@ class PickleMachine {
   }
 
   void build() {
+    require_state_dict_content("an attribute assignment (BUILD)");
     need_stack(2);
     const ValuePtr state = pop();
     const ValuePtr object = pop();
@@ -425,7 +500,9 @@ class PickleMachine {
     if (!marks_.empty()) fail("STOP with an open MARK");
     if (stack_.size() != 1) fail("STOP with " + std::to_string(stack_.size()) + " values on the stack, not 1");
     const ValuePtr& top = stack_.back();
-    if (top->kind == Kind::built) {
+    if (source_.content == PickleContent::plain_values) {
+      require_plain(top, "the pickled object");
+    } else if (top->kind == Kind::built) {
       result_.top_level_is_built_tuple = true;
     } else if (top->kind != Kind::dict) {
       fail(std::string("the pickled object is ") + kind_name(top->kind) + ", not a dict of tensors");
@@ -485,15 +562,33 @@ class PickleMachine {
         push(Value::of(Kind::dict));
         emit_verbatim();
         return false;
+      case kEmptyList:
+        if (source_.content == PickleContent::state_dict) fail("opcode 0x5d (a list) is not one torch.save writes for a state dict");
+        push(Value::of(Kind::list));
+        emit_verbatim();
+        return false;
+      case kAppend: {
+        need_unmarked_stack(2, "APPEND");
+        const ValuePtr item = pop();
+        append(list_at(stack_.size() - 1), item);
+        emit_as_batch(*item, kAppends);
+        return false;
+      }
+      case kAppends: {
+        const size_t mark = pop_mark().stack_size;
+        if (mark == 0) fail("APPENDS without a list below its MARK");
+        Value& list = list_at(mark - 1);
+        for (size_t i = mark; i < stack_.size(); ++i) append(list, stack_[i]);
+        stack_.resize(mark);
+        emit_verbatim();
+        return false;
+      }
       case kSetItem: {
-        // libtorch 1.13 reads only SETITEMS: a MARK goes in before the key's opcodes.
-        need_stack(3);
-        if (!marks_.empty() && marks_.back().stack_size > stack_.size() - 3) fail("SETITEM inside an open MARK");
+        need_unmarked_stack(3, "SETITEM");
         const ValuePtr value = pop();
         const ValuePtr key = pop();
         set_item(dict_at(stack_.size() - 1), key, value);
-        result_.bytes.insert(result_.bytes.begin() + static_cast<std::ptrdiff_t>(key->out_start), static_cast<char>(kMark));
-        emit_byte(kSetItems);
+        emit_as_batch(*key, kSetItems);
         return false;
       }
       case kSetItems: {
@@ -578,6 +673,7 @@ class PickleMachine {
         build();
         return false;
       case kBinPersId: {
+        require_state_dict_content("a persistent id (BINPERSID)");
         const ValuePtr id = pop();
         require_plain(id, "a persistent id");
         push(storage(id), id->out_start);
@@ -605,21 +701,28 @@ class PickleMachine {
   }
 
   const std::string& data_;
-  std::string name_;
+  PickleSource source_;
   size_t pos_ = 0;
   size_t op_start_ = 0;
   size_t out_before_ = 0;  // output size when this opcode began
   std::vector<ValuePtr> stack_;
   std::vector<Mark> marks_;
   std::vector<ValuePtr> memo_;
+  std::unordered_map<std::string, size_t> storage_index_;  // key -> its entry in result_.storages
   NormalisedStateDictPickle result_;
 };
 
 }  // namespace
 
+NormalisedStateDictPickle normalise_state_dict_pickle(const std::string& pickle, const PickleSource& source) {
+  return PickleMachine(pickle, source).run();
+}
+
 NormalisedStateDictPickle normalise_state_dict_pickle(const std::string& pickle,
                                                       const std::string& name_for_errors) {
-  return PickleMachine(pickle, name_for_errors).run();
+  PickleSource source;
+  source.name_for_errors = name_for_errors;
+  return normalise_state_dict_pickle(pickle, source);
 }
 
 }  // namespace guidiff
