@@ -240,7 +240,9 @@ void PtStateDict::open_legacy() {
                       std::to_string(offset + 8 + bytes) + " but the file has " + std::to_string(file_bytes) +
                       " (an interrupted download?)");
     }
-    const int64_t stored_numel = read_int64_le(read_file_range(in, offset, 8));
+    const std::string count_bytes = read_file_range(in, offset, 8);
+    if (count_bytes.size() != 8) fail(path_, "storage '" + key + "': its element count cannot be read");
+    const int64_t stored_numel = read_int64_le(count_bytes);
     if (stored_numel != storage.numel) {
       fail(path_, "storage '" + key + "' at byte " + std::to_string(offset) + " holds " + std::to_string(stored_numel) +
                       " elements but the pickle says " + std::to_string(storage.numel));
