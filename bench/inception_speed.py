@@ -2,8 +2,8 @@
 """FID Inception-v3 feature extraction, images/s: guidiff (fp32 and bf16) against PyTorch on the
 same network, threads and inputs (issue 14).
 
-    /usr/bin/python3 bench/inception_speed.py [--images 10000] [--batch 100] [--threads T]
-        [--cases 28,64] [--weights pt_inception-2015-12-05-6726825d.pth] [--json out.json]
+    /usr/bin/python3 bench/inception_speed.py [--images 10000] [--user-images N] [--batch 100]
+        [--threads T] [--cases 28,64] [--weights pt_inception-2015-12-05-6726825d.pth] [--json out.json]
 
 Needs build/bench/inception_speed (cmake -DGUIDIFF_BUILD_BENCH=ON; cmake --build build --target
 inception_speed). Cases: "28" = 28x28 grey images (Fashion-MNIST-sized, replicated to RGB),
@@ -96,6 +96,9 @@ def guidiff_images_per_second(binary, side, channels, images, batch, threads, we
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--user-images", type=int, default=0,
+                        help="images for the row of PyTorch as a user runs it (default: --images); that row is "
+                             "4x slower than the others, and its rate per pass does not change with the count")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--cases", default="28,64")
@@ -116,27 +119,33 @@ def main():
 
     shapes = {"28": (28, 1), "64": (64, 3)}
     rows = []
+
+    def keep(row):  # printed as soon as measured, so an interrupted run loses no finished row
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     for case in args.cases.split(","):
         side, channels = shapes[case]
-        reference = pytorch_in_child(side, channels, args.images, args.batch, args.threads, args.weights,
+        user_images = args.user_images or args.images
+        reference = pytorch_in_child(side, channels, user_images, args.batch, args.threads, args.weights,
                                      GLIBC_DEFAULTS)
-        rows.append({"case": f"{side}x{side}x{channels}", "program": "PyTorch fp32", **reference, "ratio": 1.0})
+        keep({"case": f"{side}x{side}x{channels}", "program": "PyTorch fp32", "images": user_images,
+                     **reference, "ratio": 1.0})
         tuned = pytorch_in_child(side, channels, args.images, args.batch, args.threads, args.weights, HEAP_TUNED)
-        rows.append({"case": f"{side}x{side}x{channels}", "program": "PyTorch, heap", **tuned,
+        keep({"case": f"{side}x{side}x{channels}", "program": "PyTorch, heap", "images": args.images, **tuned,
                      "ratio": tuned["images_per_second"] / reference["images_per_second"]})
         for bf16 in ([False] if args.no_bf16 else [False, True]):
             ours = guidiff_images_per_second(args.binary, side, channels, args.images, args.batch, args.threads,
                                              args.weights, bf16)
-            rows.append({"case": f"{side}x{side}x{channels}", "program": "guidiff " + ("bf16" if bf16 else "fp32"),
-                         **ours, "ratio": ours["images_per_second"] / reference["images_per_second"],
+            keep({"case": f"{side}x{side}x{channels}", "program": "guidiff " + ("bf16" if bf16 else "fp32"),
+                         "images": args.images, **ours, "ratio": ours["images_per_second"] / reference["images_per_second"],
                          "ratio_heap_tuned": ours["images_per_second"] / tuned["images_per_second"]})
-    print(f"{args.images} images, batch {args.batch}, {args.threads} threads, resized to 299x299")
-    print(f"{'case':<12} {'program':<14} {'images/s':>10} {'vs PyTorch':>11} {'vs PyTorch, heap':>17} "
+    print(f"batch {args.batch}, {args.threads} threads, resized to 299x299")
+    print(f"{'case':<12} {'program':<14} {'images':>7} {'images/s':>10} {'vs PyTorch':>11} {'vs PyTorch, heap':>17} "
           f"{'peak MiB':>9} {'pool3 sum':>14}")
     for row in rows:
         heap = f"{row['ratio_heap_tuned']:.2f}x" if "ratio_heap_tuned" in row else "-"
-        print(f"{row['case']:<12} {row['program']:<14} {row['images_per_second']:>10.2f} {row['ratio']:>10.2f}x "
-              f"{heap:>17} {row['peak_mib']:>9.0f} {row['pool3_sum']:>14.6g}")
+        print(f"{row['case']:<12} {row['program']:<14} {row['images']:>7} {row['images_per_second']:>10.2f} "
+              f"{row['ratio']:>10.2f}x {heap:>17} {row['peak_mib']:>9.0f} {row['pool3_sum']:>14.6g}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"images": args.images, "batch": args.batch, "threads": args.threads, "rows": rows}, out, indent=2)
