@@ -147,12 +147,6 @@ std::string read_file_range(std::ifstream& in, int64_t offset, size_t count) {
   return bytes;
 }
 
-int64_t read_int64_le(const std::string& bytes) {
-  uint64_t value = 0;
-  for (size_t i = 0; i < 8; ++i) value |= uint64_t{static_cast<unsigned char>(bytes[i])} << (8 * i);
-  return static_cast<int64_t>(value);
-}
-
 // The legacy format's pickles, checked and read; what the storage data needs to be found.
 struct LegacyHeader {
   NormalisedStateDictPickle state_dict;
@@ -242,7 +236,7 @@ void PtStateDict::open_legacy() {
     }
     const std::string count_bytes = read_file_range(in, offset, 8);
     if (count_bytes.size() != 8) fail(path_, "storage '" + key + "': its element count cannot be read");
-    const int64_t stored_numel = read_int64_le(count_bytes);
+    const auto stored_numel = static_cast<int64_t>(zip_format::get64(count_bytes, 0));
     if (stored_numel != storage.numel) {
       fail(path_, "storage '" + key + "' at byte " + std::to_string(offset) + " holds " + std::to_string(stored_numel) +
                       " elements but the pickle says " + std::to_string(storage.numel));

@@ -61,7 +61,6 @@ constexpr int kMaxDepth = 16;
 constexpr int kMaxDims = 16;
 constexpr uint32_t kMaxStringBytes = 1u << 20;
 constexpr size_t kMaxGlobalNameBytes = 256;
-constexpr size_t kMaxPickleBytes = kMaxStateDictPickleBytes;
 
 enum class Kind {
   integer,
@@ -148,15 +147,15 @@ class PickleMachine {
   PickleMachine(const std::string& pickle, PickleSource source) : data_(pickle), source_(std::move(source)) {}
 
   NormalisedStateDictPickle run() {
-    if (data_.size() > kMaxPickleBytes && !source_.more_follows) {
+    if (data_.size() > kMaxStateDictPickleBytes && !source_.more_follows) {
       fail_at(0, source_.label + " has " + std::to_string(data_.size()) +
                      " bytes, far more than a state dict's pickle needs");
     }
     result_.bytes.reserve(std::min(data_.size(), size_t{1} << 20) + 64);
     while (true) {
       if (pos_ >= data_.size()) truncated(source_.label + " is truncated (no STOP opcode)");
-      if (pos_ > kMaxPickleBytes) {
-        fail_at(pos_, source_.label + " runs past " + std::to_string(kMaxPickleBytes) +
+      if (pos_ > kMaxStateDictPickleBytes) {
+        fail_at(pos_, source_.label + " runs past " + std::to_string(kMaxStateDictPickleBytes) +
                           " bytes without a STOP, far more than a state dict's pickle needs");
       }
       op_start_ = pos_;
