@@ -4,7 +4,8 @@ reference side by side (issue 12, item 6). Random weights: the speed is the same
 released files'.
 
     /usr/bin/python3 bench/guided_diffusion_speed.py [--tiny] [--threads T] [--cases gd64,gd256]
-        [--programs guidiff,bf16,reference,reference-heap] [--work DIR] [--out FILE.md]
+        [--programs guidiff,bf16,reference,reference-heap] [--conv auto|winograd|direct] [--work DIR]
+        [--out FILE.md]
 
 Cases:
   gd64   the 64x64 model (296M parameters, README flags) and its depth-4 classifier:
@@ -18,6 +19,7 @@ storages, as the released files are (in --work, reused when present), then runs 
 at a time, with the same thread count:
   guidiff      build/guidiff sample --model X.pt --model-flags "..." (float32)
   guidiff bf16 the same with --bf16
+               (--conv passes guidiff's --conv; each guidiff row records the convolutions it ran)
   reference    this script's --reference mode: the same networks in plain PyTorch (the
                float32 reference of tests/fixtures/make_guided_diffusion_fixtures.py),
                weights from torch.load(map_location="cpu"), the same x_T and classes,
@@ -205,6 +207,7 @@ def main():
     parser.add_argument("--cases", default="gd64,gd256")
     parser.add_argument("--programs", default="guidiff,bf16,reference,reference-heap",
                         help="which to run (bf16 is slow on CPUs without native bfloat16)")
+    parser.add_argument("--conv", default="", help="guidiff's --conv (auto, winograd or direct; default: guidiff's own)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "guidiff-gd-bench"))
     parser.add_argument("--out", default="")
     parser.add_argument("--reference", help=argparse.SUPPRESS)  # internal: one reference run
@@ -227,7 +230,7 @@ def main():
         if classifier:
             write_checkpoint(classifier, classifier_path)
         out = os.path.join(args.work, tag)
-        command = [GUIDIFF, "sample", "--threads", str(args.threads), "--model", model_path, "--model-flags", flags,
+        command = [GUIDIFF] + (["--conv", args.conv] if args.conv else []) + ["sample", "--threads", str(args.threads), "--model", model_path, "--model-flags", flags,
                    "--timestep_respacing", respacing, "--use_ddim", "True", "--num_samples", str(batch),
                    "--batch_size", str(batch), "--class", "random", "--seed", "0", "--out", out + ".npy",
                    "--labels-out", out + "_labels.npy"]
@@ -244,11 +247,16 @@ def main():
             # guidiff's own line: "sampling: N samples in S s (R samples/s)"
             seconds = float(err.split("sampling: ")[1].split(" samples in ")[1].split(" s")[0])
             results["guidiff" if name == "guidiff" else "guidiff bf16"] = {
-                "seconds": seconds, "wall_seconds": wall, "max_rss_mib": rss}
+                "seconds": seconds, "wall_seconds": wall, "max_rss_mib": rss,
+                "conv": json.load(open(out + ".model_card.json"))["sampling"]["conv"]}
             print(case, name, json.dumps(results["guidiff" if name == "guidiff" else "guidiff bf16"]), flush=True)
             if name == "guidiff":
                 guidiff_samples = np.load(out + ".npy")
+        steps = int(respacing[4:])
         if "reference" not in programs and "reference-heap" not in programs:
+            for name in results:
+                results[name]["images_per_second"] = batch / results[name]["seconds"]
+                results[name]["seconds_per_step"] = results[name]["seconds"] / steps
             rows.append({"case": case, "description": description, "tiny": args.tiny, "threads": args.threads,
                          "parameters": json.load(open(out + ".model_card.json"))["model"]["parameters"],
                          "max_abs_difference": None, "agrees": None, "results": results})
@@ -267,7 +275,6 @@ def main():
                 json.loads(stdout.strip().splitlines()[-1]), wall_seconds=wall, max_rss_mib=rss)
             print(case, name, json.dumps(results["reference, heap tuned" if extra_env else "reference"]), flush=True)
         difference = None if guidiff_samples is None else float(np.abs(np.load(out + "_reference.npy") - guidiff_samples).max())
-        steps = int(respacing[4:])
         for name in results:
             results[name]["images_per_second"] = batch / results[name]["seconds"]
             results[name]["seconds_per_step"] = results[name]["seconds"] / steps
@@ -292,8 +299,9 @@ def render(rows):
     for row in rows:
         for name, r in row["results"].items():
             rss = r.get("max_rss_mib")
+            label = name + (" (--conv %s)" % r["conv"] if r.get("conv") else "")
             lines.append("| %s (%.0fM parameters%s) | %s | %.3f | %.3f | %s |" % (
-                row["case"], row["parameters"] / 1e6, ", tiny" if row["tiny"] else "", name, r["images_per_second"],
+                row["case"], row["parameters"] / 1e6, ", tiny" if row["tiny"] else "", label, r["images_per_second"],
                 r["seconds_per_step"], "%.0f" % rss if rss else "-"))
         lines.append("")
         if row["max_abs_difference"] is not None:

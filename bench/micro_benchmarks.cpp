@@ -11,6 +11,7 @@
 // throughput. Every benchmark uses real (wall-clock) time, since the work is multi-threaded.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include "guidiff/guidance/guidance.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/sampling/generate.hpp"
 #include "guidiff/schedule/discrete_schedule.hpp"
 
@@ -96,6 +98,23 @@ void BM_PeakConv3x3(benchmark::State& state, torch::Dtype dtype) {
   const auto weight = torch::randn({channels, channels, 3, 3}, options) * 0.05;
   const auto work = [&] { benchmark::DoNotOptimize(torch::conv2d(x, weight, {}, 1, 1)); };
   time_loop(state, flops_of(work), 0, work);
+}
+
+// ---- one 3x3 convolution, direct (libtorch) against Winograd F(4x4, 3x3) ----------------
+
+// The layers of guided-diffusion's 64x64 (batch 4) and 256x256 (batch 1) models, and of the
+// default Fashion-MNIST UNet (batch 64). "GFLOP/s" counts the direct convolution's FLOPs for
+// both, so it compares speeds (Winograd runs 4x fewer multiplications in its products).
+void BM_Conv3x3(benchmark::State& state, bool winograd) {
+  c10::InferenceMode inference;
+  const int64_t batch = state.range(0), in = state.range(1), out = state.range(2), size = state.range(3);
+  const auto x = torch::randn({batch, in, size, size}), bias = torch::randn({out});
+  const auto weight = torch::randn({out, in, 3, 3}) / std::sqrt(9.0 * static_cast<double>(in));
+  const auto work = [&] {
+    benchmark::DoNotOptimize(winograd ? guidiff::winograd_conv3x3(x, weight, bias) : torch::conv2d(x, weight, bias, 1, 1));
+  };
+  work();  // warm-up: oneDNN's primitive and the heap
+  time_loop(state, 2 * batch * size * size * in * out * 9, 0, work);
 }
 
 // ---- the default UNet --------------------------------------------------------------------
@@ -224,6 +243,16 @@ void register_benchmarks() {
     configure(benchmark::RegisterBenchmark((std::string("peak/conv3x3/") + name).c_str(), BM_PeakConv3x3, dtype)
                   ->ArgNames({"batch", "channels", "size"})
                   ->Args({32, 128, 28}));
+  }
+  for (const bool winograd : {false, true}) {
+    auto* b = benchmark::RegisterBenchmark(winograd ? "conv3x3/winograd" : "conv3x3/direct", BM_Conv3x3, winograd)
+                  ->ArgNames({"batch", "in", "out", "size"});
+    for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{
+             {4, 192, 192, 64}, {4, 384, 384, 32}, {4, 768, 768, 8}, {1, 256, 256, 256}, {1, 512, 512, 64},
+             {1, 1536, 512, 32}, {1, 1024, 1024, 16}, {64, 64, 64, 28}, {64, 128, 128, 14}}) {
+      b->Args(layer);
+    }
+    configure(b);
   }
   for (const Variant variant : {Variant::fp32, Variant::bf16_autocast, Variant::fp32_channels_last}) {
     auto* b = benchmark::RegisterBenchmark((std::string("unet_forward/") + variant_name(variant)).c_str(),

@@ -149,6 +149,7 @@ const std::map<std::string, TextKind> kTextKinds = {
     {"--time", TextKind::choice},           {"--objective", TextKind::choice},
     {"--split", TextKind::choice},          {"--reference-split", TextKind::choice},
     {"--device", TextKind::choice},         {"--shape", TextKind::list},
+    {"--conv", TextKind::choice},
     {"--respacing", TextKind::list},        {"--guidance-interval", TextKind::list},
     {"--class", TextKind::list},            {"--classifier-scales", TextKind::list},
     {"--cfg-scales", TextKind::list},       {"sweep --steps", TextKind::list},

@@ -421,6 +421,23 @@ TEST_F(CliTest, BadThreadCountsAreOneLineErrors) {
   expect_one_line_error("info", "GUIDIFF_THREADS", "GUIDIFF_THREADS=lots");
 }
 
+// --conv and GUIDIFF_CONV choose the convolutions (the flag wins, auto by default); `info` says
+// which, and a sample's manifest records it.
+TEST_F(CliTest, ConvolutionChoiceComesFromTheFlagOrTheEnvironment) {
+  EXPECT_NE(run("info").out.find("conv     auto: "), std::string::npos);
+  EXPECT_NE(run("info", "GUIDIFF_CONV=direct").out.find("conv     direct: libtorch's convolutions"), std::string::npos);
+  EXPECT_NE(run("--conv direct info").out.find("conv     direct: libtorch's convolutions"), std::string::npos);
+  EXPECT_NE(run("info --conv winograd", "GUIDIFF_CONV=direct").out.find("conv     winograd: Winograd F(4x4,3x3)"),
+            std::string::npos);
+  expect_one_line_error("--conv fft info", "--conv");
+  expect_one_line_error("info", "GUIDIFF_CONV", "GUIDIFF_CONV=fast");
+  for (const std::string conv : {"direct", "winograd"}) {
+    ASSERT_EQ(run("--conv " + conv + " sample --steps 5 --num-samples 2 --out " + path("x.npy") + " --manifest " +
+                  path("m.json")).exit_code, 0);
+    EXPECT_EQ(nlohmann::json::parse(read_file_bytes(path("m.json"))).at("conv"), conv);
+  }
+}
+
 TEST_F(CliTest, UnavailableDeviceIsAOneLineError) {
   if (torch::cuda::is_available()) GTEST_SKIP() << "CUDA is available here";
   expect_one_line_error("--device cuda sample --model " + fixture_path("linear_unconditional.pt") +

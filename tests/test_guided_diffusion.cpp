@@ -22,6 +22,7 @@
 #include "guidiff/sampling/generate.hpp"
 #include "guidiff/sampling/upsample.hpp"
 #include "support/test_files.hpp"
+#include "support/winograd_settings.hpp"
 
 using namespace guidiff;
 using guidiff::testing::expect_error;
@@ -212,7 +213,9 @@ Model load_case(const std::string& name) {
 // of about sqrt(K) u ~ 1.5e-6 of the activations' scale (normalisation keeps them O(1)).
 // Independent from layer to layer, over the L <= 60 layers of the deepest case they add to
 // about sqrt(L) 1.5e-6 ~ 1.2e-5; 4x that for errors that do not cancel. The scale is the
-// output's (at least 1). (Measured: 2e-7 to 3e-6.)
+// output's (at least 1). (Measured: 2e-7 to 3e-6.) The Winograd convolutions round a few times
+// more per layer (their transforms' constants reach 8; tests/test_winograd_conv.cpp), which the
+// 4x covers. (Measured with them in every layer: up to 4e-6.)
 double network_tolerance(const torch::Tensor& reference_output) {
   return 5e-5 * std::max(1.0, reference_output.abs().max().item<double>());
 }
@@ -221,7 +224,8 @@ double max_difference(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
-TEST(GuidedDiffusionModels, EveryTinyArchitectureMatchesTheReference) {
+void every_architecture_matches_the_reference() {
+  torch::NoGradGuard no_grad;  // as the samplers run the networks (the Winograd path needs it)
   const auto x = expected("input.x").to(torch::kFloat32);
   const auto t = expected("input.t").to(torch::kLong);
   const auto y = expected("input.y").to(torch::kLong);
@@ -251,6 +255,18 @@ TEST(GuidedDiffusionModels, EveryTinyArchitectureMatchesTheReference) {
   EXPECT_EQ(cases, 9);
 }
 
+// Each network case runs twice: with libtorch's convolutions, and with the Winograd path in
+// every 3x3 convolution it can serve (by default only images from 32x32 take it; these are 16x16).
+TEST(GuidedDiffusionModels, EveryTinyArchitectureMatchesTheReference) {
+  for (const bool winograd : {false, true}) {
+    SCOPED_TRACE(winograd ? "Winograd convolutions" : "libtorch's convolutions");
+    guidiff::testing::WinogradSettings settings(winograd, 0);
+    const int64_t calls = winograd_calls();
+    every_architecture_matches_the_reference();
+    EXPECT_EQ(winograd_calls() > calls, winograd);  // the path was taken exactly when enabled
+  }
+}
+
 TEST(GuidedDiffusionModels, FlagsBuildTheSameNetworkAsTheConfig) {
   json network = unet_config_from_flags(flags(reference().metadata.at("flags.adm64")), false);
   network["kind"] = "unet";
@@ -268,7 +284,7 @@ TEST(GuidedDiffusionModels, FlagsBuildTheSameNetworkAsTheConfig) {
 // an eps error through the steps, at most 1/sqrt(abar) <= 3.3 per run (the respacings start at
 // t <= 800) for the x0 prediction (the clamp to [-1, 1] is 1-Lipschitz), with the classifier
 // gradient a second network pass of the same depth: 10x. (Measured: below 1/10 of it.)
-TEST(GuidedDiffusionModels, GuidedDdpmAndDdimAndUpsamplingMatchTheReference) {
+void guided_samplers_match_the_reference() {
   std::map<std::string, Model> models;
   const auto model = [&](const std::string& name) -> Model& {
     if (!models.count(name)) models.emplace(name, load_case(name));
@@ -314,6 +330,16 @@ TEST(GuidedDiffusionModels, GuidedDdpmAndDdimAndUpsamplingMatchTheReference) {
     ++cases;
   }
   EXPECT_EQ(cases, 3);
+}
+
+TEST(GuidedDiffusionModels, GuidedDdpmAndDdimAndUpsamplingMatchTheReference) {
+  for (const bool winograd : {false, true}) {
+    SCOPED_TRACE(winograd ? "Winograd convolutions" : "libtorch's convolutions");
+    guidiff::testing::WinogradSettings settings(winograd, 0);
+    const int64_t calls = winograd_calls();
+    guided_samplers_match_the_reference();
+    EXPECT_EQ(winograd_calls() > calls, winograd);  // the path was taken exactly when enabled
+  }
 }
 
 // ---- conditional models without a null class -------------------------------------------

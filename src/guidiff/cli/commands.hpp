@@ -18,6 +18,7 @@ struct GlobalOptions {
   std::string device = "cpu";  // --device cpu|cuda
   int nproc = 0;               // --nproc: run as this many local processes (0: as launched)
   double dist_timeout = 600;   // --dist-timeout, seconds
+  std::string conv;            // --conv auto|winograd|direct; empty: GUIDIFF_CONV, else auto
   // The processes of this run (torchrun's environment; one process without it), joined by
   // join_processes() before the subcommand runs.
   std::shared_ptr<Communicator> communicator = std::make_shared<Communicator>();

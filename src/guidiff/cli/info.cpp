@@ -10,6 +10,7 @@
 #include "guidiff/core/bf16_kernels.hpp"
 #include "guidiff/core/cpu_features.hpp"
 #include "guidiff/core/threads.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/version.hpp"
 
 namespace guidiff::cli {
@@ -26,6 +27,7 @@ Command add_info_command(CLI::App& app, const GlobalOptions& global) {
             const CpuFeatures& cpu = cpu_features();
             std::printf("cpu      %s\n", cpu.summary().c_str());
             std::printf("kernels  libtorch %s, oneDNN %s\n", aten_cpu_capability().c_str(), onednn_cpu_isa().c_str());
+            std::printf("conv     %s\n", convolution_summary().c_str());
             const Bf16KernelReport& bf16 = cpu_bf16_kernel_report();
             const auto accumulation = [](bool fails, bool float32) {
               return fails ? "nothing: they fail at this oneDNN level" : float32 ? "float32" : "bf16";

@@ -17,6 +17,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/allocator.hpp"
 #include "guidiff/core/threads.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/distributed/launch_environment.hpp"
 #include "guidiff/distributed/local_launcher.hpp"
 #include "guidiff/version.hpp"
@@ -61,6 +62,10 @@ int run_cli(int argc, char** argv) {
   guidiff::cli::GlobalOptions global;
   app.add_option("--threads", global.threads,
                  "intra-op threads (default: GUIDIFF_THREADS, else all cores, shared among a data-parallel run's processes on this machine)");
+  app.add_option("--conv", global.conv,
+                 "3x3 convolutions on the CPU: auto (the default: Winograd where oneDNN runs AVX2 kernels or narrower), "
+                 "winograd (Winograd F(4x4,3x3) in float32 sampling on images from 32x32) or direct (libtorch's own; "
+                 "also GUIDIFF_CONV)");
   app.add_option("--device", global.device, "where models run (sampling and training): cpu or cuda");
   app.add_option("--nproc", global.nproc,
                  "run as this many data-parallel processes on this machine (train, sample, sweep, eval; docs/distributed.md)");
@@ -129,6 +134,7 @@ int run_cli(int argc, char** argv) {
                                 std::to_string(global.threads));
     }
     guidiff::configure_allocator();
+    guidiff::configure_convolutions(global.conv);
     // One of several processes on this machine takes its share of the cores by default.
     const char* threads_variable = std::getenv("GUIDIFF_THREADS");
     const guidiff::LaunchEnvironment launch = guidiff::read_launch_environment();

@@ -14,6 +14,7 @@
 #include "guidiff/models/bf16_models.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/models/torchscript_models.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/version.hpp"
 
 namespace guidiff::cli {
@@ -438,6 +439,7 @@ nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationCon
           {"guidance", guidance},
           {"classes", flags.class_spec},
           {"bf16", flags.bf16},
+          {"conv", winograd_enabled() ? "winograd" : "direct"},
           {"seed", config.seed},
           {"num_samples", config.num_samples},
           {"sample_shape", config.sample_shape},

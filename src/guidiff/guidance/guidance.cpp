@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 
 namespace guidiff {
 
@@ -24,6 +25,8 @@ torch::Tensor class_log_prob_gradient(Classifier& classifier, const torch::Tenso
   // Guidance runs inside samplers that disable autograd; the gradient needs it back on.
   c10::InferenceMode no_inference(false);
   torch::AutoGradMode enable_grad(true);
+  // Only d/dx is asked for below, so 3x3 convolutions may run (and differentiate) by Winograd.
+  InputGradientsOnly input_gradients_only;
   // Tensors made under an inference-mode sampler cannot be saved for backward (gather saves
   // its index, the time embedding its input): ordinary copies of them can.
   const auto ordinary = [](const torch::Tensor& tensor) { return tensor.is_inference() ? tensor.clone() : tensor; };

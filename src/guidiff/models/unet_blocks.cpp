@@ -75,14 +75,14 @@ torch::Tensor downsample_average(const torch::Tensor& x) {
 ResBlockImpl::ResBlockImpl(const ResBlockOptions& options) : options_(options) {
   const int64_t out = options.out_channels;
   in_norm_ = make_group_norm(options.norm_groups, options.channels);
-  in_conv_ = torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels, out, 3).padding(1));
+  in_conv_ = Conv3x3(options.channels, out);
   register_module("in_layers", torch::nn::Sequential(in_norm_, torch::nn::SiLU(), in_conv_));
   emb_linear_ =
       torch::nn::Linear(options.emb_channels, options.use_scale_shift_norm ? 2 * out : out);
   register_module("emb_layers", torch::nn::Sequential(torch::nn::SiLU(), emb_linear_));
   out_norm_ = make_group_norm(options.norm_groups, out);
   dropout_ = torch::nn::Dropout(torch::nn::DropoutOptions(options.dropout));
-  out_conv_ = torch::nn::Conv2d(torch::nn::Conv2dOptions(out, out, 3).padding(1));
+  out_conv_ = Conv3x3(out, out);
   zero_parameters(*out_conv_);
   register_module("out_layers",
                   torch::nn::Sequential(out_norm_, torch::nn::SiLU(), dropout_, out_conv_));
@@ -214,8 +214,7 @@ torch::Tensor DownsampleImpl::forward(const torch::Tensor& x) {
 
 UpsampleImpl::UpsampleImpl(int64_t channels, bool use_conv) {
   if (use_conv) {
-    conv_ = register_module(
-        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).padding(1)));
+    conv_ = register_module("conv", Conv3x3(channels, channels));
   }
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "guidiff/models/unet_config.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 
 namespace guidiff {
 
@@ -58,11 +59,11 @@ class ResBlockImpl : public torch::nn::Module {
  private:
   ResBlockOptions options_;
   Float32GroupNorm in_norm_{nullptr};
-  torch::nn::Conv2d in_conv_{nullptr};
+  Conv3x3 in_conv_{nullptr};
   torch::nn::Linear emb_linear_{nullptr};
   Float32GroupNorm out_norm_{nullptr};
   torch::nn::Dropout dropout_{nullptr};
-  torch::nn::Conv2d out_conv_{nullptr};
+  Conv3x3 out_conv_{nullptr};
   torch::nn::Conv2d skip_conv_{nullptr};  // null: identity skip
 };
 TORCH_MODULE(ResBlock);
@@ -128,7 +129,7 @@ class UpsampleImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Conv2d conv_{nullptr};
+  Conv3x3 conv_{nullptr};
 };
 TORCH_MODULE(Upsample);
 

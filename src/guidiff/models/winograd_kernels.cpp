@@ -1,0 +1,252 @@
+#include "guidiff/models/winograd_kernels.hpp"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace guidiff::winograd {
+namespace {
+
+// Eight channels at a time. GCC and clang lower this to the vector registers the target has
+// (two SSE registers on baseline x86-64), so no CPU-specific code is needed: the transforms
+// are a few additions per value loaded and run at memory speed.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+// Always inlined, so no 32-byte vector crosses a real call; GCC's note that such a call's ABI
+// depends on AVX is moot here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+__attribute__((always_inline)) inline Lanes load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline void store(float* p, const Lanes& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// B^T d for one column (or row) of a 6x6 input tile (Lavin & Gray 2016, F(4x4, 3x3)):
+// B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
+__attribute__((always_inline)) inline void input_transform(const Lanes d[6], Lanes t[6]) {
+  t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  t[1] = -4.0f * (d[1] + d[2]) + d[3] + d[4];
+  t[2] = 4.0f * (d[1] - d[2]) - d[3] + d[4];
+  t[3] = 2.0f * (d[3] - d[1]) - d[2] + d[4];
+  t[4] = 2.0f * (d[1] - d[3]) - d[2] + d[4];
+  t[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+// A^T m for one column (or row) of a 6x6 product tile:
+// A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+__attribute__((always_inline)) inline void output_transform(const Lanes m[6], Lanes o[4]) {
+  const Lanes sum12 = m[1] + m[2], diff12 = m[1] - m[2];
+  const Lanes sum34 = m[3] + m[4], diff34 = m[3] - m[4];
+  o[0] = m[0] + sum12 + sum34;
+  o[1] = diff12 + 2.0f * diff34;
+  o[2] = sum12 + 4.0f * sum34;
+  o[3] = diff12 + 8.0f * diff34 + m[5];
+}
+
+// The per-row transforms are compiled for AVX-512, AVX2 and baseline x86-64, and the loader
+// picks the widest the CPU has (GCC's function multi-versioning): they do a few additions per
+// value loaded, and at baseline SSE width they, not memory, would limit the transforms.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GUIDIFF_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GUIDIFF_VECTOR_CLONES
+#endif
+
+// Runs body(scratch, row) for row in [0, count), split over libtorch's intra-op thread count,
+// each thread with its own scratch buffer of `scratch_floats`. An OpenMP loop
+// of our own rather than at::parallel_for: that template only runs in parallel where the
+// including file is compiled with OpenMP, and it takes the thread count from whichever OpenMP
+// runtime the symbol resolves to (pip's libtorch bundles its own), where num_threads here is
+// libtorch's. Each row writes its own outputs, so the result does not depend on the split.
+template <typename Body>
+void for_each_row(int64_t count, int64_t scratch_floats, const Body& body) {
+  const int threads =
+      at::in_parallel_region()
+          ? 1
+          : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count)));
+  std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_floats));
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+  for (int64_t row = 0; row < count; ++row) {
+#ifdef _OPENMP
+    body(scratch[omp_get_thread_num()], row);
+#else
+    body(scratch[0], row);
+#endif
+  }
+}
+
+// Channels handled together in one tile row's transforms: their slice of six image rows
+// (6 x (W + 2) x 64 floats, 400 KB at W = 256) stays in the core's L2 cache.
+constexpr int64_t kChannelBlock = 64;
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < columns, in 8 x 8
+// blocks so that both sides are read and written a cache line at a time. It moves data
+// between the network's [C, H, W] layout and the channel-innermost layout of the transforms.
+void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows,
+               int64_t columns) {
+  constexpr int64_t kBlock = 8;
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t i1 = std::min(rows, i0 + kBlock);
+    for (int64_t j0 = 0; j0 < columns; j0 += kBlock) {
+      const int64_t j1 = std::min(columns, j0 + kBlock);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
+  }
+}
+
+// One tile row of transform_input: its six image rows are gathered a block of channels at a
+// time, channel innermost, so that eight channels are transformed at once.
+GUIDIFF_VECTOR_CLONES void transform_input_row(const float* input, const TileGrid& grid,
+                                               int64_t channels, int64_t row,
+                                               std::vector<float>& gathered_rows, float* out) {
+  const int64_t tiles = grid.tiles(), columns = grid.columns();
+  const int64_t padded_width = columns * kTile + 2;  // one zero column left, >= 1 right
+  const int64_t n = row / grid.rows(), tile_y = row % grid.rows();
+  for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+    const int64_t block = std::min(kChannelBlock, channels - c0);
+    for (int64_t r = 0; r < kInputTile; ++r) {
+      float* gathered = gathered_rows.data() + r * padded_width * block;
+      const int64_t y = tile_y * kTile - 1 + r;
+      if (y < 0 || y >= grid.height) {  // the padding above and below the image
+        std::fill(gathered, gathered + padded_width * block, 0.0f);
+        continue;
+      }
+      // The padding left and right of the image, and past it to the last tile's edge.
+      std::fill(gathered, gathered + block, 0.0f);
+      std::fill(gathered + (grid.width + 1) * block, gathered + padded_width * block, 0.0f);
+      transpose(input + ((n * channels + c0) * grid.height + y) * grid.width,
+                grid.height * grid.width, gathered + block, block, block, grid.width);
+    }
+    float* target = out + row * columns * channels + c0;
+    for (int64_t tile_x = 0; tile_x < columns; ++tile_x, target += channels) {
+      const float* tile = gathered_rows.data() + tile_x * kTile * block;
+      for (int64_t c = 0; c < block; c += kLanes) {
+        Lanes d[6][6], t[6][6];
+        for (int r = 0; r < 6; ++r)
+          for (int s = 0; s < 6; ++s) d[s][r] = load(tile + (r * padded_width + s) * block + c);
+        for (int s = 0; s < 6; ++s) input_transform(d[s], t[s]);  // t[s][i] = (B^T d)[i][s]
+        for (int i = 0; i < 6; ++i) {
+          Lanes row_values[6], v[6];
+          for (int s = 0; s < 6; ++s) row_values[s] = t[s][i];
+          input_transform(row_values, v);  // v[j] = (B^T d B)[i][j]
+          for (int j = 0; j < 6; ++j) store(target + (i * 6 + j) * tiles * channels + c, v[j]);
+        }
+      }
+    }
+  }
+}
+
+// One tile row of transform_output: its four output rows are made a block of channels at a
+// time, channel innermost, then transposed into the output.
+GUIDIFF_VECTOR_CLONES void transform_output_row(const float* products, const TileGrid& grid,
+                                                int64_t channels, const float* bias, int64_t row,
+                                                std::vector<float>& output_rows, float* output) {
+  const int64_t tiles = grid.tiles(), columns = grid.columns();
+  const int64_t tiled_width = columns * kTile;
+  const int64_t n = row / grid.rows(), tile_y = row % grid.rows();
+  for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
+    const int64_t block = std::min(kChannelBlock, channels - c0);
+    const float* source = products + row * columns * channels + c0;
+    for (int64_t tile_x = 0; tile_x < columns; ++tile_x, source += channels) {
+      for (int64_t c = 0; c < block; c += kLanes) {
+        Lanes m[6][6], t[6][4];
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j) m[j][i] = load(source + (i * 6 + j) * tiles * channels + c);
+        for (int j = 0; j < 6; ++j) output_transform(m[j], t[j]);  // t[j][p] = (A^T M)[p][j]
+        const Lanes b = load(bias + c0 + c);
+        for (int p = 0; p < 4; ++p) {
+          Lanes row_values[6], o[4];
+          for (int j = 0; j < 6; ++j) row_values[j] = t[j][p];
+          output_transform(row_values, o);  // o[q] = (A^T M A)[p][q]
+          for (int q = 0; q < 4; ++q)
+            store(output_rows.data() + (p * tiled_width + tile_x * kTile + q) * block + c,
+                  o[q] + b);
+        }
+      }
+    }
+    for (int64_t p = 0; p < kTile && tile_y * kTile + p < grid.height; ++p) {
+      transpose(output_rows.data() + p * tiled_width * block, block,
+                output + ((n * channels + c0) * grid.height + tile_y * kTile + p) * grid.width,
+                grid.height * grid.width, grid.width, block);
+    }
+  }
+}
+
+// One row of transform_filter: row's filters for every column, eight columns at a time.
+GUIDIFF_VECTOR_CLONES void transform_filter_row(const float* weight, int64_t row_step,
+                                                int64_t column_step, int64_t columns, int64_t rows,
+                                                bool for_input_gradient, int64_t row,
+                                                float* transformed) {
+  // G for F(4x4, 3x3), rows for the points 0, 1, -1, 2, -2 and infinity.
+  constexpr float G[6][3] = {{1.0f / 4, 0.0f, 0.0f},
+                             {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                             {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                             {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                             {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                             {0.0f, 0.0f, 1.0f}};
+  for (int64_t c = 0; c < columns; c += kLanes) {
+    const float* taps = weight + row * row_step + c * column_step;
+    Lanes g[3][3];  // eight columns' filters; for the input gradient reversed in both axes
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b) {
+        const int tap = for_input_gradient ? (2 - a) * 3 + (2 - b) : a * 3 + b;
+        for (int lane = 0; lane < kLanes; ++lane) g[a][b][lane] = taps[lane * column_step + tap];
+      }
+    Lanes Gg[6][3];  // G g
+    for (int i = 0; i < 6; ++i)
+      for (int b = 0; b < 3; ++b)
+        Gg[i][b] = G[i][0] * g[0][b] + G[i][1] * g[1][b] + G[i][2] * g[2][b];
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 6; ++j)
+        store(transformed + ((i * 6 + j) * rows + row) * columns + c,
+              Gg[i][0] * G[j][0] + Gg[i][1] * G[j][1] + Gg[i][2] * G[j][2]);
+  }
+}
+
+}  // namespace
+
+void transform_filter(const float* weight, int64_t out_channels, int64_t in_channels,
+                      bool for_input_gradient, float* transformed) {
+  // The transformed filter's [rows, columns] per tile position: [C_in, C_out], or swapped.
+  const int64_t rows = for_input_gradient ? out_channels : in_channels;
+  const int64_t columns = for_input_gradient ? in_channels : out_channels;
+  // Where (row, column)'s taps start, and how far apart consecutive columns' taps lie.
+  const int64_t row_step = for_input_gradient ? in_channels * 9 : 9;
+  const int64_t column_step = for_input_gradient ? 9 : in_channels * 9;
+  for_each_row(rows, 0, [&](std::vector<float>&, int64_t row) {
+    transform_filter_row(weight, row_step, column_step, columns, rows, for_input_gradient, row,
+                         transformed);
+  });
+}
+
+void transform_input(const float* input, const TileGrid& grid, int64_t channels, float* out) {
+  const int64_t scratch = kInputTile * (grid.columns() * kTile + 2) * kChannelBlock;
+  for_each_row(grid.batch * grid.rows(), scratch, [&](std::vector<float>& rows, int64_t row) {
+    transform_input_row(input, grid, channels, row, rows, out);
+  });
+}
+
+void transform_output(const float* products, const TileGrid& grid, int64_t channels,
+                      const float* bias, float* output) {
+  const std::vector<float> no_bias(bias ? 0 : channels, 0.0f);
+  const int64_t scratch = kTile * grid.columns() * kTile * kChannelBlock;
+  for_each_row(grid.batch * grid.rows(), scratch, [&](std::vector<float>& rows, int64_t row) {
+    transform_output_row(products, grid, channels, bias ? bias : no_bias.data(), row, rows, output);
+  });
+}
+
+}  // namespace guidiff::winograd
