@@ -16,7 +16,7 @@ std::atomic<int> g_enabled{-1};  // -1: not configured yet, resolved as auto on 
 std::atomic<int64_t> g_min_pixels{32 * 32};
 std::atomic<int64_t> g_calls{0};
 thread_local bool t_input_gradients_only = false;
-std::string g_summary;
+std::string g_choice;  // what configure_convolutions was given (resolved), empty before
 
 // U for `weight` (winograd::transform_filter), as a float32 tensor.
 torch::Tensor transformed_filter(const torch::Tensor& weight, bool for_input_gradient) {
@@ -88,8 +88,11 @@ class WinogradConvolution : public torch::autograd::Function<WinogradConvolution
   }
 };
 
-bool records_gradients(const torch::Tensor& input, const torch::Tensor& weight) {
-  return torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad());
+// Whether autograd records this convolution (bias may be undefined).
+bool records_gradients(const torch::Tensor& input, const torch::Tensor& weight,
+                       const torch::Tensor& bias) {
+  return torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
+                                           (bias.defined() && bias.requires_grad()));
 }
 
 }  // namespace
@@ -119,22 +122,20 @@ void configure_convolutions(const std::string& requested) {
     throw InputError(std::string(from_flag ? "--conv" : "GUIDIFF_CONV") +
                      " must be auto, winograd or direct, got '" + choice + "'");
   }
-  const std::string isa = onednn_cpu_isa();
-  set_winograd_enabled(choice == "winograd" || (choice == "auto" && winograd_by_default(isa)));
-  g_summary =
-      choice + ": " +
-      (winograd_enabled()
-           ? "Winograd F(4x4,3x3) for float32 3x3 sampling convolutions on images from " +
-                 std::to_string(winograd_min_pixels()) + " pixels"
-           : std::string("libtorch's convolutions")) +
-      (choice == "auto" ? std::string(" (oneDNN runs ") + isa + " kernels)" : std::string());
+  set_winograd_enabled(choice == "winograd" ||
+                       (choice == "auto" && winograd_by_default(onednn_cpu_isa())));
+  g_choice = choice;
 }
 
 std::string convolution_summary() {
-  return g_summary.empty()
-             ? std::string(winograd_enabled() ? "Winograd" : "libtorch's convolutions") +
-                   " (not configured: the library's auto choice)"
-             : g_summary;
+  const std::string what =
+      winograd_enabled()
+          ? "Winograd F(4x4,3x3) for float32 3x3 sampling convolutions on images from " +
+                std::to_string(winograd_min_pixels()) + " pixels"
+          : std::string("libtorch's convolutions");
+  if (g_choice.empty()) return what + " (not configured: the library's auto choice)";
+  return g_choice + ": " + what +
+         (g_choice == "auto" ? " (oneDNN runs " + onednn_cpu_isa() + " kernels)" : "");
 }
 
 InputGradientsOnly::InputGradientsOnly() : previous_(t_input_gradients_only) {
@@ -162,7 +163,7 @@ bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight) {
       weight.scalar_type() != torch::kFloat32 || !weight.device().is_cpu())
     return false;
   if (at::autocast::is_cpu_enabled()) return false;
-  if (records_gradients(input, weight) && !t_input_gradients_only) return false;
+  if (records_gradients(input, weight, {}) && !t_input_gradients_only) return false;
   const int64_t in_channels = weight.size(1), out_channels = weight.size(0);
   if (input.size(1) != in_channels || in_channels % winograd::kLanes != 0 ||
       out_channels % winograd::kLanes != 0)
@@ -175,10 +176,8 @@ Conv3x3Impl::Conv3x3Impl(int64_t in_channels, int64_t out_channels)
 
 torch::Tensor Conv3x3Impl::forward(const torch::Tensor& input) {
   if (!winograd_applies(input, weight)) return torch::nn::Conv2dImpl::forward(input);
-  if (records_gradients(input, weight) ||
-      (bias.defined() && torch::GradMode::is_enabled() && bias.requires_grad())) {
+  if (records_gradients(input, weight, bias))
     return WinogradConvolution::apply(input, weight, bias);
-  }
   return convolve(input, transformed_filter(weight, false), bias);
 }
 

@@ -13,9 +13,9 @@
 namespace guidiff::winograd {
 namespace {
 
-// Eight channels at a time. GCC and clang lower this to the vector registers the target has
-// (two SSE registers on baseline x86-64), so no CPU-specific code is needed: the transforms
-// are a few additions per value loaded and run at memory speed.
+// Eight channels at a time. GCC and clang lower this to the vector registers of the target
+// each function is compiled for (two SSE registers on baseline x86-64, one AVX register in the
+// clones below), so no intrinsics are needed.
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
 // Always inlined, so no 32-byte vector crosses a real call; GCC's note that such a call's ABI
