@@ -30,8 +30,10 @@ at a time, with the same thread count:
 It records the sampling time (guidiff's own "sampling: ... s" line; the reference times its
 loop the same way, without loading), images/s, s/step, the load time and each process's peak
 RSS (ru_maxrss), checks that the reference's samples equal guidiff's float32 ones (max abs
-difference under TOLERANCE) and prints a markdown table for docs/performance.md (--out
-writes it to a file too) and the figures as JSON (also saved as results.json in --work).
+difference under TOLERANCE) and prints a markdown table for docs/performance.md, one line
+per case against issue 12's targets (met or MISSED; bf16's only where `guidiff info` reports
+native bf16) (--out writes both to a file too) and the figures as JSON (also saved as
+results.json in --work).
 
 --tiny shrinks the networks (64 channels, one block per level, classifier width 64 and depth
 1) and the steps (3), to check the script itself in a minute.
@@ -285,13 +287,49 @@ def main():
         # Each case's figures are kept as soon as it ends, so a later case's failure loses none.
         with open(os.path.join(args.work, "results.json"), "w") as f:
             json.dump(rows, f, indent=1)
+    bf16 = guidiff_bf16_support(env)
     print(render(rows))
+    print(targets(rows, bf16))
     print(json.dumps(rows, indent=1))
     with open(os.path.join(args.work, "results.json"), "w") as f:
         json.dump(rows, f, indent=1)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(render(rows) + "\n")
+            f.write(render(rows) + "\n\n" + targets(rows, bf16) + "\n")
+
+
+def guidiff_bf16_support(env):
+    """The first word of `guidiff info`'s bf16 line ("native" or "emulated"), under the same
+    environment as the runs (ONEDNN_MAX_CPU_ISA can turn native bf16 off)."""
+    info = subprocess.run([GUIDIFF, "info"], capture_output=True, text=True, env=env).stdout
+    for line in info.splitlines():
+        if line.startswith("bf16"):
+            return line.split()[1].rstrip(";")
+    return "unknown"
+
+
+def targets(rows, bf16):
+    """Issue 12's three targets, per case, from whichever programs ran: guidiff float32 at least
+    1.5x PyTorch as a user runs it, no slower than PyTorch with the same heap tuning, and bf16 at
+    least 1.3x float32 where the CPU has native bf16."""
+    lines = []
+    for row in rows:
+        r = row["results"]
+        seconds = {name: r[name]["seconds"] for name in r}
+        checks = []
+        for name, target, what in (("reference", 1.5, "PyTorch as a user runs it"),
+                                   ("reference, heap tuned", 1.0, "PyTorch with the same heap tuning")):
+            if "guidiff" in seconds and name in seconds:
+                ratio = seconds[name] / seconds["guidiff"]
+                checks.append("guidiff float32 %.2fx %s (target %.1fx: %s)" % (
+                    ratio, what, target, "met" if ratio >= target else "MISSED"))
+        if "guidiff" in seconds and "guidiff bf16" in seconds:
+            ratio = seconds["guidiff"] / seconds["guidiff bf16"]
+            verdict = ("met" if ratio >= 1.3 else "MISSED") if bf16 == "native" else "not applicable, bf16 is %s here" % bf16
+            checks.append("bf16 %.2fx float32 (target 1.3x with native bf16: %s)" % (ratio, verdict))
+        if checks:
+            lines.append("%s: %s" % (row["case"], "; ".join(checks)))
+    return "\n".join(lines)
 
 
 def render(rows):

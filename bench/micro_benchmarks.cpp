@@ -25,6 +25,7 @@
 #include "guidiff/core/flop_counter.hpp"
 #include "guidiff/core/threads.hpp"
 #include "guidiff/guidance/guidance.hpp"
+#include "guidiff/models/attention.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/models/winograd_conv.hpp"
@@ -115,6 +116,32 @@ void BM_Conv3x3(benchmark::State& state, bool winograd) {
   };
   work();  // warm-up: oneDNN's primitive and the heap
   time_loop(state, 2 * batch * size * size * in * out * 9, 0, work);
+}
+
+// ---- softmax attention, in one piece against blocks of query rows -------------------------
+
+// The 64x64 model's attention at 32x32 (batch 4, 6 heads of 64 channels, 1024 tokens) and the
+// 256x256 model's at 32x32 (batch 1, 8 heads), forward and, with "backward", the input
+// gradients too (the classifier guidance gradient's pass). "GFLOP/s" counts the two products' FLOPs (and their
+// four gradient products).
+void BM_Attention(benchmark::State& state, bool blocked, bool backward) {
+  const int64_t heads = state.range(0), channels = state.range(1), tokens = state.range(2);
+  std::vector<torch::Tensor> qkv;
+  for (int i = 0; i < 3; ++i) qkv.push_back(torch::randn({heads, channels, tokens}).requires_grad_(backward));
+  const int64_t saved = guidiff::attention_block_bytes();
+  guidiff::set_attention_block_bytes(blocked ? saved : int64_t{1} << 40);
+  const auto work = [&] {
+    if (!backward) {
+      torch::NoGradGuard no_grad;
+      benchmark::DoNotOptimize(guidiff::attention(qkv[0], qkv[1], qkv[2]));
+      return;
+    }
+    const auto out = guidiff::attention(qkv[0], qkv[1], qkv[2]);
+    benchmark::DoNotOptimize(torch::autograd::grad({out.sum()}, qkv));
+  };
+  work();
+  time_loop(state, (backward ? 6 : 2) * 2 * heads * channels * tokens * tokens, 0, work);
+  guidiff::set_attention_block_bytes(saved);
 }
 
 // ---- the default UNet --------------------------------------------------------------------
@@ -248,11 +275,21 @@ void register_benchmarks() {
     auto* b = benchmark::RegisterBenchmark(winograd ? "conv3x3/winograd" : "conv3x3/direct", BM_Conv3x3, winograd)
                   ->ArgNames({"batch", "in", "out", "size"});
     for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{
-             {4, 192, 192, 64}, {4, 384, 384, 32}, {4, 768, 768, 8}, {1, 256, 256, 256}, {1, 512, 512, 64},
+             {4, 192, 192, 64}, {4, 384, 384, 32}, {1, 576, 576, 16}, {4, 576, 576, 16}, {4, 768, 768, 8}, {1, 256, 256, 256}, {1, 512, 512, 64},
              {1, 1536, 512, 32}, {1, 1024, 1024, 16}, {64, 64, 64, 28}, {64, 128, 128, 14}}) {
       b->Args(layer);
     }
     configure(b);
+  }
+  for (const bool backward : {false, true}) {
+    for (const bool blocked : {false, true}) {
+      const std::string name = std::string("attention/") + (blocked ? "blocked" : "one_piece") + (backward ? "/backward" : "");
+      auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_Attention, blocked, backward)
+                    ->ArgNames({"heads", "channels", "tokens"});
+      b->Args({24, 64, 1024});
+      b->Args({8, 64, 1024});
+      configure(b);
+    }
   }
   for (const Variant variant : {Variant::fp32, Variant::bf16_autocast, Variant::fp32_channels_last}) {
     auto* b = benchmark::RegisterBenchmark((std::string("unet_forward/") + variant_name(variant)).c_str(),

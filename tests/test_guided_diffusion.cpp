@@ -22,6 +22,7 @@
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/sampling/generate.hpp"
 #include "guidiff/sampling/upsample.hpp"
+#include "support/attention_settings.hpp"
 #include "support/test_files.hpp"
 #include "support/winograd_settings.hpp"
 
@@ -225,16 +226,20 @@ double max_difference(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
-// Runs `check` twice: with libtorch's convolutions, and with the Winograd path in every 3x3
-// convolution it can serve (by default only images from 32x32 take it; these are 16x16), and
-// checks that the path was taken exactly when enabled.
-void with_and_without_winograd(const std::function<void()>& check) {
-  for (const bool winograd : {false, true}) {
-    SCOPED_TRACE(winograd ? "Winograd convolutions" : "libtorch's convolutions");
-    guidiff::testing::WinogradSettings settings(winograd, 0);
-    const int64_t calls = winograd_calls();
+// Runs `check` twice: with libtorch's convolutions and attention in one piece, then with the
+// Winograd path in every 3x3 convolution it can serve (by default only images from 32x32 take
+// it; these are 16x16) and attention in blocks of a few query rows (by default only heads of
+// over 1 MiB of scores are blocked), and checks that the paths were taken exactly when enabled.
+void with_and_without_fast_paths(const std::function<void()>& check) {
+  for (const bool fast : {false, true}) {
+    SCOPED_TRACE(fast ? "Winograd convolutions, blocked attention"
+                      : "libtorch's convolutions, attention in one piece");
+    guidiff::testing::WinogradSettings settings(fast, 0);
+    guidiff::testing::AttentionBlockBytes blocks(fast ? 3 * 65 * 4 : int64_t{1} << 40);
+    const int64_t calls = winograd_calls(), blocked = blocked_attention_calls();
     check();
-    EXPECT_EQ(winograd_calls() > calls, winograd);
+    EXPECT_EQ(winograd_calls() > calls, fast);
+    EXPECT_EQ(blocked_attention_calls() > blocked, fast);
   }
 }
 
@@ -270,7 +275,7 @@ void every_architecture_matches_the_reference() {
 }
 
 TEST(GuidedDiffusionModels, EveryTinyArchitectureMatchesTheReference) {
-  with_and_without_winograd(every_architecture_matches_the_reference);
+  with_and_without_fast_paths(every_architecture_matches_the_reference);
 }
 
 TEST(GuidedDiffusionModels, FlagsBuildTheSameNetworkAsTheConfig) {
@@ -339,7 +344,7 @@ void guided_samplers_match_the_reference() {
 }
 
 TEST(GuidedDiffusionModels, GuidedDdpmAndDdimAndUpsamplingMatchTheReference) {
-  with_and_without_winograd(guided_samplers_match_the_reference);
+  with_and_without_fast_paths(guided_samplers_match_the_reference);
 }
 
 // ---- conditional models without a null class -------------------------------------------

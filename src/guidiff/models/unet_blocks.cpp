@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/models/attention.hpp"
 
 namespace guidiff {
 namespace {
@@ -15,18 +16,6 @@ namespace F = torch::nn::functional;
 torch::Tensor broadcast_like(torch::Tensor emb, const torch::Tensor& h) {
   while (emb.dim() < h.dim()) emb = emb.unsqueeze(-1);
   return emb;
-}
-
-// Softmax attention of per-head q, k, v [B, c, T] -> [B, c, T]; Vaswani et al. Eq. 1 with
-// 1/sqrt(c) applied as c^(-1/4) to both q and k.
-torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(q.size(1))));
-  const auto weight = torch::bmm((q * scale).transpose(1, 2), k * scale);  // [B, T, S]
-  // Half-precision scores are normalised in float32, as guided-diffusion does; float32 and
-  // float64 stay as they are.
-  const auto softmax_type = at::promote_types(weight.scalar_type(), torch::kFloat32);
-  const auto probabilities = torch::softmax(weight.to(softmax_type), -1).to(weight.scalar_type());
-  return torch::bmm(v, probabilities.transpose(1, 2));  // [B, c, T]
 }
 
 void check_qkv(const torch::Tensor& qkv, int64_t heads) {
@@ -122,7 +111,7 @@ torch::Tensor qkv_attention_legacy(const torch::Tensor& qkv, int64_t heads) {
   const int64_t batch = qkv.size(0), length = qkv.size(2);
   const int64_t ch = qkv.size(1) / (3 * heads);
   const auto parts = qkv.reshape({batch * heads, 3 * ch, length}).split(ch, 1);
-  return attend(parts[0], parts[1], parts[2]).reshape({batch, heads * ch, length});
+  return attention(parts[0], parts[1], parts[2]).reshape({batch, heads * ch, length});
 }
 
 torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t heads) {
@@ -133,7 +122,7 @@ torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t heads) {
   const auto per_head = [&](const torch::Tensor& t) {
     return t.reshape({batch * heads, ch, length});
   };
-  return attend(per_head(parts[0]), per_head(parts[1]), per_head(parts[2]))
+  return attention(per_head(parts[0]), per_head(parts[1]), per_head(parts[2]))
       .reshape({batch, heads * ch, length});
 }
 

@@ -92,16 +92,59 @@ void for_each_row(int64_t count, int64_t scratch_floats, const Body& body) {
 // (6 x (W + 2) x 64 floats, 400 KB at W = 256) stays in the core's L2 cache.
 constexpr int64_t kChannelBlock = 64;
 
+// The lanes of a and b (numbered 0-7 and 8-15) named by I, in that order.
+template <int... I>
+__attribute__((always_inline)) inline Lanes shuffle(const Lanes& a, const Lanes& b) {
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, I...);
+#else
+  typedef int LaneIndices __attribute__((vector_size(kLanes * sizeof(int))));
+  return __builtin_shuffle(a, b, LaneIndices{I...});
+#endif
+}
+
+// An 8 x 8 block, dst[j * dst_stride + i] = src[i * src_stride + j], in registers: eight rows
+// loaded, interleaved in three rounds (pairs of values, pairs of pairs, halves), and eight
+// columns stored. The compilers lower the shuffles to unpack, shuffle and lane-permute
+// instructions.
+static_assert(kLanes == 8, "transpose_block is written for 8 lanes");
+__attribute__((always_inline)) inline void transpose_block(const float* src, int64_t src_stride,
+                                                           float* dst, int64_t dst_stride) {
+  Lanes r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = load(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {  // t[i] = r[i][0] r[i+1][0] r[i][1] r[i+1][1], then 4, 5
+    t[i] = shuffle<0, 8, 1, 9, 4, 12, 5, 13>(r[i], r[i + 1]);
+    t[i + 1] = shuffle<2, 10, 3, 11, 6, 14, 7, 15>(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // u[i + c] = column c of rows i..i+3, then column c + 4
+    u[i] = shuffle<0, 1, 8, 9, 4, 5, 12, 13>(t[i], t[i + 2]);
+    u[i + 1] = shuffle<2, 3, 10, 11, 6, 7, 14, 15>(t[i], t[i + 2]);
+    u[i + 2] = shuffle<0, 1, 8, 9, 4, 5, 12, 13>(t[i + 1], t[i + 3]);
+    u[i + 3] = shuffle<2, 3, 10, 11, 6, 7, 14, 15>(t[i + 1], t[i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {  // column j from the low halves, column j + 4 from the high
+    store(dst + j * dst_stride, shuffle<0, 1, 2, 3, 8, 9, 10, 11>(u[j], u[j + 4]));
+    store(dst + (j + 4) * dst_stride, shuffle<4, 5, 6, 7, 12, 13, 14, 15>(u[j], u[j + 4]));
+  }
+}
+
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < columns, in 8 x 8
 // blocks so that both sides are read and written a cache line at a time. It moves data
 // between the network's [C, H, W] layout and the channel-innermost layout of the transforms.
-void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows,
-               int64_t columns) {
+// Inlined into its callers, so it is compiled for each of their CPU clones.
+__attribute__((always_inline)) inline void transpose(const float* src, int64_t src_stride,
+                                                     float* dst, int64_t dst_stride, int64_t rows,
+                                                     int64_t columns) {
   constexpr int64_t kBlock = 8;
   for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
     const int64_t i1 = std::min(rows, i0 + kBlock);
     for (int64_t j0 = 0; j0 < columns; j0 += kBlock) {
       const int64_t j1 = std::min(columns, j0 + kBlock);
+      if (i1 - i0 == kBlock && j1 - j0 == kBlock) {
+        transpose_block(src + i0 * src_stride + j0, src_stride, dst + j0 * dst_stride + i0,
+                        dst_stride);
+        continue;
+      }
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = j0; j < j1; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
     }
