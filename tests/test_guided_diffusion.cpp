@@ -235,6 +235,7 @@ void with_and_without_fast_paths(const std::function<void()>& check) {
     SCOPED_TRACE(fast ? "Winograd convolutions, blocked attention"
                       : "libtorch's convolutions, attention in one piece");
     guidiff::testing::WinogradSettings settings(fast, 0);
+    // Blocks of 3 float32 query rows for up to 65 keys (the attention pool's 8 x 8 + 1).
     guidiff::testing::AttentionBlockBytes blocks(fast ? 3 * 65 * 4 : int64_t{1} << 40);
     const int64_t calls = winograd_calls(), blocked = blocked_attention_calls();
     check();

@@ -1,6 +1,7 @@
 #include "guidiff/models/attention.hpp"
 
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <algorithm>
 #include <atomic>
@@ -101,11 +102,6 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
   }
 };
 
-bool records_gradients(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  return torch::GradMode::is_enabled() &&
-         (q.requires_grad() || k.requires_grad() || v.requires_grad());
-}
-
 }  // namespace
 
 void set_attention_block_bytes(int64_t bytes) { g_block_bytes = std::max<int64_t>(1, bytes); }
@@ -120,7 +116,8 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   // Query rows per block: a block's scores fill at most attention_block_bytes().
   const int64_t rows = std::max<int64_t>(1, attention_block_bytes() / (keys * score_bytes));
   if (rows < length && q.device().is_cpu()) {
-    if (!records_gradients(q, k, v)) return blocked_forward(scaled_q, scaled_k, v, rows);
+    if (!torch::autograd::compute_requires_grad(q, k, v))
+      return blocked_forward(scaled_q, scaled_k, v, rows);
     // The recorded form computes in the inputs' type; 16-bit and autocast runs record the
     // plain form below.
     const bool wide = q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&

@@ -2,7 +2,6 @@
 #include "guidiff/models/unet_blocks.hpp"
 
 #include <algorithm>
-#include <cmath>
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/models/attention.hpp"

@@ -1,6 +1,7 @@
 #include "guidiff/models/winograd_conv.hpp"
 
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -88,13 +89,6 @@ class WinogradConvolution : public torch::autograd::Function<WinogradConvolution
   }
 };
 
-// Whether autograd records this convolution (bias may be undefined).
-bool records_gradients(const torch::Tensor& input, const torch::Tensor& weight,
-                       const torch::Tensor& bias) {
-  return torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
-                                           (bias.defined() && bias.requires_grad()));
-}
-
 }  // namespace
 
 // auto's choice: Winograd where oneDNN's convolutions are at most AVX2 wide.
@@ -163,7 +157,8 @@ bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight) {
       weight.scalar_type() != torch::kFloat32 || !weight.device().is_cpu())
     return false;
   if (at::autocast::is_cpu_enabled()) return false;
-  if (records_gradients(input, weight, {}) && !t_input_gradients_only) return false;
+  if (torch::autograd::compute_requires_grad(input, weight) && !t_input_gradients_only)
+    return false;
   const int64_t in_channels = weight.size(1), out_channels = weight.size(0);
   if (input.size(1) != in_channels || in_channels % winograd::kLanes != 0 ||
       out_channels % winograd::kLanes != 0)
@@ -176,7 +171,7 @@ Conv3x3Impl::Conv3x3Impl(int64_t in_channels, int64_t out_channels)
 
 torch::Tensor Conv3x3Impl::forward(const torch::Tensor& input) {
   if (!winograd_applies(input, weight)) return torch::nn::Conv2dImpl::forward(input);
-  if (records_gradients(input, weight, bias))
+  if (torch::autograd::compute_requires_grad(input, weight, bias))
     return WinogradConvolution::apply(input, weight, bias);
   return convolve(input, transformed_filter(weight, false), bias);
 }
