@@ -152,6 +152,31 @@ TEST(WinogradConvolution, TheLayerTakesThePathOnlyWhereItApplies) {
   EXPECT_TRUE(torch::equal(recorded, direct()));
 }
 
+// Below winograd_min_pixels() a call takes the path only with at least 64 tiles over its batch
+// and at least 256 channels on both sides: the 64x64 model's 16x16 layers at batch 4, not 3.
+TEST(WinogradConvolution, SmallImagesTakeThePathInCallsOfEnoughTilesAndChannels) {
+  testing::WinogradSettings from_32x32(true, 32 * 32);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(7);
+  Conv3x3 wide(256, 264), narrow(248, 256);
+  const auto winograd_for = [](Conv3x3 conv, const torch::Tensor& x) {
+    return torch::equal(conv(x), winograd_conv3x3(x, conv->weight, conv->bias));
+  };
+  const auto direct_for = [](Conv3x3 conv, const torch::Tensor& x) {
+    return torch::equal(conv(x), torch::conv2d(x, conv->weight, conv->bias, 1, 1));
+  };
+  const int64_t calls = winograd_calls();
+  const auto four = torch::randn({4, 256, 16, 16});  // 4 x 16 tiles
+  EXPECT_TRUE(winograd_for(wide, four));
+  EXPECT_TRUE(direct_for(wide, four.slice(0, 0, 3)));               // 48 tiles
+  EXPECT_TRUE(direct_for(narrow, torch::randn({4, 248, 16, 16})));  // 248 input channels
+  EXPECT_TRUE(direct_for(Conv3x3(256, 248), four));                 // 248 output channels
+  const auto sixteen = torch::randn({16, 256, 8, 8});               // 16 x 4 tiles
+  EXPECT_TRUE(winograd_for(wide, sixteen));
+  EXPECT_TRUE(direct_for(wide, sixteen.slice(0, 0, 15)));
+  EXPECT_EQ(winograd_calls(), calls + 4);  // the layer's two Winograd calls and the checks' two
+}
+
 // The classifier guidance gradient: inside InputGradientsOnly the layer records a Winograd
 // convolution whose backward pass gives the input gradient by Winograd (within the rounding
 // bound of that convolution: the output gradient convolved with the reversed, channel-swapped

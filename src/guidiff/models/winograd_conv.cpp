@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 
@@ -125,7 +126,10 @@ std::string convolution_summary() {
   const std::string what =
       winograd_enabled()
           ? "Winograd F(4x4,3x3) for float32 3x3 sampling convolutions on images from " +
-                std::to_string(winograd_min_pixels()) + " pixels"
+                std::to_string(winograd_min_pixels()) +
+                " pixels, and on smaller ones in calls of " +
+                std::to_string(kWinogradMinTilesPerCall) + " tiles or more with " +
+                std::to_string(kWinogradMinChannelsPerCall) + " channels or more"
           : std::string("libtorch's convolutions");
   if (g_choice.empty()) return what + " (not configured: the library's auto choice)";
   return g_choice + ": " + what +
@@ -163,7 +167,10 @@ bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight) {
   if (input.size(1) != in_channels || in_channels % winograd::kLanes != 0 ||
       out_channels % winograd::kLanes != 0)
     return false;
-  return input.size(2) * input.size(3) >= winograd_min_pixels();
+  if (input.size(2) * input.size(3) >= winograd_min_pixels()) return true;
+  const winograd::TileGrid grid{input.size(0), input.size(2), input.size(3)};
+  return grid.tiles() >= kWinogradMinTilesPerCall &&
+         std::min(in_channels, out_channels) >= kWinogradMinChannelsPerCall;
 }
 
 Conv3x3Impl::Conv3x3Impl(int64_t in_channels, int64_t out_channels)

@@ -39,11 +39,25 @@ void configure_convolutions(const std::string& requested);
 // The choice configure_convolutions made, and why, in one line (`guidiff info`).
 std::string convolution_summary();
 
-// The smallest image (height * width) a layer takes the Winograd path for. Below it the
+// The smallest image (height * width) a layer always takes the Winograd path for. Below it the
 // transforms cost about what the multiplications save (docs/performance.md, "Winograd
 // convolutions"). Tests lower it to exercise the path on tiny models.
 void set_winograd_min_pixels(int64_t pixels);
 int64_t winograd_min_pixels();
+
+// Smaller images (the 64x64 model's 16x16 and 8x8 layers) take the Winograd path where one call
+// holds at least this many 4x4 output tiles over its batch and both channel counts are at least
+// kWinogradMinChannelsPerCall. The filter transform is paid once per call, so what decides is
+// the tiles it is spread over: with AVX2 kernels a 576-channel 16x16 layer ran 1.7x as fast at
+// batch 4 (64 tiles) and lost at batch 1 (16 tiles), as did a 768-channel 8x8 layer at batch 4
+// (16 tiles). The input and output transforms cost per channel what the products save per
+// channel pair, so narrow layers gain little: 0.99-1.16x at 64 and 128 channels, which keeps
+// the default Fashion-MNIST models (28x28, 64-128 channels) on libtorch's convolution.
+// The choice then depends on the batch: an image's outputs at batch 1 and batch 4 agree to
+// float32 rounding, not bit for bit, as they already do when oneDNN or the BLAS picks its
+// blocking by shape (docs/formats.md).
+constexpr int64_t kWinogradMinTilesPerCall = 64;
+constexpr int64_t kWinogradMinChannelsPerCall = 256;
 
 // How many convolutions have taken the Winograd path in this process (tests check that it ran).
 int64_t winograd_calls();
@@ -72,7 +86,9 @@ torch::Tensor winograd_conv3x3(const torch::Tensor& input, const torch::Tensor& 
 
 // Whether a Conv3x3 layer runs conv2d(input, weight) by Winograd here: enabled, float32 on the
 // CPU, no autocast, channel counts multiples of 8 (the transforms' vector width), an image of at
-// least winograd_min_pixels(), and either no gradient to record or an InputGradientsOnly scope.
+// least winograd_min_pixels() or a call of at least kWinogradMinTilesPerCall tiles with at least
+// kWinogradMinChannelsPerCall channels, and either no gradient to record or an
+// InputGradientsOnly scope.
 bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight);
 
 // A 3x3, stride 1, padding 1 convolution with torch::nn::Conv2d's parameters (and names, so
