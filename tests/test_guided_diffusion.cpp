@@ -227,9 +227,10 @@ double max_difference(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // Runs `check` twice: with libtorch's convolutions and attention in one piece, then with the
-// Winograd path in every 3x3 convolution it can serve (by default only images from 32x32 take
-// it; these are 16x16) and attention in blocks of a few query rows (by default only heads of
-// over 1 MiB of scores are blocked), and checks that the paths were taken exactly when enabled.
+// Winograd path in every 3x3 convolution it can serve (by default only images from 32x32, or
+// calls of 64 tiles with 256 channels, take it; these models' 16x16 layers are narrower) and
+// attention in blocks of a few query rows (by default only heads of over 1 MiB of scores are
+// blocked), and checks that the paths were taken exactly when enabled.
 void with_and_without_fast_paths(const std::function<void()>& check) {
   for (const bool fast : {false, true}) {
     SCOPED_TRACE(fast ? "Winograd convolutions, blocked attention"

@@ -64,9 +64,10 @@ int run_cli(int argc, char** argv) {
                  "intra-op threads (default: GUIDIFF_THREADS, else all cores, shared among a data-parallel run's processes on this machine)");
   app.add_option("--conv", global.conv,
                  "3x3 convolutions on the CPU: auto (the default: Winograd where oneDNN runs AVX2 kernels or narrower), "
-                 "winograd (Winograd F(4x4,3x3) in float32 sampling on images from 32x32, and on smaller ones in calls of "
-                 "64 tiles or more with 256 channels or more) or direct (libtorch's own; "
-                 "also GUIDIFF_CONV)");
+                 "winograd (Winograd F(4x4,3x3) in float32 sampling on images from 32x32, and on smaller ones in calls of " +
+                     std::to_string(guidiff::kWinogradMinTilesPerCall) + " tiles or more with " +
+                     std::to_string(guidiff::kWinogradMinChannelsPerCall) +
+                     " channels or more) or direct (libtorch's own; also GUIDIFF_CONV)");
   app.add_option("--device", global.device, "where models run (sampling and training): cpu or cuda");
   app.add_option("--nproc", global.nproc,
                  "run as this many data-parallel processes on this machine (train, sample, sweep, eval; docs/distributed.md)");
