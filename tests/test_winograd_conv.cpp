@@ -212,5 +212,31 @@ TEST(WinogradConvolution, InputGradientsOnlyRecordsAWinogradConvolutionWithItsGr
       torch::equal(conv(x).detach(), torch::conv2d(x, conv->weight, conv->bias, 1, 1).detach()));
 }
 
+// A layer without a bias records a Winograd convolution too: autograd's Function::apply refuses
+// an undefined tensor argument, so the bias travels as an optional.
+TEST(WinogradConvolution, ALayerWithoutBiasRecordsAWinogradConvolution) {
+  testing::WinogradSettings everywhere(true, 0);
+  torch::manual_seed(6);
+  Conv3x3 conv(8, 16, /*with_bias=*/false);
+  ASSERT_FALSE(conv->bias.defined());
+  const auto x = torch::randn({1, 8, 7, 5}).requires_grad_(true);
+  const auto output_gradient = torch::randn({1, 16, 7, 5});
+  const int64_t calls = winograd_calls();
+  {
+    InputGradientsOnly scope;
+    const auto recorded = conv(x);
+    EXPECT_TRUE(torch::equal(recorded.detach(),
+                             winograd_conv3x3(x.detach(), conv->weight, torch::Tensor())));
+    recorded.backward(output_gradient);
+  }
+  EXPECT_EQ(winograd_calls(), calls + 3);
+  const auto reversed = conv->weight.detach().flip({2, 3}).transpose(0, 1);
+  expect_within_rounding(x.grad(), output_gradient, reversed, torch::Tensor());
+  const auto weight_gradient = conv->weight.grad().clone();
+  conv->weight.mutable_grad() = torch::Tensor();
+  torch::conv2d(x, conv->weight, {}, 1, 1).backward(output_gradient);
+  EXPECT_TRUE(torch::allclose(weight_gradient, conv->weight.grad(), 1e-6, 1e-6));
+}
+
 }  // namespace
 }  // namespace guidiff

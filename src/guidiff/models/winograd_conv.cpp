@@ -58,14 +58,16 @@ torch::Tensor convolve(const torch::Tensor& input, const torch::Tensor& transfor
 // The recorded form: forward by Winograd; the input gradient (a convolution of the output
 // gradient with the reversed, channel-swapped filter) by Winograd; weight and bias gradients,
 // should anything ask for them, by libtorch's convolution backward.
+// The bias is an optional (absent for a layer without one): Function::apply refuses an
+// undefined tensor argument.
 class WinogradConvolution : public torch::autograd::Function<WinogradConvolution> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context,
                                const torch::Tensor& input, const torch::Tensor& weight,
-                               const torch::Tensor& bias) {
+                               const c10::optional<torch::Tensor>& bias) {
     context->save_for_backward({input, weight});
-    context->saved_data["has_bias"] = bias.defined();
-    return convolve(input, transformed_filter(weight, false), bias);
+    context->saved_data["has_bias"] = bias.has_value();
+    return convolve(input, transformed_filter(weight, false), bias.value_or(torch::Tensor()));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
@@ -173,13 +175,15 @@ bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight) {
          std::min(in_channels, out_channels) >= kWinogradMinChannelsPerCall;
 }
 
-Conv3x3Impl::Conv3x3Impl(int64_t in_channels, int64_t out_channels)
-    : torch::nn::Conv2dImpl(torch::nn::Conv2dOptions(in_channels, out_channels, 3).padding(1)) {}
+Conv3x3Impl::Conv3x3Impl(int64_t in_channels, int64_t out_channels, bool with_bias)
+    : torch::nn::Conv2dImpl(
+          torch::nn::Conv2dOptions(in_channels, out_channels, 3).padding(1).bias(with_bias)) {}
 
 torch::Tensor Conv3x3Impl::forward(const torch::Tensor& input) {
   if (!winograd_applies(input, weight)) return torch::nn::Conv2dImpl::forward(input);
   if (torch::autograd::compute_requires_grad(input, weight, bias))
-    return WinogradConvolution::apply(input, weight, bias);
+    return WinogradConvolution::apply(
+        input, weight, bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt);
   return convolve(input, transformed_filter(weight, false), bias);
 }
 

@@ -92,10 +92,11 @@ torch::Tensor winograd_conv3x3(const torch::Tensor& input, const torch::Tensor& 
 bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight);
 
 // A 3x3, stride 1, padding 1 convolution with torch::nn::Conv2d's parameters (and names, so
-// checkpoints are unchanged) that runs by Winograd where winograd_applies.
+// checkpoints are unchanged) that runs by Winograd where winograd_applies. Without a bias its
+// state holds the weight alone, as torch::nn::Conv2d with bias(false).
 class Conv3x3Impl : public torch::nn::Conv2dImpl {
  public:
-  Conv3x3Impl(int64_t in_channels, int64_t out_channels);
+  Conv3x3Impl(int64_t in_channels, int64_t out_channels, bool with_bias = true);
   torch::Tensor forward(const torch::Tensor& input);
 };
 TORCH_MODULE(Conv3x3);
