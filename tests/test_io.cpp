@@ -202,6 +202,30 @@ TEST_F(IoTest, FailedProducerKeepsTheOldFileAndLeavesNoTemporary) {
   EXPECT_EQ(listing(), std::set<std::string>{"keep.txt"});
 }
 
+// Files written in pieces: each piece lands in order, and a writer that fails part-way through
+// the group's second file leaves both old files and no temporary.
+TEST_F(IoTest, StreamedGroupWritesAppendInOrderAndAFailedWriterChangesNoFile) {
+  const auto pieces = [](std::vector<std::string> parts) {
+    return [parts](const AppendBytes& append) {
+      for (const auto& part : parts) append(part.data(), part.size());
+    };
+  };
+  write_files_atomically(std::vector<StreamedFile>{{path("a"), pieces({"he", "", "llo"})},
+                                                   {path("b"), pieces({"wor", "ld"})}});
+  EXPECT_EQ(read_file_bytes(path("a")), "hello");
+  EXPECT_EQ(read_file_bytes(path("b")), "world");
+  const auto failing = [](const AppendBytes& append) {
+    append("partial", 7);
+    throw FileError("writer failed");
+  };
+  EXPECT_THROW(write_files_atomically(
+                   std::vector<StreamedFile>{{path("a"), pieces({"new a"})}, {path("b"), failing}}),
+               FileError);
+  EXPECT_EQ(read_file_bytes(path("a")), "hello");
+  EXPECT_EQ(read_file_bytes(path("b")), "world");
+  EXPECT_EQ(listing(), (std::set<std::string>{"a", "b"}));
+}
+
 TEST_F(IoTest, WritingIntoAMissingDirectoryIsAFileErrorNamingTheFile) {
   const std::string file = path("no/such/dir/out.npy");
   expect_error<FileError>([&] { write_npy(file, torch::ones({1})); }, {file});

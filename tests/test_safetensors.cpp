@@ -71,6 +71,8 @@ TEST_F(SafetensorsTest, RoundTripIsBitExactForEveryDtypeAndShape) {
   const std::map<std::string, std::string> metadata = {
       {"format", "pt"}, {"empty", ""}, {"unicode", "λ = log SNR ✓"}, {"json", "{\"a\": [1, 2]}"}};
   save_safetensors(path("w.safetensors"), tensors, metadata);
+  // The file, written tensor by tensor from their memory, holds what encode_safetensors builds.
+  EXPECT_EQ(read_file_bytes(path("w.safetensors")), encode_safetensors(tensors, metadata));
 
   const auto loaded = load_safetensors(path("w.safetensors"));
   EXPECT_EQ(loaded.metadata, metadata);

@@ -70,19 +70,23 @@ void commit(const std::string& temp_path, const std::string& path) {
   }
 }
 
-// Fills the (empty) temporary with `bytes` and flushes it to disk, so a crash after the rename
-// cannot leave a renamed but empty file.
-void write_and_sync(const LockedTemporary& temp, const std::string& path, const std::string& bytes) {
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(temp.fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw FileError("cannot write '" + path + "': " + system_reason());
+// Fills the (empty) temporary through `file.write` and flushes it to disk, so a crash after the
+// rename cannot leave a renamed but empty file.
+void write_and_sync(const LockedTemporary& temp, const StreamedFile& file) {
+  const AppendBytes append = [&](const void* data, size_t size) {
+    const char* bytes = static_cast<const char*>(data);
+    size_t written = 0;
+    while (written < size) {
+      const ssize_t n = ::write(temp.fd, bytes + written, size - written);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw FileError("cannot write '" + file.path + "': " + system_reason());
+      }
+      written += static_cast<size_t>(n);
     }
-    written += static_cast<size_t>(n);
-  }
-  if (::fsync(temp.fd) != 0) throw FileError("cannot write '" + path + "': " + system_reason());
+  };
+  file.write(append);
+  if (::fsync(temp.fd) != 0) throw FileError("cannot write '" + file.path + "': " + system_reason());
 }
 
 }  // namespace
@@ -92,6 +96,16 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
 }
 
 void write_files_atomically(const std::vector<std::pair<std::string, std::string>>& paths_and_bytes) {
+  std::vector<StreamedFile> files;
+  for (const auto& [path, bytes] : paths_and_bytes) {
+    files.push_back({path, [&bytes = bytes](const AppendBytes& append) {
+                       append(bytes.data(), bytes.size());
+                     }});
+  }
+  write_files_atomically(files);
+}
+
+void write_files_atomically(const std::vector<StreamedFile>& files) {
   std::vector<LockedTemporary> temps;
   const auto discard = [&] {
     for (const LockedTemporary& temp : temps) {
@@ -100,9 +114,9 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
     }
   };
   try {
-    for (const auto& [path, bytes] : paths_and_bytes) {
-      temps.push_back(make_temp_beside(path));
-      write_and_sync(temps.back(), path, bytes);
+    for (const StreamedFile& file : files) {
+      temps.push_back(make_temp_beside(file.path));
+      write_and_sync(temps.back(), file);
     }
   } catch (...) {
     discard();
@@ -110,7 +124,7 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::string
   }
   for (size_t i = 0; i < temps.size(); ++i) {
     try {
-      commit(temps[i].path, paths_and_bytes[i].first);
+      commit(temps[i].path, files[i].path);
     } catch (...) {
       ::close(temps[i].fd);  // commit removed this one's temporary; the earlier ones are renamed
       temps.erase(temps.begin(), temps.begin() + static_cast<std::ptrdiff_t>(i) + 1);

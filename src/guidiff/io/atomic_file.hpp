@@ -2,6 +2,7 @@
 // which is renamed over the destination only once it is complete. A reader never sees a
 // half-written file, and a failed write leaves the old file (if any) untouched.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -9,6 +10,17 @@
 #include <vector>
 
 namespace guidiff {
+
+// Appends `size` bytes at `data` to the file being written; throws FileError naming the file.
+using AppendBytes = std::function<void(const void* data, size_t size)>;
+
+// A file to write atomically, given as what writes its bytes in pieces through the AppendBytes
+// it is handed, so a large file (a model's weights) goes from the tensors' memory to the file
+// without first being built in memory.
+struct StreamedFile {
+  std::string path;
+  std::function<void(const AppendBytes& append)> write;
+};
 
 // Writes `bytes` to `path` atomically. Throws FileError naming the path on any failure
 // (missing directory, no permission, disk full, file size limit); no temporary file is left
@@ -21,6 +33,8 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 // files new and some old; readers must not rely on the files agreeing, only on each being
 // whole.) Renames happen in the order given. Throws FileError naming the file at fault.
 void write_files_atomically(const std::vector<std::pair<std::string, std::string>>& paths_and_bytes);
+// The same for files written in pieces: each is written and synced in turn before any rename.
+void write_files_atomically(const std::vector<StreamedFile>& files);
 
 // For producers that write files themselves (e.g. an external program): `produce` is
 // given the path of a fresh, empty temporary file beside `path` and must fill it; the

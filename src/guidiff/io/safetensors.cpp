@@ -200,16 +200,38 @@ EncodedParts encode_parts(const NamedTensors& tensors, const std::map<std::strin
 
 }  // namespace
 
+namespace {
+
+// Hands the file's bytes to `append`: the prefix, then each tensor straight from its memory.
+void append_parts(const EncodedParts& parts, const AppendBytes& append) {
+  append(parts.prefix.data(), parts.prefix.size());
+  for (const auto& data : parts.data) {
+    append(data.data_ptr(), static_cast<size_t>(data.numel()) * data.element_size());
+  }
+}
+
+}  // namespace
+
 std::string encode_safetensors(const NamedTensors& tensors,
                                const std::map<std::string, std::string>& metadata) {
   const EncodedParts parts = encode_parts(tensors, metadata);
   std::string out;
   out.reserve(parts.prefix.size() + parts.data_bytes);
-  out += parts.prefix;
-  for (const auto& data : parts.data) {
-    out.append(static_cast<const char*>(data.data_ptr()), data.numel() * data.element_size());
-  }
+  append_parts(parts, [&](const void* data, size_t size) {
+    out.append(static_cast<const char*>(data), size);
+  });
   return out;
+}
+
+StreamedFile safetensors_file(const std::string& path, const NamedTensors& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  auto parts = std::make_shared<EncodedParts>();
+  try {
+    *parts = encode_parts(tensors, metadata);
+  } catch (const InputError& error) {
+    throw InputError("'" + path + "': " + error.what());
+  }
+  return {path, [parts](const AppendBytes& append) { append_parts(*parts, append); }};
 }
 
 namespace {
@@ -345,24 +367,7 @@ torch::Tensor SafetensorsFile::read(size_t index) const {
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  EncodedParts parts;
-  try {
-    parts = encode_parts(tensors, metadata);
-  } catch (const InputError& error) {
-    throw InputError("'" + path + "': " + error.what());
-  }
-  // Streamed tensor by tensor, so a large model is not copied into one buffer first.
-  write_file_atomically_via(path, [&](const std::string& temp_path) {
-    std::FILE* file = std::fopen(temp_path.c_str(), "wb");
-    if (file == nullptr) throw FileError("cannot write '" + path + "'");
-    bool ok = std::fwrite(parts.prefix.data(), 1, parts.prefix.size(), file) == parts.prefix.size();
-    for (const auto& data : parts.data) {
-      const size_t bytes = static_cast<size_t>(data.numel()) * data.element_size();
-      ok = ok && std::fwrite(data.data_ptr(), 1, bytes, file) == bytes;
-    }
-    ok = (std::fclose(file) == 0) && ok;
-    if (!ok) throw FileError("cannot write '" + path + "' (disk full?)");
-  });
+  write_files_atomically({safetensors_file(path, tensors, metadata)});
 }
 
 SafetensorsContents load_safetensors(const std::string& path) {

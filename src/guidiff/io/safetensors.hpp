@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "guidiff/io/atomic_file.hpp"
+
 namespace guidiff {
 
 // Named tensors in a fixed order (the order they are written, and read back).
@@ -33,6 +35,13 @@ struct SafetensorsContents {
 // "__metadata__"; FileError if the file cannot be written.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+
+// save_safetensors' file for write_files_atomically, with others as one group: the header is
+// built and the names and dtypes checked now (InputError naming `path`); the tensors' bytes go
+// from their memory to the file as it is written, so a model is never copied into one buffer.
+// The tensors must not change until it is written.
+StreamedFile safetensors_file(const std::string& path, const NamedTensors& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
 
 // Reads a whole safetensors file. Throws FileError naming the file (and the tensor or key at
 // fault) when it is missing, truncated, its header is not valid JSON or not the expected

@@ -190,22 +190,17 @@ nlohmann::json model_file_json(const Model& model) {
   return json;
 }
 
-std::vector<std::pair<std::string, std::string>> encode_model_files(const Model& model,
-                                                                    const std::string& dir_or_prefix) {
+std::vector<StreamedFile> model_files_to_write(const Model& model, const std::string& dir_or_prefix) {
   if (!model.module) throw InputError("save_model: the model has no network");
   const auto files = model_files(dir_or_prefix);
-  std::string weights;
-  try {
-    weights = encode_safetensors(model_state(*model.module),
-                                 {{"format", "pt"}, {"guidiff_kind", model_kind_name(model.kind)}});
-  } catch (const InputError& error) {
-    throw InputError("'" + files.weights + "': " + error.what());
-  }
-  return {{files.weights, std::move(weights)}, {files.config, model_file_json(model).dump(2) + "\n"}};
+  const std::string config = model_file_json(model).dump(2) + "\n";
+  return {safetensors_file(files.weights, model_state(*model.module),
+                           {{"format", "pt"}, {"guidiff_kind", model_kind_name(model.kind)}}),
+          {files.config, [config](const AppendBytes& append) { append(config.data(), config.size()); }}};
 }
 
 void save_model(const Model& model, const std::string& dir_or_prefix) {
-  write_files_atomically(encode_model_files(model, dir_or_prefix));
+  write_files_atomically(model_files_to_write(model, dir_or_prefix));
 }
 
 Model load_model(const std::string& dir_or_prefix, const torch::Device& device) {

@@ -89,10 +89,10 @@ void load_model_state(torch::nn::Module& module, const SafetensorsContents& stat
 void save_model(const Model& model, const std::string& dir_or_prefix);
 // The JSON written beside the weights: the config, plus "diffusion", "source" and "class_names" if set.
 nlohmann::json model_file_json(const Model& model);
-// The paths and bytes save_model writes (weights first), for checkpoints that write several
-// models and files as one group (write_files_atomically).
-std::vector<std::pair<std::string, std::string>> encode_model_files(const Model& model,
-                                                                    const std::string& dir_or_prefix);
+// The files save_model writes (weights first), for checkpoints that write several models and
+// files as one group (write_files_atomically). The weights are written from the network's own
+// tensors, not a copy: they must not change until the files are written.
+std::vector<StreamedFile> model_files_to_write(const Model& model, const std::string& dir_or_prefix);
 // Builds the network from the config file and loads the weights, in eval mode on `device`.
 // Throws FileError naming the file at fault (missing, malformed, an invalid config, or a
 // key missing / unexpected / mismatched against the network the config builds).

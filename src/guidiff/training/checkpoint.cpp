@@ -231,8 +231,8 @@ void load_adamw_state(const torch::nn::Module& module, torch::optim::AdamW& opti
   }
 }
 
-std::string encode_resume_file(const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
-                               const ResumeState& state) {
+StreamedFile resume_file_to_write(const std::string& path, const Model& model, const Model& ema,
+                                  torch::optim::AdamW& optimizer, const ResumeState& state) {
   NamedTensors tensors;
   add_prefixed(tensors, kModelPrefix, model_state(*model.module));
   add_prefixed(tensors, kEmaPrefix, model_state(*ema.module));
@@ -251,12 +251,12 @@ std::string encode_resume_file(const Model& model, const Model& ema, torch::opti
       {"model_config", state.model_config},
       {"dataset", state.dataset},
       {"interval", state.interval}};
-  return encode_safetensors(tensors, {{"format", "pt"}, {kMetadataKey, meta.dump()}});
+  return safetensors_file(path, tensors, {{"format", "pt"}, {kMetadataKey, meta.dump()}});
 }
 
 void save_resume_file(const std::string& path, const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
                       const ResumeState& state) {
-  write_file_atomically(path, encode_resume_file(model, ema, optimizer, state));
+  write_files_atomically({resume_file_to_write(path, model, ema, optimizer, state)});
 }
 
 ResumeState load_resume_file(const std::string& path, Model& model, Model& ema, torch::optim::AdamW& optimizer) {
@@ -310,9 +310,9 @@ void save_checkpoint(const RunFiles& files, const Model& model, const Model& ema
   // All files or none: a full disk leaves the previous checkpoint whole. The resume file goes
   // last, so a crash between the renames leaves it at the previous step, which is what a
   // resumed run reads.
-  auto outputs = encode_model_files(ema, files.ema_prefix);
-  for (auto& output : encode_model_files(model, files.raw_prefix)) outputs.push_back(std::move(output));
-  outputs.emplace_back(files.resume, encode_resume_file(model, ema, optimizer, state));
+  auto outputs = model_files_to_write(ema, files.ema_prefix);
+  for (auto& output : model_files_to_write(model, files.raw_prefix)) outputs.push_back(std::move(output));
+  outputs.push_back(resume_file_to_write(files.resume, model, ema, optimizer, state));
   write_files_atomically(outputs);
 }
 

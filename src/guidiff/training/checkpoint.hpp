@@ -61,9 +61,10 @@ NamedTensors adamw_state(const torch::nn::Module& module, torch::optim::AdamW& o
 void load_adamw_state(const torch::nn::Module& module, torch::optim::AdamW& optimizer,
                       const SafetensorsContents& contents, const std::string& file);
 
-// The bytes of a resume file, and writing it alone (atomically).
-std::string encode_resume_file(const Model& model, const Model& ema, torch::optim::AdamW& optimizer,
-                               const ResumeState& state);
+// A resume file for write_files_atomically (written from the tensors themselves, which must not
+// change until it is written), and writing it alone (atomically).
+StreamedFile resume_file_to_write(const std::string& path, const Model& model, const Model& ema,
+                                  torch::optim::AdamW& optimizer, const ResumeState& state);
 void save_resume_file(const std::string& path, const Model& model, const Model& ema,
                       torch::optim::AdamW& optimizer, const ResumeState& state);
 
