@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -197,10 +196,6 @@ EncodedParts encode_parts(const NamedTensors& tensors, const std::map<std::strin
   parts.data_bytes = offset;
   return parts;
 }
-
-}  // namespace
-
-namespace {
 
 // Hands the file's bytes to `append`: the prefix, then each tensor straight from its memory.
 void append_parts(const EncodedParts& parts, const AppendBytes& append) {
