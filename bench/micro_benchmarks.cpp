@@ -106,8 +106,14 @@ void BM_PeakConv3x3(benchmark::State& state, torch::Dtype dtype) {
 // The layers of guided-diffusion's 64x64 (batch 4) and 256x256 (batch 1) models, and of the
 // default Fashion-MNIST UNet (batch 64). "GFLOP/s" counts the direct convolution's FLOPs for
 // both, so it compares speeds (Winograd runs 4x fewer multiplications in its products).
-void BM_Conv3x3(benchmark::State& state, bool winograd) {
+// "winograd" runs its matrix products where guidiff does by default (oneDNN's sgemm where
+// libtorch exports it), "winograd_blas" on libtorch's BLAS (torch::bmm).
+enum class ConvPath { Direct, Winograd, WinogradBlas };
+void BM_Conv3x3(benchmark::State& state, ConvPath path) {
   c10::InferenceMode inference;
+  const bool winograd = path != ConvPath::Direct;
+  const auto backend = guidiff::winograd_products_backend();
+  if (path == ConvPath::WinogradBlas) guidiff::set_winograd_products_backend(guidiff::WinogradProducts::Blas);
   const int64_t batch = state.range(0), in = state.range(1), out = state.range(2), size = state.range(3);
   const auto x = torch::randn({batch, in, size, size}), bias = torch::randn({out});
   const auto weight = torch::randn({out, in, 3, 3}) / std::sqrt(9.0 * static_cast<double>(in));
@@ -116,6 +122,7 @@ void BM_Conv3x3(benchmark::State& state, bool winograd) {
   };
   work();  // warm-up: oneDNN's primitive and the heap
   time_loop(state, 2 * batch * size * size * in * out * 9, 0, work);
+  guidiff::set_winograd_products_backend(backend);
 }
 
 // ---- softmax attention, in one piece against blocks of query rows -------------------------
@@ -271,8 +278,9 @@ void register_benchmarks() {
                   ->ArgNames({"batch", "channels", "size"})
                   ->Args({32, 128, 28}));
   }
-  for (const bool winograd : {false, true}) {
-    auto* b = benchmark::RegisterBenchmark(winograd ? "conv3x3/winograd" : "conv3x3/direct", BM_Conv3x3, winograd)
+  for (const auto& [name, path] : std::vector<std::pair<const char*, ConvPath>>{
+           {"conv3x3/direct", ConvPath::Direct}, {"conv3x3/winograd", ConvPath::Winograd}, {"conv3x3/winograd_blas", ConvPath::WinogradBlas}}) {
+    auto* b = benchmark::RegisterBenchmark(name, BM_Conv3x3, path)
                   ->ArgNames({"batch", "in", "out", "size"});
     for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{
              {4, 192, 192, 64}, {4, 384, 384, 32}, {1, 576, 576, 16}, {4, 576, 576, 16}, {4, 768, 768, 8}, {1, 256, 256, 256}, {1, 512, 512, 64},

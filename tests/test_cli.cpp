@@ -431,6 +431,10 @@ TEST_F(CliTest, ConvolutionChoiceComesFromTheFlagOrTheEnvironment) {
             std::string::npos);
   expect_one_line_error("--conv fft info", "--conv");
   expect_one_line_error("info", "GUIDIFF_CONV", "GUIDIFF_CONV=fast");
+  // GUIDIFF_WINOGRAD_PRODUCTS chooses where Winograd's matrix products run.
+  EXPECT_NE(run("--conv winograd info", "GUIDIFF_WINOGRAD_PRODUCTS=blas").out.find("products by libtorch's BLAS"),
+            std::string::npos);
+  expect_one_line_error("info", "GUIDIFF_WINOGRAD_PRODUCTS", "GUIDIFF_WINOGRAD_PRODUCTS=mkl");
   for (const std::string conv : {"direct", "winograd"}) {
     ASSERT_EQ(run("--conv " + conv + " sample --steps 5 --num-samples 2 --out " + path("x.npy") + " --manifest " +
                   path("m.json")).exit_code, 0);

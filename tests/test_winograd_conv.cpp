@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "guidiff/core/errors.hpp"
 #include "guidiff/models/winograd_conv.hpp"
 #include "support/winograd_settings.hpp"
 
@@ -85,26 +86,58 @@ struct Shape {
   int64_t batch, in_channels, out_channels, height, width;
 };
 
+// With each backend of the 36 matrix products (libtorch's BLAS; oneDNN's sgemm where exported).
 TEST(WinogradConvolution, MatchesTheExactConvolutionWithinItsRoundingBound) {
+  testing::WinogradSettings restored(winograd_enabled(), winograd_min_pixels());
   torch::NoGradGuard no_grad;
-  torch::manual_seed(3);
-  // Square and ragged images (cut tiles at the right and bottom edges), one pixel, a batch.
-  for (const Shape& s : std::vector<Shape>{{1, 8, 8, 4, 4},
-                                           {2, 24, 40, 9, 13},
-                                           {1, 16, 8, 1, 1},
-                                           {3, 8, 64, 17, 5},
-                                           {1, 128, 96, 32, 32},
-                                           {2, 64, 64, 7, 7}}) {
-    SCOPED_TRACE(std::to_string(s.batch) + "x" + std::to_string(s.in_channels) + "->" +
-                 std::to_string(s.out_channels) + " " + std::to_string(s.height) + "x" +
-                 std::to_string(s.width));
-    const auto x = torch::randn({s.batch, s.in_channels, s.height, s.width});
-    const auto w =
-        torch::randn({s.out_channels, s.in_channels, 3, 3}) / std::sqrt(9.0 * s.in_channels);
-    const auto bias = torch::randn({s.out_channels});
-    expect_within_rounding(winograd_conv3x3(x, w, bias), x, w, bias);
-    expect_within_rounding(winograd_conv3x3(x, w, torch::Tensor()), x, w, torch::Tensor());
+  for (const WinogradProducts backend : testing::available_products_backends()) {
+    set_winograd_products_backend(backend);
+    SCOPED_TRACE(backend == WinogradProducts::OneDnn ? "products by oneDNN"
+                                                     : "products by the BLAS");
+    torch::manual_seed(3);
+    // Square and ragged images (cut tiles at the right and bottom edges), one pixel, a batch.
+    for (const Shape& s : std::vector<Shape>{{1, 8, 8, 4, 4},
+                                             {2, 24, 40, 9, 13},
+                                             {1, 16, 8, 1, 1},
+                                             {3, 8, 64, 17, 5},
+                                             {1, 128, 96, 32, 32},
+                                             {2, 64, 64, 7, 7}}) {
+      SCOPED_TRACE(std::to_string(s.batch) + "x" + std::to_string(s.in_channels) + "->" +
+                   std::to_string(s.out_channels) + " " + std::to_string(s.height) + "x" +
+                   std::to_string(s.width));
+      const auto x = torch::randn({s.batch, s.in_channels, s.height, s.width});
+      const auto w =
+          torch::randn({s.out_channels, s.in_channels, 3, 3}) / std::sqrt(9.0 * s.in_channels);
+      const auto bias = torch::randn({s.out_channels});
+      expect_within_rounding(winograd_conv3x3(x, w, bias), x, w, bias);
+      expect_within_rounding(winograd_conv3x3(x, w, torch::Tensor()), x, w, torch::Tensor());
+    }
   }
+}
+
+// The backend is a choice: asking for oneDNN's sgemm where this libtorch lacks it is an error,
+// and either backend, once set, is the one the convolutions use.
+TEST(WinogradConvolution, TheProductsBackendIsTheOneSet) {
+  testing::WinogradSettings restored(winograd_enabled(), winograd_min_pixels());
+  set_winograd_products_backend(WinogradProducts::Blas);
+  EXPECT_EQ(winograd_products_backend(), WinogradProducts::Blas);
+  if (!onednn_products_available()) {
+    EXPECT_THROW(set_winograd_products_backend(WinogradProducts::OneDnn), InputError);
+    return;
+  }
+  set_winograd_products_backend(WinogradProducts::OneDnn);
+  EXPECT_EQ(winograd_products_backend(), WinogradProducts::OneDnn);
+  // The two backends sum the channels in different orders: the same convolution, not the same
+  // bits (what shows that the choice reached the products).
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(8);
+  const auto x = torch::randn({2, 256, 16, 16});
+  const auto w = torch::randn({256, 256, 3, 3}) / 48.0;
+  const auto by_onednn = winograd_conv3x3(x, w, torch::Tensor());
+  set_winograd_products_backend(WinogradProducts::Blas);
+  const auto by_blas = winograd_conv3x3(x, w, torch::Tensor());
+  EXPECT_FALSE(torch::equal(by_onednn, by_blas));
+  EXPECT_TRUE(torch::allclose(by_onednn, by_blas, 1e-4, 1e-4));
 }
 
 TEST(WinogradConvolution, AWrongFilterOrChannelCountIsRefused) {

@@ -3,6 +3,8 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -17,6 +19,8 @@ namespace {
 std::atomic<int> g_enabled{-1};  // -1: not configured yet, resolved as auto on first use
 std::atomic<int64_t> g_min_pixels{32 * 32};
 std::atomic<int64_t> g_calls{0};
+// -1: not configured yet, resolved as auto (oneDNN where it is there) on first use.
+std::atomic<int> g_products{-1};
 thread_local bool t_input_gradients_only = false;
 std::string g_choice;  // what configure_convolutions was given (resolved), empty before
 
@@ -33,6 +37,37 @@ torch::Tensor transformed_filter(const torch::Tensor& weight, bool for_input_gra
   return transformed;
 }
 
+// oneDNN's matrix product dnnl_sgemm (its C API: row-major, int64_t sizes, 0 on success), from
+// the oneDNN that libtorch itself loads, looked up at run time so that a libtorch which does not
+// export it (pip's, whose BLAS is MKL) still links; null there.
+using OneDnnSgemm = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                            const float*, int64_t, float, float*, int64_t);
+OneDnnSgemm onednn_sgemm() {
+  static const auto function = reinterpret_cast<OneDnnSgemm>(dlsym(RTLD_DEFAULT, "dnnl_sgemm"));
+  return function;
+}
+
+// The 36 products [36, tiles, C_in] x [36, C_in, C_out], one threaded matrix product each.
+torch::Tensor winograd_products(const torch::Tensor& transformed_input,
+                                const torch::Tensor& transformed_filter) {
+  if (winograd_products_backend() != WinogradProducts::OneDnn)
+    return torch::bmm(transformed_input, transformed_filter);
+  const int64_t positions = transformed_input.size(0), rows = transformed_input.size(1),
+                inner = transformed_input.size(2), columns = transformed_filter.size(2);
+  auto products = torch::empty({positions, rows, columns}, transformed_input.options());
+  const float* left = transformed_input.data_ptr<float>();
+  const float* right = transformed_filter.data_ptr<float>();
+  float* out = products.data_ptr<float>();
+  for (int64_t position = 0; position < positions; ++position) {
+    const int status = onednn_sgemm()('N', 'N', rows, columns, inner, 1.0F,
+                                      left + position * rows * inner, inner,
+                                      right + position * inner * columns, columns, 0.0F,
+                                      out + position * rows * columns, columns);
+    TORCH_CHECK(status == 0, "oneDNN's dnnl_sgemm failed with status ", status);
+  }
+  return products;
+}
+
 // The convolution of `input` with a transformed filter [36, C_in, C_out], plus bias.
 torch::Tensor convolve(const torch::Tensor& input, const torch::Tensor& transformed,
                        const torch::Tensor& bias) {
@@ -44,7 +79,7 @@ torch::Tensor convolve(const torch::Tensor& input, const torch::Tensor& transfor
       torch::empty({winograd::kPositions, grid.tiles(), in_channels}, input.options());
   winograd::transform_input(contiguous_input.data_ptr<float>(), grid, in_channels,
                             transformed_input.data_ptr<float>());
-  const auto products = torch::bmm(transformed_input, transformed);
+  const auto products = winograd_products(transformed_input, transformed);
   transformed_input = torch::Tensor();  // freed before the output is allocated
   auto output = torch::empty({grid.batch, out_channels, grid.height, grid.width}, input.options());
   const auto bias_values =
@@ -94,10 +129,12 @@ class WinogradConvolution : public torch::autograd::Function<WinogradConvolution
 
 }  // namespace
 
-// auto's choice: Winograd where oneDNN's convolutions are at most AVX2 wide.
+// auto's choice: Winograd where oneDNN's convolutions are at most AVX2 wide, and on wider CPUs
+// where the products run on oneDNN's matrix product (at the CPU's full width, as its
+// convolutions do: the BLAS libtorch is given may be held to narrower kernels).
 bool winograd_by_default(const std::string& onednn_isa) {
   return onednn_isa == "sse41" || onednn_isa == "avx" || onednn_isa == "avx2" ||
-         onednn_isa == "avx2_vnni";
+         onednn_isa == "avx2_vnni" || winograd_products_backend() == WinogradProducts::OneDnn;
 }
 
 void set_winograd_enabled(bool enabled) { g_enabled = enabled ? 1 : 0; }
@@ -105,11 +142,35 @@ bool winograd_enabled() {
   if (g_enabled < 0) set_winograd_enabled(winograd_by_default(onednn_cpu_isa()));
   return g_enabled == 1;
 }
+
+bool onednn_products_available() { return onednn_sgemm() != nullptr; }
+void set_winograd_products_backend(WinogradProducts backend) {
+  if (backend == WinogradProducts::OneDnn && !onednn_products_available())
+    throw InputError("oneDNN's dnnl_sgemm is not exported by this libtorch");
+  g_products = static_cast<int>(backend);
+}
+WinogradProducts winograd_products_backend() {
+  if (g_products < 0)
+    g_products = static_cast<int>(onednn_products_available() ? WinogradProducts::OneDnn
+                                                              : WinogradProducts::Blas);
+  return static_cast<WinogradProducts>(g_products.load());
+}
 void set_winograd_min_pixels(int64_t pixels) { g_min_pixels = pixels; }
 int64_t winograd_min_pixels() { return g_min_pixels; }
 int64_t winograd_calls() { return g_calls; }
 
 void configure_convolutions(const std::string& requested) {
+  const char* products = std::getenv("GUIDIFF_WINOGRAD_PRODUCTS");
+  const std::string products_choice = products != nullptr && *products != '\0' ? products : "auto";
+  if (products_choice == "onednn" || products_choice == "blas") {
+    set_winograd_products_backend(products_choice == "onednn" ? WinogradProducts::OneDnn
+                                                              : WinogradProducts::Blas);
+  } else if (products_choice == "auto") {
+    g_products = -1;
+  } else {
+    throw InputError("GUIDIFF_WINOGRAD_PRODUCTS must be auto, onednn or blas, got '" +
+                     products_choice + "'");
+  }
   const char* variable = std::getenv("GUIDIFF_CONV");
   const bool from_flag = !requested.empty();
   const std::string choice = from_flag                                  ? requested
@@ -133,8 +194,13 @@ std::string convolution_summary() {
                 std::to_string(kWinogradMinTilesPerCall) + " tiles or more with " +
                 std::to_string(kWinogradMinChannelsPerCall) + " channels or more"
           : std::string("libtorch's convolutions");
-  if (g_choice.empty()) return what + " (not configured: the library's auto choice)";
-  return g_choice + ": " + what +
+  const std::string products =
+      winograd_enabled() ? (winograd_products_backend() == WinogradProducts::OneDnn
+                                ? ", products by oneDNN's sgemm"
+                                : ", products by libtorch's BLAS")
+                         : "";
+  if (g_choice.empty()) return what + products + " (not configured: the library's auto choice)";
+  return g_choice + ": " + what + products +
          (g_choice == "auto" ? " (oneDNN runs " + onednn_cpu_isa() + " kernels)" : "");
 }
 

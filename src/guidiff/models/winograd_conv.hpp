@@ -29,12 +29,25 @@ namespace guidiff {
 void set_winograd_enabled(bool enabled);
 bool winograd_enabled();
 
+// Where the 36 matrix products of a Winograd convolution run. OneDnn: oneDNN's sgemm, from the
+// oneDNN libtorch loads, which runs at the CPU's full vector width (as oneDNN's convolutions do;
+// Debian's OpenBLAS may be held to AVX2 kernels by OPENBLAS_CORETYPE on newer CPUs): 2.2-2.5x
+// libtorch's bmm with AVX-512, 1.08x over the whole 64x64 model with AVX2 kernels. Blas:
+// torch::bmm, libtorch's BLAS. The default is OneDnn where libtorch exports dnnl_sgemm.
+enum class WinogradProducts { Blas = 0, OneDnn = 1 };
+// Throws InputError for OneDnn where dnnl_sgemm is not there.
+void set_winograd_products_backend(WinogradProducts backend);
+WinogradProducts winograd_products_backend();
+bool onednn_products_available();
+
 // Sets winograd_enabled() from `requested` ("winograd", "direct" or "auto"), else from the
-// GUIDIFF_CONV environment variable, else "auto". auto takes Winograd where oneDNN runs its
-// convolutions at AVX2 width or narrower: measured there, Winograd layers run 1.4-2x as fast
-// as oneDNN's; against oneDNN's AVX-512 kernels the gain was at most 1.5x and sometimes a loss
-// (docs/performance.md, "Winograd convolutions"), so auto keeps libtorch's convolution there.
-// Throws InputError naming any other value.
+// GUIDIFF_CONV environment variable, else "auto", and the products' backend from
+// GUIDIFF_WINOGRAD_PRODUCTS (onednn, blas or auto). auto takes Winograd where oneDNN runs its
+// convolutions at AVX2 width or narrower (Winograd layers ran 1.4-2x as fast as oneDNN's there),
+// and on wider CPUs where the products run on oneDNN's sgemm (1.24-1.79x as fast as oneDNN's
+// AVX-512 convolutions); with AVX-512 convolutions and the products on a BLAS held to AVX2, the
+// gain was at most 1.5x and sometimes a loss, so auto keeps libtorch's convolution there
+// (docs/performance.md, "Winograd convolutions"). Throws InputError naming any other value.
 void configure_convolutions(const std::string& requested);
 // The choice configure_convolutions made, and why, in one line (`guidiff info`).
 std::string convolution_summary();
