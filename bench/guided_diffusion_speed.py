@@ -300,10 +300,13 @@ def main():
 
 def guidiff_bf16_support(env):
     """The first word of `guidiff info`'s bf16 line ("native" or "emulated"), under the same
-    environment as the runs (ONEDNN_MAX_CPU_ISA can turn native bf16 off)."""
+    environment as the runs. That word is the CPU's; where ONEDNN_MAX_CPU_ISA holds oneDNN below
+    its bf16 kernels (the line says they fail at this oneDNN level), bf16 is not native here."""
     info = subprocess.run([GUIDIFF, "info"], capture_output=True, text=True, env=env).stdout
     for line in info.splitlines():
         if line.startswith("bf16"):
+            if "fail at this oneDNN level" in line:
+                return "held below native by ONEDNN_MAX_CPU_ISA"
             return line.split()[1].rstrip(";")
     return "unknown"
 

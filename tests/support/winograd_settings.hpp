@@ -11,7 +11,7 @@ namespace guidiff::testing {
 class WinogradSettings {
  public:
   // enabled: whether Conv3x3 layers may take the Winograd path; min_pixels: from what image size.
-// The products' backend is restored too.
+  // The products' backend is restored too.
   WinogradSettings(bool enabled, int64_t min_pixels) {
     set_winograd_enabled(enabled);
     set_winograd_min_pixels(min_pixels);

@@ -63,7 +63,8 @@ int run_cli(int argc, char** argv) {
   app.add_option("--threads", global.threads,
                  "intra-op threads (default: GUIDIFF_THREADS, else all cores, shared among a data-parallel run's processes on this machine)");
   app.add_option("--conv", global.conv,
-                 "3x3 convolutions on the CPU: auto (the default: Winograd where oneDNN runs AVX2 kernels or narrower), "
+                 "3x3 convolutions on the CPU: auto (the default: Winograd where oneDNN runs AVX2 kernels or narrower, or where "
+                 "its matrix products run on oneDNN's sgemm; GUIDIFF_WINOGRAD_PRODUCTS=auto|onednn|blas), "
                  "winograd (Winograd F(4x4,3x3) in float32 sampling on images from 32x32, and on smaller ones in calls of " +
                      std::to_string(guidiff::kWinogradMinTilesPerCall) + " tiles or more with " +
                      std::to_string(guidiff::kWinogradMinChannelsPerCall) +

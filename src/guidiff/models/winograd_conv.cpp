@@ -1,9 +1,8 @@
 #include "guidiff/models/winograd_conv.hpp"
 
 #include <ATen/autocast_mode.h>
-#include <torch/csrc/autograd/functions/utils.h>
-
 #include <dlfcn.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <algorithm>
 #include <atomic>
@@ -59,10 +58,10 @@ torch::Tensor winograd_products(const torch::Tensor& transformed_input,
   const float* right = transformed_filter.data_ptr<float>();
   float* out = products.data_ptr<float>();
   for (int64_t position = 0; position < positions; ++position) {
-    const int status = onednn_sgemm()('N', 'N', rows, columns, inner, 1.0F,
-                                      left + position * rows * inner, inner,
-                                      right + position * inner * columns, columns, 0.0F,
-                                      out + position * rows * columns, columns);
+    const int status =
+        onednn_sgemm()('N', 'N', rows, columns, inner, 1.0F, left + position * rows * inner, inner,
+                       right + position * inner * columns, columns, 0.0F,
+                       out + position * rows * columns, columns);
     TORCH_CHECK(status == 0, "oneDNN's dnnl_sgemm failed with status ", status);
   }
   return products;
@@ -194,11 +193,11 @@ std::string convolution_summary() {
                 std::to_string(kWinogradMinTilesPerCall) + " tiles or more with " +
                 std::to_string(kWinogradMinChannelsPerCall) + " channels or more"
           : std::string("libtorch's convolutions");
-  const std::string products =
-      winograd_enabled() ? (winograd_products_backend() == WinogradProducts::OneDnn
-                                ? ", products by oneDNN's sgemm"
-                                : ", products by libtorch's BLAS")
-                         : "";
+  const std::string products = winograd_enabled()
+                                   ? (winograd_products_backend() == WinogradProducts::OneDnn
+                                          ? ", products by oneDNN's sgemm"
+                                          : ", products by libtorch's BLAS")
+                                   : "";
   if (g_choice.empty()) return what + products + " (not configured: the library's auto choice)";
   return g_choice + ": " + what + products +
          (g_choice == "auto" ? " (oneDNN runs " + onednn_cpu_isa() + " kernels)" : "");
