@@ -107,8 +107,9 @@ void BM_PeakConv3x3(benchmark::State& state, torch::Dtype dtype) {
 // default Fashion-MNIST UNet (batch 64). "GFLOP/s" counts the direct convolution's FLOPs for
 // both, so it compares speeds (Winograd runs 4x fewer multiplications in its products).
 // "winograd" runs its matrix products where guidiff does by default (oneDNN's sgemm where
-// libtorch exports it), "winograd_blas" on libtorch's BLAS (torch::bmm).
-enum class ConvPath { Direct, Winograd, WinogradBlas };
+// libtorch exports it), "winograd_blas" on libtorch's BLAS (torch::bmm), "direct_bf16" is the
+// direct convolution of bf16 input and filter (what --bf16's autocast runs).
+enum class ConvPath { Direct, Winograd, WinogradBlas, DirectBf16 };
 void BM_Conv3x3(benchmark::State& state, ConvPath path) {
   c10::InferenceMode inference;
   const bool winograd = path != ConvPath::Direct;
@@ -117,8 +118,11 @@ void BM_Conv3x3(benchmark::State& state, ConvPath path) {
   const int64_t batch = state.range(0), in = state.range(1), out = state.range(2), size = state.range(3);
   const auto x = torch::randn({batch, in, size, size}), bias = torch::randn({out});
   const auto weight = torch::randn({out, in, 3, 3}) / std::sqrt(9.0 * static_cast<double>(in));
+  const auto x_bf16 = x.to(torch::kBFloat16), weight_bf16 = weight.to(torch::kBFloat16), bias_bf16 = bias.to(torch::kBFloat16);
   const auto work = [&] {
-    benchmark::DoNotOptimize(winograd ? guidiff::winograd_conv3x3(x, weight, bias) : torch::conv2d(x, weight, bias, 1, 1));
+    benchmark::DoNotOptimize(winograd                       ? guidiff::winograd_conv3x3(x, weight, bias)
+                             : path == ConvPath::DirectBf16 ? torch::conv2d(x_bf16, weight_bf16, bias_bf16, 1, 1)
+                                                            : torch::conv2d(x, weight, bias, 1, 1));
   };
   work();  // warm-up: oneDNN's primitive and the heap
   time_loop(state, 2 * batch * size * size * in * out * 9, 0, work);
@@ -279,7 +283,8 @@ void register_benchmarks() {
                   ->Args({32, 128, 28}));
   }
   for (const auto& [name, path] : std::vector<std::pair<const char*, ConvPath>>{
-           {"conv3x3/direct", ConvPath::Direct}, {"conv3x3/winograd", ConvPath::Winograd}, {"conv3x3/winograd_blas", ConvPath::WinogradBlas}}) {
+           {"conv3x3/direct", ConvPath::Direct}, {"conv3x3/winograd", ConvPath::Winograd}, {"conv3x3/winograd_blas", ConvPath::WinogradBlas},
+           {"conv3x3/direct_bf16", ConvPath::DirectBf16}}) {
     auto* b = benchmark::RegisterBenchmark(name, BM_Conv3x3, path)
                   ->ArgNames({"batch", "in", "out", "size"});
     for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{

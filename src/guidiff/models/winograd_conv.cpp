@@ -18,6 +18,7 @@ namespace {
 std::atomic<int> g_enabled{-1};  // -1: not configured yet, resolved as auto on first use
 std::atomic<int64_t> g_min_pixels{32 * 32};
 std::atomic<int64_t> g_calls{0};
+std::atomic<int64_t> g_onednn_product_calls{0};
 // -1: not configured yet, resolved as auto (oneDNN where it is there) on first use.
 std::atomic<int> g_products{-1};
 thread_local bool t_input_gradients_only = false;
@@ -51,6 +52,7 @@ torch::Tensor winograd_products(const torch::Tensor& transformed_input,
                                 const torch::Tensor& transformed_filter) {
   if (winograd_products_backend() != WinogradProducts::OneDnn)
     return torch::bmm(transformed_input, transformed_filter);
+  ++g_onednn_product_calls;
   const int64_t positions = transformed_input.size(0), rows = transformed_input.size(1),
                 inner = transformed_input.size(2), columns = transformed_filter.size(2);
   auto products = torch::empty({positions, rows, columns}, transformed_input.options());
@@ -157,6 +159,7 @@ WinogradProducts winograd_products_backend() {
 void set_winograd_min_pixels(int64_t pixels) { g_min_pixels = pixels; }
 int64_t winograd_min_pixels() { return g_min_pixels; }
 int64_t winograd_calls() { return g_calls; }
+int64_t winograd_onednn_product_calls() { return g_onednn_product_calls; }
 
 void configure_convolutions(const std::string& requested) {
   const char* products = std::getenv("GUIDIFF_WINOGRAD_PRODUCTS");

@@ -72,8 +72,10 @@ int64_t winograd_min_pixels();
 constexpr int64_t kWinogradMinTilesPerCall = 64;
 constexpr int64_t kWinogradMinChannelsPerCall = 256;
 
-// How many convolutions have taken the Winograd path in this process (tests check that it ran).
+// How many convolutions have taken the Winograd path in this process, and how many of them ran
+// their products on oneDNN's sgemm (tests check that each ran).
 int64_t winograd_calls();
+int64_t winograd_onednn_product_calls();
 
 // While one lives, autograd on this thread will only be asked for gradients with respect to
 // network inputs, never weights (the classifier guidance gradient, d log p(y | x_t) / d x_t), so
