@@ -112,7 +112,7 @@ void BM_PeakConv3x3(benchmark::State& state, torch::Dtype dtype) {
 enum class ConvPath { Direct, Winograd, WinogradBlas, DirectBf16 };
 void BM_Conv3x3(benchmark::State& state, ConvPath path) {
   c10::InferenceMode inference;
-  const bool winograd = path != ConvPath::Direct;
+  const bool winograd = path == ConvPath::Winograd || path == ConvPath::WinogradBlas;
   const auto backend = guidiff::winograd_products_backend();
   if (path == ConvPath::WinogradBlas) guidiff::set_winograd_products_backend(guidiff::WinogradProducts::Blas);
   const int64_t batch = state.range(0), in = state.range(1), out = state.range(2), size = state.range(3);
