@@ -39,7 +39,8 @@ torch::Tensor transformed_filter(const torch::Tensor& weight, bool for_input_gra
 
 // oneDNN's matrix product dnnl_sgemm (its C API: row-major, int64_t sizes, 0 on success), from
 // the oneDNN that libtorch itself loads, looked up at run time so that a libtorch which does not
-// export it (pip's, whose BLAS is MKL) still links; null there.
+// export it (pip's may not: its oneDNN is linked in statically; not checked) still links; null
+// there.
 using OneDnnSgemm = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t,
                             const float*, int64_t, float, float*, int64_t);
 OneDnnSgemm onednn_sgemm() {
