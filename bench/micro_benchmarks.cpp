@@ -112,7 +112,6 @@ void BM_PeakConv3x3(benchmark::State& state, torch::Dtype dtype) {
 enum class ConvPath { Direct, Winograd, WinogradBlas, DirectBf16 };
 void BM_Conv3x3(benchmark::State& state, ConvPath path) {
   c10::InferenceMode inference;
-  const bool winograd = path == ConvPath::Winograd || path == ConvPath::WinogradBlas;
   const auto backend = guidiff::winograd_products_backend();
   if (path == ConvPath::WinogradBlas) guidiff::set_winograd_products_backend(guidiff::WinogradProducts::Blas);
   const int64_t batch = state.range(0), in = state.range(1), out = state.range(2), size = state.range(3);
@@ -120,9 +119,12 @@ void BM_Conv3x3(benchmark::State& state, ConvPath path) {
   const auto weight = torch::randn({out, in, 3, 3}) / std::sqrt(9.0 * static_cast<double>(in));
   const auto x_bf16 = x.to(torch::kBFloat16), weight_bf16 = weight.to(torch::kBFloat16), bias_bf16 = bias.to(torch::kBFloat16);
   const auto work = [&] {
-    benchmark::DoNotOptimize(winograd                       ? guidiff::winograd_conv3x3(x, weight, bias)
-                             : path == ConvPath::DirectBf16 ? torch::conv2d(x_bf16, weight_bf16, bias_bf16, 1, 1)
-                                                            : torch::conv2d(x, weight, bias, 1, 1));
+    switch (path) {
+      case ConvPath::Direct: benchmark::DoNotOptimize(torch::conv2d(x, weight, bias, 1, 1)); break;
+      case ConvPath::Winograd:
+      case ConvPath::WinogradBlas: benchmark::DoNotOptimize(guidiff::winograd_conv3x3(x, weight, bias)); break;
+      case ConvPath::DirectBf16: benchmark::DoNotOptimize(torch::conv2d(x_bf16, weight_bf16, bias_bf16, 1, 1)); break;
+    }
   };
   work();  // warm-up: oneDNN's primitive and the heap
   time_loop(state, 2 * batch * size * size * in * out * 9, 0, work);

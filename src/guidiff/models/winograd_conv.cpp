@@ -60,11 +60,11 @@ torch::Tensor winograd_products(const torch::Tensor& transformed_input,
   const float* left = transformed_input.data_ptr<float>();
   const float* right = transformed_filter.data_ptr<float>();
   float* out = products.data_ptr<float>();
+  const OneDnnSgemm sgemm = onednn_sgemm();
   for (int64_t position = 0; position < positions; ++position) {
-    const int status =
-        onednn_sgemm()('N', 'N', rows, columns, inner, 1.0F, left + position * rows * inner, inner,
-                       right + position * inner * columns, columns, 0.0F,
-                       out + position * rows * columns, columns);
+    const int status = sgemm('N', 'N', rows, columns, inner, 1.0F, left + position * rows * inner,
+                             inner, right + position * inner * columns, columns, 0.0F,
+                             out + position * rows * columns, columns);
     TORCH_CHECK(status == 0, "oneDNN's dnnl_sgemm failed with status ", status);
   }
   return products;
@@ -165,11 +165,12 @@ int64_t winograd_onednn_product_calls() { return g_onednn_product_calls; }
 void configure_convolutions(const std::string& requested) {
   const char* products = std::getenv("GUIDIFF_WINOGRAD_PRODUCTS");
   const std::string products_choice = products != nullptr && *products != '\0' ? products : "auto";
-  if (products_choice == "onednn" || products_choice == "blas") {
-    set_winograd_products_backend(products_choice == "onednn" ? WinogradProducts::OneDnn
-                                                              : WinogradProducts::Blas);
-  } else if (products_choice == "auto") {
-    g_products = -1;
+  if (products_choice == "auto") {
+    g_products = -1;  // resolved on first use
+  } else if (products_choice == "onednn") {
+    set_winograd_products_backend(WinogradProducts::OneDnn);
+  } else if (products_choice == "blas") {
+    set_winograd_products_backend(WinogradProducts::Blas);
   } else {
     throw InputError("GUIDIFF_WINOGRAD_PRODUCTS must be auto, onednn or blas, got '" +
                      products_choice + "'");

@@ -31,8 +31,9 @@ bool winograd_enabled();
 
 // Where the 36 matrix products of a Winograd convolution run. OneDnn: oneDNN's sgemm, from the
 // oneDNN libtorch loads, which runs at the CPU's full vector width (as oneDNN's convolutions do;
-// Debian's OpenBLAS may be held to AVX2 kernels by OPENBLAS_CORETYPE on newer CPUs): 2.2-2.5x
-// libtorch's bmm with AVX-512, 1.08x over the whole 64x64 model with AVX2 kernels. Blas:
+// Debian's OpenBLAS may be held to AVX2 kernels by OPENBLAS_CORETYPE on newer CPUs): Winograd
+// layers ran 1.5-1.7x as fast as on libtorch's bmm with AVX-512, and the whole 64x64 model 1.08x
+// as fast with AVX2 kernels (docs/performance.md, "Products on oneDNN's sgemm"). Blas:
 // torch::bmm, libtorch's BLAS. The default is OneDnn where libtorch exports dnnl_sgemm.
 enum class WinogradProducts { Blas = 0, OneDnn = 1 };
 // Throws InputError for OneDnn where dnnl_sgemm is not there.
@@ -44,7 +45,7 @@ bool onednn_products_available();
 // GUIDIFF_CONV environment variable, else "auto", and the products' backend from
 // GUIDIFF_WINOGRAD_PRODUCTS (onednn, blas or auto). auto takes Winograd where oneDNN runs its
 // convolutions at AVX2 width or narrower (Winograd layers ran 1.4-2x as fast as oneDNN's there),
-// and on wider CPUs where the products run on oneDNN's sgemm (1.24-1.79x as fast as oneDNN's
+// and on wider CPUs where the products run on oneDNN's sgemm (1.45-2.16x as fast as oneDNN's
 // AVX-512 convolutions); with AVX-512 convolutions and the products on a BLAS held to AVX2, the
 // gain was at most 1.5x and sometimes a loss, so auto keeps libtorch's convolution there
 // (docs/performance.md, "Winograd convolutions"). Throws InputError naming any other value.
