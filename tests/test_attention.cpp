@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "guidiff/core/autocast.hpp"
 #include "guidiff/models/attention.hpp"
 #include "support/attention_settings.hpp"
 
@@ -140,6 +141,57 @@ TEST(Attention, SixteenBitInputsAreBlockedWithFloat32Softmax) {
   // outputs of up to ~2 by a few hundredths (measured: 0.035); 0.1 allows three times that, where
   // a block with the wrong rows or a softmax left in bf16 errs by whole units.
   EXPECT_LT((got.to(torch::kFloat32) - want).abs().max().item<float>(), 0.1f);
+}
+
+// bf16 autocast with gradients recorded, as the classifier's guidance gradient is in bf16
+// sampling. The blocked form rounds as the one-piece form does: products in bf16 with float32
+// accumulation, the softmax and its gradient in float32; only its sums over blocks are kept in
+// float32 where the one-piece form sums in one product. So against the float64 gradients at the
+// bf16-rounded inputs its mean error matches the one-piece form's (measured: equal to 1e-5 of
+// it). Measured on the same inputs, the softmax's gradient taken in bf16 instead erred 1.15x as
+// much on q and k; a dropped or repeated query row errs by the gradients' own size.
+TEST(Attention, BlockedBf16GradientsUnderAutocastAreAsAccurateAsTheOnePieceForm) {
+  // 256 query and 64 value channels: every product, down to the ragged one-row block's, has
+  // more than 16^3 multiplications, where libtorch 1.13 hands bf16 products to oneDNN. Smaller
+  // ones take its fallback kernel, which rounds partial sums to bf16 (core/bf16_kernels.hpp):
+  // with 16 channels the blocked outputs erred 2.7x as much as the one-piece form's that way.
+  // The scale 256^(-1/4) = 1/4 is exact, so both forms round the same inputs.
+  const auto in = random_inputs(3, 256, 64, 70, 70, torch::kFloat32);
+  const auto weights = torch::randn({3, 64, 70});
+  const auto wanted = [&] {
+    std::vector<torch::Tensor> rounded;
+    for (const auto* t : {&in.q, &in.k, &in.v})
+      rounded.push_back(t->to(torch::kBFloat16).to(torch::kFloat64).requires_grad_(true));
+    const auto out = one_piece(rounded[0], rounded[1], rounded[2]);
+    return torch::autograd::grad({(out * weights.to(torch::kFloat64)).sum()}, rounded);
+  }();
+  const auto errors = [&](bool blocked) {
+    const AttentionBlockBytes blocks(blocked ? three_rows(70, 4) : int64_t{1} << 40);
+    std::vector<torch::Tensor> inputs;
+    for (const auto* t : {&in.q, &in.k, &in.v}) inputs.push_back(t->clone().requires_grad_(true));
+    const int64_t calls = blocked_attention_calls();
+    torch::Tensor out;
+    {
+      const AutocastScope autocast(true, torch::kCPU);
+      out = attention(inputs[0], inputs[1], inputs[2]);
+    }
+    EXPECT_EQ(blocked_attention_calls(), calls + (blocked ? 1 : 0));
+    EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+    const auto got = torch::autograd::grad({(out.to(torch::kFloat32) * weights).sum()}, inputs);
+    std::vector<double> error;
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(got[i].scalar_type(), torch::kFloat32);
+      error.push_back((got[i].to(torch::kFloat64) - wanted[i]).abs().mean().item<double>() /
+                      wanted[i].abs().mean().item<double>());
+    }
+    return error;
+  };
+  const auto plain = errors(false), blocked = errors(true);
+  const char* names[] = {"q", "k", "v"};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_LT(blocked[i], 1.05 * plain[i])
+        << names[i] << ": one-piece form's mean error " << plain[i];
+  }
 }
 
 }  // namespace

@@ -289,5 +289,52 @@ TEST(Bf16, ClassifierGradientStaysWithinBf16sPrecisionOfFloat32) {
   }
 }
 
+// Bf16Weights::stored keeps the weights autocast lowers in bf16 instead of casting them at
+// every call. Autocast's cast of a float32 weight is the same bf16 value, so the networks must
+// give the same bits: eps, and the classifier's guidance gradient, which runs the convolutions'
+// backward with the stored weights. Two copies of each model: one kept float32, one stored.
+TEST(Bf16, StoredBf16WeightsGiveAutocastsResultsBitForBit) {
+  const auto per_call_unet = load_model(models_dir + "cfg_unet"),
+             stored_unet = load_model(models_dir + "cfg_unet");
+  const auto per_call_classifier = load_model(models_dir + "classifier"),
+             stored_classifier = load_model(models_dir + "classifier");
+  const auto parameters = [](const Model& model) {
+    int64_t bf16 = 0, float32 = 0;
+    for (const auto& parameter : model.module->parameters()) {
+      (parameter.scalar_type() == torch::kBFloat16 ? bf16 : float32) += parameter.numel();
+    }
+    return std::make_pair(bf16, float32);
+  };
+  const auto float32_unet = parameters(stored_unet);
+  Bf16Denoiser per_call(per_call_unet.denoiser), stored(stored_unet.denoiser, Bf16Weights::stored);
+  Bf16Classifier per_call_guide(per_call_classifier.classifier),
+      stored_guide(stored_classifier.classifier, Bf16Weights::stored);
+  // The convolutions' and linear layers' weights are bf16 now; GroupNorm's and the class
+  // embedding's stay float32; nothing is lost or added.
+  const auto kept = parameters(stored_unet);
+  EXPECT_EQ(float32_unet.first, 0);
+  EXPECT_GT(kept.first, 0);
+  EXPECT_GT(kept.second, 0);
+  EXPECT_EQ(kept.first + kept.second, float32_unet.second);
+  EXPECT_EQ(parameters(per_call_unet).first, 0);  // cast_per_call leaves the network float32
+
+  torch::manual_seed(3);
+  const auto x = torch::randn({4, 1, 28, 28});
+  const auto t = torch::tensor({10, 300, 600, 999}, torch::kLong);
+  const auto y = torch::tensor({0, 3, 7, 9}, torch::kLong);
+  {
+    torch::NoGradGuard no_grad;
+    const auto eps = stored.predict(x, t, y).eps;
+    EXPECT_EQ(eps.scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::equal(eps, per_call.predict(x, t, y).eps));
+  }
+  const auto gradient = class_log_prob_gradient(stored_guide, x, t, y);
+  EXPECT_TRUE(torch::equal(gradient, class_log_prob_gradient(per_call_guide, x, t, y)));
+  EXPECT_GT(gradient.abs().max().item<double>(), 0.0);
+  // The stored network is for bf16 autocast only: a float32 forward fails, never computes.
+  torch::NoGradGuard no_grad;
+  EXPECT_ANY_THROW(stored_unet.denoiser->predict(x, t, y));
+}
+
 }  // namespace
 }  // namespace guidiff

@@ -27,6 +27,16 @@ AutocastScope::AutocastScope(bool enabled, const torch::Device& device) : enable
   at::autocast::increment_nesting();
 }
 
+c10::optional<c10::ScalarType> cpu_autocast_type() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  if (!at::autocast::is_autocast_enabled(at::kCPU)) return c10::nullopt;
+  return at::autocast::get_autocast_dtype(at::kCPU);
+#else
+  if (!at::autocast::is_cpu_enabled()) return c10::nullopt;
+  return at::autocast::get_autocast_cpu_dtype();
+#endif
+}
+
 AutocastScope::~AutocastScope() {
   if (!enabled_) return;
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();

@@ -20,4 +20,7 @@ class AutocastScope {
   bool cuda_;
 };
 
+// The type CPU autocast lowers float32 operands to on this thread, or nullopt while it is off.
+c10::optional<c10::ScalarType> cpu_autocast_type();
+
 }  // namespace guidiff

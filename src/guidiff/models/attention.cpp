@@ -1,12 +1,13 @@
 #include "guidiff/models/attention.hpp"
 
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <vector>
+
+#include "guidiff/core/autocast.hpp"
 
 namespace guidiff {
 namespace {
@@ -19,16 +20,43 @@ c10::ScalarType softmax_type(c10::ScalarType scores) {
   return at::promote_types(scores, torch::kFloat32);
 }
 
-// softmax over the keys of scores [..., T, S], returned in the scores' own type.
-torch::Tensor probabilities(const torch::Tensor& scores) {
-  return torch::softmax(scores.to(softmax_type(scores.scalar_type())), -1).to(scores.scalar_type());
+// softmax over the keys of scores [..., T, S], in softmax_type.
+torch::Tensor wide_probabilities(const torch::Tensor& scores) {
+  return torch::softmax(scores.to(softmax_type(scores.scalar_type())), -1);
 }
 
-// One block's probabilities, [n, S], from its scaled queries [c, n] and a head's scaled keys
-// [c, S].
-torch::Tensor block_probabilities(const torch::Tensor& scaled_queries,
-                                  const torch::Tensor& scaled_keys) {
-  return probabilities(torch::mm(scaled_queries.t(), scaled_keys));
+// The same, returned in the scores' own type.
+torch::Tensor probabilities(const torch::Tensor& scores) {
+  return wide_probabilities(scores).to(scores.scalar_type());
+}
+
+// One block's scores, [n, S], from its scaled queries [c, n] and a head's scaled keys [c, S].
+torch::Tensor block_scores(const torch::Tensor& scaled_queries, const torch::Tensor& scaled_keys) {
+  return torch::mm(scaled_queries.t(), scaled_keys);
+}
+
+// sum += a b over query blocks, in the sum's type (softmax_type). For 16-bit operands the
+// product is taken in float32 too: a product rounded to 16 bits per block errs by its own size
+// (which cancellation between blocks can make larger than the sum's), where the one-piece form
+// rounds the whole sum once. The blocked bf16 gradients erred twice as much as the one-piece
+// form's that way (tests/test_attention.cpp).
+void accumulate_product(torch::Tensor& sum, const torch::Tensor& a, const torch::Tensor& b) {
+  sum.addmm_(a.to(sum.scalar_type()), b.to(sum.scalar_type()));
+}
+
+// The type attention's products compute in: CPU autocast's lower type where it is on and would
+// lower these operands (floating, not float64), else the inputs' own type; nullopt for inputs
+// of different types outside autocast (the one-piece form reports them).
+c10::optional<c10::ScalarType> products_type(const torch::Tensor& q, const torch::Tensor& k,
+                                             const torch::Tensor& v) {
+  const auto lowered = [](const torch::Tensor& t) {
+    return at::isFloatingType(t.scalar_type()) && t.scalar_type() != torch::kFloat64;
+  };
+  const auto autocast = cpu_autocast_type();
+  if (autocast && lowered(q) && lowered(k) && lowered(v)) return *autocast;
+  if (q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type())
+    return q.scalar_type();
+  return c10::nullopt;
 }
 
 // Calls body(head, first, count) for every block of `rows` queries (first to first + count) of
@@ -48,7 +76,8 @@ torch::Tensor blocked_forward(const torch::Tensor& scaled_q, const torch::Tensor
   std::vector<torch::Tensor> output_heads;
   for_each_block(
       scaled_q.size(0), scaled_q.size(2), rows, [&](int64_t head, int64_t first, int64_t count) {
-        const auto p = block_probabilities(q_heads[head].narrow(1, first, count), k_heads[head]);
+        const auto p =
+            probabilities(block_scores(q_heads[head].narrow(1, first, count), k_heads[head]));
         const auto block = torch::mm(v_heads[head], p.t());  // [c_v, count]
         if (!output.defined()) {
           output =
@@ -65,6 +94,9 @@ torch::Tensor blocked_forward(const torch::Tensor& scaled_q, const torch::Tensor
 // For p = softmax(w), w = q_b^T k, out_b = v p^T and the output gradient g_b [c_v, n]:
 //   dv += g_b p,  dp = g_b^T v,  dw = p (.) (dp - rowsum(dp (.) p)),  dq_b = k dw^T,
 //   dk += q_b dw.
+// 16-bit inputs (bf16 sampling's classifier gradient) take the products in their own type and
+// the softmax's gradient dw in float32, as the one-piece form's recorded casts around the
+// softmax do; dk and dv are summed over the blocks in float32.
 class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context,
@@ -78,27 +110,32 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
                                                  torch::autograd::variable_list gradients) {
     const auto saved = context->get_saved_variables();  // scaled q, scaled k, v
+    const auto type = saved[0].scalar_type(), wide = softmax_type(type);
+    // The gradient is taken outside the forward's autocast scope; bf16 products run under it
+    // again, so that they keep float32 accumulation on CPUs whose libtorch kernels lack it
+    // (core/bf16_kernels.hpp), as the forward's did.
+    const AutocastScope autocast(type == torch::kBFloat16, torch::kCPU);
     const auto q_heads = saved[0].unbind(), k_heads = saved[1].unbind(),
-               v_heads = saved[2].unbind(), g_heads = gradients[0].unbind();
+               v_heads = saved[2].unbind(), g_heads = gradients[0].to(type).unbind();
     auto q_gradient = torch::empty_like(saved[0]);
-    auto k_gradient = torch::zeros_like(saved[1]);
-    auto v_gradient = torch::zeros_like(saved[2]);
-    const auto dq_heads = q_gradient.unbind(), dk_heads = k_gradient.unbind(),
-               dv_heads = v_gradient.unbind();
+    auto k_gradient = torch::zeros_like(saved[1], saved[1].options().dtype(wide));
+    auto v_gradient = torch::zeros_like(saved[2], saved[2].options().dtype(wide));
+    auto dq_heads = q_gradient.unbind(), dk_heads = k_gradient.unbind(),
+         dv_heads = v_gradient.unbind();
     for_each_block(saved[0].size(0), saved[0].size(2), context->saved_data["rows"].toInt(),
                    [&](int64_t head, int64_t first, int64_t count) {
                      const auto queries = q_heads[head].narrow(1, first, count);  // [c, n]
-                     const auto p = block_probabilities(queries, k_heads[head]);  // [n, S]
-                     const auto g = g_heads[head].narrow(1, first, count);        // [c_v, n]
-                     dv_heads[head].addmm_(g, p);
-                     auto score_gradient = torch::mm(g.t(), v_heads[head]);  // dp, then dw
-                     score_gradient.sub_((score_gradient * p).sum(1, true)).mul_(p);
-                     dq_heads[head]
-                         .narrow(1, first, count)
-                         .copy_(torch::mm(k_heads[head], score_gradient.t()));
-                     dk_heads[head].addmm_(queries, score_gradient);
+                     const auto p_wide = wide_probabilities(block_scores(queries, k_heads[head]));
+                     const auto p = p_wide.to(type);                        // [n, S]
+                     const auto g = g_heads[head].narrow(1, first, count);  // [c_v, n]
+                     accumulate_product(dv_heads[head], g, p);
+                     auto score_gradient = torch::mm(g.t(), v_heads[head]).to(wide);  // dp, then dw
+                     score_gradient.sub_((score_gradient * p_wide).sum(1, true)).mul_(p_wide);
+                     const auto dw = score_gradient.to(type);
+                     dq_heads[head].narrow(1, first, count).copy_(torch::mm(k_heads[head], dw.t()));
+                     accumulate_product(dk_heads[head], queries, dw);
                    });
-    return {q_gradient, k_gradient, v_gradient, torch::Tensor()};
+    return {q_gradient, k_gradient.to(type), v_gradient.to(type), torch::Tensor()};
   }
 };
 
@@ -110,21 +147,24 @@ int64_t blocked_attention_calls() { return g_blocked_calls; }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
   const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(q.size(1))));
-  const auto scaled_q = q * scale, scaled_k = k * scale;
   const int64_t length = q.size(2), keys = k.size(2);
   const int64_t score_bytes = static_cast<int64_t>(c10::elementSize(softmax_type(q.scalar_type())));
   // Query rows per block: a block's scores fill at most attention_block_bytes().
   const int64_t rows = std::max<int64_t>(1, attention_block_bytes() / (keys * score_bytes));
-  if (rows < length && q.device().is_cpu()) {
+  const auto type = products_type(q, k, v);
+  if (rows < length && q.device().is_cpu() && type) {
+    // q, k and v in the products' type up front (what autocast's casts around each product
+    // would make of them), so the recorded form computes in one type. Recording the one-piece
+    // form instead under bf16 autocast, for the classifier's gradient, kept every head's [T, S]
+    // float32 probabilities and cast them and their gradients back and forth: most of a guided
+    // bf16 step's time (docs/performance.md, "Blocked attention").
+    const auto scaled_q = q.to(*type) * scale, scaled_k = k.to(*type) * scale;
+    const auto typed_v = v.to(*type);
     if (!torch::autograd::compute_requires_grad(q, k, v))
-      return blocked_forward(scaled_q, scaled_k, v, rows);
-    // The recorded form computes in the inputs' type; 16-bit and autocast runs record the
-    // plain form below.
-    const bool wide = q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
-                      (q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64);
-    if (wide && !at::autocast::is_cpu_enabled())
-      return BlockedAttention::apply(scaled_q, scaled_k, v, rows);
+      return blocked_forward(scaled_q, scaled_k, typed_v, rows);
+    return BlockedAttention::apply(scaled_q, scaled_k, typed_v, rows);
   }
+  const auto scaled_q = q * scale, scaled_k = k * scale;
   const auto scores = torch::bmm(scaled_q.transpose(1, 2), scaled_k);  // [B, T, S]
   return torch::bmm(v, probabilities(scores).transpose(1, 2));         // [B, c_v, T]
 }

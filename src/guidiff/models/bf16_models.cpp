@@ -1,12 +1,43 @@
 #include "guidiff/models/bf16_models.hpp"
 
+#include <string>
+
 #include "guidiff/core/autocast.hpp"
 #include "guidiff/core/errors.hpp"
 
 namespace guidiff {
 
-Bf16Denoiser::Bf16Denoiser(std::shared_ptr<Denoiser> base) : base_(std::move(base)) {
+void store_lowered_weights_in_bf16(torch::nn::Module& network) {
+  torch::NoGradGuard no_grad;
+  for (const auto& module : network.modules()) {
+    // Conv3x3 is a Conv2d.
+    if (!module->as<torch::nn::Conv1dImpl>() && !module->as<torch::nn::Conv2dImpl>() &&
+        !module->as<torch::nn::LinearImpl>())
+      continue;
+    for (auto& parameter : module->parameters(/*recurse=*/false)) {
+      if (parameter.scalar_type() != torch::kBFloat16)
+        parameter.set_data(parameter.to(torch::kBFloat16));
+    }
+  }
+}
+
+namespace {
+
+template <typename Model>
+void store_weights(Model& model, Bf16Weights weights, const char* what) {
+  if (weights != Bf16Weights::stored) return;
+  torch::nn::Module* network = model.network_module();
+  if (!network)
+    throw InputError(std::string(what) + " has no libtorch network to keep bf16 weights in");
+  store_lowered_weights_in_bf16(*network);
+}
+
+}  // namespace
+
+Bf16Denoiser::Bf16Denoiser(std::shared_ptr<Denoiser> base, Bf16Weights weights)
+    : base_(std::move(base)) {
   if (!base_) throw InputError("Bf16Denoiser needs a denoiser");
+  store_weights(*base_, weights, "this denoiser");
 }
 
 DenoiserOutput Bf16Denoiser::predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor& y) {
@@ -20,8 +51,10 @@ DenoiserOutput Bf16Denoiser::predict(const torch::Tensor& x_t, const torch::Tens
   return output;
 }
 
-Bf16Classifier::Bf16Classifier(std::shared_ptr<Classifier> base) : base_(std::move(base)) {
+Bf16Classifier::Bf16Classifier(std::shared_ptr<Classifier> base, Bf16Weights weights)
+    : base_(std::move(base)) {
   if (!base_) throw InputError("Bf16Classifier needs a classifier");
+  store_weights(*base_, weights, "this classifier");
 }
 
 torch::Tensor Bf16Classifier::logits(const torch::Tensor& x_t, const torch::Tensor& time) {

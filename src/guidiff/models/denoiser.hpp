@@ -36,6 +36,9 @@ class Denoiser {
   // class-conditional models have no null class: no classifier-free guidance for them.
   virtual bool has_null_class() const { return num_classes() > 0; }
   virtual bool learns_variance() const { return false; }
+  // The libtorch network behind the model, for wrappers that change how its weights are
+  // stored (Bf16Weights::stored); null where there is none (TorchScript, the analytic mixture).
+  virtual torch::nn::Module* network_module() { return nullptr; }
 };
 
 // (x_t, time) -> unnormalised class logits [N, num_classes()]; a noise-aware classifier
@@ -46,6 +49,8 @@ class Classifier {
   virtual torch::Tensor logits(const torch::Tensor& x_t, const torch::Tensor& time) = 0;
   virtual TimeKind time_kind() const = 0;
   virtual int64_t num_classes() const = 0;
+  // As Denoiser::network_module.
+  virtual torch::nn::Module* network_module() { return nullptr; }
 };
 
 }  // namespace guidiff

@@ -1,15 +1,22 @@
 // Denoiser / Classifier adapters over the trainable networks (see network_adapters.hpp).
 #include "guidiff/models/network_adapters.hpp"
 
+#include <algorithm>
+
 #include "guidiff/core/errors.hpp"
 
 namespace guidiff {
 namespace {
 
-// The device and floating dtype of a network's first parameter (every network has one).
+// The device of a network's parameters (every network has one) and the type its inputs take:
+// the widest among its parameters' (a network whose convolutions keep bf16 weights for bf16
+// sampling, bf16_models.hpp, still takes float32 inputs, as autocast over float32 weights did).
 torch::TensorOptions network_options(const torch::nn::Module& network) {
   const auto parameters = network.parameters();
-  return parameters.front().options();
+  const auto widest = std::max_element(
+      parameters.begin(), parameters.end(),
+      [](const auto& a, const auto& b) { return a.element_size() < b.element_size(); });
+  return widest->options();
 }
 
 // Undefined inputs pass through for the network to report.

@@ -26,6 +26,7 @@ class UNetDenoiser : public Denoiser {
   bool has_null_class() const override { return num_classes() > 0 && network_->config().null_class; }
   bool learns_variance() const override { return network_->config().learn_sigma; }
   UNetModel& network() { return network_; }
+  torch::nn::Module* network_module() override { return network_.ptr().get(); }
 
   // The same network conditioned on low-resolution images [N, C, h, w] (a super-resolution
   // UNet): a batch of N rows is conditioned row by row, a batch of k N rows (classifier-free
@@ -45,6 +46,7 @@ class UNetClassifier : public Classifier {
   TimeKind time_kind() const override { return network_->config().time.kind; }
   int64_t num_classes() const override { return network_->config().num_classes; }
   EncoderUNetModel& network() { return network_; }
+  torch::nn::Module* network_module() override { return network_.ptr().get(); }
 
  private:
   EncoderUNetModel network_;
@@ -58,6 +60,7 @@ class MlpDenoiser : public Denoiser {
   TimeKind time_kind() const override { return network_->config().time.kind; }
   int64_t num_classes() const override { return network_->config().num_classes; }
   MlpDenoiserNet& network() { return network_; }
+  torch::nn::Module* network_module() override { return network_.ptr().get(); }
 
  private:
   MlpDenoiserNet network_;
@@ -70,6 +73,7 @@ class MlpClassifier : public Classifier {
   TimeKind time_kind() const override { return network_->config().time.kind; }
   int64_t num_classes() const override { return network_->config().num_classes; }
   MlpClassifierNet& network() { return network_; }
+  torch::nn::Module* network_module() override { return network_.ptr().get(); }
 
  private:
   MlpClassifierNet network_;
@@ -84,6 +88,7 @@ class CnnClassifier : public Classifier {
   TimeKind time_kind() const override { return TimeKind::discrete_timestep; }
   int64_t num_classes() const override { return network_->config().num_classes; }
   CnnClassifierNet& network() { return network_; }
+  torch::nn::Module* network_module() override { return network_.ptr().get(); }
 
  private:
   CnnClassifierNet network_;

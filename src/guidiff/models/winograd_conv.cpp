@@ -1,6 +1,5 @@
 #include "guidiff/models/winograd_conv.hpp"
 
-#include <ATen/autocast_mode.h>
 #include <dlfcn.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
@@ -8,6 +7,7 @@
 #include <atomic>
 #include <cstdlib>
 
+#include "guidiff/core/autocast.hpp"
 #include "guidiff/core/cpu_features.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/models/winograd_kernels.hpp"
@@ -232,7 +232,7 @@ bool winograd_applies(const torch::Tensor& input, const torch::Tensor& weight) {
   if (input.dim() != 4 || !input.device().is_cpu() || input.scalar_type() != torch::kFloat32 ||
       weight.scalar_type() != torch::kFloat32 || !weight.device().is_cpu())
     return false;
-  if (at::autocast::is_cpu_enabled()) return false;
+  if (cpu_autocast_type()) return false;
   if (torch::autograd::compute_requires_grad(input, weight) && !t_input_gradients_only)
     return false;
   const int64_t in_channels = weight.size(1), out_channels = weight.size(0);
