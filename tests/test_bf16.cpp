@@ -15,6 +15,7 @@
 
 #include "guidiff/core/autocast.hpp"
 #include "guidiff/core/bf16_kernels.hpp"
+#include "guidiff/core/errors.hpp"
 #include "guidiff/data/idx.hpp"
 #include "guidiff/diffusion/gaussian_diffusion.hpp"
 #include "guidiff/guidance/guidance.hpp"
@@ -334,6 +335,12 @@ TEST(Bf16, StoredBf16WeightsGiveAutocastsResultsBitForBit) {
   // The stored network is for bf16 autocast only: a float32 forward fails, never computes.
   torch::NoGradGuard no_grad;
   EXPECT_ANY_THROW(stored_unet.denoiser->predict(x, t, y));
+  // A model with no libtorch network behind it cannot store its weights (TorchScript models
+  // keep autocast's casts per call); asking is an error, not a silent float32 run.
+  const auto no_network = std::make_shared<CoherentlyPerturbedDenoiser>(per_call_unet.denoiser, 0.0);
+  EXPECT_EQ(no_network->network_module(), nullptr);
+  EXPECT_THROW(Bf16Denoiser(no_network, Bf16Weights::stored), InputError);
+  EXPECT_NO_THROW(Bf16Denoiser(no_network, Bf16Weights::cast_per_call));
 }
 
 }  // namespace
