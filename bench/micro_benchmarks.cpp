@@ -28,6 +28,7 @@
 #include "guidiff/models/attention.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
+#include "guidiff/models/unet_blocks.hpp"
 #include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/sampling/generate.hpp"
 #include "guidiff/schedule/discrete_schedule.hpp"
@@ -155,6 +156,33 @@ void BM_Attention(benchmark::State& state, bool blocked, bool backward) {
   work();
   time_loop(state, (backward ? 6 : 2) * 2 * heads * channels * tokens * tokens, 0, work);
   guidiff::set_attention_block_bytes(saved);
+}
+
+// ---- a ResBlock's GroupNorm, scale-shift and SiLU: one pass against separate operations -----
+
+// silu(GroupNorm(x) * (1 + scale) + shift) at the ADM models' activation sizes (batch,
+// channels, image; 32 groups), in float32 and in bf16 (what --bf16 hands the norm: bf16
+// activations next to float32 norm weights). "separate" runs the operations one by one, as
+// guidiff did before stop 38; "one_pass" is Float32GroupNormImpl::forward_silu.
+void BM_NormSilu(benchmark::State& state, bool one_pass, torch::Dtype dtype) {
+  c10::InferenceMode inference;
+  const int64_t batch = state.range(0), channels = state.range(1), size = state.range(2);
+  auto norm = guidiff::make_group_norm(32, channels);
+  const auto x = (torch::randn({batch, channels, size, size}) * 2 + 1).to(dtype);
+  const auto scale = torch::randn({batch, channels, 1, 1}).to(dtype),
+             shift = torch::randn({batch, channels, 1, 1}).to(dtype);
+  const auto work = [&] {
+    if (one_pass) {
+      benchmark::DoNotOptimize(norm->forward_silu(x, scale, shift));
+    } else {
+      benchmark::DoNotOptimize(torch::silu(norm(x) * (1 + scale) + shift));
+    }
+  };
+  work();
+  time_loop(state, 0, 0, work);
+  state.counters["GB/s in+out"] =
+      benchmark::Counter(static_cast<double>(2 * x.numel() * x.element_size()) * 1e-9,
+                         benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---- the default UNet --------------------------------------------------------------------
@@ -295,6 +323,28 @@ void register_benchmarks() {
       b->Args(layer);
     }
     configure(b);
+  }
+  for (const auto& [name, dtype] : std::vector<std::pair<const char*, torch::Dtype>>{
+           {"fp32", torch::kFloat32}, {"bf16", torch::kBFloat16}}) {
+    for (const bool one_pass : {false, true}) {
+      auto* b =
+          benchmark::RegisterBenchmark(
+              (std::string("norm_silu/") + (one_pass ? "one_pass/" : "separate/") + name).c_str(),
+              BM_NormSilu, one_pass, dtype)
+              ->ArgNames({"batch", "channels", "size"});
+      for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{{1, 256, 256},
+                                                                                 {1, 512, 256},
+                                                                                 {1, 256, 128},
+                                                                                 {1, 512, 64},
+                                                                                 {1, 512, 32},
+                                                                                 {4, 192, 64},
+                                                                                 {4, 384, 32},
+                                                                                 {1, 1024, 16},
+                                                                                 {4, 768, 8}}) {
+        b->Args(layer);
+      }
+      configure(b);
+    }
   }
   for (const bool backward : {false, true}) {
     for (const bool blocked : {false, true}) {

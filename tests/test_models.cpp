@@ -203,6 +203,110 @@ TEST(Blocks, GroupNormOfBfloat16IsTheFloat32NormRounded) {
   expect_error<InputError>([] { make_group_norm(3, 8); }, {"norm_groups = 3", "8 channels"});
 }
 
+// silu(GroupNorm(x) * (1 + scale) + shift) in float64 from the same (bf16) inputs, and the
+// size of its pre-activation's two terms, |w (1 + scale) * normalised| + |b (1 + scale) + shift|.
+struct NormSiluReference {
+  torch::Tensor value, terms;
+};
+NormSiluReference norm_scale_shift_silu_in_float64(Float32GroupNorm& norm, const torch::Tensor& x,
+                                                   const torch::Tensor& scale,
+                                                   const torch::Tensor& shift) {
+  const auto wide = [](const torch::Tensor& t) { return t.to(torch::kFloat64); };
+  const auto normalised =
+      torch::group_norm(wide(x), norm->options.num_groups(), {}, {}, norm->options.eps());
+  const auto factor = 1 + wide(scale);
+  const auto gain = wide(norm->weight).view({1, -1, 1, 1}) * factor;
+  const auto offset = wide(norm->bias).view({1, -1, 1, 1}) * factor + wide(shift);
+  return {torch::silu(gain * normalised + offset), (gain * normalised).abs() + offset.abs()};
+}
+
+TEST(Blocks, NormSiluOfBfloat16IsTheExactValueRoundedOnce) {
+  torch::manual_seed(5);
+  auto norm = make_group_norm(32, 64);
+  randomize(*norm, 1.0);
+  // 24576 elements per group: blocks of 10 groups (96 groups in all), spread over the threads.
+  const auto x = (torch::randn({3, 64, 128, 96}) * 3.0 + 1.0).to(torch::kBFloat16);
+  // As ResBlock hands them over: halves of one [N, 2C, 1, 1] embedding, so not contiguous.
+  const auto scale_shift = (torch::randn({3, 128, 1, 1}) * 0.5).to(torch::kBFloat16).chunk(2, 1);
+  const auto &scale = scale_shift[0], &shift = scale_shift[1];
+  torch::Tensor out, separate;
+  {
+    c10::InferenceMode inference;  // how sampling runs the network
+    out = norm->forward_silu(x, scale, shift);
+    separate = torch::silu(norm(x) * (1 + scale) + shift);
+  }
+  ASSERT_EQ(out.scalar_type(), torch::kBFloat16);
+  ASSERT_EQ(out.sizes(), x.sizes());
+  const auto [exact, terms] = norm_scale_shift_silu_in_float64(norm, x, scale, shift);
+  // float32 statistics and arithmetic leave about 1e-6 of the pre-activation's terms (the mean
+  // and variance to a few ulps, then a product and a sum), bounded here by 1e-5; SiLU's slope
+  // is below 1.1; then one rounding to bf16 (8 significant bits) adds at most 2^-8 of the value.
+  const auto bound = exact.abs() * std::ldexp(1.0, -8) + 1.1e-5 * terms;
+  const auto error = (out.to(torch::kFloat64) - exact).abs();
+  EXPECT_TRUE((error <= bound).all().item<bool>())
+      << "worst excess " << (error - bound).max().item<double>();
+  // The separate operations round after the norm, the scale, the shift and the SiLU.
+  const double one_pass_error = error.mean().item<double>();
+  const double separate_error = (separate.to(torch::kFloat64) - exact).abs().mean().item<double>();
+  EXPECT_LT(one_pass_error, 0.8 * separate_error)
+      << one_pass_error << " against " << separate_error;
+
+  // Without scale and shift: silu(GroupNorm(x)).
+  torch::Tensor plain;
+  {
+    c10::InferenceMode inference;
+    plain = norm->forward_silu(x);
+  }
+  const auto zeros = torch::zeros({3, 64, 1, 1});
+  const auto plain_exact = norm_scale_shift_silu_in_float64(norm, x, zeros, zeros);
+  const auto plain_bound =
+      plain_exact.value.abs() * std::ldexp(1.0, -8) + 1.1e-5 * plain_exact.terms;
+  EXPECT_TRUE(
+      ((plain.to(torch::kFloat64) - plain_exact.value).abs() <= plain_bound).all().item<bool>());
+}
+
+TEST(Blocks, NormSiluOfOneSampleDoesNotDependOnTheBatch) {
+  torch::manual_seed(6);
+  auto norm = make_group_norm(32, 64);
+  randomize(*norm, 1.0);
+  const auto x = (torch::randn({5, 64, 40, 40}) * 2.0).to(torch::kBFloat16);
+  const auto scale = torch::randn({5, 64, 1, 1}).to(torch::kBFloat16),
+             shift = torch::randn({5, 64, 1, 1}).to(torch::kBFloat16);
+  torch::NoGradGuard no_grad;
+  const auto batch = norm->forward_silu(x, scale, shift);
+  for (const int64_t i : {0, 3, 4}) {
+    const auto alone =
+        norm->forward_silu(x.narrow(0, i, 1), scale.narrow(0, i, 1), shift.narrow(0, i, 1));
+    EXPECT_TRUE(torch::equal(alone, batch.narrow(0, i, 1))) << "sample " << i;
+  }
+}
+
+TEST(Blocks, NormSiluKeepsTheSeparateOperationsForFloat32AndGradients) {
+  torch::manual_seed(7);
+  auto norm = make_group_norm(4, 8);
+  randomize(*norm, 1.0);
+  const auto x = torch::randn({2, 8, 6, 6}) * 2.0 + 0.5;
+  const auto scale = torch::randn({2, 8, 1, 1}), shift = torch::randn({2, 8, 1, 1});
+  {
+    torch::NoGradGuard no_grad;  // float32: libtorch's GroupNorm, bit for bit as before
+    EXPECT_TRUE(torch::equal(norm->forward_silu(x, scale, shift),
+                             torch::silu(norm(x) * (1 + scale) + shift)));
+    EXPECT_TRUE(torch::equal(norm->forward_silu(x), torch::silu(norm(x))));
+  }
+  // bf16 with gradients recorded (the classifier's guidance gradient, training): the separate
+  // operations, so that gradients reach the input and the norm's weights.
+  const auto x_bf16 = x.to(torch::kBFloat16).requires_grad_(true);
+  const auto out =
+      norm->forward_silu(x_bf16, scale.to(torch::kBFloat16), shift.to(torch::kBFloat16));
+  const auto separate =
+      torch::silu(norm(x_bf16) * (1 + scale.to(torch::kBFloat16)) + shift.to(torch::kBFloat16));
+  EXPECT_TRUE(torch::equal(out, separate));
+  out.to(torch::kFloat32).sum().backward();
+  ASSERT_TRUE(x_bf16.grad().defined());
+  EXPECT_GT(x_bf16.grad().abs().sum().item<double>(), 0.0);
+  ASSERT_TRUE(norm->weight.grad().defined());
+}
+
 TEST(UNet, ParameterNamesFollowGuidedDiffusion) {
   auto config = tiny_unet();  // levels (1, 2), one res block, attention at 8 px (ds 2)
   config.num_classes = 10;

@@ -114,11 +114,11 @@ UNetModelImpl::UNetModelImpl(const UNetConfig& config) : config_(config) {
     }
     register_module("output_blocks", output_blocks);
 
-    auto out_conv =
+    out_conv_ =
         torch::nn::Conv2d(torch::nn::Conv2dOptions(ch, config_.out_channels(), 3).padding(1));
-    zero_parameters(*out_conv);  // the model starts by predicting eps = 0
-    out_ = register_module("out", torch::nn::Sequential(make_group_norm(config_.norm_groups, ch),
-                                                        torch::nn::SiLU(), out_conv));
+    zero_parameters(*out_conv_);  // the model starts by predicting eps = 0
+    out_norm_ = make_group_norm(config_.norm_groups, ch);
+    out_ = register_module("out", torch::nn::Sequential(out_norm_, torch::nn::SiLU(), out_conv_));
   });
 }
 
@@ -137,7 +137,7 @@ torch::Tensor UNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor
     skips.pop_back();
     h = block->forward(h, emb);
   }
-  return out_->forward(h);
+  return out_conv_(out_norm_->forward_silu(h));
 }
 
 EncoderUNetModelImpl::EncoderUNetModelImpl(const ClassifierConfig& config) : config_(config) {

@@ -40,7 +40,11 @@ class UNetModelImpl : public torch::nn::Module {
   torch::nn::Embedding label_emb_{nullptr};
   DownPath down_;
   std::vector<TimestepSequential> output_blocks_;
+  // out = Sequential(GroupNorm, SiLU, conv), registered for its parameter names; the forward
+  // runs the norm and SiLU as one (Float32GroupNormImpl::forward_silu), then the conv.
   torch::nn::Sequential out_{nullptr};
+  Float32GroupNorm out_norm_{nullptr};
+  torch::nn::Conv2d out_conv_{nullptr};
 };
 TORCH_MODULE(UNetModel);
 
