@@ -163,7 +163,9 @@ void BM_Attention(benchmark::State& state, bool blocked, bool backward) {
 // silu(GroupNorm(x) * (1 + scale) + shift) at the ADM models' activation sizes (batch,
 // channels, image; 32 groups), in float32 and in bf16 (what --bf16 hands the norm: bf16
 // activations next to float32 norm weights). "separate" runs the operations one by one, as
-// guidiff did before stop 38; "one_pass" is Float32GroupNormImpl::forward_silu.
+// guidiff did before stop 38; "one_pass" is Float32GroupNormImpl::forward_silu. For float32
+// forward_silu keeps the separate operations, so its two float32 rows time the same work: their
+// gap is the run's noise.
 void BM_NormSilu(benchmark::State& state, bool one_pass, torch::Dtype dtype) {
   c10::InferenceMode inference;
   const int64_t batch = state.range(0), channels = state.range(1), size = state.range(2);
