@@ -305,6 +305,8 @@ TEST(Blocks, NormSiluKeepsTheSeparateOperationsForFloat32AndGradients) {
   ASSERT_TRUE(x_bf16.grad().defined());
   EXPECT_GT(x_bf16.grad().abs().sum().item<double>(), 0.0);
   ASSERT_TRUE(norm->weight.grad().defined());
+  expect_error<InputError>([&] { norm->forward_silu(x, scale); },
+                           {"scale-shift", "only the scale"});
 }
 
 TEST(UNet, ParameterNamesFollowGuidedDiffusion) {
