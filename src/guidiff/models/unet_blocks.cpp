@@ -1,8 +1,9 @@
 // ADM UNet building blocks (see unet_blocks.hpp).
 #include "guidiff/models/unet_blocks.hpp"
 
+#include <torch/csrc/autograd/functions/utils.h>
+
 #include <algorithm>
-#include <initializer_list>
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/models/attention.hpp"
@@ -43,16 +44,6 @@ namespace {
 // between the passes over a block.
 constexpr int64_t kOnePassBlockElements = int64_t{1} << 18;
 
-// True when gradients would flow through the normalisation: the separate operations record
-// them, the one-pass form does not.
-bool records_gradient(std::initializer_list<const torch::Tensor*> tensors) {
-  if (!torch::GradMode::is_enabled()) return false;
-  for (const auto* tensor : tensors) {
-    if (tensor->defined() && tensor->requires_grad()) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 torch::Tensor Float32GroupNormImpl::forward_silu(const torch::Tensor& input,
@@ -73,7 +64,8 @@ torch::Tensor Float32GroupNormImpl::forward_silu(const torch::Tensor& input,
   const bool one_pass = input.dim() >= 2 && input.is_floating_point() && input.element_size() < 4 &&
                         input.size(1) == options.num_channels() && per_sample_channel(scale) &&
                         per_sample_channel(shift) &&
-                        !records_gradient({&input, &weight, &bias, &scale, &shift});
+                        // the separate operations record gradients, the one-pass form does not
+                        !torch::autograd::compute_requires_grad(input, weight, bias, scale, shift);
   if (!one_pass) {
     auto normalised = forward(input);
     if (has_film) normalised = normalised * (1 + scale) + shift;

@@ -25,9 +25,10 @@ class Float32GroupNormImpl : public torch::nn::GroupNormImpl {
   torch::Tensor forward(const torch::Tensor& input);
   // silu(forward(input) * (1 + scale) + shift), or silu(forward(input)) when scale and shift
   // are undefined (one without the other is an InputError); they hold one value per sample and
-  // channel ([N, C, 1, ...]: ResBlock's scale-shift norm). For 16-bit inputs when no gradient is recorded, blocks of
-  // groups are normalised, scaled and activated in float32 while they sit in cache and rounded
-  // once at the end; otherwise (float32 inputs included) the separate operations, as before.
+  // channel ([N, C, 1, ...]: ResBlock's scale-shift norm). For 16-bit inputs when no gradient
+  // is recorded, blocks of groups are normalised, scaled and activated in float32 while they
+  // sit in cache and rounded once at the end; otherwise (float32 inputs included) the separate
+  // operations, as before.
   torch::Tensor forward_silu(const torch::Tensor& input, const torch::Tensor& scale = {},
                              const torch::Tensor& shift = {});
 };
