@@ -166,11 +166,12 @@ void BM_Attention(benchmark::State& state, bool blocked, bool backward) {
 // guidiff did before stop 38; "one_pass" is Float32GroupNormImpl::forward_silu. For float32
 // forward_silu keeps the separate operations, so its two float32 rows time the same work: their
 // gap is the run's noise.
-void BM_NormSilu(benchmark::State& state, bool one_pass, torch::Dtype dtype) {
+void BM_NormSilu(benchmark::State& state, bool one_pass, torch::Dtype dtype,
+                 torch::MemoryFormat format) {
   c10::InferenceMode inference;
   const int64_t batch = state.range(0), channels = state.range(1), size = state.range(2);
   auto norm = guidiff::make_group_norm(32, channels);
-  const auto x = (torch::randn({batch, channels, size, size}) * 2 + 1).to(dtype);
+  const auto x = (torch::randn({batch, channels, size, size}) * 2 + 1).to(dtype).contiguous(format);
   const auto scale = torch::randn({batch, channels, 1, 1}).to(dtype),
              shift = torch::randn({batch, channels, 1, 1}).to(dtype);
   const auto work = [&] {
@@ -328,24 +329,30 @@ void register_benchmarks() {
   }
   for (const auto& [name, dtype] : std::vector<std::pair<const char*, torch::Dtype>>{
            {"fp32", torch::kFloat32}, {"bf16", torch::kBFloat16}}) {
-    for (const bool one_pass : {false, true}) {
-      auto* b =
-          benchmark::RegisterBenchmark(
-              (std::string("norm_silu/") + (one_pass ? "one_pass/" : "separate/") + name).c_str(),
-              BM_NormSilu, one_pass, dtype)
-              ->ArgNames({"batch", "channels", "size"});
-      for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{{1, 256, 256},
-                                                                                 {1, 512, 256},
-                                                                                 {1, 256, 128},
-                                                                                 {1, 512, 64},
-                                                                                 {1, 512, 32},
-                                                                                 {4, 192, 64},
-                                                                                 {4, 384, 32},
-                                                                                 {1, 1024, 16},
-                                                                                 {4, 768, 8}}) {
-        b->Args(layer);
+    // channels-last: the layout of bf16 sampling (store_lowered_weights_in_bf16)
+    for (const auto& [layout, format] : std::vector<std::pair<const char*, torch::MemoryFormat>>{
+             {"", torch::MemoryFormat::Contiguous},
+             {"/channels_last", torch::MemoryFormat::ChannelsLast}}) {
+      for (const bool one_pass : {false, true}) {
+        auto* b =
+            benchmark::RegisterBenchmark(
+                (std::string("norm_silu/") + (one_pass ? "one_pass/" : "separate/") + name + layout)
+                    .c_str(),
+                BM_NormSilu, one_pass, dtype, format)
+                ->ArgNames({"batch", "channels", "size"});
+        for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{{1, 256, 256},
+                                                                                   {1, 512, 256},
+                                                                                   {1, 256, 128},
+                                                                                   {1, 512, 64},
+                                                                                   {1, 512, 32},
+                                                                                   {4, 192, 64},
+                                                                                   {4, 384, 32},
+                                                                                   {1, 1024, 16},
+                                                                                   {4, 768, 8}}) {
+          b->Args(layer);
+        }
+        configure(b);
       }
-      configure(b);
     }
   }
   for (const bool backward : {false, true}) {

@@ -169,9 +169,14 @@ TEST(Bf16Kernels, TheReportSaysWhatLibtorchsOwnKernelsDoOnThisCpu) {
 
 // Relative error of the bf16 UNet's eps against float32, mean |difference| / mean |eps|, at
 // times across the schedule.
-double bf16_eps_relative_error(const Model& unet) {
+// With Bf16Weights::stored the bf16 network is a second copy of the model (the conversion is
+// in place), `unet` staying the float32 reference.
+double bf16_eps_relative_error(const Model& unet,
+                               Bf16Weights weights = Bf16Weights::cast_per_call) {
   torch::manual_seed(0);
-  Bf16Denoiser lower(unet.denoiser);
+  const auto lowered_copy =
+      weights == Bf16Weights::stored ? load_model(models_dir + "cfg_unet") : unet;
+  Bf16Denoiser lower(lowered_copy.denoiser, weights);
   torch::NoGradGuard no_grad;
   const auto x = torch::randn({8, 1, 28, 28});
   const auto t = torch::tensor({10, 100, 200, 400, 500, 700, 900, 999}, torch::kLong);
@@ -184,13 +189,18 @@ double bf16_eps_relative_error(const Model& unet) {
 
 TEST(Bf16, DenoiserGivesFloat32EpsWithinBf16sPrecisionOfTheFloat32Model) {
   const auto unet = load_model(models_dir + "cfg_unet");
-  const double error = bf16_eps_relative_error(unet);
-  EXPECT_GT(error, 0.0);  // bf16 really ran
-  // u sqrt(D) (support/precision_bounds.hpp): 3.1% for this UNet's 64 rounded layers. It is
-  // an upper estimate (each layer's error carried at gain 1); measured 0.28% on an AVX2 CPU.
-  // It cannot tell float32 from bf16 accumulation (1.6% here with libtorch 1.13's AVX2
-  // kernels); Bf16Kernels.* above do, operation by operation.
-  EXPECT_LT(error, bf16_network_relative_error(*unet.module));
+  // Both weight modes: stored runs channels-last on the CPU (its own convolutions' order and
+  // the GroupNorm kernels of norm_kernels.hpp).
+  for (const auto weights : {Bf16Weights::cast_per_call, Bf16Weights::stored}) {
+    SCOPED_TRACE(weights == Bf16Weights::stored ? "stored" : "cast per call");
+    const double error = bf16_eps_relative_error(unet, weights);
+    EXPECT_GT(error, 0.0);  // bf16 really ran
+    // u sqrt(D) (support/precision_bounds.hpp): 3.1% for this UNet's 64 rounded layers. It is
+    // an upper estimate (each layer's error carried at gain 1); measured 0.28% on an AVX2 CPU.
+    // It cannot tell float32 from bf16 accumulation (1.6% here with libtorch 1.13's AVX2
+    // kernels); Bf16Kernels.* above do, operation by operation.
+    EXPECT_LT(error, bf16_network_relative_error(*unet.module));
+  }
 }
 
 // The float32 denoiser with every eps multiplied by (1 + relative * xi), xi ~ N(0, 1) drawn
@@ -247,8 +257,11 @@ TEST(Bf16, ClassifierGradientStaysWithinBf16sPrecisionOfFloat32) {
     GTEST_SKIP() << "Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)";
   }
   torch::manual_seed(1);
-  const auto model = load_model(models_dir + "classifier");
+  const auto model = load_model(models_dir + "classifier"),
+             stored_model = load_model(models_dir + "classifier");
   Bf16Classifier lower(model.classifier);
+  // Stored weights (a second copy: the conversion is in place) run channels-last on the CPU.
+  Bf16Classifier stored(stored_model.classifier, Bf16Weights::stored);
   // The inputs guidance meets: test images noised to step t, each asked for its own class.
   const Dataset test_images = load_fashion_mnist("test");
   const auto x0 = test_images.images.slice(0, 0, 8);
@@ -282,19 +295,22 @@ TEST(Bf16, ClassifierGradientStaysWithinBf16sPrecisionOfFloat32) {
     const auto t = torch::full({8}, step, torch::kLong);
     const auto x = q_sample(schedule, x0, t, noise);
     const auto reference = class_log_prob_gradient(*model.classifier, x, t, y).flatten(1);
-    const auto gradient = class_log_prob_gradient(lower, x, t, y).flatten(1);
-    EXPECT_EQ(gradient.scalar_type(), torch::kFloat32);
-    EXPECT_FALSE(torch::equal(gradient, reference));
-    const auto relative = (gradient - reference).norm(2, 1) / error_scale(x, t);
-    EXPECT_LT(relative.max().item<double>(), bound) << relative;
+    for (Bf16Classifier* bf16 : {&lower, &stored}) {
+      SCOPED_TRACE(bf16 == &stored ? "stored" : "cast per call");
+      const auto gradient = class_log_prob_gradient(*bf16, x, t, y).flatten(1);
+      EXPECT_EQ(gradient.scalar_type(), torch::kFloat32);
+      EXPECT_FALSE(torch::equal(gradient, reference));
+      const auto relative = (gradient - reference).norm(2, 1) / error_scale(x, t);
+      EXPECT_LT(relative.max().item<double>(), bound) << relative;
+    }
   }
 }
 
 // Bf16Weights::stored keeps the weights autocast lowers in bf16 instead of casting them at
-// every call. Autocast's cast of a float32 weight is the same bf16 value, so the networks must
-// give the same bits: eps, and the classifier's guidance gradient, which runs the convolutions'
-// backward with the stored weights. Two copies of each model: one kept float32, one stored.
-TEST(Bf16, StoredBf16WeightsGiveAutocastsResultsBitForBit) {
+// every call: autocast's very values, the 4-D ones channels-last on the CPU. (How close its
+// eps and guidance gradients stay to float32's: DenoiserGives... and ClassifierGradient...
+// above.) Two copies of each model: one kept float32, one stored.
+TEST(Bf16, StoredBf16WeightsAreAutocastsValuesChannelsLast) {
   const auto per_call_unet = load_model(models_dir + "cfg_unet"),
              stored_unet = load_model(models_dir + "cfg_unet");
   const auto per_call_classifier = load_model(models_dir + "classifier"),
@@ -307,9 +323,8 @@ TEST(Bf16, StoredBf16WeightsGiveAutocastsResultsBitForBit) {
     return std::make_pair(bf16, float32);
   };
   const auto float32_unet = parameters(stored_unet);
-  Bf16Denoiser per_call(per_call_unet.denoiser), stored(stored_unet.denoiser, Bf16Weights::stored);
-  Bf16Classifier per_call_guide(per_call_classifier.classifier),
-      stored_guide(stored_classifier.classifier, Bf16Weights::stored);
+  Bf16Denoiser stored(stored_unet.denoiser, Bf16Weights::stored);
+  Bf16Classifier stored_guide(stored_classifier.classifier, Bf16Weights::stored);
   // The convolutions' and linear layers' weights are bf16 now; GroupNorm's and the class
   // embedding's stay float32; nothing is lost or added.
   const auto kept = parameters(stored_unet);
@@ -318,6 +333,22 @@ TEST(Bf16, StoredBf16WeightsGiveAutocastsResultsBitForBit) {
   EXPECT_GT(kept.second, 0);
   EXPECT_EQ(kept.first + kept.second, float32_unet.second);
   EXPECT_EQ(parameters(per_call_unet).first, 0);  // cast_per_call leaves the network float32
+  for (const auto& [float32_model, stored_model] :
+       {std::make_pair(&per_call_unet, &stored_unet),
+        std::make_pair(&per_call_classifier, &stored_classifier)}) {
+    const auto originals = float32_model->module->named_parameters();
+    int64_t channels_last = 0;
+    for (const auto& item : stored_model->module->named_parameters()) {
+      const auto& value = item.value();
+      if (value.scalar_type() != torch::kBFloat16) continue;
+      EXPECT_TRUE(torch::equal(value, originals[item.key()].to(torch::kBFloat16))) << item.key();
+      if (value.dim() == 4) {
+        EXPECT_TRUE(value.is_contiguous(torch::MemoryFormat::ChannelsLast)) << item.key();
+        ++channels_last;
+      }
+    }
+    EXPECT_GT(channels_last, 0);
+  }
 
   torch::manual_seed(3);
   const auto x = torch::randn({4, 1, 28, 28});
@@ -327,10 +358,9 @@ TEST(Bf16, StoredBf16WeightsGiveAutocastsResultsBitForBit) {
     torch::NoGradGuard no_grad;
     const auto eps = stored.predict(x, t, y).eps;
     EXPECT_EQ(eps.scalar_type(), torch::kFloat32);
-    EXPECT_TRUE(torch::equal(eps, per_call.predict(x, t, y).eps));
+    EXPECT_TRUE(eps.is_contiguous());  // the sampler's layout, whatever the network ran in
   }
   const auto gradient = class_log_prob_gradient(stored_guide, x, t, y);
-  EXPECT_TRUE(torch::equal(gradient, class_log_prob_gradient(per_call_guide, x, t, y)));
   EXPECT_GT(gradient.abs().max().item<double>(), 0.0);
   // The stored network is for bf16 autocast only: a float32 forward fails, never computes.
   torch::NoGradGuard no_grad;

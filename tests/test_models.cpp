@@ -17,6 +17,7 @@
 #include "guidiff/models/conditioning.hpp"
 #include "guidiff/models/mlp.hpp"
 #include "guidiff/models/network_adapters.hpp"
+#include "guidiff/models/norm_kernels.hpp"
 #include "guidiff/models/unet.hpp"
 #include "guidiff/models/unet_blocks.hpp"
 #include "support/precision_bounds.hpp"
@@ -220,12 +221,16 @@ NormSiluReference norm_scale_shift_silu_in_float64(Float32GroupNorm& norm, const
   return {torch::silu(gain * normalised + offset), (gain * normalised).abs() + offset.abs()};
 }
 
-TEST(Blocks, NormSiluOfBfloat16IsTheExactValueRoundedOnce) {
+// Both layouts: NCHW (blocks of whole groups) and channels-last (bf16 sampling's layout on the
+// CPU, norm_kernels.cpp: blocks of rows merged in float64).
+void expect_norm_silu_rounded_once(torch::MemoryFormat format) {
   torch::manual_seed(5);
   auto norm = make_group_norm(32, 64);
   randomize(*norm, 1.0);
   // 24576 elements per group: blocks of 10 groups (96 groups in all), spread over the threads.
-  const auto x = (torch::randn({3, 64, 128, 96}) * 3.0 + 1.0).to(torch::kBFloat16);
+  // Channels-last: 12288 positions of 64 channels, in blocks of 2048 rows per sample.
+  const auto x =
+      (torch::randn({3, 64, 128, 96}) * 3.0 + 1.0).to(torch::kBFloat16).contiguous(format);
   // As ResBlock hands them over: halves of one [N, 2C, 1, 1] embedding, so not contiguous.
   const auto scale_shift = (torch::randn({3, 128, 1, 1}) * 0.5).to(torch::kBFloat16).chunk(2, 1);
   const auto &scale = scale_shift[0], &shift = scale_shift[1];
@@ -237,6 +242,7 @@ TEST(Blocks, NormSiluOfBfloat16IsTheExactValueRoundedOnce) {
   }
   ASSERT_EQ(out.scalar_type(), torch::kBFloat16);
   ASSERT_EQ(out.sizes(), x.sizes());
+  EXPECT_TRUE(out.is_contiguous(format));
   const auto [exact, terms] = norm_scale_shift_silu_in_float64(norm, x, scale, shift);
   // float32 statistics and arithmetic leave about 1e-6 of the pre-activation's terms (the mean
   // and variance to a few ulps, then a product and a sum), bounded here by 1e-5; SiLU's slope
@@ -265,19 +271,77 @@ TEST(Blocks, NormSiluOfBfloat16IsTheExactValueRoundedOnce) {
       ((plain.to(torch::kFloat64) - plain_exact.value).abs() <= plain_bound).all().item<bool>());
 }
 
+TEST(Blocks, NormSiluOfBfloat16IsTheExactValueRoundedOnce) {
+  expect_norm_silu_rounded_once(torch::MemoryFormat::Contiguous);
+}
+
+TEST(Blocks, NormSiluOfChannelsLastBfloat16IsTheExactValueRoundedOnce) {
+  expect_norm_silu_rounded_once(torch::MemoryFormat::ChannelsLast);
+}
+
+// The channels-last kernel's own arithmetic, with the norm made the identity (mean 0, rstd 1,
+// gain 1, offset 0): SiLU over its whole range, and the rounding to bf16.
+TEST(Blocks, ChannelsLastNormSiluKernelRoundsSiluOfEveryValue) {
+  const int64_t channels = 8;
+  const norm_kernels::ChannelsLastShape shape{1, 0, channels, 1};
+  const auto run = [&](const torch::Tensor& x, const torch::Tensor& gain) {
+    auto shaped = shape;
+    shaped.positions = x.numel() / channels;
+    const auto statistics = torch::tensor({0.0f, 1.0f});
+    const auto offset = torch::zeros({channels});
+    auto y = torch::empty_like(x);
+    norm_kernels::normalize_silu(
+        reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), shaped,
+        statistics.data_ptr<float>(), statistics.data_ptr<float>() + 1, gain.data_ptr<float>(),
+        offset.data_ptr<float>(), reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));
+    return y;
+  };
+  // SiLU from -100 to 100 (the exponential's clamp is at -87 and 88): within one bf16
+  // rounding (2^-8 of the value) of the float64 value, plus 1e-30 where it underflows.
+  const auto grid = torch::linspace(-100.0, 100.0, 8 * 4001, torch::kFloat64).to(torch::kBFloat16);
+  const auto y = run(grid, torch::ones({channels}));
+  const auto exact = torch::silu(grid.to(torch::kFloat64));
+  const auto error = (y.to(torch::kFloat64) - exact).abs();
+  const auto bound = exact.abs() * std::ldexp(1.0, -8) + 1e-30;
+  EXPECT_TRUE((error <= bound).all().item<bool>())
+      << "worst excess " << (error - bound).max().item<double>();
+  // Above 88 SiLU is the value itself, so the output is the float32 product x * gain rounded:
+  // exactly libtorch's float32 -> bf16 conversion (to nearest, ties to even), midpoints
+  // included (gain 1 + 2^-8 puts 128 * gain halfway between two bf16 values).
+  const auto large = torch::cat({torch::full({8}, 128.0), torch::full({8}, 129.0),
+                                 torch::rand({8 * 500}, torch::kFloat64) * 1e6 + 100.0})
+                         .to(torch::kBFloat16);
+  for (const float factor : {1.0f + std::ldexp(1.0f, -8), 1.37f, 0.6180339f}) {
+    const auto gain = torch::full({channels}, factor);
+    const auto rounded = (large.to(torch::kFloat32) * factor).to(torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(run(large, gain), rounded)) << "gain " << factor;
+  }
+  // NaN stays NaN; infinity stays infinity.
+  const auto special =
+      torch::tensor({std::nanf(""), INFINITY, 0.0f, -0.0f, 1.0f, -1.0f, 2.0f, 3.0f})
+          .to(torch::kBFloat16);
+  const auto y_special = run(special, torch::ones({channels})).to(torch::kFloat32);
+  EXPECT_TRUE(std::isnan(y_special[0].item<float>()));
+  EXPECT_EQ(y_special[1].item<float>(), INFINITY);
+  EXPECT_EQ(y_special[2].item<float>(), 0.0f);
+}
+
 TEST(Blocks, NormSiluOfOneSampleDoesNotDependOnTheBatch) {
   torch::manual_seed(6);
   auto norm = make_group_norm(32, 64);
   randomize(*norm, 1.0);
-  const auto x = (torch::randn({5, 64, 40, 40}) * 2.0).to(torch::kBFloat16);
   const auto scale = torch::randn({5, 64, 1, 1}).to(torch::kBFloat16),
              shift = torch::randn({5, 64, 1, 1}).to(torch::kBFloat16);
   torch::NoGradGuard no_grad;
-  const auto batch = norm->forward_silu(x, scale, shift);
-  for (const int64_t i : {0, 3, 4}) {
-    const auto alone =
-        norm->forward_silu(x.narrow(0, i, 1), scale.narrow(0, i, 1), shift.narrow(0, i, 1));
-    EXPECT_TRUE(torch::equal(alone, batch.narrow(0, i, 1))) << "sample " << i;
+  // 160x160 channels-last: 6400 positions in blocks of 2048 rows, the last one shorter.
+  for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    const auto x = (torch::randn({5, 64, 160, 40}) * 2.0).to(torch::kBFloat16).contiguous(format);
+    const auto batch = norm->forward_silu(x, scale, shift);
+    for (const int64_t i : {0, 3, 4}) {
+      const auto alone =
+          norm->forward_silu(x.narrow(0, i, 1), scale.narrow(0, i, 1), shift.narrow(0, i, 1));
+      EXPECT_TRUE(torch::equal(alone, batch.narrow(0, i, 1))) << "sample " << i;
+    }
   }
 }
 

@@ -15,8 +15,15 @@ void store_lowered_weights_in_bf16(torch::nn::Module& network) {
         !module->as<torch::nn::LinearImpl>())
       continue;
     for (auto& parameter : module->parameters(/*recurse=*/false)) {
-      if (parameter.scalar_type() != torch::kBFloat16)
-        parameter.set_data(parameter.to(torch::kBFloat16));
+      // 2-D convolution weights channels-last on the CPU: libtorch then runs oneDNN's
+      // convolution on channels-last activations and returns them channels-last, so the
+      // activations stay in that layout from layer to layer, where NCHW ones are reordered to
+      // oneDNN's blocked layout and back at every convolution (docs/performance.md, stop 39).
+      const bool channels_last = parameter.dim() == 4 && parameter.device().is_cpu();
+      const auto format =
+          channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+      if (parameter.scalar_type() != torch::kBFloat16 || !parameter.is_contiguous(format))
+        parameter.set_data(parameter.to(torch::kBFloat16).contiguous(format));
     }
   }
 }

@@ -18,15 +18,19 @@ enum class Bf16Weights {
   // bf16, converted in place once when the wrapper is made (store_lowered_weights_in_bf16).
   // What `guidiff sample --bf16` does: a 296M-parameter model's forward no longer reads 1.2 GB
   // of float32 weights to write 0.6 GB of fresh bf16 copies, and the weights take half the
-  // memory. The results are bit for bit the same. The network then runs only under bf16
-  // autocast: a float32 forward of it fails on the mixed types.
+  // memory. On the CPU the 2-D convolutions' weights are also stored channels-last, which
+  // makes the activations channels-last from layer to layer (no reorders around each oneDNN
+  // convolution; GroupNorm by norm_kernels.hpp). The weights hold autocast's values, but the
+  // results differ from cast_per_call's at bf16's precision: the convolutions and the
+  // GroupNorm sum in another order. The network then runs only under bf16 autocast: a float32
+  // forward of it fails on the mixed types.
   stored,
 };
 
 // Converts the weights and biases of `network`'s convolutions (Conv1d, Conv2d and Conv3x3) and
 // linear layers to bf16 in place, the operands bf16 autocast would lower to bf16 at every call
-// anyway; GroupNorm, embeddings and other parameters stay as they are. Parameters already in
-// bf16 are left alone.
+// anyway, and makes the 4-D ones on the CPU channels-last; GroupNorm, embeddings and other
+// parameters stay as they are. Parameters already so are left alone.
 void store_lowered_weights_in_bf16(torch::nn::Module& network);
 
 class Bf16Denoiser : public Denoiser {

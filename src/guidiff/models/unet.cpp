@@ -137,7 +137,8 @@ torch::Tensor UNetModelImpl::forward(const torch::Tensor& x, const torch::Tensor
     skips.pop_back();
     h = block->forward(h, emb);
   }
-  return out_conv_(out_norm_->forward_silu(h));
+  // Contiguous whatever layout the convolutions chose (channels-last under bf16 sampling).
+  return out_conv_(out_norm_->forward_silu(h)).contiguous();
 }
 
 EncoderUNetModelImpl::EncoderUNetModelImpl(const ClassifierConfig& config) : config_(config) {

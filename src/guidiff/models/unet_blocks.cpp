@@ -7,6 +7,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/models/attention.hpp"
+#include "guidiff/models/norm_kernels.hpp"
 
 namespace guidiff {
 namespace {
@@ -44,6 +45,63 @@ namespace {
 // between the passes over a block.
 constexpr int64_t kOnePassBlockElements = int64_t{1} << 18;
 
+// silu((x - mean) * rstd * gain + offset) by blocks of whole groups: x in [N, C, ...] order
+// (contiguous), gain and offset [N, C] in float32. Each block's statistics take two passes
+// while it sits in cache.
+torch::Tensor norm_silu_channels_first(const torch::Tensor& input, const torch::Tensor& gain,
+                                       const torch::Tensor& offset, int64_t groups, double eps) {
+  const auto x = input.contiguous();
+  const int64_t batch = x.size(0), channels = x.size(1), per_group = channels / groups;
+  const int64_t spatial = x.numel() / (batch * channels);
+  const auto compute_options = x.options().dtype(torch::kFloat32);
+  const auto gains = gain.reshape({batch * groups, per_group, 1});
+  const auto offsets = offset.reshape({batch * groups, per_group, 1});
+
+  auto out = torch::empty_like(x, torch::MemoryFormat::Contiguous);
+  const int64_t all_groups = batch * groups, group_elements = per_group * spatial;
+  const auto x_groups = x.view({all_groups, per_group, spatial});
+  const auto out_groups = out.view({all_groups, per_group, spatial});
+  const int64_t block = std::max<int64_t>(1, kOnePassBlockElements / group_elements);
+  // One block after another; each libtorch operation on a block spreads over the threads
+  // itself. (at::parallel_for would run the blocks serially anyway: this file is compiled
+  // without OpenMP.)
+  torch::NoGradGuard no_grad;
+  auto widened = torch::empty({block, per_group, spatial}, compute_options);
+  for (int64_t first = 0; first < all_groups; first += block) {
+    const int64_t count = std::min(block, all_groups - first);
+    auto centred = widened.narrow(0, 0, count).copy_(x_groups.narrow(0, first, count));
+    const auto rows = centred.view({count, group_elements});
+    rows.sub_(rows.mean(1, true));
+    const auto rstd = (rows.square().mean(1, true) + eps).rsqrt().view({count, 1, 1});
+    centred.mul_(gains.narrow(0, first, count) * rstd).add_(offsets.narrow(0, first, count));
+    torch::silu_(centred);
+    out_groups.narrow(0, first, count).copy_(centred);
+  }
+  return out;
+}
+
+// The same for a channels-last bf16 [N, C, H, W] input on the CPU (the layout of bf16 sampling:
+// store_lowered_weights_in_bf16), by the kernels of norm_kernels.hpp; the result is
+// channels-last too.
+torch::Tensor norm_silu_channels_last(const torch::Tensor& x, const torch::Tensor& gain,
+                                      const torch::Tensor& offset, int64_t groups, double eps) {
+  const norm_kernels::ChannelsLastShape shape{x.size(0), x.size(2) * x.size(3), x.size(1), groups};
+  const auto statistics =
+      torch::empty({2, shape.batch * groups}, x.options().dtype(torch::kFloat32));
+  // Channels-last with the strides libtorch itself gives that layout (empty_like would copy
+  // x's, whose first stride may be anything at a batch of one: see AttentionBlock).
+  auto out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  const auto gains = gain.contiguous(), offsets = offset.contiguous();
+  const auto* bits = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  float* mean = statistics.data_ptr<float>();
+  float* rstd = mean + shape.batch * groups;
+  norm_kernels::group_statistics(bits, shape, eps, mean, rstd);
+  norm_kernels::normalize_silu(bits, shape, mean, rstd, gains.data_ptr<float>(),
+                               offsets.data_ptr<float>(),
+                               reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()));
+  return out;
+}
+
 }  // namespace
 
 torch::Tensor Float32GroupNormImpl::forward_silu(const torch::Tensor& input,
@@ -75,53 +133,28 @@ torch::Tensor Float32GroupNormImpl::forward_silu(const torch::Tensor& input,
   // GroupNorm (Wu & He 2018, Eq. 1) with its per-channel affine and the FiLM folded into one
   // gain and offset per channel: silu(((x - mean) * rstd * w + b) * (1 + s) + t)
   //   = silu((x - mean) * rstd * gain + offset), gain = w (1 + s), offset = b (1 + s) + t.
-  // The mean and variance take two passes over the group (the centred form), as accurate as
+  // The mean and variance are centred (two passes over data in cache), as accurate as
   // libtorch's GroupNorm. The input is widened to float32 once and the result rounded once,
   // where the separate operations round after the norm, the scale, the shift and the SiLU.
-  const auto x = input.contiguous();
-  const int64_t batch = x.size(0), channels = x.size(1), per_group = channels / groups;
-  const int64_t spatial = x.numel() / (batch * channels);
-  const auto compute_options = x.options().dtype(torch::kFloat32);
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const auto compute_options = input.options().dtype(torch::kFloat32);
   const auto per_channel = [&](const torch::Tensor& t, double fill) {
-    return (t.defined() ? t.detach().to(torch::kFloat32)
-                        : torch::full({channels}, fill, compute_options))
-        .reshape({1, groups, per_group, 1});
+    return t.defined() ? t.detach().to(torch::kFloat32).reshape({1, channels})
+                       : torch::full({1, channels}, fill, compute_options);
   };
-  auto gain = per_channel(weight, 1.0).expand({batch, groups, per_group, 1});
-  auto offset = per_channel(bias, 0.0).expand({batch, groups, per_group, 1});
+  auto gain = per_channel(weight, 1.0).expand({batch, channels});
+  auto offset = per_channel(bias, 0.0).expand({batch, channels});
   if (has_film) {
-    const auto factor =
-        1 + scale.detach().to(torch::kFloat32).reshape({batch, groups, per_group, 1});
+    const auto factor = 1 + scale.detach().to(torch::kFloat32).reshape({batch, channels});
     gain = gain * factor;
-    offset =
-        offset * factor + shift.detach().to(torch::kFloat32).reshape({batch, groups, per_group, 1});
+    offset = offset * factor + shift.detach().to(torch::kFloat32).reshape({batch, channels});
   }
-  const auto gains = gain.reshape({batch * groups, per_group, 1});
-  const auto offsets = offset.reshape({batch * groups, per_group, 1});
-
-  auto out = torch::empty_like(x, torch::MemoryFormat::Contiguous);
-  const int64_t all_groups = batch * groups, group_elements = per_group * spatial;
-  const auto x_groups = x.view({all_groups, per_group, spatial});
-  const auto out_groups = out.view({all_groups, per_group, spatial});
-  const int64_t block = std::max<int64_t>(1, kOnePassBlockElements / group_elements);
-  const double eps = options.eps();
-  // Blocks of groups spread over the threads; each thread runs its blocks' operations
-  // serially (libtorch does not nest parallel regions), so no operation forks threads itself.
-  at::parallel_for(0, (all_groups + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-    torch::NoGradGuard no_grad;
-    auto widened = torch::empty({block, per_group, spatial}, compute_options);
-    for (int64_t first = begin * block; first < std::min(all_groups, end * block); first += block) {
-      const int64_t count = std::min(block, all_groups - first);
-      auto centred = widened.narrow(0, 0, count).copy_(x_groups.narrow(0, first, count));
-      const auto rows = centred.view({count, group_elements});
-      rows.sub_(rows.mean(1, true));
-      const auto rstd = (rows.square().mean(1, true) + eps).rsqrt().view({count, 1, 1});
-      centred.mul_(gains.narrow(0, first, count) * rstd).add_(offsets.narrow(0, first, count));
-      torch::silu_(centred);
-      out_groups.narrow(0, first, count).copy_(centred);
-    }
-  });
-  return out;
+  const bool channels_last = input.dim() == 4 && input.scalar_type() == torch::kBFloat16 &&
+                             input.device().is_cpu() && channels % norm_kernels::kLanes == 0 &&
+                             !input.is_contiguous() &&
+                             input.is_contiguous(torch::MemoryFormat::ChannelsLast);
+  return channels_last ? norm_silu_channels_last(input, gain, offset, groups, options.eps())
+                       : norm_silu_channels_first(input, gain, offset, groups, options.eps());
 }
 
 Float32GroupNorm make_group_norm(int64_t groups, int64_t channels) {
@@ -189,7 +222,9 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x_in, const torch::Tens
     h = out_norm_->forward_silu(h + emb_out);
   }
   h = out_conv_(dropout_(h));
-  return (skip_conv_ ? skip_conv_(x) : x) + h;
+  // h first: where the two layouts differ, the sum takes the first operand's, and h is the
+  // convolution's (channels-last under bf16 sampling). The sum itself is the same either way.
+  return h + (skip_conv_ ? skip_conv_(x) : x);
 }
 
 // ---- attention ----
@@ -247,7 +282,15 @@ torch::Tensor AttentionBlockImpl::forward(const torch::Tensor& x) {
   const auto qkv = qkv_(norm_(flat));
   const auto h =
       new_attention_order_ ? qkv_attention(qkv, heads_) : qkv_attention_legacy(qkv, heads_);
-  return (flat + proj_out_(h)).reshape(sizes);
+  const auto out = (flat + proj_out_(h)).reshape(sizes);
+  if (out.is_contiguous() == x.is_contiguous()) return out;
+  // Back in x's layout (channels-last under bf16 sampling), so that the next block's
+  // convolution and residual sum see one layout. Allocated as such rather than by
+  // contiguous(ChannelsLast), which can give a batch of one a first stride that libtorch's
+  // layout guess (suggest_memory_format) no longer reads as channels-last: the pooling and
+  // upsampling after it would then return NCHW, and every convolution would copy its input.
+  return torch::empty(sizes, out.options().memory_format(torch::MemoryFormat::ChannelsLast))
+      .copy_(out);
 }
 
 AttentionPool2dImpl::AttentionPool2dImpl(int64_t spatial_dim, int64_t embed_dim, int64_t heads,

@@ -1,36 +1,19 @@
 #include "guidiff/models/winograd_kernels.hpp"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "guidiff/models/cpu_lanes.hpp"
 
 namespace guidiff::winograd {
 namespace {
 
-// Eight channels at a time. GCC and clang lower this to the vector registers of the target
-// each function is compiled for (two SSE registers on baseline x86-64, one AVX register in the
-// clones below), so no intrinsics are needed.
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-
-// Always inlined, so no 32-byte vector crosses a real call; GCC's note that such a call's ABI
-// depends on AVX is moot here.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-__attribute__((always_inline)) inline Lanes load(const float* p) {
-  Lanes v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-__attribute__((always_inline)) inline void store(float* p, const Lanes& v) {
-  std::memcpy(p, &v, sizeof v);
-}
+using cpu_lanes::for_each_row;
+using cpu_lanes::Lanes;
+using cpu_lanes::load;
+using cpu_lanes::store;
+static_assert(kLanes == cpu_lanes::kLanes, "the transforms take channels in lanes of eight");
 
 // B^T d for one column (or row) of a 6x6 input tile (Lavin & Gray 2016, F(4x4, 3x3)):
 // B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1].
@@ -52,40 +35,6 @@ __attribute__((always_inline)) inline void output_transform(const Lanes m[6], La
   o[1] = diff12 + 2.0f * diff34;
   o[2] = sum12 + 4.0f * sum34;
   o[3] = diff12 + 8.0f * diff34 + m[5];
-}
-
-// The per-row transforms are compiled for AVX-512, AVX2 and baseline x86-64, and the loader
-// picks the widest the CPU has (GCC's function multi-versioning): they do a few additions per
-// value loaded, and at baseline SSE width they, not memory, would limit the transforms.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GUIDIFF_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GUIDIFF_VECTOR_CLONES
-#endif
-
-// Runs body(scratch, row) for row in [0, count), split over libtorch's intra-op thread count,
-// each thread with its own scratch buffer of `scratch_floats`. An OpenMP loop
-// of our own rather than at::parallel_for: that template only runs in parallel where the
-// including file is compiled with OpenMP, and it takes the thread count from whichever OpenMP
-// runtime the symbol resolves to (pip's libtorch bundles its own), where num_threads here is
-// libtorch's. Each row writes its own outputs, so the result does not depend on the split.
-template <typename Body>
-void for_each_row(int64_t count, int64_t scratch_floats, const Body& body) {
-  const int threads =
-      at::in_parallel_region()
-          ? 1
-          : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count)));
-  std::vector<std::vector<float>> scratch(threads, std::vector<float>(scratch_floats));
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-  for (int64_t row = 0; row < count; ++row) {
-#ifdef _OPENMP
-    body(scratch[omp_get_thread_num()], row);
-#else
-    body(scratch[0], row);
-#endif
-  }
 }
 
 // Channels handled together in one tile row's transforms: their slice of six image rows

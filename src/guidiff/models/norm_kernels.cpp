@@ -1,0 +1,231 @@
+#include "guidiff/models/norm_kernels.hpp"
+
+#include <cmath>
+
+#include "guidiff/models/cpu_lanes.hpp"
+
+namespace guidiff::norm_kernels {
+namespace {
+
+using cpu_lanes::for_each_row;
+static_assert(kLanes == cpu_lanes::kLanes, "channels are taken in lanes of eight");
+using cpu_lanes::Lanes;
+using cpu_lanes::load;
+using cpu_lanes::store;
+typedef uint16_t Halves __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+typedef uint32_t Words __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+// A block of rows is read twice (its mean, then its centred squares) while it sits in the
+// core's L2 cache: 2^17 values, 256 KiB of bf16.
+constexpr int64_t kBlockValues = int64_t{1} << 17;
+// Column sums accumulate in float32 over at most this many rows, then add into the block's
+// total: the rounding error grows with 32 + rows / 32 terms instead of with all the rows.
+constexpr int64_t kPartialRows = 32;
+
+// bf16 is the upper half of a float32, so widening is exact.
+__attribute__((always_inline)) inline Lanes widen(const uint16_t* p) {
+  Halves halves;
+  std::memcpy(&halves, p, sizeof halves);
+  const Words words = __builtin_convertvector(halves, Words) << 16;
+  Lanes values;
+  std::memcpy(&values, &words, sizeof values);
+  return values;
+}
+
+// Rounds to the nearest bf16, ties to even (adding 0x7fff plus the kept half's lowest bit
+// carries into the upper half exactly when the lower half is past the midpoint); NaN becomes
+// bf16's quiet NaN rather than rounding into infinity.
+__attribute__((always_inline)) inline void narrow(const Lanes& values, uint16_t* p) {
+  Words words;
+  std::memcpy(&words, &values, sizeof words);
+  const Words rounded = (words + 0x7fffu + ((words >> 16) & 1u)) >> 16;
+  const Words is_nan = (Words)((words & 0x7fffffffu) > 0x7f800000u);
+  const Halves halves = __builtin_convertvector((is_nan & 0x7fc0u) | (~is_nan & rounded), Halves);
+  std::memcpy(p, &halves, sizeof halves);
+}
+
+// mask ? a : b, lane by lane (mask lanes all ones or all zeros).
+__attribute__((always_inline)) inline Lanes select(const Ints& mask, const Lanes& a,
+                                                   const Lanes& b) {
+  return (Lanes)(((Ints)a & mask) | ((Ints)b & ~mask));
+}
+
+// e^x for x in [-87, 88], where 2^k stays a normal float: x = k ln 2 + r with k the nearest
+// integer to x / ln 2 and |r| <= ln 2 / 2 (ln 2 split in two, the upper part exact in 15 bits,
+// so k ln2_hi is exact: Cody & Waite 1980), e^r by its Taylor series to degree 7 (the
+// remainder is below 1e-8 of the value), and 2^k built in the exponent bits.
+__attribute__((always_inline)) inline Lanes exp_in_range(const Lanes& x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2High = 0.693145751953125f, kLn2Low = 1.42860682030941723e-6f;
+  // Adding and subtracting 1.5 * 2^23 rounds to an integer (to nearest, ties to even).
+  constexpr float kRound = 12582912.0f;
+  const Lanes k = (x * kLog2e + kRound) - kRound;
+  const Lanes r = (x - k * kLn2High) - k * kLn2Low;
+  Lanes p = r * (1.0f / 5040) + (1.0f / 720);
+  p = p * r + (1.0f / 120);
+  p = p * r + (1.0f / 24);
+  p = p * r + (1.0f / 6);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const Ints exponent = (__builtin_convertvector(k, Ints) + 127) << 23;
+  return p * (Lanes)exponent;
+}
+
+// silu(v) = v / (1 + e^-v) (Elfwing et al. 2018). e^-v is taken at -v clamped to [-87, 88]:
+// beyond, v / (1 + e^-v) is v itself or below 1e-36 in size, as it is at the clamp. A NaN v is
+// replaced by 0 inside the exponential, and v's NaN carries to the result.
+__attribute__((always_inline)) inline Lanes silu(const Lanes& v) {
+  Lanes z = -v;
+  z = select(z < -87.0f, Lanes{} - 87.0f, z);
+  z = select(z > 88.0f, Lanes{} + 88.0f, z);
+  z = select(z == z, z, Lanes{});
+  return v / (1.0f + exp_in_range(z));
+}
+
+// sums[c] = the sum over the rows of x[row][c], or with kCentred of (x[row][c] - centre[c])^2,
+// in partial sums of kPartialRows rows. Row by row, so that consecutive operations go to
+// different channels and do not wait on each other. partial holds `channels` floats.
+template <bool kCentred>
+__attribute__((always_inline)) inline void column_sums(const uint16_t* x, int64_t rows,
+                                                       int64_t channels, const float* centre,
+                                                       float* partial, float* sums) {
+  std::fill(sums, sums + channels, 0.0f);
+  for (int64_t first = 0; first < rows; first += kPartialRows) {
+    const int64_t last = std::min(rows, first + kPartialRows);
+    std::fill(partial, partial + channels, 0.0f);
+    for (int64_t row = first; row < last; ++row) {
+      for (int64_t c = 0; c < channels; c += kLanes) {
+        Lanes v = widen(x + row * channels + c);
+        if constexpr (kCentred) {
+          v -= load(centre + c);
+          v *= v;
+        }
+        store(partial + c, load(partial + c) + v);
+      }
+    }
+    for (int64_t c = 0; c < channels; c += kLanes)
+      store(sums + c, load(sums + c) + load(partial + c));
+  }
+}
+
+// One block of rows: its per-group mean and centred sum of squares (in float64 from float32
+// column sums). scratch holds 3 * channels floats.
+GUIDIFF_VECTOR_CLONES void block_moments(const uint16_t* x, int64_t rows, int64_t channels,
+                                         int64_t groups, float* scratch, double* means,
+                                         double* squares) {
+  const int64_t per_group = channels / groups;
+  float* sums = scratch;
+  float* centre = scratch + channels;
+  float* partial = scratch + 2 * channels;
+  const auto group_total = [&](int64_t g) {
+    double total = 0.0;
+    for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += sums[c];
+    return total;
+  };
+  column_sums<false>(x, rows, channels, nullptr, partial, sums);
+  const double count = static_cast<double>(rows * per_group);
+  for (int64_t g = 0; g < groups; ++g) {
+    means[g] = group_total(g) / count;
+    std::fill(centre + g * per_group, centre + (g + 1) * per_group, static_cast<float>(means[g]));
+  }
+  column_sums<true>(x, rows, channels, centre, partial, sums);
+  // The squares are centred on the float32 rounding of the mean, which shifts their sum by
+  // count * (mean - centre)^2.
+  for (int64_t g = 0; g < groups; ++g) {
+    const double shift = means[g] - static_cast<double>(centre[g * per_group]);
+    squares[g] = std::max(0.0, group_total(g) - count * shift * shift);
+  }
+}
+
+// The rows are consecutive, so the block is one run of rows * channels values; it is taken
+// four vectors at a time, whose long chains of dependent operations (the exponential, the
+// division, the rounding) the CPU then overlaps.
+GUIDIFF_VECTOR_CLONES void normalize_silu_rows(const uint16_t* x, int64_t rows, int64_t channels,
+                                               const float* centre, const float* scale,
+                                               const float* offset, uint16_t* y) {
+  constexpr int kTogether = 4;
+  const int64_t values = rows * channels;
+  const auto normalise = [&](int64_t at) __attribute__((always_inline)) {
+    const int64_t c = at % channels;  // a vector never straddles two rows: channels % kLanes == 0
+    return (widen(x + at) - load(centre + c)) * load(scale + c) + load(offset + c);
+  };
+  int64_t at = 0;
+  for (; at + kTogether * kLanes <= values; at += kTogether * kLanes) {
+    Lanes v[kTogether];
+    for (int k = 0; k < kTogether; ++k) v[k] = silu(normalise(at + k * kLanes));
+    for (int k = 0; k < kTogether; ++k) narrow(v[k], y + at + k * kLanes);
+  }
+  for (; at < values; at += kLanes) narrow(silu(normalise(at)), y + at);
+}
+
+// Each sample's positions in blocks of about kBlockValues values.
+struct RowBlocks {
+  int64_t rows, per_sample;
+  explicit RowBlocks(const ChannelsLastShape& shape)
+      : rows(std::max<int64_t>(1, std::min(shape.positions, kBlockValues / shape.channels))),
+        per_sample((shape.positions + rows - 1) / rows) {}
+  int64_t first_row(int64_t block) const { return (block % per_sample) * rows; }
+  int64_t count(const ChannelsLastShape& shape, int64_t block) const {
+    return std::min(rows, shape.positions - first_row(block));
+  }
+};
+
+}  // namespace
+
+void group_statistics(const uint16_t* x, const ChannelsLastShape& shape, double eps, float* mean,
+                      float* rstd) {
+  const RowBlocks blocks(shape);
+  const int64_t groups = shape.groups, all_blocks = shape.batch * blocks.per_sample;
+  std::vector<double> block_means(all_blocks * groups), block_squares(all_blocks * groups);
+  for_each_row(all_blocks, 3 * shape.channels, [&](std::vector<float>& scratch, int64_t block) {
+    const int64_t sample = block / blocks.per_sample;
+    block_moments(x + (sample * shape.positions + blocks.first_row(block)) * shape.channels,
+                  blocks.count(shape, block), shape.channels, groups, scratch.data(),
+                  block_means.data() + block * groups, block_squares.data() + block * groups);
+  });
+  // Chan, Golub & LeVeque's merge: M2 = sum_b M2_b + sum_b n_b (mean_b - mean)^2.
+  const double per_group = static_cast<double>(shape.channels / groups);
+  const double total = static_cast<double>(shape.positions) * per_group;
+  for (int64_t sample = 0; sample < shape.batch; ++sample) {
+    const int64_t first = sample * blocks.per_sample;
+    for (int64_t g = 0; g < groups; ++g) {
+      double weighted = 0.0;
+      for (int64_t b = first; b < first + blocks.per_sample; ++b)
+        weighted +=
+            static_cast<double>(blocks.count(shape, b)) * per_group * block_means[b * groups + g];
+      const double group_mean = weighted / total;
+      double squares = 0.0;
+      for (int64_t b = first; b < first + blocks.per_sample; ++b) {
+        const double d = block_means[b * groups + g] - group_mean;
+        squares += block_squares[b * groups + g] +
+                   static_cast<double>(blocks.count(shape, b)) * per_group * d * d;
+      }
+      mean[sample * groups + g] = static_cast<float>(group_mean);
+      rstd[sample * groups + g] = static_cast<float>(1.0 / std::sqrt(squares / total + eps));
+    }
+  }
+}
+
+void normalize_silu(const uint16_t* x, const ChannelsLastShape& shape, const float* mean,
+                    const float* rstd, const float* gain, const float* offset, uint16_t* y) {
+  const RowBlocks blocks(shape);
+  const int64_t channels = shape.channels, per_group = channels / shape.groups;
+  for_each_row(shape.batch * blocks.per_sample, 2 * channels,
+               [&](std::vector<float>& scratch, int64_t block) {
+                 const int64_t sample = block / blocks.per_sample;
+                 float* centre = scratch.data();
+                 float* scale = centre + channels;
+                 for (int64_t c = 0; c < channels; ++c) {
+                   const int64_t g = sample * shape.groups + c / per_group;
+                   centre[c] = mean[g];
+                   scale[c] = rstd[g] * gain[sample * channels + c];
+                 }
+                 const int64_t at = (sample * shape.positions + blocks.first_row(block)) * channels;
+                 normalize_silu_rows(x + at, blocks.count(shape, block), channels, centre, scale,
+                                     offset + sample * channels, y + at);
+               });
+}
+
+}  // namespace guidiff::norm_kernels
