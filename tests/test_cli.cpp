@@ -897,6 +897,15 @@ TEST_F(GuidedDiffusionCliTest, UpsamplesBaseSamplesWithTheirLabels) {
   EXPECT_EQ(up.images.sizes(), (std::vector<int64_t>{3, 16, 16, 3}));
   EXPECT_TRUE(torch::equal(up.labels, torch::tensor({1, 4, 6}, torch::kLong)));
   EXPECT_TRUE(fs::exists(path("up.model_card.json")));
+  // Under --bf16 the upsampler runs channels-last from its first convolution on (its input, the
+  // noisy image beside the upsampled low-resolution one, is NCHW).
+  const CliResult bf16 =
+      run("upsample" + model + " --base-samples " + path("base.npz") +
+          " --timestep_respacing 2 --use_ddim False --bf16 --npz " + path("up16.npz"));
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  const auto up16 = read_sample_batch_npz(path("up16.npz"));
+  EXPECT_EQ(up16.images.sizes(), up.images.sizes());
+  EXPECT_TRUE(torch::equal(up16.labels, up.labels));
 
   expect_one_line_error("sample" + model + " --npz " + path("x.npz"), "use guidiff upsample");
   write_sample_batch_npz(path("big.npz"), torch::zeros({2, 16, 16, 3}, torch::kUInt8), torch::tensor({1, 2}, torch::kLong));
