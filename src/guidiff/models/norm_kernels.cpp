@@ -160,15 +160,21 @@ GUIDIFF_VECTOR_CLONES void normalize_silu_rows(const uint16_t* x, int64_t rows, 
   for (; at < values; at += kLanes) narrow(silu(normalise(at)), y + at);
 }
 
-// Each sample's positions in blocks of about kBlockValues values.
+// Each sample's positions in blocks of about kBlockValues values; blocks never span two samples.
 struct RowBlocks {
+  ChannelsLastShape shape;
   int64_t rows, per_sample;
   explicit RowBlocks(const ChannelsLastShape& shape)
-      : rows(std::max<int64_t>(1, std::min(shape.positions, kBlockValues / shape.channels))),
+      : shape(shape),
+        rows(std::max<int64_t>(1, std::min(shape.positions, kBlockValues / shape.channels))),
         per_sample((shape.positions + rows - 1) / rows) {}
+  int64_t all() const { return shape.batch * per_sample; }
+  int64_t sample(int64_t block) const { return block / per_sample; }
   int64_t first_row(int64_t block) const { return (block % per_sample) * rows; }
-  int64_t count(const ChannelsLastShape& shape, int64_t block) const {
-    return std::min(rows, shape.positions - first_row(block));
+  int64_t count(int64_t block) const { return std::min(rows, shape.positions - first_row(block)); }
+  // Where the block's values start in the [batch, positions, channels] array.
+  int64_t start(int64_t block) const {
+    return (sample(block) * shape.positions + first_row(block)) * shape.channels;
   }
 };
 
@@ -177,13 +183,12 @@ struct RowBlocks {
 void group_statistics(const uint16_t* x, const ChannelsLastShape& shape, double eps, float* mean,
                       float* rstd) {
   const RowBlocks blocks(shape);
-  const int64_t groups = shape.groups, all_blocks = shape.batch * blocks.per_sample;
-  std::vector<double> block_means(all_blocks * groups), block_squares(all_blocks * groups);
-  for_each_row(all_blocks, 3 * shape.channels, [&](std::vector<float>& scratch, int64_t block) {
-    const int64_t sample = block / blocks.per_sample;
-    block_moments(x + (sample * shape.positions + blocks.first_row(block)) * shape.channels,
-                  blocks.count(shape, block), shape.channels, groups, scratch.data(),
-                  block_means.data() + block * groups, block_squares.data() + block * groups);
+  const int64_t groups = shape.groups;
+  std::vector<double> block_means(blocks.all() * groups), block_squares(blocks.all() * groups);
+  for_each_row(blocks.all(), 3 * shape.channels, [&](std::vector<float>& scratch, int64_t block) {
+    block_moments(x + blocks.start(block), blocks.count(block), shape.channels, groups,
+                  scratch.data(), block_means.data() + block * groups,
+                  block_squares.data() + block * groups);
   });
   // Chan, Golub & LeVeque's merge: M2 = sum_b M2_b + sum_b n_b (mean_b - mean)^2.
   const double per_group = static_cast<double>(shape.channels / groups);
@@ -193,14 +198,13 @@ void group_statistics(const uint16_t* x, const ChannelsLastShape& shape, double 
     for (int64_t g = 0; g < groups; ++g) {
       double weighted = 0.0;
       for (int64_t b = first; b < first + blocks.per_sample; ++b)
-        weighted +=
-            static_cast<double>(blocks.count(shape, b)) * per_group * block_means[b * groups + g];
+        weighted += static_cast<double>(blocks.count(b)) * per_group * block_means[b * groups + g];
       const double group_mean = weighted / total;
       double squares = 0.0;
       for (int64_t b = first; b < first + blocks.per_sample; ++b) {
         const double d = block_means[b * groups + g] - group_mean;
         squares += block_squares[b * groups + g] +
-                   static_cast<double>(blocks.count(shape, b)) * per_group * d * d;
+                   static_cast<double>(blocks.count(b)) * per_group * d * d;
       }
       mean[sample * groups + g] = static_cast<float>(group_mean);
       rstd[sample * groups + g] = static_cast<float>(1.0 / std::sqrt(squares / total + eps));
@@ -212,20 +216,18 @@ void normalize_silu(const uint16_t* x, const ChannelsLastShape& shape, const flo
                     const float* rstd, const float* gain, const float* offset, uint16_t* y) {
   const RowBlocks blocks(shape);
   const int64_t channels = shape.channels, per_group = channels / shape.groups;
-  for_each_row(shape.batch * blocks.per_sample, 2 * channels,
-               [&](std::vector<float>& scratch, int64_t block) {
-                 const int64_t sample = block / blocks.per_sample;
-                 float* centre = scratch.data();
-                 float* scale = centre + channels;
-                 for (int64_t c = 0; c < channels; ++c) {
-                   const int64_t g = sample * shape.groups + c / per_group;
-                   centre[c] = mean[g];
-                   scale[c] = rstd[g] * gain[sample * channels + c];
-                 }
-                 const int64_t at = (sample * shape.positions + blocks.first_row(block)) * channels;
-                 normalize_silu_rows(x + at, blocks.count(shape, block), channels, centre, scale,
-                                     offset + sample * channels, y + at);
-               });
+  for_each_row(blocks.all(), 2 * channels, [&](std::vector<float>& scratch, int64_t block) {
+    const int64_t sample = blocks.sample(block);
+    float* centre = scratch.data();
+    float* scale = centre + channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t g = sample * shape.groups + c / per_group;
+      centre[c] = mean[g];
+      scale[c] = rstd[g] * gain[sample * channels + c];
+    }
+    normalize_silu_rows(x + blocks.start(block), blocks.count(block), channels, centre, scale,
+                        offset + sample * channels, y + blocks.start(block));
+  });
 }
 
 }  // namespace guidiff::norm_kernels
