@@ -17,6 +17,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -165,27 +166,37 @@ void BM_Attention(benchmark::State& state, bool blocked, bool backward) {
 // activations next to float32 norm weights). "separate" runs the operations one by one, as
 // guidiff did before stop 38; "one_pass" is Float32GroupNormImpl::forward_silu. For float32
 // forward_silu keeps the separate operations, so its two float32 rows time the same work: their
-// gap is the run's noise.
+// gap is the run's noise. "norm_silu_gradient" rows take the forward with gradients recorded and
+// the input's gradient, as the classifier's guidance gradient does (for channels-last bf16,
+// forward_silu's own backward since stop 40).
 void BM_NormSilu(benchmark::State& state, bool one_pass, torch::Dtype dtype,
-                 torch::MemoryFormat format) {
-  c10::InferenceMode inference;
+                 torch::MemoryFormat format, bool gradient) {
+  std::optional<c10::InferenceMode> inference;
+  if (!gradient) inference.emplace();
   const int64_t batch = state.range(0), channels = state.range(1), size = state.range(2);
   auto norm = guidiff::make_group_norm(32, channels);
-  const auto x = (torch::randn({batch, channels, size, size}) * 2 + 1).to(dtype).contiguous(format);
+  const auto x = (torch::randn({batch, channels, size, size}) * 2 + 1)
+                     .to(dtype)
+                     .contiguous(format)
+                     .requires_grad_(gradient);
   const auto scale = torch::randn({batch, channels, 1, 1}).to(dtype),
              shift = torch::randn({batch, channels, 1, 1}).to(dtype);
+  const auto output_gradient = torch::randn(x.sizes()).to(dtype).contiguous(format);
   const auto work = [&] {
-    if (one_pass) {
-      benchmark::DoNotOptimize(norm->forward_silu(x, scale, shift));
+    const auto out = one_pass ? norm->forward_silu(x, scale, shift)
+                              : torch::silu(norm(x) * (1 + scale) + shift);
+    if (gradient) {
+      benchmark::DoNotOptimize(torch::autograd::grad({out}, {x}, {output_gradient}));
     } else {
-      benchmark::DoNotOptimize(torch::silu(norm(x) * (1 + scale) + shift));
+      benchmark::DoNotOptimize(out);
     }
   };
   work();
   time_loop(state, 0, 0, work);
-  state.counters["GB/s in+out"] =
-      benchmark::Counter(static_cast<double>(2 * x.numel() * x.element_size()) * 1e-9,
-                         benchmark::Counter::kIsIterationInvariantRate);
+  // The gradient reads x and its gradient and writes the input's gradient too.
+  state.counters["GB/s in+out"] = benchmark::Counter(
+      static_cast<double>((gradient ? 5 : 2) * x.numel() * x.element_size()) * 1e-9,
+      benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---- the default UNet --------------------------------------------------------------------
@@ -338,7 +349,7 @@ void register_benchmarks() {
             benchmark::RegisterBenchmark(
                 (std::string("norm_silu/") + (one_pass ? "one_pass/" : "separate/") + name + layout)
                     .c_str(),
-                BM_NormSilu, one_pass, dtype, format)
+                BM_NormSilu, one_pass, dtype, format, /*gradient=*/false)
                 ->ArgNames({"batch", "channels", "size"});
         for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{{1, 256, 256},
                                                                                    {1, 512, 256},
@@ -354,6 +365,22 @@ void register_benchmarks() {
         configure(b);
       }
     }
+  }
+  // The classifier's guidance gradient under --bf16 (the 64x64 classifier's activations at
+  // batch 4, and the 256x256 one's at batch 1).
+  for (const bool one_pass : {false, true}) {
+    auto* b = benchmark::RegisterBenchmark(
+                  (std::string("norm_silu_gradient/") + (one_pass ? "one_pass" : "separate") +
+                   "/bf16/channels_last")
+                      .c_str(),
+                  BM_NormSilu, one_pass, torch::kBFloat16, torch::MemoryFormat::ChannelsLast,
+                  /*gradient=*/true)
+                  ->ArgNames({"batch", "channels", "size"});
+    for (const std::vector<int64_t>& layer : std::vector<std::vector<int64_t>>{
+             {4, 128, 64}, {4, 256, 32}, {4, 512, 8}, {1, 256, 128}, {1, 512, 64}}) {
+      b->Args(layer);
+    }
+    configure(b);
   }
   for (const bool backward : {false, true}) {
     for (const bool blocked : {false, true}) {

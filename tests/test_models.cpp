@@ -345,6 +345,94 @@ TEST(Blocks, NormSiluOfOneSampleDoesNotDependOnTheBatch) {
   }
 }
 
+// The channels-last bf16 form with gradients recorded (the classifier's guidance gradient under
+// --bf16) is its own autograd node, whose backward is norm_kernels::normalize_silu_backward.
+// Against float64 autograd of the same formula from the same bf16 inputs and output gradient:
+// the input's gradient and those that reach the norm's weight and bias and the scale and shift.
+TEST(Blocks, ChannelsLastNormSiluGradientsAreTheFloat64Gradients) {
+  torch::manual_seed(8);
+  auto norm = make_group_norm(32, 64);
+  randomize(*norm, 1.0);
+  const auto bf16 = [](const torch::Tensor& t) {
+    return t.to(torch::kBFloat16).requires_grad_(true);
+  };
+  // 7680 positions of 64 channels per sample: blocks of 2048 rows, the last one shorter.
+  const auto x = bf16((torch::randn({3, 64, 96, 80}) * 3.0 + 1.0)
+                          .contiguous(torch::MemoryFormat::ChannelsLast));
+  const auto scale = bf16(torch::randn({3, 64, 1, 1}) * 0.5), shift = bf16(torch::randn({3, 64, 1, 1}));
+  // The output's gradient in bf16 values, so that both sides are given the same one.
+  const auto dy = torch::randn(x.sizes()).to(torch::kBFloat16).to(torch::kFloat64);
+  const auto out = norm->forward_silu(x, scale, shift);
+  ASSERT_TRUE(out.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  (out.to(torch::kFloat64) * dy).sum().backward();
+
+  // float64: a = gain * normalised + offset, y = silu(a), keeping a's and normalised's values.
+  const auto wide = [](const torch::Tensor& t) {
+    return t.detach().to(torch::kFloat64).requires_grad_(true);
+  };
+  const auto x64 = wide(x), w64 = wide(norm->weight), b64 = wide(norm->bias), s64 = wide(scale),
+             t64 = wide(shift);
+  const auto normalised = torch::group_norm(x64, 32, {}, {}, norm->options.eps());
+  const auto factor = 1 + s64;
+  const auto gain = w64.view({1, -1, 1, 1}) * factor;
+  auto a = gain * normalised + b64.view({1, -1, 1, 1}) * factor + t64;
+  a.retain_grad();
+  (torch::silu(a) * dy).sum().backward();
+  const auto da = a.grad().detach(), xhat = normalised.detach(), g = da * gain.detach();
+
+  // dx = rstd (g - mean(g) - xhat mean(g xhat)) over each group: float32 arithmetic on those
+  // terms (and on float32 statistics) errs by about 1e-6 of their sizes, bounded by 1e-5; then
+  // one rounding to bf16, 2^-8 of the value.
+  const auto grouped = [](const torch::Tensor& t) { return t.contiguous().view({3, 32, -1}); };
+  const auto rstd = grouped(x64.detach()).var(-1, false, true).add(norm->options.eps()).rsqrt();
+  const auto dx_terms =
+      (rstd * (grouped(g).abs() + grouped(g).mean(-1, true).abs() +
+               grouped(xhat).abs() * (grouped(g) * grouped(xhat)).mean(-1, true).abs()))
+          .view(x.sizes());
+  const auto dx_error = (x.grad().to(torch::kFloat64) - x64.grad()).abs();
+  EXPECT_TRUE((dx_error <= x64.grad().abs() * std::ldexp(1.0, -8) + 1e-5 * dx_terms).all().item<bool>())
+      << "worst excess " << (dx_error - x64.grad().abs() * std::ldexp(1.0, -8) - 1e-5 * dx_terms).max().item<double>();
+  // The others are sums over the positions (and for the weight and bias, the samples) of
+  // float32 terms: within 1e-4 of the sum of the terms' sizes (float32 partial sums of 32 rows,
+  // then of the block's partials, then float64); the scale's and shift's are then rounded to
+  // bf16, as those are.
+  const auto sum_over = [](const torch::Tensor& t, std::vector<int64_t> dims) {
+    return t.abs().sum(dims, true);
+  };
+  const auto expect_near = [](const torch::Tensor& got, const torch::Tensor& exact,
+                              const torch::Tensor& term_sizes, double rounding, const char* name) {
+    const auto error = (got.to(torch::kFloat64) - exact).abs();
+    const auto bound = exact.abs() * rounding + 1e-4 * term_sizes.view(exact.sizes());
+    EXPECT_TRUE((error <= bound).all().item<bool>())
+        << name << ": worst excess " << (error - bound).max().item<double>();
+  };
+  expect_near(norm->weight.grad(), w64.grad(), sum_over(da * xhat * factor.detach(), {0, 2, 3}), 0.0,
+              "weight");
+  expect_near(norm->bias.grad(), b64.grad(), sum_over(da * factor.detach(), {0, 2, 3}), 0.0, "bias");
+  expect_near(scale.grad(), s64.grad(),
+              sum_over(da * (w64.detach().view({1, -1, 1, 1}) * xhat + b64.detach().view({1, -1, 1, 1})), {2, 3}),
+              std::ldexp(1.0, -8), "scale");
+  expect_near(shift.grad(), t64.grad(), sum_over(da, {2, 3}), std::ldexp(1.0, -8), "shift");
+
+  // The separate operations round after each of them and in their GroupNorm backward: their
+  // input gradient errs more.
+  const auto x_nchw = x.detach().contiguous().requires_grad_(true);
+  (torch::silu(norm(x_nchw) * (1 + scale) + shift).to(torch::kFloat64) * dy).sum().backward();
+  const double kernel_error = dx_error.mean().item<double>();
+  const double separate_error = (x_nchw.grad().to(torch::kFloat64) - x64.grad()).abs().mean().item<double>();
+  EXPECT_LT(kernel_error, 0.8 * separate_error) << kernel_error << " against " << separate_error;
+
+
+  // A sample's input gradient does not depend on the batch.
+  const auto alone = x.detach().narrow(0, 1, 1).clone(torch::MemoryFormat::ChannelsLast).requires_grad_(true);
+  (norm->forward_silu(alone, scale.detach().narrow(0, 1, 1), shift.detach().narrow(0, 1, 1))
+       .to(torch::kFloat64) *
+   dy.narrow(0, 1, 1))
+      .sum()
+      .backward();
+  EXPECT_TRUE(torch::equal(alone.grad(), x.grad().narrow(0, 1, 1)));
+}
+
 TEST(Blocks, NormSiluKeepsTheSeparateOperationsForFloat32AndGradients) {
   torch::manual_seed(7);
   auto norm = make_group_norm(4, 8);
@@ -357,8 +445,8 @@ TEST(Blocks, NormSiluKeepsTheSeparateOperationsForFloat32AndGradients) {
                              torch::silu(norm(x) * (1 + scale) + shift)));
     EXPECT_TRUE(torch::equal(norm->forward_silu(x), torch::silu(norm(x))));
   }
-  // bf16 with gradients recorded (the classifier's guidance gradient, training): the separate
-  // operations, so that gradients reach the input and the norm's weights.
+  // NCHW bf16 with gradients recorded (training under autocast): the separate operations, so
+  // that gradients reach the input and the norm's weights.
   const auto x_bf16 = x.to(torch::kBFloat16).requires_grad_(true);
   const auto out =
       norm->forward_silu(x_bf16, scale.to(torch::kBFloat16), shift.to(torch::kBFloat16));

@@ -35,16 +35,6 @@ torch::Tensor block_scores(const torch::Tensor& scaled_queries, const torch::Ten
   return torch::mm(scaled_queries.t(), scaled_keys);
 }
 
-// sum += a b over query blocks, in the sum's type (softmax_type). For 16-bit operands the
-// product is taken in float32 too, so that no block's share is rounded to 16 bits before it is
-// added: the one-piece form rounds the whole sum once, and a share rounded per block errs by
-// its own size, which cancellation between blocks can make larger than the sum's. (At the
-// test's 24 blocks a bf16 product per block measured no worse; these are 2 of the backward's 5
-// products, small beside the convolutions.)
-void accumulate_product(torch::Tensor& sum, const torch::Tensor& a, const torch::Tensor& b) {
-  sum.addmm_(a.to(sum.scalar_type()), b.to(sum.scalar_type()));
-}
-
 // The type attention's products compute in: CPU autocast's lower type where it is on and would
 // lower these operands (floating, not float64), else the inputs' own type; nullopt for inputs
 // of different types outside autocast (the one-piece form reports them).
@@ -60,13 +50,11 @@ c10::optional<c10::ScalarType> products_type(const torch::Tensor& q, const torch
   return c10::nullopt;
 }
 
-// Calls body(head, first, count) for every block of `rows` queries (first to first + count) of
-// every head.
+// Calls body(first, count) for every block of `rows` of a head's `length` queries (first to
+// first + count).
 template <typename Body>
-void for_each_block(int64_t heads, int64_t length, int64_t rows, const Body& body) {
-  for (int64_t head = 0; head < heads; ++head)
-    for (int64_t first = 0; first < length; first += rows)
-      body(head, first, std::min(rows, length - first));
+void for_each_block(int64_t length, int64_t rows, const Body& body) {
+  for (int64_t first = 0; first < length; first += rows) body(first, std::min(rows, length - first));
 }
 
 torch::Tensor blocked_forward(const torch::Tensor& scaled_q, const torch::Tensor& scaled_k,
@@ -75,29 +63,30 @@ torch::Tensor blocked_forward(const torch::Tensor& scaled_q, const torch::Tensor
   const auto q_heads = scaled_q.unbind(), k_heads = scaled_k.unbind(), v_heads = v.unbind();
   torch::Tensor output;  // typed by the first block: autocast may have lowered the products
   std::vector<torch::Tensor> output_heads;
-  for_each_block(
-      scaled_q.size(0), scaled_q.size(2), rows, [&](int64_t head, int64_t first, int64_t count) {
-        const auto p =
-            probabilities(block_scores(q_heads[head].narrow(1, first, count), k_heads[head]));
-        const auto block = torch::mm(v_heads[head], p.t());  // [c_v, count]
-        if (!output.defined()) {
-          output =
-              torch::empty({scaled_q.size(0), block.size(0), scaled_q.size(2)}, block.options());
-          output_heads = output.unbind();
-        }
-        output_heads[head].narrow(1, first, count).copy_(block);
-      });
+  for (int64_t head = 0; head < scaled_q.size(0); ++head) {
+    for_each_block(scaled_q.size(2), rows, [&](int64_t first, int64_t count) {
+      const auto p = probabilities(block_scores(q_heads[head].narrow(1, first, count), k_heads[head]));
+      const auto block = torch::mm(v_heads[head], p.t());  // [c_v, count]
+      if (!output.defined()) {
+        output = torch::empty({scaled_q.size(0), block.size(0), scaled_q.size(2)}, block.options());
+        output_heads = output.unbind();
+      }
+      output_heads[head].narrow(1, first, count).copy_(block);
+    });
+  }
   return output;
 }
 
 // The recorded form: the forward keeps q, k and v, not the probabilities; the backward
 // recomputes each block's probabilities and takes its gradients while they are in the cache.
 // For p = softmax(w), w = q_b^T k, out_b = v p^T and the output gradient g_b [c_v, n]:
-//   dv += g_b p,  dp = g_b^T v,  dw = p (.) (dp - rowsum(dp (.) p)),  dq_b = k dw^T,
-//   dk += q_b dw.
-// 16-bit inputs (bf16 sampling's classifier gradient) take the products in their own type and
-// the softmax's gradient dw in float32, as the one-piece form's recorded casts around the
-// softmax do; dk and dv are summed over the blocks in float32.
+//   dp = g_b^T v,  dw = p (.) (dp - rowsum(dp (.) p)),  dq_b = k dw^T,
+// and over all of a head's blocks at once, dv = g P and dk = q dW, from the blocks' p and dw
+// kept in the inputs' type (P and dW [T, S], one head's at a time): each is one product over
+// all the queries, rounded once as the one-piece form's is, where sums over blocks would round
+// (or, kept in float32, widen and multiply in float32) every block's share. 16-bit inputs (bf16
+// sampling's classifier gradient) take the products in their own type and the softmax's
+// gradient dw in float32, as the one-piece form's recorded casts around the softmax do.
 class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context,
@@ -111,32 +100,35 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
                                                  torch::autograd::variable_list gradients) {
     const auto saved = context->get_saved_variables();  // scaled q, scaled k, v
-    const auto type = saved[0].scalar_type(), wide = softmax_type(type);
+    const auto type = saved[0].scalar_type();
     // The gradient is taken outside the forward's autocast scope; bf16 products run under it
     // again, so that they keep float32 accumulation on CPUs whose libtorch kernels lack it
     // (core/bf16_kernels.hpp), as the forward's did.
     const AutocastScope autocast(type == torch::kBFloat16, torch::kCPU);
     const auto q_heads = saved[0].unbind(), k_heads = saved[1].unbind(),
                v_heads = saved[2].unbind(), g_heads = gradients[0].to(type).unbind();
-    auto q_gradient = torch::empty_like(saved[0]);
-    auto k_gradient = torch::zeros_like(saved[1], saved[1].options().dtype(wide));
-    auto v_gradient = torch::zeros_like(saved[2], saved[2].options().dtype(wide));
+    auto q_gradient = torch::empty_like(saved[0]), k_gradient = torch::empty_like(saved[1]),
+         v_gradient = torch::empty_like(saved[2]);
     auto dq_heads = q_gradient.unbind(), dk_heads = k_gradient.unbind(),
          dv_heads = v_gradient.unbind();
-    for_each_block(saved[0].size(0), saved[0].size(2), context->saved_data["rows"].toInt(),
-                   [&](int64_t head, int64_t first, int64_t count) {
-                     const auto queries = q_heads[head].narrow(1, first, count);  // [c, n]
-                     const auto p_wide = wide_probabilities(block_scores(queries, k_heads[head]));
-                     const auto p = p_wide.to(type);                        // [n, S]
-                     const auto g = g_heads[head].narrow(1, first, count);  // [c_v, n]
-                     accumulate_product(dv_heads[head], g, p);
-                     auto score_gradient = torch::mm(g.t(), v_heads[head]).to(wide);  // dp, then dw
-                     score_gradient.sub_((score_gradient * p_wide).sum(1, true)).mul_(p_wide);
-                     const auto dw = score_gradient.to(type);
-                     dq_heads[head].narrow(1, first, count).copy_(torch::mm(k_heads[head], dw.t()));
-                     accumulate_product(dk_heads[head], queries, dw);
-                   });
-    return {q_gradient, k_gradient.to(type), v_gradient.to(type), torch::Tensor()};
+    const int64_t length = saved[0].size(2), keys = saved[1].size(2);
+    const auto all_probabilities = torch::empty({length, keys}, saved[0].options());
+    const auto all_score_gradients = torch::empty({length, keys}, saved[0].options());
+    for (int64_t head = 0; head < saved[0].size(0); ++head) {
+      for_each_block(length, context->saved_data["rows"].toInt(), [&](int64_t first, int64_t count) {
+        const auto queries = q_heads[head].narrow(1, first, count);  // [c, n]
+        const auto p_wide = wide_probabilities(block_scores(queries, k_heads[head]));
+        all_probabilities.narrow(0, first, count).copy_(p_wide);
+        const auto g = g_heads[head].narrow(1, first, count);  // [c_v, n]
+        auto score_gradient = torch::mm(g.t(), v_heads[head]).to(p_wide.scalar_type());  // dp, then dw
+        score_gradient.sub_((score_gradient * p_wide).sum(1, true)).mul_(p_wide);
+        const auto dw = all_score_gradients.narrow(0, first, count).copy_(score_gradient);
+        dq_heads[head].narrow(1, first, count).copy_(torch::mm(k_heads[head], dw.t()));
+      });
+      dv_heads[head].copy_(torch::mm(g_heads[head], all_probabilities));
+      dk_heads[head].copy_(torch::mm(q_heads[head], all_score_gradients));
+    }
+    return {q_gradient, k_gradient, v_gradient, torch::Tensor()};
   }
 };
 

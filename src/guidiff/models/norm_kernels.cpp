@@ -76,12 +76,22 @@ __attribute__((always_inline)) inline Lanes exp_in_range(const Lanes& x) {
 // silu(v) = v / (1 + e^-v) (Elfwing et al. 2018). e^-v is taken at -v clamped to [-87, 88]:
 // beyond, v / (1 + e^-v) is v itself or below 1e-36 in size, as it is at the clamp. A NaN v is
 // replaced by 0 inside the exponential, and v's NaN carries to the result.
-__attribute__((always_inline)) inline Lanes silu(const Lanes& v) {
+__attribute__((always_inline)) inline Lanes exp_negated(const Lanes& v) {
   Lanes z = -v;
   z = select(z < -87.0f, Lanes{} - 87.0f, z);
   z = select(z > 88.0f, Lanes{} + 88.0f, z);
   z = select(z == z, z, Lanes{});
-  return v / (1.0f + exp_in_range(z));
+  return exp_in_range(z);
+}
+__attribute__((always_inline)) inline Lanes silu(const Lanes& v) {
+  return v / (1.0f + exp_negated(v));
+}
+
+// silu'(v) = s (1 + v (1 - s)) with s = 1 / (1 + e^-v), the logistic function; e^-v clamped as
+// in silu (beyond the clamp the slope is 1, or below 1e-35 in size).
+__attribute__((always_inline)) inline Lanes silu_slope(const Lanes& v) {
+  const Lanes s = 1.0f / (1.0f + exp_negated(v));
+  return s * (1.0f + v * (1.0f - s));
 }
 
 // sums[c] = the sum over the rows of x[row][c], or with kCentred of (x[row][c] - centre[c])^2,
@@ -160,6 +170,79 @@ GUIDIFF_VECTOR_CLONES void normalize_silu_rows(const uint16_t* x, int64_t rows, 
   for (; at < values; at += kLanes) narrow(silu(normalise(at)), y + at);
 }
 
+// Per channel of one sample, for the backward passes: the group's mean and rstd, rstd * gain
+// (the forward's scale), and offset.
+struct ChannelTerms {
+  const float *centre, *inverse, *scale, *offset;
+};
+
+// At x[at], channel c: the pre-activation's gradient da = dy * silu'(a) and xhat. a is taken as
+// normalize_silu_rows takes it.
+__attribute__((always_inline)) inline Lanes activation_gradient(const uint16_t* x,
+                                                                const uint16_t* dy, int64_t at,
+                                                                int64_t c, const ChannelTerms& t,
+                                                                Lanes& xhat) {
+  const Lanes centred = widen(x + at) - load(t.centre + c);
+  xhat = centred * load(t.inverse + c);
+  return widen(dy + at) * silu_slope(centred * load(t.scale + c) + load(t.offset + c));
+}
+
+// One block of rows: the column sums of da (into offset_sums) and of da * xhat (gain_sums), in
+// float32 over partials of kPartialRows rows and then over the block. Four vectors of channels
+// at a time, as in normalize_silu_rows. scratch holds 2 * channels floats.
+GUIDIFF_VECTOR_CLONES void backward_block_sums(const uint16_t* x, const uint16_t* dy, int64_t rows,
+                                               int64_t channels, const ChannelTerms& terms,
+                                               float* scratch, float* offset_sums,
+                                               float* gain_sums) {
+  float* partial_offset = scratch;
+  float* partial_gain = scratch + channels;
+  std::fill(offset_sums, offset_sums + channels, 0.0f);
+  std::fill(gain_sums, gain_sums + channels, 0.0f);
+  const auto accumulate = [&](int64_t row, int64_t c) __attribute__((always_inline)) {
+    Lanes xhat;
+    const Lanes da = activation_gradient(x, dy, row * channels + c, c, terms, xhat);
+    store(partial_offset + c, load(partial_offset + c) + da);
+    store(partial_gain + c, load(partial_gain + c) + da * xhat);
+  };
+  for (int64_t first = 0; first < rows; first += kPartialRows) {
+    const int64_t last = std::min(rows, first + kPartialRows);
+    std::fill(partial_offset, partial_offset + 2 * channels, 0.0f);
+    for (int64_t row = first; row < last; ++row) {
+      int64_t c = 0;
+      for (; c + 4 * kLanes <= channels; c += 4 * kLanes)
+        for (int k = 0; k < 4; ++k) accumulate(row, c + k * kLanes);
+      for (; c < channels; c += kLanes) accumulate(row, c);
+    }
+    for (int64_t c = 0; c < channels; c += kLanes) {
+      store(offset_sums + c, load(offset_sums + c) + load(partial_offset + c));
+      store(gain_sums + c, load(gain_sums + c) + load(partial_gain + c));
+    }
+  }
+}
+
+// One block of rows: dx = da * scale - (shift + xhat * slope) rounded to bf16, with scale =
+// rstd * gain, shift = rstd * mean_group(g) and slope = rstd * mean_group(g xhat) per channel.
+GUIDIFF_VECTOR_CLONES void backward_block_input(const uint16_t* x, const uint16_t* dy,
+                                                int64_t rows, int64_t channels,
+                                                const ChannelTerms& terms, const float* shift,
+                                                const float* slope, uint16_t* dx) {
+  constexpr int kTogether = 4;
+  const int64_t values = rows * channels;
+  const auto gradient = [&](int64_t at) __attribute__((always_inline)) {
+    const int64_t c = at % channels;
+    Lanes xhat;
+    const Lanes da = activation_gradient(x, dy, at, c, terms, xhat);
+    return da * load(terms.scale + c) - (load(shift + c) + xhat * load(slope + c));
+  };
+  int64_t at = 0;
+  for (; at + kTogether * kLanes <= values; at += kTogether * kLanes) {
+    Lanes v[kTogether];
+    for (int k = 0; k < kTogether; ++k) v[k] = gradient(at + k * kLanes);
+    for (int k = 0; k < kTogether; ++k) narrow(v[k], dx + at + k * kLanes);
+  }
+  for (; at < values; at += kLanes) narrow(gradient(at), dx + at);
+}
+
 // Each sample's positions in blocks of about kBlockValues values; blocks never span two samples.
 struct RowBlocks {
   ChannelsLastShape shape;
@@ -227,6 +310,76 @@ void normalize_silu(const uint16_t* x, const ChannelsLastShape& shape, const flo
     }
     normalize_silu_rows(x + blocks.start(block), blocks.count(block), channels, centre, scale,
                         offset + sample * channels, y + blocks.start(block));
+  });
+}
+
+void normalize_silu_backward(const uint16_t* x, const uint16_t* dy, const ChannelsLastShape& shape,
+                             const float* mean, const float* rstd, const float* gain,
+                             const float* offset, uint16_t* dx, float* gain_gradient,
+                             float* offset_gradient) {
+  const RowBlocks blocks(shape);
+  const int64_t channels = shape.channels, groups = shape.groups, per_group = channels / groups;
+  // Per sample and channel: the group's mean, rstd, rstd * gain and the offset (the last two
+  // as normalize_silu forms them).
+  std::vector<float> centre(shape.batch * channels), inverse(centre.size()), scale(centre.size());
+  for (int64_t sample = 0; sample < shape.batch; ++sample)
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t i = sample * channels + c, g = sample * groups + c / per_group;
+      centre[i] = mean[g];
+      inverse[i] = rstd[g];
+      scale[i] = rstd[g] * gain[i];
+    }
+  const auto terms = [&](int64_t sample) {
+    const int64_t first = sample * channels;
+    return ChannelTerms{centre.data() + first, inverse.data() + first, scale.data() + first,
+                        offset + first};
+  };
+  // Pass 1: each block's column sums, then each sample's in float64, block after block.
+  std::vector<float> block_sums(blocks.all() * 2 * channels);
+  for_each_row(blocks.all(), 2 * channels, [&](std::vector<float>& scratch, int64_t block) {
+    float* sums = block_sums.data() + block * 2 * channels;
+    backward_block_sums(x + blocks.start(block), dy + blocks.start(block), blocks.count(block),
+                        channels, terms(blocks.sample(block)), scratch.data(), sums,
+                        sums + channels);
+  });
+  // Each sample's sums in float64, block after block: the gradients of offset and gain.
+  std::vector<double> offset_sums(centre.size()), gain_sums(centre.size());
+  for (int64_t block = 0; block < blocks.all(); ++block) {
+    const float* sums = block_sums.data() + block * 2 * channels;
+    const int64_t first = blocks.sample(block) * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      offset_sums[first + c] += sums[c];
+      gain_sums[first + c] += sums[channels + c];
+    }
+  }
+  for (size_t i = 0; i < centre.size(); ++i) {
+    offset_gradient[i] = static_cast<float>(offset_sums[i]);
+    gain_gradient[i] = static_cast<float>(gain_sums[i]);
+  }
+  // The group means of g = da * gain and of g * xhat, times rstd, per sample and channel.
+  std::vector<float> shift(centre.size()), slope(centre.size());
+  const double count = static_cast<double>(shape.positions * per_group);
+  for (int64_t sample = 0; sample < shape.batch; ++sample) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t first = sample * channels + g * per_group;
+      double g_sum = 0.0, g_xhat_sum = 0.0;
+      for (int64_t i = first; i < first + per_group; ++i) {
+        g_sum += static_cast<double>(gain[i]) * offset_sums[i];
+        g_xhat_sum += static_cast<double>(gain[i]) * gain_sums[i];
+      }
+      const double r = rstd[sample * groups + g];
+      std::fill(shift.begin() + first, shift.begin() + first + per_group,
+                static_cast<float>(r * g_sum / count));
+      std::fill(slope.begin() + first, slope.begin() + first + per_group,
+                static_cast<float>(r * g_xhat_sum / count));
+    }
+  }
+  // Pass 2: dx.
+  for_each_row(blocks.all(), 0, [&](std::vector<float>&, int64_t block) {
+    const int64_t sample = blocks.sample(block);
+    backward_block_input(x + blocks.start(block), dy + blocks.start(block), blocks.count(block),
+                         channels, terms(sample), shift.data() + sample * channels,
+                         slope.data() + sample * channels, dx + blocks.start(block));
   });
 }
 

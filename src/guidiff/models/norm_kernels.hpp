@@ -31,4 +31,18 @@ void group_statistics(const uint16_t* x, const ChannelsLastShape& shape, double 
 void normalize_silu(const uint16_t* x, const ChannelsLastShape& shape, const float* mean,
                     const float* rstd, const float* gain, const float* offset, uint16_t* y);
 
+// The gradients of normalize_silu's y (with group_statistics' mean and rstd) given y's
+// gradient dy (bf16): dx rounded to bf16, and gain_gradient and offset_gradient
+// ([batch * channels], float32; the gradients of each sample's gain and offset). With
+// a = xhat * gain + offset, xhat = (x - mean) * rstd and da = dy * silu'(a):
+//   d offset = sum da,  d gain = sum da xhat  (over the sample's positions),
+//   dx = rstd (g - mean_group(g) - xhat mean_group(g xhat)),  g = da * gain,
+// the input gradient through the group's mean and variance (Wu & He 2018, Eq. 1, with the
+// biased variance and eps inside the root). The sums are float32 over blocks of rows, merged in
+// float64 in a fixed order: the result does not depend on the thread count or the batch.
+void normalize_silu_backward(const uint16_t* x, const uint16_t* dy, const ChannelsLastShape& shape,
+                             const float* mean, const float* rstd, const float* gain,
+                             const float* offset, uint16_t* dx, float* gain_gradient,
+                             float* offset_gradient);
+
 }  // namespace guidiff::norm_kernels

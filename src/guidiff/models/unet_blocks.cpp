@@ -82,25 +82,70 @@ torch::Tensor norm_silu_channels_first(const torch::Tensor& input, const torch::
 
 // The same for a channels-last bf16 [N, C, H, W] input on the CPU (the layout of bf16 sampling:
 // store_lowered_weights_in_bf16), by the kernels of norm_kernels.hpp; the result is
-// channels-last too.
-torch::Tensor norm_silu_channels_last(const torch::Tensor& x, const torch::Tensor& gain,
-                                      const torch::Tensor& offset, int64_t groups, double eps) {
-  const norm_kernels::ChannelsLastShape shape{x.size(0), x.size(2) * x.size(3), x.size(1), groups};
-  const auto statistics =
-      torch::empty({2, shape.batch * groups}, x.options().dtype(torch::kFloat32));
+// channels-last too. Recorded, it is its own autograd node (the classifier's guidance gradient
+// under --bf16): its backward is norm_kernels::normalize_silu_backward, where libtorch's
+// operations would record a float32 copy, the norm, the scale, the shift and the SiLU, and
+// GroupNorm's backward would copy channels-last tensors to NCHW. (Its backward is not itself
+// recorded: no second derivatives.)
+class ChannelsLastNormSilu : public torch::autograd::Function<ChannelsLastNormSilu> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& x,
+                               const torch::Tensor& gain, const torch::Tensor& offset,
+                               int64_t groups, double eps) {
+    const auto shape = shape_of(x, groups);
+    // Row 0 the means, row 1 the rstds.
+    const auto statistics =
+        torch::empty({2, shape.batch * groups}, x.options().dtype(torch::kFloat32));
+    float* mean = statistics.data_ptr<float>();
+    norm_kernels::group_statistics(bits(x), shape, eps, mean, mean + shape.batch * groups);
+    auto out = channels_last_like(x);
+    norm_kernels::normalize_silu(bits(x), shape, mean, mean + shape.batch * groups,
+                                 gain.data_ptr<float>(), offset.data_ptr<float>(), bits(out));
+    if (context) {
+      context->save_for_backward({x, gain, offset, statistics});
+      context->saved_data["groups"] = groups;
+    }
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
+                                                 torch::autograd::variable_list gradients) {
+    const auto saved = context->get_saved_variables();  // x, gain, offset, statistics
+    const auto& x = saved[0];
+    const auto shape = shape_of(x, context->saved_data["groups"].toInt());
+    const auto dy = as_channels_last(gradients[0].to(torch::kBFloat16));
+    auto dx = channels_last_like(x);
+    auto gain_gradient = torch::empty_like(saved[1]), offset_gradient = torch::empty_like(saved[2]);
+    const float* mean = saved[3].data_ptr<float>();
+    norm_kernels::normalize_silu_backward(
+        bits(x), bits(dy), shape, mean, mean + shape.batch * shape.groups,
+        saved[1].data_ptr<float>(), saved[2].data_ptr<float>(), bits(dx),
+        gain_gradient.data_ptr<float>(), offset_gradient.data_ptr<float>());
+    return {dx, gain_gradient, offset_gradient, torch::Tensor(), torch::Tensor()};
+  }
+
+ private:
+  static norm_kernels::ChannelsLastShape shape_of(const torch::Tensor& x, int64_t groups) {
+    return {x.size(0), x.size(2) * x.size(3), x.size(1), groups};
+  }
+  template <typename Bits>
+  static Bits* raw(const torch::Tensor& t) {
+    return reinterpret_cast<Bits*>(t.data_ptr<at::BFloat16>());
+  }
+  static const uint16_t* bits(const torch::Tensor& t) { return raw<const uint16_t>(t); }
+  static uint16_t* bits(torch::Tensor& t) { return raw<uint16_t>(t); }
   // Channels-last with the strides libtorch itself gives that layout (empty_like would copy
   // x's, whose first stride may be anything at a batch of one: see AttentionBlock).
-  auto out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::ChannelsLast));
-  const auto gains = gain.contiguous(), offsets = offset.contiguous();
-  const auto* bits = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  float* mean = statistics.data_ptr<float>();
-  float* rstd = mean + shape.batch * groups;
-  norm_kernels::group_statistics(bits, shape, eps, mean, rstd);
-  norm_kernels::normalize_silu(bits, shape, mean, rstd, gains.data_ptr<float>(),
-                               offsets.data_ptr<float>(),
-                               reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()));
-  return out;
-}
+  static torch::Tensor channels_last_like(const torch::Tensor& x) {
+    return torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::ChannelsLast));
+  }
+  // The kernels read [N, H, W, C] in order: an incoming gradient in another layout is copied.
+  static torch::Tensor as_channels_last(const torch::Tensor& t) {
+    return t.is_contiguous(torch::MemoryFormat::ChannelsLast)
+               ? t
+               : t.contiguous(torch::MemoryFormat::ChannelsLast);
+  }
+};
 
 }  // namespace
 
@@ -119,12 +164,16 @@ torch::Tensor Float32GroupNormImpl::forward_silu(const torch::Tensor& input,
   // float32 keeps libtorch's GroupNorm: a trial of this form in float32 ran 0.72-1.08x as fast
   // (docs/performance.md), while for bf16 it replaces casts and libtorch's slow bf16 SiLU.
   // A wrong channel count takes the separate operations, whose GroupNorm names it.
-  const bool one_pass = input.dim() >= 2 && input.is_floating_point() && input.element_size() < 4 &&
-                        input.size(1) == options.num_channels() && per_sample_channel(scale) &&
-                        per_sample_channel(shift) &&
-                        // the separate operations record gradients, the one-pass form does not
-                        !torch::autograd::compute_requires_grad(input, weight, bias, scale, shift);
-  if (!one_pass) {
+  const bool fits = input.dim() >= 2 && input.is_floating_point() && input.element_size() < 4 &&
+                    input.size(1) == options.num_channels() && per_sample_channel(scale) &&
+                    per_sample_channel(shift);
+  const bool channels_last = fits && input.dim() == 4 &&
+                             input.scalar_type() == torch::kBFloat16 && input.device().is_cpu() &&
+                             input.size(1) % norm_kernels::kLanes == 0 && !input.is_contiguous() &&
+                             input.is_contiguous(torch::MemoryFormat::ChannelsLast);
+  // The channels-first form does not record gradients; the channels-last one does.
+  const bool records = torch::autograd::compute_requires_grad(input, weight, bias, scale, shift);
+  if (!channels_last && !(fits && !records)) {
     auto normalised = forward(input);
     if (has_film) normalised = normalised * (1 + scale) + shift;
     return torch::silu(normalised);
@@ -138,23 +187,24 @@ torch::Tensor Float32GroupNormImpl::forward_silu(const torch::Tensor& input,
   // where the separate operations round after the norm, the scale, the shift and the SiLU.
   const int64_t batch = input.size(0), channels = input.size(1);
   const auto compute_options = input.options().dtype(torch::kFloat32);
+  // (Recorded where the channels-last node records: the gradients reach weight, bias, scale
+  // and shift through these operations.)
   const auto per_channel = [&](const torch::Tensor& t, double fill) {
-    return t.defined() ? t.detach().to(torch::kFloat32).reshape({1, channels})
+    return t.defined() ? t.to(torch::kFloat32).reshape({1, channels})
                        : torch::full({1, channels}, fill, compute_options);
   };
   auto gain = per_channel(weight, 1.0).expand({batch, channels});
   auto offset = per_channel(bias, 0.0).expand({batch, channels});
   if (has_film) {
-    const auto factor = 1 + scale.detach().to(torch::kFloat32).reshape({batch, channels});
+    const auto factor = 1 + scale.to(torch::kFloat32).reshape({batch, channels});
     gain = gain * factor;
-    offset = offset * factor + shift.detach().to(torch::kFloat32).reshape({batch, channels});
+    offset = offset * factor + shift.to(torch::kFloat32).reshape({batch, channels});
   }
-  const bool channels_last = input.dim() == 4 && input.scalar_type() == torch::kBFloat16 &&
-                             input.device().is_cpu() && channels % norm_kernels::kLanes == 0 &&
-                             !input.is_contiguous() &&
-                             input.is_contiguous(torch::MemoryFormat::ChannelsLast);
-  return channels_last ? norm_silu_channels_last(input, gain, offset, groups, options.eps())
-                       : norm_silu_channels_first(input, gain, offset, groups, options.eps());
+  if (!channels_last) return norm_silu_channels_first(input, gain, offset, groups, options.eps());
+  gain = gain.contiguous();
+  offset = offset.contiguous();
+  if (records) return ChannelsLastNormSilu::apply(input, gain, offset, groups, options.eps());
+  return ChannelsLastNormSilu::forward(nullptr, input, gain, offset, groups, options.eps());
 }
 
 Float32GroupNorm make_group_norm(int64_t groups, int64_t channels) {
