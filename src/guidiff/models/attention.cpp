@@ -80,13 +80,15 @@ torch::Tensor blocked_forward(const torch::Tensor& scaled_q, const torch::Tensor
 // The recorded form: the forward keeps q, k and v, not the probabilities; the backward
 // recomputes each block's probabilities and takes its gradients while they are in the cache.
 // For p = softmax(w), w = q_b^T k, out_b = v p^T and the output gradient g_b [c_v, n]:
-//   dp = g_b^T v,  dw = p (.) (dp - rowsum(dp (.) p)),  dq_b = k dw^T,
-// and over all of a head's blocks at once, dv = g P and dk = q dW, from the blocks' p and dw
-// kept in the inputs' type (P and dW [T, S], one head's at a time): each is one product over
-// all the queries, rounded once as the one-piece form's is, where sums over blocks would round
-// (or, kept in float32, widen and multiply in float32) every block's share. 16-bit inputs (bf16
-// sampling's classifier gradient) take the products in their own type and the softmax's
-// gradient dw in float32, as the one-piece form's recorded casts around the softmax do.
+//   dv += g_b p,  dp = g_b^T v,  dw = p (.) (dp - rowsum(dp (.) p)),  dq_b = k dw^T,
+//   dk += q_b dw.
+// float32 and float64 inputs add each block's shares of dv and dk in their own type. 16-bit
+// inputs (bf16 sampling's classifier gradient) take the products in their own type and the
+// softmax's gradient dw in float32, as the one-piece form's recorded casts around the softmax
+// do; they keep a head's p and dw for all its blocks (P and dW [T, S] in the inputs' type, one
+// head's at a time) and take dv = g P and dk = q dW as one product each over all the queries,
+// rounded once as the one-piece form's are. Summing the blocks' shares instead would round
+// each share to 16 bits, or (as until stop 40) widen them and multiply in float32.
 class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context,
@@ -107,26 +109,40 @@ class BlockedAttention : public torch::autograd::Function<BlockedAttention> {
     const AutocastScope autocast(type == torch::kBFloat16, torch::kCPU);
     const auto q_heads = saved[0].unbind(), k_heads = saved[1].unbind(),
                v_heads = saved[2].unbind(), g_heads = gradients[0].to(type).unbind();
-    auto q_gradient = torch::empty_like(saved[0]), k_gradient = torch::empty_like(saved[1]),
-         v_gradient = torch::empty_like(saved[2]);
+    const bool in_blocks = type == softmax_type(type);  // float32, float64
+    const auto sums = [&](const torch::Tensor& t) {
+      return in_blocks ? torch::zeros_like(t) : torch::empty_like(t);
+    };
+    auto q_gradient = torch::empty_like(saved[0]), k_gradient = sums(saved[1]),
+         v_gradient = sums(saved[2]);
     auto dq_heads = q_gradient.unbind(), dk_heads = k_gradient.unbind(),
          dv_heads = v_gradient.unbind();
     const int64_t length = saved[0].size(2), keys = saved[1].size(2);
-    const auto all_probabilities = torch::empty({length, keys}, saved[0].options());
-    const auto all_score_gradients = torch::empty({length, keys}, saved[0].options());
+    torch::Tensor all_probabilities, all_score_gradients;  // one head's, for 16-bit inputs
+    if (!in_blocks) {
+      all_probabilities = torch::empty({length, keys}, saved[0].options());
+      all_score_gradients = torch::empty({length, keys}, saved[0].options());
+    }
     for (int64_t head = 0; head < saved[0].size(0); ++head) {
       for_each_block(length, context->saved_data["rows"].toInt(), [&](int64_t first, int64_t count) {
         const auto queries = q_heads[head].narrow(1, first, count);  // [c, n]
         const auto p_wide = wide_probabilities(block_scores(queries, k_heads[head]));
-        all_probabilities.narrow(0, first, count).copy_(p_wide);
+        const auto p = in_blocks ? p_wide : all_probabilities.narrow(0, first, count).copy_(p_wide);
         const auto g = g_heads[head].narrow(1, first, count);  // [c_v, n]
         auto score_gradient = torch::mm(g.t(), v_heads[head]).to(p_wide.scalar_type());  // dp, then dw
         score_gradient.sub_((score_gradient * p_wide).sum(1, true)).mul_(p_wide);
-        const auto dw = all_score_gradients.narrow(0, first, count).copy_(score_gradient);
+        const auto dw =
+            in_blocks ? score_gradient : all_score_gradients.narrow(0, first, count).copy_(score_gradient);
         dq_heads[head].narrow(1, first, count).copy_(torch::mm(k_heads[head], dw.t()));
+        if (in_blocks) {
+          dv_heads[head].addmm_(g, p);
+          dk_heads[head].addmm_(queries, dw);
+        }
       });
-      dv_heads[head].copy_(torch::mm(g_heads[head], all_probabilities));
-      dk_heads[head].copy_(torch::mm(q_heads[head], all_score_gradients));
+      if (!in_blocks) {
+        dv_heads[head].copy_(torch::mm(g_heads[head], all_probabilities));
+        dk_heads[head].copy_(torch::mm(q_heads[head], all_score_gradients));
+      }
     }
     return {q_gradient, k_gradient, v_gradient, torch::Tensor()};
   }
