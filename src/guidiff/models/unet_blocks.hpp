@@ -27,8 +27,9 @@ class Float32GroupNormImpl : public torch::nn::GroupNormImpl {
   // are undefined (one without the other is an InputError); they hold one value per sample and
   // channel ([N, C, 1, ...]: ResBlock's scale-shift norm). For 16-bit inputs when no gradient
   // is recorded, blocks of groups are normalised, scaled and activated in float32 while they
-  // sit in cache and rounded once at the end; otherwise (float32 inputs included) the separate
-  // operations, as before.
+  // sit in cache and rounded once at the end; channels-last bf16 inputs on the CPU take
+  // guidiff's kernels for that (norm_kernels.hpp), recorded or not, with their own backward.
+  // Otherwise (float32 inputs, recorded NCHW 16-bit ones) the separate operations.
   torch::Tensor forward_silu(const torch::Tensor& input, const torch::Tensor& scale = {},
                              const torch::Tensor& shift = {});
 };
