@@ -334,7 +334,7 @@ void normalize_silu_backward(const uint16_t* x, const uint16_t* dy, const Channe
     return ChannelTerms{centre.data() + first, inverse.data() + first, scale.data() + first,
                         offset + first};
   };
-  // Pass 1: each block's column sums, then each sample's in float64, block after block.
+  // Pass 1: each block's column sums of da and da * xhat, in float32.
   std::vector<float> block_sums(blocks.all() * 2 * channels);
   for_each_row(blocks.all(), 2 * channels, [&](std::vector<float>& scratch, int64_t block) {
     float* sums = block_sums.data() + block * 2 * channels;
