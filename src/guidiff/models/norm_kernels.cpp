@@ -243,6 +243,21 @@ GUIDIFF_VECTOR_CLONES void backward_block_input(const uint16_t* x, const uint16_
   for (; at < values; at += kLanes) narrow(gradient(at), dx + at);
 }
 
+// One sample's group mean and rstd * gain for each channel (what normalize_silu_rows takes as
+// centre and scale), and rstd itself where `inverse` is given; mean and rstd per sample and
+// group, gain per sample and channel.
+void per_channel_terms(const ChannelsLastShape& shape, int64_t sample, const float* mean,
+                       const float* rstd, const float* gain, float* centre, float* scale,
+                       float* inverse = nullptr) {
+  const int64_t per_group = shape.channels / shape.groups;
+  for (int64_t c = 0; c < shape.channels; ++c) {
+    const int64_t g = sample * shape.groups + c / per_group;
+    centre[c] = mean[g];
+    scale[c] = rstd[g] * gain[sample * shape.channels + c];
+    if (inverse) inverse[c] = rstd[g];
+  }
+}
+
 // Each sample's positions in blocks of about kBlockValues values; blocks never span two samples.
 struct RowBlocks {
   ChannelsLastShape shape;
@@ -298,16 +313,12 @@ void group_statistics(const uint16_t* x, const ChannelsLastShape& shape, double 
 void normalize_silu(const uint16_t* x, const ChannelsLastShape& shape, const float* mean,
                     const float* rstd, const float* gain, const float* offset, uint16_t* y) {
   const RowBlocks blocks(shape);
-  const int64_t channels = shape.channels, per_group = channels / shape.groups;
+  const int64_t channels = shape.channels;
   for_each_row(blocks.all(), 2 * channels, [&](std::vector<float>& scratch, int64_t block) {
     const int64_t sample = blocks.sample(block);
     float* centre = scratch.data();
     float* scale = centre + channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t g = sample * shape.groups + c / per_group;
-      centre[c] = mean[g];
-      scale[c] = rstd[g] * gain[sample * channels + c];
-    }
+    per_channel_terms(shape, sample, mean, rstd, gain, centre, scale);
     normalize_silu_rows(x + blocks.start(block), blocks.count(block), channels, centre, scale,
                         offset + sample * channels, y + blocks.start(block));
   });
@@ -322,13 +333,11 @@ void normalize_silu_backward(const uint16_t* x, const uint16_t* dy, const Channe
   // Per sample and channel: the group's mean, rstd, rstd * gain and the offset (the last two
   // as normalize_silu forms them).
   std::vector<float> centre(shape.batch * channels), inverse(centre.size()), scale(centre.size());
-  for (int64_t sample = 0; sample < shape.batch; ++sample)
-    for (int64_t c = 0; c < channels; ++c) {
-      const int64_t i = sample * channels + c, g = sample * groups + c / per_group;
-      centre[i] = mean[g];
-      inverse[i] = rstd[g];
-      scale[i] = rstd[g] * gain[i];
-    }
+  for (int64_t sample = 0; sample < shape.batch; ++sample) {
+    const int64_t first = sample * channels;
+    per_channel_terms(shape, sample, mean, rstd, gain, centre.data() + first, scale.data() + first,
+                      inverse.data() + first);
+  }
   const auto terms = [&](int64_t sample) {
     const int64_t first = sample * channels;
     return ChannelTerms{centre.data() + first, inverse.data() + first, scale.data() + first,
