@@ -94,30 +94,63 @@ __attribute__((always_inline)) inline Lanes silu_slope(const Lanes& v) {
   return s * (1.0f + v * (1.0f - s));
 }
 
-// sums[c] = the sum over the rows of x[row][c], or with kCentred of (x[row][c] - centre[c])^2,
-// in partial sums of kPartialRows rows. Row by row, so that consecutive operations go to
-// different channels and do not wait on each other. partial holds `channels` floats.
+// Column sums of one block of rows, in float32: partials over kPartialRows rows, each added into
+// the block's sums. add(row, c) adds row's terms at channels [c, c + kLanes) into
+// partial[k * channels + c], one term for each of the kOutputs sums, which end in
+// sums[k * channels + c]. Row by row and four vectors of channels at a time, so that consecutive
+// operations go to different channels and do not wait on each other. partial and sums hold
+// kOutputs * channels floats.
+template <int kOutputs, typename AddRow>
+__attribute__((always_inline)) inline void partial_column_sums(int64_t rows, int64_t channels,
+                                                               float* partial, float* sums,
+                                                               const AddRow& add) {
+  const int64_t length = kOutputs * channels;
+  std::fill(sums, sums + length, 0.0f);
+  for (int64_t first = 0; first < rows; first += kPartialRows) {
+    const int64_t last = std::min(rows, first + kPartialRows);
+    std::fill(partial, partial + length, 0.0f);
+    for (int64_t row = first; row < last; ++row) {
+      int64_t c = 0;
+      for (; c + 4 * kLanes <= channels; c += 4 * kLanes)
+        for (int k = 0; k < 4; ++k) add(row, c + k * kLanes);
+      for (; c < channels; c += kLanes) add(row, c);
+    }
+    for (int64_t i = 0; i < length; i += kLanes)
+      store(sums + i, load(sums + i) + load(partial + i));
+  }
+}
+
+// sums[c] = the sum over the rows of x[row][c], or with kCentred of (x[row][c] - centre[c])^2.
+// partial holds `channels` floats.
 template <bool kCentred>
 __attribute__((always_inline)) inline void column_sums(const uint16_t* x, int64_t rows,
                                                        int64_t channels, const float* centre,
                                                        float* partial, float* sums) {
-  std::fill(sums, sums + channels, 0.0f);
-  for (int64_t first = 0; first < rows; first += kPartialRows) {
-    const int64_t last = std::min(rows, first + kPartialRows);
-    std::fill(partial, partial + channels, 0.0f);
-    for (int64_t row = first; row < last; ++row) {
-      for (int64_t c = 0; c < channels; c += kLanes) {
+  partial_column_sums<1>(
+      rows, channels, partial, sums, [&](int64_t row, int64_t c) __attribute__((always_inline)) {
         Lanes v = widen(x + row * channels + c);
         if constexpr (kCentred) {
           v -= load(centre + c);
           v *= v;
         }
         store(partial + c, load(partial + c) + v);
-      }
-    }
-    for (int64_t c = 0; c < channels; c += kLanes)
-      store(sums + c, load(sums + c) + load(partial + c));
+      });
+}
+
+// out[at, at + kLanes) = narrow(value(at)) for every vector of a block's `values` values, four
+// vectors at a time: the CPU then overlaps their long chains of dependent operations (the
+// exponential, the division, the rounding).
+template <typename Value>
+__attribute__((always_inline)) inline void narrow_in_fours(int64_t values, uint16_t* out,
+                                                           const Value& value) {
+  constexpr int kTogether = 4;
+  int64_t at = 0;
+  for (; at + kTogether * kLanes <= values; at += kTogether * kLanes) {
+    Lanes v[kTogether];
+    for (int k = 0; k < kTogether; ++k) v[k] = value(at + k * kLanes);
+    for (int k = 0; k < kTogether; ++k) narrow(v[k], out + at + k * kLanes);
   }
+  for (; at < values; at += kLanes) narrow(value(at), out + at);
 }
 
 // One block of rows: its per-group mean and centred sum of squares (in float64 from float32
@@ -149,25 +182,16 @@ GUIDIFF_VECTOR_CLONES void block_moments(const uint16_t* x, int64_t rows, int64_
   }
 }
 
-// The rows are consecutive, so the block is one run of rows * channels values; it is taken
-// four vectors at a time, whose long chains of dependent operations (the exponential, the
-// division, the rounding) the CPU then overlaps.
+// The rows are consecutive, so the block is one run of rows * channels values.
 GUIDIFF_VECTOR_CLONES void normalize_silu_rows(const uint16_t* x, int64_t rows, int64_t channels,
                                                const float* centre, const float* scale,
                                                const float* offset, uint16_t* y) {
-  constexpr int kTogether = 4;
-  const int64_t values = rows * channels;
-  const auto normalise = [&](int64_t at) __attribute__((always_inline)) {
-    const int64_t c = at % channels;  // a vector never straddles two rows: channels % kLanes == 0
-    return (widen(x + at) - load(centre + c)) * load(scale + c) + load(offset + c);
-  };
-  int64_t at = 0;
-  for (; at + kTogether * kLanes <= values; at += kTogether * kLanes) {
-    Lanes v[kTogether];
-    for (int k = 0; k < kTogether; ++k) v[k] = silu(normalise(at + k * kLanes));
-    for (int k = 0; k < kTogether; ++k) narrow(v[k], y + at + k * kLanes);
-  }
-  for (; at < values; at += kLanes) narrow(silu(normalise(at)), y + at);
+  narrow_in_fours(
+      rows * channels, y, [&](int64_t at) __attribute__((always_inline)) {
+        const int64_t c =
+            at % channels;  // a vector never straddles two rows: channels % kLanes == 0
+        return silu((widen(x + at) - load(centre + c)) * load(scale + c) + load(offset + c));
+      });
 }
 
 // Per channel of one sample, for the backward passes: the group's mean and rstd, rstd * gain
@@ -187,37 +211,20 @@ __attribute__((always_inline)) inline Lanes activation_gradient(const uint16_t* 
   return widen(dy + at) * silu_slope(centred * load(t.scale + c) + load(t.offset + c));
 }
 
-// One block of rows: the column sums of da (into offset_sums) and of da * xhat (gain_sums), in
-// float32 over partials of kPartialRows rows and then over the block. Four vectors of channels
-// at a time, as in normalize_silu_rows. scratch holds 2 * channels floats.
+// One block of rows: the column sums of da (sums[c]) and of da * xhat (sums[channels + c]).
+// scratch holds 2 * channels floats.
 GUIDIFF_VECTOR_CLONES void backward_block_sums(const uint16_t* x, const uint16_t* dy, int64_t rows,
                                                int64_t channels, const ChannelTerms& terms,
-                                               float* scratch, float* offset_sums,
-                                               float* gain_sums) {
+                                               float* scratch, float* sums) {
   float* partial_offset = scratch;
   float* partial_gain = scratch + channels;
-  std::fill(offset_sums, offset_sums + channels, 0.0f);
-  std::fill(gain_sums, gain_sums + channels, 0.0f);
-  const auto accumulate = [&](int64_t row, int64_t c) __attribute__((always_inline)) {
-    Lanes xhat;
-    const Lanes da = activation_gradient(x, dy, row * channels + c, c, terms, xhat);
-    store(partial_offset + c, load(partial_offset + c) + da);
-    store(partial_gain + c, load(partial_gain + c) + da * xhat);
-  };
-  for (int64_t first = 0; first < rows; first += kPartialRows) {
-    const int64_t last = std::min(rows, first + kPartialRows);
-    std::fill(partial_offset, partial_offset + 2 * channels, 0.0f);
-    for (int64_t row = first; row < last; ++row) {
-      int64_t c = 0;
-      for (; c + 4 * kLanes <= channels; c += 4 * kLanes)
-        for (int k = 0; k < 4; ++k) accumulate(row, c + k * kLanes);
-      for (; c < channels; c += kLanes) accumulate(row, c);
-    }
-    for (int64_t c = 0; c < channels; c += kLanes) {
-      store(offset_sums + c, load(offset_sums + c) + load(partial_offset + c));
-      store(gain_sums + c, load(gain_sums + c) + load(partial_gain + c));
-    }
-  }
+  partial_column_sums<2>(
+      rows, channels, scratch, sums, [&](int64_t row, int64_t c) __attribute__((always_inline)) {
+        Lanes xhat;
+        const Lanes da = activation_gradient(x, dy, row * channels + c, c, terms, xhat);
+        store(partial_offset + c, load(partial_offset + c) + da);
+        store(partial_gain + c, load(partial_gain + c) + da * xhat);
+      });
 }
 
 // One block of rows: dx = da * scale - (shift + xhat * slope) rounded to bf16, with scale =
@@ -226,21 +233,13 @@ GUIDIFF_VECTOR_CLONES void backward_block_input(const uint16_t* x, const uint16_
                                                 int64_t rows, int64_t channels,
                                                 const ChannelTerms& terms, const float* shift,
                                                 const float* slope, uint16_t* dx) {
-  constexpr int kTogether = 4;
-  const int64_t values = rows * channels;
-  const auto gradient = [&](int64_t at) __attribute__((always_inline)) {
-    const int64_t c = at % channels;
-    Lanes xhat;
-    const Lanes da = activation_gradient(x, dy, at, c, terms, xhat);
-    return da * load(terms.scale + c) - (load(shift + c) + xhat * load(slope + c));
-  };
-  int64_t at = 0;
-  for (; at + kTogether * kLanes <= values; at += kTogether * kLanes) {
-    Lanes v[kTogether];
-    for (int k = 0; k < kTogether; ++k) v[k] = gradient(at + k * kLanes);
-    for (int k = 0; k < kTogether; ++k) narrow(v[k], dx + at + k * kLanes);
-  }
-  for (; at < values; at += kLanes) narrow(gradient(at), dx + at);
+  narrow_in_fours(
+      rows * channels, dx, [&](int64_t at) __attribute__((always_inline)) {
+        const int64_t c = at % channels;
+        Lanes xhat;
+        const Lanes da = activation_gradient(x, dy, at, c, terms, xhat);
+        return da * load(terms.scale + c) - (load(shift + c) + xhat * load(slope + c));
+      });
 }
 
 // One sample's group mean and rstd * gain for each channel (what normalize_silu_rows takes as
@@ -348,8 +347,7 @@ void normalize_silu_backward(const uint16_t* x, const uint16_t* dy, const Channe
   for_each_row(blocks.all(), 2 * channels, [&](std::vector<float>& scratch, int64_t block) {
     float* sums = block_sums.data() + block * 2 * channels;
     backward_block_sums(x + blocks.start(block), dy + blocks.start(block), blocks.count(block),
-                        channels, terms(blocks.sample(block)), scratch.data(), sums,
-                        sums + channels);
+                        channels, terms(blocks.sample(block)), scratch.data(), sums);
   });
   // Each sample's sums in float64, block after block: the gradients of offset and gain.
   std::vector<double> offset_sums(centre.size()), gain_sums(centre.size());
