@@ -6,6 +6,8 @@
 #                   the Python benchmarks; torchvision for the Inception-v3 fixture and benchmark)
 #   --with-clang    also install clang and its runtime libraries (libFuzzer, the sanitizers'
 #                   runtimes): scripts/sanitize.sh and scripts/fuzz.sh ask for them
+#   --with-qemu     also install qemu-user: scripts/emulated_cpu_tests.sh runs the tests on an
+#                   emulated older CPU
 set -euo pipefail
 
 # libgloo-dev: Gloo's headers, which c10d's ProcessGroupGloo.hpp includes (data-parallel
@@ -21,7 +23,8 @@ for arg in "$@"; do
   case "$arg" in
     --with-python) packages+=(python3-torch python3-torchvision) ;;
     --with-clang) packages+=(clang libclang-rt-14-dev) ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --with-qemu) packages+=(qemu-user) ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done

@@ -60,7 +60,8 @@ std::string CpuFeatures::summary() const {
     if (!text.empty()) text += ' ';
     text += name;
   }
-  return text.empty() ? "none" : text;
+  // Without AVX2, guidiff's own kernels take their baseline x86-64 (SSE) clones (cpu_lanes.hpp).
+  return text.empty() ? "no avx2, fma or avx512 (baseline x86-64)" : text;
 }
 
 const CpuFeatures& cpu_features() {
