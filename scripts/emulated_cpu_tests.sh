@@ -16,7 +16,7 @@
 # kernels accumulate in float32, and replaces them where they do not: bf16_kernels.cpp) still see
 # the real CPU, so on an AVX-512 BF16 machine their AVX2 and baseline paths are never run.
 # Emulation is slow (8-50x; test_bf16 the slowest, bf16 being emulated on such a CPU), so this is
-# not part of scripts/test.sh: about 15 minutes on 2 cores for the default files with avx2
+# not part of scripts/test.sh: 13.4 minutes on 2 cores for the default files with avx2
 # (docs/performance.md, "Kernel levels and results").
 set -euo pipefail
 cd "$(dirname "$0")/.."
