@@ -32,18 +32,21 @@ case "$cpu" in
   *) model="$cpu" ;;
 esac
 bash scripts/setup.sh --with-qemu
-[ -x build/guidiff ] && [ -f build/tests/numeric_test_files.txt ] || bash scripts/build.sh
+# As scripts/test.sh does: an up-to-date build takes seconds, a stale one would test old code.
+bash scripts/build.sh
 if [ "$#" -gt 0 ]; then
   files=("$@")
 else
   mapfile -t files < <(grep -v -x -E "test_cli|test_bad_flags|test_evaluation|test_fid_inception" build/tests/numeric_test_files.txt)
 fi
+# qemu-x86_64 takes its CPU model from QEMU_CPU.
+export QEMU_CPU="$model"
 echo "emulated_cpu_tests.sh: qemu-x86_64 -cpu $model"
-qemu-x86_64 -cpu "$model" build/guidiff info | grep -E "^(cpu|kernels|conv|bf16) "
+qemu-x86_64 build/guidiff info | grep -E "^(cpu|kernels|conv|bf16) "
 
 # One thread per file, nproc files at once, OpenMP's idle threads asleep (scripts/test.sh says
 # why).
-export GUIDIFF_THREADS=1 OMP_WAIT_POLICY=PASSIVE QEMU_CPU="$model"
+export GUIDIFF_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 printf '%s\n' "${files[@]}" | xargs -P "$(nproc)" -n 1 sh -c 'cd build/tests && start=$(date +%s)
   if qemu-x86_64 ./"$1" > "$1.emulated.log" 2>&1; then
     echo "emulated_cpu_tests.sh: $1: $(grep -h "PASSED" "$1.emulated.log") ($(( $(date +%s) - start )) s)"

@@ -188,8 +188,8 @@ GUIDIFF_VECTOR_CLONES void normalize_silu_rows(const uint16_t* x, int64_t rows, 
                                                const float* offset, uint16_t* y) {
   narrow_in_fours(
       rows * channels, y, [&](int64_t at) __attribute__((always_inline)) {
-        const int64_t c =
-            at % channels;  // a vector never straddles two rows: channels % kLanes == 0
+        // A vector never straddles two rows: channels % kLanes == 0.
+        const int64_t c = at % channels;
         return silu((widen(x + at) - load(centre + c)) * load(scale + c) + load(offset + c));
       });
 }
