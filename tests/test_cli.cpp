@@ -351,7 +351,9 @@ TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
   expect_one_line_error("sample --variance-exponent -1" + out, "variance exponent v must be in [0, 1], got -1");
   expect_one_line_error("demo --num-samples -1 --out-dir " + path("demo"), "--num-samples must be >= 1, got -1");
   expect_one_line_error("frobnicate", "unknown argument 'frobnicate'");
-  expect_one_line_error("", "subcommand is required");
+  expect_one_line_error("",
+                        "subcommand is required: info, sample, upsample, convert, demo, train, "
+                        "eval, eval-classifier or sweep");
   EXPECT_FALSE(fs::exists(path("x.npy")));
 }
 
@@ -485,6 +487,24 @@ TEST_F(CliTest, TrainedCheckpointsSampleWithEveryGuidanceRule) {
   result = run("train classifier --out-dir " + path("classifier") + common);
   ASSERT_EQ(result.exit_code, 0) << result.err;
 
+  // The built-in mixture guided by the trained checkpoint classifier: it moves the samples
+  // (against s = 0) and the model card describes it.
+  const std::string toy =
+      "sample --timesteps 100 --steps 10 --num-samples 8 --class 0,1 --classifier " +
+      path("classifier");
+  result = run(toy + " --classifier-scale 3 --out " + path("toy_cg.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto card = nlohmann::json::parse(read_file_bytes(path("toy_cg.model_card.json")));
+  EXPECT_EQ(card.at("classifier").at("kind"), "mlp_classifier");
+  EXPECT_GT(card.at("classifier").at("parameters").get<int64_t>(), 0);
+  result = run(toy + " --classifier-scale 0 --out " + path("toy_unguided.npy"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_FALSE(torch::allclose(read_npy(path("toy_cg.npy")), read_npy(path("toy_unguided.npy"))));
+  // A classifier without a scale would be loaded and ignored; one for other samples is refused.
+  expect_one_line_error(toy + " --out " + path("x.npy"), "needs --classifier-scale");
+  expect_one_line_error(toy + " --classifier-scale 1 --dim 3 --out " + path("x.npy"),
+                        "takes samples of shape [2]; the mixture's are [3]");
+
   // CFG on the conditional model, classifier guidance on its null class, and both.
   const std::string sample = "sample --timesteps 100 --steps 10 --num-samples 8 --class 0,1 --model " + path("denoiser");
   result = run(sample + " --cfg-scale 2 --out " + path("cfg.npy"));
@@ -580,11 +600,26 @@ TEST_F(CliTest, SampleWritesNpzManifestAndSingleImages) {
   EXPECT_EQ(manifest.at("seed"), 11);
   EXPECT_EQ(manifest.at("sampler"), "ddim");
   EXPECT_EQ(manifest.at("steps"), 10);
+  EXPECT_EQ(manifest.at("steps_run"), 10);
+  EXPECT_EQ(manifest.at("model_evaluations"), 10);
   EXPECT_EQ(manifest.at("guidance").at("cfg_scale"), 2.0);
   EXPECT_EQ(manifest.at("guidiff_version"), GUIDIFF_VERSION);
   EXPECT_EQ(png_size(path("images/000005.png")), std::make_pair(4, 4));
   EXPECT_FALSE(fs::exists(path("images/000006.png")));
   expect_one_line_error("sample --num-samples 4 --npz " + path("toy.npz"), "--npz needs image samples");
+  // Without --steps the manifest says what ran: the respacing's 25 steps, and the sigma
+  // samplers' default 50, where Heun calls the model twice a step but the last.
+  for (const auto& [flags, steps, evaluations] :
+       {std::tuple<std::string, int, int>{"--respacing ddim25", 25, 25},
+        {"--sampler heun", 50, 99}}) {
+    const CliResult toy = run("sample " + flags + " --num-samples 2 --out " + path("t.npy") +
+                              " --manifest " + path("t.json"));
+    ASSERT_EQ(toy.exit_code, 0) << toy.err;
+    const auto json = nlohmann::json::parse(read_file_bytes(path("t.json")));
+    EXPECT_EQ(json.at("steps"), 0) << flags;
+    EXPECT_EQ(json.at("steps_run"), steps) << flags;
+    EXPECT_EQ(json.at("model_evaluations"), evaluations) << flags;
+  }
 }
 
 class EvalCliTest : public CliTest {
@@ -626,6 +661,20 @@ TEST_F(EvalCliTest, EvalScoresAnNpzAndWritesJson) {
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_EQ(again.err.find("computing reference"), std::string::npos) << again.err;
   EXPECT_EQ(nlohmann::json::parse(read_file_bytes(path("again.json"))).at("fid"), json.at("fid"));
+}
+
+TEST_F(EvalCliTest, FeatureCalibrationReadsAGreyFolderAsTheEvaluatorsImages) {
+  // The folder's PNGs are grey, as the evaluator's images; scoring reads them so, and so must
+  // --calibrate-features (it once read them as RGB and failed on the evaluator's shape).
+  const CliResult result = run("eval --calibrate-features --evaluator " + path("evaluator") +
+                               " --data folder:" + path("reference"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.out.find("feature_scales"), std::string::npos) << result.out;
+  EXPECT_TRUE(
+      nlohmann::json::parse(read_file_bytes(path("evaluator.json"))).contains("feature_scales"));
+  // --split chooses --data's images: with --samples it would be ignored, so it is refused.
+  expect_one_line_error("eval --samples " + path("absent.npz") + " --split test" + common_,
+                        "--split applies to --data");
 }
 
 TEST_F(EvalCliTest, EvalOfTheReferenceDataIsItsOwnFloor) {

@@ -823,4 +823,11 @@ TEST_F(DistributedCliTest, LauncherFlagsAreChecked) {
   const auto [info, info_message] = run("info --nproc 2");
   EXPECT_EQ(info, 2);
   EXPECT_NE(info_message.find("--nproc applies to train, sample, sweep and eval"), std::string::npos) << info_message;
+  // Commands that run whole in one process start no workers.
+  const auto [convert, convert_message] =
+      run("convert absent.pt --out " + path("converted") + " --nproc 2");
+  EXPECT_EQ(convert, 2);
+  EXPECT_NE(convert_message.find("--nproc applies to train, sample, sweep and eval, not convert"),
+            std::string::npos)
+      << convert_message;
 }

@@ -25,6 +25,7 @@
 #include "guidiff/io/image.hpp"
 #include "guidiff/io/npy.hpp"
 #include "guidiff/io/npz.hpp"
+#include "guidiff/models/model_files.hpp"
 #include "guidiff/version.hpp"
 
 namespace guidiff::cli {
@@ -34,7 +35,7 @@ struct EvalFlags {
   std::string samples, labels, json, write_reference;
   bool calibrate_features = false;
   DatasetRequest data;
-  CLI::Option* data_option = nullptr;
+  CLI::Option *data_option = nullptr, *split_option = nullptr;
   EvaluationFlags evaluation;
   SamplingFlags sampling;
   std::vector<const CLI::Option*> sampling_options;  // act only with --model
@@ -82,6 +83,9 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
   if (flags.data.split != "train" && flags.data.split != "test") {
     throw InputError("--split '" + flags.data.split + "': expected train or test");
   }
+  if (flags.split_option->count() > 0 && flags.data_option->count() == 0) {
+    throw InputError("--split applies to --data (the reference's split is --reference-split)");
+  }
   if (flags.sampling.model.empty()) {
     for (const CLI::Option* option : flags.sampling_options) {
       if (option->count() > 0) {
@@ -125,7 +129,7 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
     result.images = uint8_nhwc_to_images(images_to_uint8_nhwc(generated.samples));
     result.labels = generated.labels;
     result.name = std::filesystem::path(flags.sampling.model).filename().string();
-    result.source = sampling_manifest(flags.sampling, setup.config);
+    result.source = sampling_manifest(flags.sampling, setup.config, generated);
   }
   if (!flags.labels.empty()) {
     if (result.labels.defined()) throw InputError("--labels: the samples already carry labels");
@@ -139,7 +143,12 @@ void run_calibration(const EvalFlags& flags, const GlobalOptions& global) {
   if (flags.data_option->count() == 0 || !flags.samples.empty() || !flags.sampling.model.empty()) {
     throw InputError("--calibrate-features takes the images of --data (e.g. --data fashion-mnist --split train)");
   }
-  const Dataset data = load_dataset(flags.data);
+  DatasetRequest request = flags.data;
+  // A folder is read with the evaluator's channels, as scoring reads it (grey PNGs stay grey).
+  const Model evaluator = load_model(flags.evaluation.evaluator, torch::kCPU);
+  if (evaluator.config.contains("in_channels"))
+    request.channels = evaluator.config.at("in_channels").get<int64_t>();
+  const Dataset data = load_dataset(request);
   if (!data.holds_images()) throw InputError("--data '" + flags.data.spec + "' holds no images");
   const std::vector<double> scales =
       calibrate_evaluator_features(flags.evaluation.evaluator, data.images, global.torch_device());
@@ -214,7 +223,8 @@ Command add_eval_command(CLI::App& app, const GlobalOptions& global) {
   command->add_option("--samples", f.samples, "an .npz (arr_0 uint8 NHWC, arr_1 labels) or a folder of PNG/JPEG images");
   command->add_option("--labels", f.labels, "requested classes of the --samples images, int .npy [N] (for class accuracy)");
   f.data_option = command->add_option("--data", f.data.spec, "score a labelled data set instead (fashion-mnist, folder:DIR, ...)");
-  command->add_option("--split", f.data.split, "--data split: train or test")->capture_default_str();
+  f.split_option = command->add_option("--split", f.data.split, "--data split: train or test")
+                       ->capture_default_str();
   command->add_option("--json", f.json, "write the scores as JSON here");
   command->add_option("--write-reference", f.write_reference,
                       "instead of scoring, write --data's images as a guided-diffusion reference batch .npz (arr_0, arr_1, "

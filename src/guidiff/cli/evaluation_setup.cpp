@@ -48,7 +48,9 @@ void add_evaluation_flags(CLI::App& command, EvaluationFlags& flags) {
       ->capture_default_str();
   command.add_option("--reference-split", flags.reference_split, "train or test")->capture_default_str();
   command.add_option("--reference-stats", flags.reference_stats, "reference statistics cache file (default: in --cache-dir)");
-  command.add_option("--cache-dir", flags.cache_dir, "cache directory (default $GUIDIFF_CACHE_DIR or ~/.cache/guidiff)");
+  command.add_option("--cache-dir", flags.cache_dir,
+                     "cache directory (default $GUIDIFF_CACHE_DIR, else $XDG_CACHE_HOME/guidiff, "
+                     "else ~/.cache/guidiff)");
   command.add_option("--inception-splits", flags.inception_splits, "IS splits")->capture_default_str();
 }
 

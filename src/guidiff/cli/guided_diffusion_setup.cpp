@@ -99,6 +99,7 @@ void apply_guided_diffusion_sampling(SamplingFlags& flags, const GuidedDiffusion
     char text[32];
     std::snprintf(text, sizeof text, "%.17g", *inside.classifier_scale);
     flags.classifier_scale = text;
+    flags.classifier_scale_from_guided_diffusion = true;
   }
   // guided-diffusion's own defaults for its models: DDPM (use_ddim False) and, with a
   // classifier, classifier_scale 1.0.
@@ -106,6 +107,7 @@ void apply_guided_diffusion_sampling(SamplingFlags& flags, const GuidedDiffusion
     if (!use_ddim && !given(flags.sampler_option)) flags.sampler = "ddpm";
     if (!inside.classifier_scale && !given(flags.classifier_scale_option) && classifier_is_state_dict(flags)) {
       flags.classifier_scale = "1";
+      flags.classifier_scale_from_guided_diffusion = true;
     }
   }
   if (inside.batch_size) take(flags.batch_size, flags.batch_size_option, *inside.batch_size, "batch_size", strings.text_of("batch_size"));

@@ -108,18 +108,30 @@ int run_cli(int argc, char** argv) {
     std::fputs(guidiff::cli::option_list(app).c_str(), stdout);
     return 0;
   }
+  std::string subcommand_names;  // "info, sample, ... or demo", as registered
+  const std::vector<CLI::App*> subcommands = app.get_subcommands([](CLI::App*) { return true; });
+  for (size_t i = 0; i < subcommands.size(); ++i) {
+    subcommand_names += (i == 0                        ? ""
+                         : i + 1 == subcommands.size() ? " or "
+                                                       : ", ") +
+                        subcommands[i]->get_name();
+  }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +
-                  (app.get_subcommands().empty() ? " (expected a subcommand: info, sample, upsample, convert, eval, sweep, train or demo)" : ""));
+                  (app.get_subcommands().empty()
+                       ? " (expected a subcommand: " + subcommand_names + ")"
+                       : ""));
   }
-  if (app.get_subcommands().empty()) return report("a subcommand is required: info, sample, upsample, convert, eval, sweep, train or demo (see guidiff --help)");
+  if (app.get_subcommands().empty())
+    return report("a subcommand is required: " + subcommand_names + " (see guidiff --help)");
 
   if (!(global.dist_timeout > 0.0) || global.dist_timeout > 1e9) {
     return report("--dist-timeout must be a number of seconds > 0, got " + std::to_string(global.dist_timeout));
   }
   if (global.nproc != 0) {
     const std::string command = app.get_subcommands().front()->get_name();
-    if (command == "info" || command == "demo") {
+    // The commands that shard their work over processes; the others run whole in one.
+    if (command != "train" && command != "sample" && command != "sweep" && command != "eval") {
       return report("--nproc applies to train, sample, sweep and eval, not " + command);
     }
     try {

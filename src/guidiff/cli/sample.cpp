@@ -118,12 +118,12 @@ void write_outputs(const SampleFlags& flags, const GenerationConfig& config, con
   if (!flags.npz.empty()) write_sample_batch_npz(flags.npz, images_to_uint8_nhwc(result.samples), result.labels);
   const std::string manifest = manifest_path(flags);
   if (!manifest.empty()) {
-    nlohmann::json json = sampling_manifest(flags.sampling, config);
+    nlohmann::json json = sampling_manifest(flags.sampling, config, result);
     json["outputs"] = {{"npy", flags.out}, {"npz", flags.npz}, {"grid", flags.grid}, {"image_dir", flags.image_dir}};
     write_file_atomically(manifest, json.dump(2) + "\n");
   }
   nlohmann::json card = models.model_card;
-  card["sampling"] = sampling_manifest(flags.sampling, config);
+  card["sampling"] = sampling_manifest(flags.sampling, config, result);
   for (const std::string& path : model_card_paths(flags)) write_file_atomically(path, card.dump(2) + "\n");
   if (!flags.plot.empty()) {
     // Colour by the requested class; without one, the toy's samples by the class of their

@@ -7,11 +7,12 @@
 #include "guidiff/cli/common.hpp"
 #include "guidiff/cli/guided_diffusion_setup.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/io/npy.hpp"
+#include "guidiff/models/bf16_models.hpp"
 #include "guidiff/models/guided_diffusion_models.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/model_sample_shape.hpp"
-#include "guidiff/models/bf16_models.hpp"
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/models/torchscript_models.hpp"
 #include "guidiff/models/winograd_conv.hpp"
@@ -51,6 +52,39 @@ void parse_scale(const std::string& flag, const std::string& text, double& scale
   }
 }
 
+// A path names a guidiff checkpoint (safetensors + JSON config: a run directory, a prefix or
+// either file) rather than a TorchScript archive (.pt / .pth / .ts).
+bool is_checkpoint(const std::string& path) {
+  return !(ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".ts") ||
+           ends_with(path, ".zip"));
+}
+
+struct LoadedClassifier {
+  std::shared_ptr<Classifier> classifier;
+  nlohmann::json card;                   // the model card's entry
+  std::vector<std::string> class_names;  // a guidiff checkpoint's; empty for TorchScript
+  std::vector<int64_t>
+      input_shape;  // a guidiff checkpoint's per-sample shape; empty for TorchScript
+};
+
+// A classifier from a checkpoint or a TorchScript archive.
+LoadedClassifier load_classifier(const SamplingFlags& flags, TorchScriptOptions options,
+                                 const torch::Device& device) {
+  if (!is_checkpoint(flags.classifier)) {
+    return {std::make_shared<TorchScriptClassifier>(flags.classifier, options),
+            {{"path", flags.classifier}, {"kind", "torchscript"}},
+            {},
+            {}};
+  }
+  Model model = load_model(flags.classifier, device);
+  if (!model.classifier) {
+    throw InputError("--classifier '" + flags.classifier + "' holds a " +
+                     model_kind_name(model.kind) + ", not a classifier");
+  }
+  return {model.classifier, model_card(model, flags.classifier), model.class_names,
+          model_sample_shape(model)};
+}
+
 // The built-in Gaussian-mixture toy with its exact denoiser (and exact classifier when
 // classifier guidance is asked for without --classifier). Classifier guidance alone uses the
 // unconditional mixture, as Dhariwal & Nichol guide unconditional models; every other
@@ -86,33 +120,25 @@ SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& co
     TorchScriptOptions options;
     options.time_kind = levels.kind();
     options.num_classes = mixture.num_classes;
-    models.classifier = std::make_shared<TorchScriptClassifier>(flags.classifier, options);
+    LoadedClassifier loaded = load_classifier(flags, options, torch::kCPU);
+    if (loaded.classifier->num_classes() != mixture.num_classes) {
+      throw InputError("--classifier '" + flags.classifier + "' tells " +
+                       std::to_string(loaded.classifier->num_classes()) +
+                       " classes apart; the mixture has " + std::to_string(mixture.num_classes));
+    }
+    const std::vector<int64_t> mixture_shape{mixture.dim()};
+    if (!loaded.input_shape.empty() && loaded.input_shape != mixture_shape) {
+      throw InputError("--classifier '" + flags.classifier + "' takes samples of shape " +
+                       shape_string(loaded.input_shape) + "; the mixture's are " +
+                       shape_string(mixture_shape));
+    }
+    models.classifier = loaded.classifier;
+    models.model_card["classifier"] = loaded.card;
   } else if (uses_classifier(config)) {
     models.classifier = std::make_shared<MixtureClassifier>(mixture, levels);
   }
   models.model_card["model"] = {{"kind", "gaussian mixture (exact)"}, {"mixture", flags.mixture}};
   return models;
-}
-
-// A path names a guidiff checkpoint (safetensors + JSON config: a run directory, a prefix or
-// either file) rather than a TorchScript archive (.pt / .pth / .ts).
-bool is_checkpoint(const std::string& path) {
-  return !(ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".ts") || ends_with(path, ".zip"));
-}
-
-// A classifier from a checkpoint or a TorchScript archive.
-// `class_names` (if given) receives a guidiff checkpoint's class names.
-std::shared_ptr<Classifier> load_classifier(const SamplingFlags& flags, TorchScriptOptions options,
-                                            const torch::Device& device,
-                                            std::vector<std::string>* class_names = nullptr) {
-  if (!is_checkpoint(flags.classifier)) return std::make_shared<TorchScriptClassifier>(flags.classifier, options);
-  Model model = load_model(flags.classifier, device);
-  if (!model.classifier) {
-    throw InputError("--classifier '" + flags.classifier + "' holds a " + model_kind_name(model.kind) +
-                     ", not a classifier");
-  }
-  if (class_names) *class_names = std::move(model.class_names);
-  return model.classifier;
 }
 
 // --guide-model: a checkpoint or a TorchScript denoiser (with the main model's options). With
@@ -146,10 +172,13 @@ SamplingModels torchscript_models(const SamplingFlags& flags, const GenerationCo
   denoiser_options.learn_sigma = config.fixed_variance == VarianceKind::learned_range;
   models.denoiser = std::make_shared<TorchScriptDenoiser>(flags.model, denoiser_options);
   if (flags.unconditional) models.denoiser = std::make_shared<NullClassDenoiser>(models.denoiser);
-  if (!flags.classifier.empty()) models.classifier = load_classifier(flags, options, options.device);
+  if (!flags.classifier.empty()) {
+    LoadedClassifier loaded = load_classifier(flags, options, options.device);
+    models.classifier = loaded.classifier;
+    models.model_card["classifier"] = loaded.card;
+  }
   if (!flags.guide_model.empty()) models.guide = load_guide(flags, denoiser_options);
   models.model_card["model"] = {{"path", flags.model}, {"kind", "torchscript"}};
-  if (!flags.classifier.empty()) models.model_card["classifier"] = {{"path", flags.classifier}};
   if (!flags.guide_model.empty()) models.model_card["guide_model"] = {{"path", flags.guide_model}};
   const int64_t classes = models.denoiser->num_classes() > 0
                               ? models.denoiser->num_classes()
@@ -203,10 +232,15 @@ SamplingModels network_models(const SamplingFlags& flags, const GuidedDiffusionF
       options.time_kind = model.denoiser->time_kind();
       options.num_classes = flags.num_classes > 0 ? flags.num_classes : model.denoiser->num_classes();
       options.device = device;
-      std::vector<std::string> classifier_names;
-      models.classifier = load_classifier(flags, options, device, &classifier_names);
-      models.model_card["classifier"] = {{"path", flags.classifier}};
-      if (models.class_names.empty()) models.class_names = std::move(classifier_names);
+      LoadedClassifier loaded = load_classifier(flags, options, device);
+      if (!loaded.input_shape.empty() && loaded.input_shape != shape) {
+        throw InputError("--classifier '" + flags.classifier + "' takes samples of shape " +
+                         shape_string(loaded.input_shape) + "; --model '" + flags.model +
+                         "' makes " + shape_string(shape));
+      }
+      models.classifier = loaded.classifier;
+      models.model_card["classifier"] = loaded.card;
+      if (models.class_names.empty()) models.class_names = std::move(loaded.class_names);
     }
     if (classes == 0) classes = models.classifier->num_classes();
   }
@@ -357,6 +391,13 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
   SamplingFlags flags = given_flags;
   const GuidedDiffusionFlags strings = guided_diffusion_flags(flags);
   apply_guided_diffusion_sampling(flags, strings);
+  // A classifier given without a scale would be loaded and then ignored (s = 0).
+  if (!flags.classifier.empty() && flags.classifier_scale_option->count() == 0 &&
+      !flags.classifier_scale_from_guided_diffusion) {
+    throw InputError(
+        "--classifier '" + flags.classifier +
+        "' needs --classifier-scale s (the guidance strength; 0 samples without guidance)");
+  }
   SamplingSetup setup;
   setup.config = generation_config(flags);
   GenerationConfig& config = setup.config;
@@ -418,7 +459,8 @@ GenerationResult run_sampling(Communicator& communicator, const SamplingSetup& s
                          on_progress);
 }
 
-nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config) {
+nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config,
+                                 const GenerationResult& result) {
   // A number, or the .npy of per-sample values.
   const auto scale = [](double value, const torch::Tensor& per_sample, const std::string& flag) {
     return per_sample.defined() ? nlohmann::json(flag) : nlohmann::json(value);
@@ -441,10 +483,15 @@ nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationCon
           {"unconditional", flags.unconditional},
           {"sampler", to_string(config.sampler)},
           {"sigmas", is_sigma_sampler(config.sampler) ? to_string(config.sigmas) : ""},
-          {"churn", {{"s_churn", config.churn.s_churn}, {"s_tmin", config.churn.s_tmin},
-                     {"s_tmax", std::isinf(config.churn.s_tmax) ? nlohmann::json("inf") : nlohmann::json(config.churn.s_tmax)},
-                     {"s_noise", config.churn.s_noise}}},
+          {"churn",
+           {{"s_churn", config.churn.s_churn},
+            {"s_tmin", config.churn.s_tmin},
+            {"s_tmax", std::isinf(config.churn.s_tmax) ? nlohmann::json("inf")
+                                                       : nlohmann::json(config.churn.s_tmax)},
+            {"s_noise", config.churn.s_noise}}},
           {"steps", config.steps},
+          {"steps_run", result.steps},
+          {"model_evaluations", result.model_evaluations},
           {"respacing", config.respacing},
           {"timesteps", config.timesteps},
           {"eta", config.eta},

@@ -40,6 +40,9 @@ struct SamplingFlags {
   // config of the network), and its sampling flags under its names (guided_diffusion_setup.hpp).
   std::string model_flags, classifier_flags, model_config, classifier_config;
   std::string use_ddim, clip_denoised;  // guided-diffusion's True/False words
+  // Whether guided-diffusion's flag strings or defaults set classifier_scale (not
+  // --classifier-scale).
+  bool classifier_scale_from_guided_diffusion = false;
   // `guidiff upsample`: a super-resolution model conditioned on these base samples (.npz).
   bool super_resolution = false;
   std::string base_samples;
@@ -85,7 +88,8 @@ SamplingSetup prepare_sampling(const SamplingFlags& flags, const GlobalOptions& 
 
 // What produced a set of samples, for the JSON manifest beside them: model, classifier,
 // sampler, steps, guidance, seed, count and the guidiff version.
-nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config);
+nlohmann::json sampling_manifest(const SamplingFlags& flags, const GenerationConfig& config,
+                                 const GenerationResult& result);
 
 // Draws the samples the setup describes: generate_across() (each rank its share, all rows
 // back on every rank), or generate_upsampled() for upsample, which runs in one process only.

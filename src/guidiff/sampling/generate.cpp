@@ -184,6 +184,7 @@ GenerationResult generate(const GenerationModels& models, const GenerationConfig
   std::vector<torch::Tensor> sample_parts;
   std::vector<std::vector<torch::Tensor>> trajectory_parts;
   GenerationResult out;
+  out.steps = plan.steps_per_batch;
   for (int64_t b = 0; b < num_batches; ++b) {
     const int64_t begin = (first_batch + b) * config.batch_size;
     const int64_t end = std::min(begin + config.batch_size, rows.end);

@@ -72,6 +72,7 @@ struct GenerationResult {
   std::vector<torch::Tensor> trajectory;  // when keep_trajectory: [rows, ...] per step
   Shard rows;             // which samples of the request these are: all of them unless sharded
   int64_t model_evaluations = 0;  // calls of the guided model per sample (NFE); 0 if no rows
+  int64_t steps = 0;  // sampler steps per sample: the respaced count, or the sampler's default
 };
 
 struct GenerationModels {

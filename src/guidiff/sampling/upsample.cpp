@@ -37,6 +37,7 @@ GenerationResult generate_upsampled(const LowResolutionConditioning& model_for, 
   }
   std::vector<torch::Tensor> samples, sample_labels;
   std::vector<std::vector<torch::Tensor>> trajectories;
+  GenerationResult out;
   for (int64_t begin = 0; begin < config.num_samples; begin += config.batch_size) {
     const int64_t end = std::min(begin + config.batch_size, config.num_samples);
     GenerationConfig part = config;
@@ -57,8 +58,10 @@ GenerationResult generate_upsampled(const LowResolutionConditioning& model_for, 
     samples.push_back(result.samples);
     if (result.labels.defined()) sample_labels.push_back(result.labels);
     trajectories.push_back(std::move(result.trajectory));
+    out.steps = result.steps;  // the same for every part
+    if (begin == 0) out.model_evaluations = result.model_evaluations;
   }
-  GenerationResult out;
+  out.rows = {0, config.num_samples};
   out.samples = torch::cat(samples, 0);
   if (!sample_labels.empty()) out.labels = torch::cat(sample_labels, 0);
   if (config.keep_trajectory && !trajectories.empty()) {
