@@ -111,10 +111,8 @@ int run_cli(int argc, char** argv) {
   std::string subcommand_names;  // "info, sample, ... or demo", as registered
   const std::vector<CLI::App*> subcommands = app.get_subcommands([](CLI::App*) { return true; });
   for (size_t i = 0; i < subcommands.size(); ++i) {
-    subcommand_names += (i == 0                        ? ""
-                         : i + 1 == subcommands.size() ? " or "
-                                                       : ", ") +
-                        subcommands[i]->get_name();
+    if (i > 0) subcommand_names += i + 1 == subcommands.size() ? " or " : ", ";
+    subcommand_names += subcommands[i]->get_name();
   }
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +

@@ -85,6 +85,17 @@ LoadedClassifier load_classifier(const SamplingFlags& flags, TorchScriptOptions 
           model_sample_shape(model)};
 }
 
+// A guidiff checkpoint classifier must take the samples being drawn; `maker` says what makes
+// them ("the mixture's are", "--model 'X' makes"). TorchScript classifiers declare no shape.
+void check_classifier_input(const LoadedClassifier& loaded, const SamplingFlags& flags,
+                            const std::vector<int64_t>& sample_shape, const std::string& maker) {
+  if (!loaded.input_shape.empty() && loaded.input_shape != sample_shape) {
+    throw InputError("--classifier '" + flags.classifier + "' takes samples of shape " +
+                     shape_string(loaded.input_shape) + "; " + maker + " " +
+                     shape_string(sample_shape));
+  }
+}
+
 // The built-in Gaussian-mixture toy with its exact denoiser (and exact classifier when
 // classifier guidance is asked for without --classifier). Classifier guidance alone uses the
 // unconditional mixture, as Dhariwal & Nichol guide unconditional models; every other
@@ -126,12 +137,7 @@ SamplingModels toy_models(const SamplingFlags& flags, const GenerationConfig& co
                        std::to_string(loaded.classifier->num_classes()) +
                        " classes apart; the mixture has " + std::to_string(mixture.num_classes));
     }
-    const std::vector<int64_t> mixture_shape{mixture.dim()};
-    if (!loaded.input_shape.empty() && loaded.input_shape != mixture_shape) {
-      throw InputError("--classifier '" + flags.classifier + "' takes samples of shape " +
-                       shape_string(loaded.input_shape) + "; the mixture's are " +
-                       shape_string(mixture_shape));
-    }
+    check_classifier_input(loaded, flags, {mixture.dim()}, "the mixture's are");
     models.classifier = loaded.classifier;
     models.model_card["classifier"] = loaded.card;
   } else if (uses_classifier(config)) {
@@ -233,11 +239,7 @@ SamplingModels network_models(const SamplingFlags& flags, const GuidedDiffusionF
       options.num_classes = flags.num_classes > 0 ? flags.num_classes : model.denoiser->num_classes();
       options.device = device;
       LoadedClassifier loaded = load_classifier(flags, options, device);
-      if (!loaded.input_shape.empty() && loaded.input_shape != shape) {
-        throw InputError("--classifier '" + flags.classifier + "' takes samples of shape " +
-                         shape_string(loaded.input_shape) + "; --model '" + flags.model +
-                         "' makes " + shape_string(shape));
-      }
+      check_classifier_input(loaded, flags, shape, "--model '" + flags.model + "' makes");
       models.classifier = loaded.classifier;
       models.model_card["classifier"] = loaded.card;
       if (models.class_names.empty()) models.class_names = std::move(loaded.class_names);
