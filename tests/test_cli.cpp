@@ -348,13 +348,60 @@ TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
                         "--config: cannot read '" + path("a-directory") + "': it is a directory");
   expect_one_line_error("sample --batch-size -1" + out, "--batch-size must be >= 1, got -1");
   expect_one_line_error("sample --num-samples -1" + out, "--num-samples must be >= 1, got -1");
-  expect_one_line_error("sample --variance-exponent -1" + out, "variance exponent v must be in [0, 1], got -1");
+  expect_one_line_error("sample --variance-exponent -1" + out,
+                        "--variance-exponent applies to the cfg-continuous");
+  // Flags the run would not read: once silently dropped.
+  expect_one_line_error("sample --variance fixed-large" + out,
+                        "--variance applies to the ddpm sampler (sampler is ddim)");
+  expect_one_line_error("sample --guidance-interval 1,2" + out,
+                        "--guidance-interval limits guidance, but none");
+  expect_one_line_error(
+      "sample --sampler euler --cfg-scale 1 --class 0 --guidance-interval-sigma -1,2" + out,
+      "--guidance-interval-sigma: noise levels sigma are >= 0, got -1");
+  expect_one_line_error("sample --eta 1.5" + out, "--eta must be in [0, 1], got 1.5");
+  expect_one_line_error("sample --sampler heun --s-noise 1e6" + out, "--s-noise must be in [0, 2]");
+  expect_one_line_error("sample --timesteps 2000000000" + out,
+                        "--timesteps must be 1 to 100000, got 2000000000");
+  expect_one_line_error("sample --dim 100000000" + out, "dim must be 2 to 1024, got 100000000");
+  expect_one_line_error("train diffusion --data folder:" + path("none") +
+                            " --image-size 1000000 --out-dir " + path("run"),
+                        "--image-size must be 1 to 4096");
   expect_one_line_error("demo --num-samples -1 --out-dir " + path("demo"), "--num-samples must be >= 1, got -1");
   expect_one_line_error("frobnicate", "unknown argument 'frobnicate'");
+  expect_one_line_error("train", "guidiff train needs a subcommand: diffusion or classifier");
+  expect_one_line_error("train bogus", "guidiff train needs a subcommand: diffusion or classifier");
   expect_one_line_error("",
                         "subcommand is required: info, sample, upsample, convert, demo, train, "
                         "eval, eval-classifier or sweep");
   EXPECT_FALSE(fs::exists(path("x.npy")));
+}
+
+TEST_F(CliTest, OutputsNamingOneFileOrAnInputAreRefused) {
+  // Each pair once overwrote one another (or the input) silently, the later write winning.
+  const std::string a = path("a.json"), b = path("b.npy");
+  expect_one_line_error("sample --out " + b + " --trajectory " + b,
+                        "--out and --trajectory both write '" + b + "'");
+  expect_one_line_error("sample --class 0 --out " + b + " --labels-out " + path("./b.npy"),
+                        "--out and --labels-out both write");
+  // The manifest beside x.npz is x.json.
+  expect_one_line_error("sample --dim 2 --out " + path("x.json") + " --plot " + path("p.png") +
+                            " --npz " + path("x.npz"),
+                        "--out and the manifest beside --npz both write");
+  expect_one_line_error("sample --out " + path("dir") + " --image-dir " + path("dir"),
+                        "--out and --image-dir both write");
+  EXPECT_FALSE(fs::exists(path("dir")));  // refused before the directory was made
+  const std::string mixture =
+      R"({"num_classes": 1, "weights": [1], "means": [[0, 0]], "covariances": [[[1, 0], [0, 1]]], "classes": [0]})";
+  write_file_atomically(a, mixture);
+  expect_one_line_error("sample --mixture " + a + " --out " + b + " --plot " + a,
+                        "--plot '" + a + "' would overwrite --mixture, an input");
+  EXPECT_EQ(read_file_bytes(a), mixture);
+  expect_one_line_error(
+      "eval-classifier --classifier " + path("c") + " --json " + a + " --plot " + a,
+      "--json and --plot both write");
+  expect_one_line_error("eval --samples " + a + " --json " + a,
+                        "--json '" + a + "' would overwrite --samples");
+  EXPECT_FALSE(fs::exists(b));
 }
 
 TEST_F(CliTest, FewStepSamplersAndGuidanceRulesRunFromTheCommandLine) {
@@ -421,6 +468,14 @@ TEST_F(CliTest, BadThreadCountsAreOneLineErrors) {
   expect_one_line_error("--threads -2 info", "--threads");
   expect_one_line_error("--threads many info", "--threads");
   expect_one_line_error("info", "GUIDIFF_THREADS", "GUIDIFF_THREADS=lots");
+  // Upper bounds: 100000 threads once stalled the machine, and --nproc 1000 forked 1000.
+  expect_one_line_error("--threads 100000 info",
+                        "--threads must be 1 to 1024 (or 0 for the default), got 100000");
+  expect_one_line_error("info", "GUIDIFF_THREADS must be a whole number from 1 to 1024, got '5000'",
+                        "GUIDIFF_THREADS=5000");
+  expect_one_line_error("--nproc 100000 sample --out " + path("x.npy"), "--nproc must be 1 to ");
+  expect_one_line_error("--nproc 0 sample --out " + path("x.npy"), "--nproc must be 1 to ");
+  EXPECT_FALSE(fs::exists(path("x.npy")));
 }
 
 // --conv and GUIDIFF_CONV choose the convolutions (the flag wins, auto by default); `info` says
@@ -567,6 +622,30 @@ TEST_F(CliTest, TrainedModelsKeepTheDataClassNamesAndSampleGridsShowThem) {
   EXPECT_EQ(card.at("model").at("class_names"), nlohmann::json({"dark", "light"}));
 }
 
+TEST_F(CliTest, DefaultNetworksFitTheImageSize) {
+  // Without --config the UNets' levels and attention are fitted to the images: 28x28 once
+  // failed on the 32x32 default's attention_resolutions [16], a field the user never wrote.
+  for (const auto& [side, mult, attention] :
+       {std::tuple<int64_t, nlohmann::json, nlohmann::json>{28, {1, 2, 2}, {7}},
+        {30, {1, 2}, {15}},
+        {32, {1, 2, 2}, {16}}}) {
+    const std::string data = path("images" + std::to_string(side));
+    for (const char* name : {"a", "b"}) {
+      fs::create_directories(data + "/" + name);
+      write_png_images(data + "/" + name, torch::rand({2, 1, side, side}) * 2 - 1);
+    }
+    const std::string run_dir = path("run" + std::to_string(side));
+    const std::string task = side == 28 ? "diffusion" : "classifier";
+    const CliResult result =
+        run("train " + task + " --data folder:" + data + " --channels 1 --steps 1 --batch-size 2 " +
+            "--timesteps 50 --log-every 0 --out-dir " + run_dir);
+    ASSERT_EQ(result.exit_code, 0) << side << ": " << result.err;
+    const auto config = nlohmann::json::parse(read_file_bytes(run_dir + "/model.json"));
+    EXPECT_EQ(config.at("channel_mult"), mult) << side;
+    EXPECT_EQ(config.at("attention_resolutions"), attention) << side;
+  }
+}
+
 TEST_F(CliTest, BadTrainingRequestsAreOneLineErrors) {
   const std::string out = " --out-dir " + path("run");
   expect_one_line_error("train diffusion --data nowhere" + out, "--data");
@@ -666,12 +745,17 @@ TEST_F(EvalCliTest, EvalScoresAnNpzAndWritesJson) {
 TEST_F(EvalCliTest, FeatureCalibrationReadsAGreyFolderAsTheEvaluatorsImages) {
   // The folder's PNGs are grey, as the evaluator's images; scoring reads them so, and so must
   // --calibrate-features (it once read them as RGB and failed on the evaluator's shape).
+  Model named = load_model(path("evaluator"));
+  named.class_names = {"a", "b", "c"};
+  save_model(named, path("evaluator"));
   const CliResult result = run("eval --calibrate-features --evaluator " + path("evaluator") +
                                " --data folder:" + path("reference"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_NE(result.out.find("feature_scales"), std::string::npos) << result.out;
-  EXPECT_TRUE(
-      nlohmann::json::parse(read_file_bytes(path("evaluator.json"))).contains("feature_scales"));
+  const auto calibrated = nlohmann::json::parse(read_file_bytes(path("evaluator.json")));
+  EXPECT_TRUE(calibrated.contains("feature_scales"));
+  // The rest of the file stays: it once kept the network's config alone, dropping the names.
+  EXPECT_EQ(calibrated.at("class_names"), nlohmann::json({"a", "b", "c"}));
   // --split chooses --data's images: with --samples it would be ignored, so it is refused.
   expect_one_line_error("eval --samples " + path("absent.npz") + " --split test" + common_,
                         "--split applies to --data");
@@ -702,6 +786,14 @@ TEST_F(EvalCliTest, EvalBadInputsAreOneLineErrors) {
                             " --reference folder:" + path("reference"),
                         "evaluator");
   EXPECT_FALSE(fs::exists(path("cache")));  // nothing half-written
+  // --reference-stats naming a file that is not statistics (a mistyped data set, say): the
+  // file is left as it was, and the run stops (it once was "recomputed" over).
+  write_sample_batch_npz(path("s.npz"), images_to_uint8_nhwc(torch::zeros({12, 1, 8, 8})), {});
+  write_file_atomically(path("precious.npy"), "my data");
+  expect_one_line_error(
+      "eval --samples " + path("s.npz") + common_ + " --reference-stats " + path("precious.npy"),
+      "precious.npy' exists and is not usable statistics");
+  EXPECT_EQ(read_file_bytes(path("precious.npy")), "my data");
   // A model of 10 classes against the 3-class evaluator: refused before sampling, by the
   // check (after sampling, class_accuracy itself would refuse the labels in other words).
   save_model(build_model({{"kind", "unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
@@ -711,6 +803,11 @@ TEST_F(EvalCliTest, EvalBadInputsAreOneLineErrors) {
   expect_one_line_error("eval --model " + path("unet10") + " --class 0,1,2,3,4,5,6,7,8,9 --num-samples 10 --steps 2" +
                             common_,
                         "tells 3 classes apart, so samples of the model's 10 classes cannot be scored");
+  // The evaluator sees clean images only: as a guide it would steer by nonsense.
+  expect_one_line_error(
+      "sample --model " + path("unet10") + " --unconditional --classifier " + path("evaluator") +
+          " --classifier-scale 1 --steps 2 --num-samples 2 --out " + path("x.npy"),
+      "is a cnn_classifier of clean images");
 }
 
 TEST_F(EvalCliTest, SweepOverSamplersPlotsFidAgainstModelEvaluations) {
@@ -869,10 +966,27 @@ TEST_F(EvalCliTest, SweepWritesEverySettingPlotsGridsAndReportAndResumes) {
   };
   EXPECT_EQ(columns_without_seconds(read_file_bytes(path("sweep/results.csv"))), columns_without_seconds(csv));
   // Another request in the same directory is refused, not mixed in.
-  expect_one_line_error("sweep --model " + path("unet") + " --classifier " + path("classifier") +
-                            " --cfg-scales 0 --steps 2 --num-samples 11 --out-dir " +
-                            path("sweep") + common_,
-                        "num_samples");
+  expect_one_line_error(
+      "sweep --model " + path("unet") + " --classifier " + path("classifier") +
+          " --classifier-scales 0,2 --cfg-scales 0:1:1 --steps 2,3 --num-samples 11 --out-dir " +
+          path("sweep") + common_,
+      "num_samples");
+  // Flags no setting would read are refused, not silently dropped.
+  expect_one_line_error(
+      "sweep --model " + path("unet") + " --classifier " + path("classifier") +
+          " --cfg-scales 1 --out-dir " + path("s5") + common_,
+      "--classifier is used by --classifier-scales and --conditional-classifier-scales");
+  expect_one_line_error("sweep --model " + path("unet") +
+                            " --sampler euler --eta 0.5 --cfg-scales 1 --out-dir " + path("s5") +
+                            common_,
+                        "--eta applies to the ddim sampler");
+  expect_one_line_error("sweep --model " + path("unet") +
+                            " --sigmas karras --cfg-scales 1 --out-dir " + path("s5") + common_,
+                        "--sigmas applies to the sigma-space samplers");
+  expect_one_line_error("sweep --model " + path("unet") + " --cfg-scales 0:1e6:0.001 --out-dir " +
+                            path("s5") + common_,
+                        "has more than 1000 values");
+  EXPECT_FALSE(fs::exists(path("s5/sweep.json")));
   // A classifier retrained under the same path: its results are not reused.
   save_model(build_model({{"kind", "encoder_unet"}, {"image_size", 8}, {"in_channels", 1}, {"model_channels", 8},
                           {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", std::vector<int>{}},

@@ -387,7 +387,7 @@ TEST_F(DataTest, UnreadableImagesFailOrAreSkippedWithOneWarning) {
   write_raw("mixed/b/broken.png", {'n', 'o', 't', ' ', 'a', ' ', 'p', 'n', 'g'});
   write_raw("mixed/b/cut.jpg", {0xFF, 0xD8, 0xFF});
   expect_error<FileError>([&] { load_image_folder(path("mixed")); },
-                          {path("mixed/b/broken.png"), "skip_unreadable"});
+                          {path("mixed/b/broken.png"), "fix or remove the file"});
 
   ::testing::internal::CaptureStderr();
   const Dataset data = load_image_folder(path("mixed"), {1, 0, true});

@@ -362,11 +362,17 @@ TEST_F(EvaluationTest, ReferenceStatisticsAreCachedPerDataAndNetwork) {
   EXPECT_EQ(third.statistics.mean.size(0), 2 + 8);
   ASSERT_GE(log.size(), 3u);
   EXPECT_NE(log[2].find("recomputing"), std::string::npos) << log[2];
-  // A damaged cache is recomputed too.
+  // A file the caller names that is not statistics at all (damaged, or a data set named by
+  // mistake) is refused and left as it is: it may not be guidiff's to overwrite.
   write_file_atomically(files.front().string(), "not safetensors");
-  const ReferenceSet fourth = reference_set(*other, data, files.front().string(), "", record);
+  expect_error<InputError>(
+      [&] { reference_set(*other, data, files.front().string(), "", record); },
+      {files.front().string(), "exists and is not usable statistics", "not overwriting it"});
+  EXPECT_EQ(read_file_bytes(files.front().string()), "not safetensors");
+  // The same damaged file as guidiff's own cache (in the cache directory) is recomputed.
+  const ReferenceSet fourth = reference_set(*evaluator, data, "", path("cache"), record);
   // Recomputed from the same images: equal up to a float64 summation order (~1e-16).
-  EXPECT_TRUE(torch::allclose(fourth.statistics.mean, third.statistics.mean));
+  EXPECT_TRUE(torch::allclose(fourth.statistics.mean, first.statistics.mean));
   EXPECT_NE(log[log.size() - 3].find("unusable"), std::string::npos) << log[log.size() - 3];
 }
 

@@ -404,6 +404,20 @@ TEST(GaussianMixture, JsonFileRoundTripAndBadFiles) {
   const auto wrong_type = dir / "wrong_type.json";
   write_file(wrong_type, R"({"num_classes": "two", "weights": [1], "means": [[0]], "covariances": [[[1]]], "classes": [0]})");
   expect_error_naming<InputError>([&] { GaussianMixture::from_json_file(wrong_type.string()); }, wrong_type.string());
+  // Non-integer counts and classes were once truncated (2.5 -> 2), and unknown keys ignored.
+  const std::string one_component = R"("weights": [1], "means": [[0]], "covariances": [[[1]]])";
+  for (const auto& [body, message] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"num_classes": 2.5, "classes": [0], )" + one_component + "}",
+            "\"num_classes\" must be a whole number"},
+           {R"({"num_classes": 2, "classes": [0.5], )" + one_component + "}",
+            "\"classes\" must be a list of whole"},
+           {R"({"num_classes": 1, "classes": [0], "clases": [0], )" + one_component + "}",
+            "unknown key \"clases\""}}) {
+    const auto file = dir / "inexact.json";
+    write_file(file, body);
+    expect_error_naming<InputError>([&] { GaussianMixture::from_json_file(file.string()); },
+                                    message);
+  }
   const auto not_spd = dir / "not_spd.json";
   write_file(not_spd, R"({"num_classes": 1, "weights": [1], "means": [[0, 0]], "covariances": [[[1, 2], [2, 1]]], "classes": [0]})");
   expect_error_naming<InputError>([&] { GaussianMixture::from_json_file(not_spd.string()); }, "positive definite");

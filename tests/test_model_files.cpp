@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -113,6 +114,19 @@ TEST(AdmReference, OutputsMatchGuidedDiffusionsUNetAndClassifier) {
 }
 
 // ---- factory, save and load ----------------------------------------------------------
+
+TEST(ModelFactory, AConfigTooLargeForMemoryNamesItself) {
+  // Its first layer alone, 4e13 x (2 or more) float32 weights, is 3.2e14 bytes or more: beyond
+  // a 47-bit address space, so the allocation fails at once everywhere (overcommit or not, and
+  // before anything is touched); the error names the config, not the allocator.
+  expect_error<InputError>(
+      [] {
+        build_model({{"kind", "mlp_denoiser"},
+                     {"data_dim", 2},
+                     {"hidden_channels", int64_t{40000000000000}}});
+      },
+      {"mlp_denoiser config: its weights do not fit in memory", "check its sizes"});
+}
 
 TEST(ModelFactory, BuildsEveryKindBehindItsInterface) {
   const auto unet = build_model(tiny_unet_json());
@@ -276,6 +290,18 @@ TEST_F(ModelFilesTest, MismatchedConfigOrWeightsNameTheKey) {
   save_safetensors(path("unet.safetensors"), state);
   expect_error<FileError>([&] { load_model(path("unet")); },
                           {"unet.safetensors", "missing key 'out.2.bias'"});
+
+  // A NaN weight (a diverged run, a corrupt copy) makes every output NaN: named on load.
+  auto poisoned = model_state(*model.module);
+  for (auto& [name, tensor] : poisoned) {
+    if (name == "time_embed.0.weight") {
+      tensor = tensor.clone();
+      tensor[1][2] = std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+  save_safetensors(path("unet.safetensors"), poisoned);
+  expect_error<FileError>([&] { load_model(path("unet")); },
+                          {"unet.safetensors", "key 'time_embed.0.weight' holds NaN or infinity"});
 
   fs::remove(path("unet.json"));
   expect_error<FileError>([&] { load_model(path("unet")); }, {"unet.json"});

@@ -123,6 +123,9 @@ TEST(PtFile, BadFilesGiveOneLineErrorsNamingTheProblem) {
   bad("bad_tensor.pt", {"a tensor, not a dict of tensors"});
   bad("bad_int_value.pt", {"key 'step'", "not a tensor"});
   bad("bad_nested.pt", {"not a tensor"});
+  // It once said "a BUILD result cannot be used as a dict value".
+  bad("bad_nested_state_dict.pt",
+      {"a state dict nested in a dict", "torch.save(model.state_dict(), path)"});
   bad("bad_numpy_global.pt", {"global 'numpy."});
   bad("bad_protocol.pt", {"protocol 4"});
   bad("bad_view_outside_storage.pt", {"outside its storage"});

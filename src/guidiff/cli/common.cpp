@@ -1,9 +1,13 @@
 #include "guidiff/cli/common.hpp"
 
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -97,6 +101,8 @@ nlohmann::json read_json_file(const std::string& flag, const std::string& path) 
   }
 }
 
+bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }
+
 void check_output_path(const std::string& flag, const std::string& path) {
   if (path.empty()) return;
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
@@ -107,6 +113,45 @@ void check_output_path(const std::string& flag, const std::string& path) {
   }
   if (std::filesystem::is_directory(path, ignored)) {
     throw FileError(flag + " '" + path + "' is a directory, not a file name");
+  }
+  // The file is written beside itself and renamed, so its directory must take new files.
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    throw FileError(flag + " '" + path + "': directory '" + dir.string() + "' is not writable (" +
+                    std::strerror(errno) + ")");
+  }
+}
+
+namespace {
+
+std::filesystem::path resolved_path(const std::string& path) {
+  std::error_code error;
+  std::filesystem::path resolved =
+      std::filesystem::weakly_canonical(std::filesystem::absolute(path), error);
+  return error ? std::filesystem::absolute(path).lexically_normal() : resolved;
+}
+
+}  // namespace
+
+void check_distinct_outputs(const NamedPaths& outputs, const NamedPaths& inputs) {
+  std::vector<std::pair<std::string, std::filesystem::path>> resolved_inputs;
+  for (const auto& [name, path] : inputs) {
+    if (!path.empty()) resolved_inputs.emplace_back(name, resolved_path(path));
+  }
+  std::vector<std::pair<std::string, std::filesystem::path>> seen;
+  for (const auto& [name, path] : outputs) {
+    if (path.empty()) continue;
+    std::filesystem::path resolved = resolved_path(path);
+    for (const auto& [input_name, input] : resolved_inputs) {
+      if (input == resolved)
+        throw InputError(name + " '" + path + "' would overwrite " + input_name + ", an input");
+    }
+    for (const auto& [other_name, other] : seen) {
+      if (other == resolved) {
+        throw InputError(other_name + " and " + name + " both write '" + path +
+                         "'; give each output its own file");
+      }
+    }
+    seen.emplace_back(name, std::move(resolved));
   }
 }
 

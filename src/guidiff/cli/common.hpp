@@ -6,7 +6,14 @@
 #include <string>
 #include <vector>
 
+namespace CLI {
+class Option;
+}
+
 namespace guidiff::cli {
+
+// True when the user gave the flag (on the command line), whatever its value.
+bool given(const CLI::Option* option);
 
 // "a,b,c" -> integers, each >= 1. Throws InputError naming the flag otherwise.
 std::vector<int64_t> parse_positive_list(const std::string& flag, const std::string& text);
@@ -17,6 +24,13 @@ std::pair<double, double> parse_number_pair(const std::string& flag, const std::
 // Fails early, before minutes of sampling, when an output file cannot be created:
 // throws FileError naming the flag and path if its directory does not exist.
 void check_output_path(const std::string& flag, const std::string& path);
+
+// One file written by two outputs would hold only the last of them, and an output over an
+// input destroys it: both are refused before any work. Each entry pairs a description (the
+// flag, "the manifest beside --npz") with a path; empty paths are skipped. Throws InputError
+// naming both.
+using NamedPaths = std::vector<std::pair<std::string, std::string>>;
+void check_distinct_outputs(const NamedPaths& outputs, const NamedPaths& inputs = {});
 
 // The JSON document in the file that `flag` names. A missing, unreadable or malformed file
 // is a one-line FileError naming the flag and the file.

@@ -133,7 +133,13 @@ ImagesToScore images_to_score(const EvalFlags& flags, const GlobalOptions& globa
   }
   if (!flags.labels.empty()) {
     if (result.labels.defined()) throw InputError("--labels: the samples already carry labels");
-    result.labels = read_npy(flags.labels).to(torch::kLong);
+    const torch::Tensor labels = read_npy(flags.labels);
+    // Checked before the cast to int64, which would truncate 2.7 to 2 without a word.
+    if (labels.is_floating_point() || labels.is_complex() || labels.scalar_type() == torch::kBool) {
+      throw InputError("--labels '" + flags.labels + "' must hold integer classes, got " +
+                       c10::toString(labels.scalar_type()));
+    }
+    result.labels = labels.to(torch::kLong);
   }
   return result;
 }
@@ -145,13 +151,13 @@ void run_calibration(const EvalFlags& flags, const GlobalOptions& global) {
   }
   DatasetRequest request = flags.data;
   // A folder is read with the evaluator's channels, as scoring reads it (grey PNGs stay grey).
-  const Model evaluator = load_model(flags.evaluation.evaluator, torch::kCPU);
+  Model evaluator = load_model(flags.evaluation.evaluator, global.torch_device());
   if (evaluator.config.contains("in_channels"))
     request.channels = evaluator.config.at("in_channels").get<int64_t>();
   const Dataset data = load_dataset(request);
   if (!data.holds_images()) throw InputError("--data '" + flags.data.spec + "' holds no images");
-  const std::vector<double> scales =
-      calibrate_evaluator_features(flags.evaluation.evaluator, data.images, global.torch_device());
+  const std::vector<double> scales = calibrate_evaluator_features(
+      evaluator, flags.evaluation.evaluator, data.images, global.torch_device());
   std::printf("evaluator '%s': feature_scales", flags.evaluation.evaluator.c_str());
   for (const double scale : scales) std::printf(" %.6g", scale);
   std::printf(" (from %lld images of %s)\n", static_cast<long long>(data.size()), data.name.c_str());
@@ -188,6 +194,9 @@ void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
   if (flags.calibrate_features) return run_calibration(flags, global);
   if (!flags.write_reference.empty()) return run_write_reference(flags, global);
   Communicator& communicator = *global.communicator;
+  check_distinct_outputs(
+      {{"--json", flags.json}, {"--reference-stats", flags.evaluation.reference_stats}},
+      {{"--samples", flags.samples}, {"--labels", flags.labels}});
   if (!flags.json.empty() && communicator.is_main()) check_output_path("--json", flags.json);
   Evaluation evaluation(flags.evaluation, global.torch_device(), communicator);
   const ImagesToScore input = images_to_score(flags, global, evaluation);

@@ -14,6 +14,7 @@
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/io/plot.hpp"
 #include "guidiff/models/model_files.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
 #include "guidiff/version.hpp"
 
 namespace guidiff::cli {
@@ -27,6 +28,7 @@ struct EvalClassifierFlags {
 };
 
 void run_eval_classifier(EvalClassifierFlags flags, const GlobalOptions& global) {
+  check_distinct_outputs({{"--json", flags.json}, {"--plot", flags.plot}});
   if (!flags.json.empty()) check_output_path("--json", flags.json);
   if (!flags.plot.empty()) check_output_path("--plot", flags.plot);
   if (flags.options.buckets < 1) throw InputError("--buckets must be >= 1, got " + std::to_string(flags.options.buckets));
@@ -34,6 +36,7 @@ void run_eval_classifier(EvalClassifierFlags flags, const GlobalOptions& global)
   if (flags.options.batch_size < 1) {
     throw InputError("--batch-size must be >= 1, got " + std::to_string(flags.options.batch_size));
   }
+  check_timestep_count(flags.timesteps, "--timesteps");
   flags.options.device = global.torch_device();
   const Model model = load_model(flags.classifier, flags.options.device);
   if (!model.classifier) throw InputError("--classifier '" + flags.classifier + "' is not a classifier");
@@ -100,7 +103,10 @@ Command add_eval_classifier_command(CLI::App& app, const GlobalOptions& global) 
   command->add_option("--schedule", f.schedule, "the classifier's training schedule: linear or cosine")->capture_default_str();
   command->add_option("--timesteps", f.timesteps, "its T")->capture_default_str();
   command->add_option("--seed", f.options.seed, "seed of the noise and the t draws")->capture_default_str();
-  command->add_option("--batch-size", f.options.batch_size, "images per forward (never changes results)")->capture_default_str();
+  command
+      ->add_option("--batch-size", f.options.batch_size,
+                   "images per forward (changes results only through float32 rounding)")
+      ->capture_default_str();
   command->add_option("--json", f.json, "write the accuracy per bucket as JSON here");
   command->add_option("--plot", f.plot, "draw accuracy against t as a PNG here (gnuplot)");
   return {command, [flags, &global] { run_eval_classifier(*flags, global); }};

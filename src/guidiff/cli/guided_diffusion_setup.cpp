@@ -15,8 +15,6 @@
 namespace guidiff::cli {
 namespace {
 
-bool given(const CLI::Option* option) { return option != nullptr && option->count() > 0; }
-
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -202,6 +200,8 @@ void prepare_upsampling(const Model& model, const SamplingFlags& flags, Generati
                      std::to_string(network.low_res_size) + " with " + std::to_string(network.in_channels));
   }
   const int64_t available = images.size(0);
+  if (available == 0)
+    throw InputError("--base-samples '" + flags.base_samples + "' holds no images");
   if (given(flags.num_samples_option) && config.num_samples > available) {
     throw InputError("--num-samples " + std::to_string(config.num_samples) + " exceeds the " + std::to_string(available) +
                      " base samples");

@@ -2,29 +2,43 @@
 // subcommand; every failure becomes one line `guidiff: error: ...` on stderr and exit 2.
 #include "guidiff/cli/run_cli.hpp"
 
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "guidiff/cli/commands.hpp"
 #include "guidiff/cli/option_list.hpp"
-#include "guidiff/core/errors.hpp"
 #include "guidiff/core/allocator.hpp"
+#include "guidiff/core/errors.hpp"
+#include "guidiff/core/text.hpp"
 #include "guidiff/core/threads.hpp"
-#include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/distributed/launch_environment.hpp"
 #include "guidiff/distributed/local_launcher.hpp"
+#include "guidiff/models/winograd_conv.hpp"
 #include "guidiff/version.hpp"
 
 namespace {
 
 constexpr int kErrorExit = 2;
+
+// "a, b or c": the names of `command`'s subcommands, as registered.
+std::string subcommand_list(const CLI::App& command) {
+  const std::vector<const CLI::App*> choices =
+      command.get_subcommands([](const CLI::App*) { return true; });
+  std::string names;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i > 0) names += i + 1 == choices.size() ? " or " : ", ";
+    names += choices[i]->get_name();
+  }
+  return names;
+}
 
 // The first line of a message, trimmed: what the user reads.
 std::string one_line(const std::string& message) {
@@ -102,18 +116,22 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::CallForVersion& version) {
     return app.exit(version);
   } catch (const CLI::ParseError& error) {
+    // CLI11 says only "A subcommand is required" for `guidiff train` (or `train bogus`): name
+    // the command and its choices.
+    for (const CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) {
+      const std::string choices = subcommand_list(*command);
+      if (!command->parsed() || choices.empty() || !command->get_subcommands().empty()) continue;
+      const std::vector<std::string> extra = command->remaining();
+      return report("guidiff " + command->get_name() + " needs a subcommand: " + choices +
+                    (extra.empty() ? "" : " (got '" + extra.front() + "')"));
+    }
     return report(error.what());
   }
   if (list_options) {
     std::fputs(guidiff::cli::option_list(app).c_str(), stdout);
     return 0;
   }
-  std::string subcommand_names;  // "info, sample, ... or demo", as registered
-  const std::vector<CLI::App*> subcommands = app.get_subcommands([](CLI::App*) { return true; });
-  for (size_t i = 0; i < subcommands.size(); ++i) {
-    if (i > 0) subcommand_names += i + 1 == subcommands.size() ? " or " : ", ";
-    subcommand_names += subcommands[i]->get_name();
-  }
+  const std::string subcommand_names = subcommand_list(app);  // "info, sample, ... or sweep"
   if (!app.remaining().empty()) {
     return report("unknown argument '" + app.remaining().front() + "'" +
                   (app.get_subcommands().empty()
@@ -124,7 +142,21 @@ int run_cli(int argc, char** argv) {
     return report("a subcommand is required: " + subcommand_names + " (see guidiff --help)");
 
   if (!(global.dist_timeout > 0.0) || global.dist_timeout > 1e9) {
-    return report("--dist-timeout must be a number of seconds > 0, got " + std::to_string(global.dist_timeout));
+    return report("--dist-timeout must be a number of seconds from above 0 to 1e9, got " +
+                  guidiff::number_string(global.dist_timeout));
+  }
+  // Bounds that keep a typo from forking or spawning thousands: more processes or threads than
+  // this only slow a run (they share the cores).
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int max_processes = std::max(64, cores);
+  if (app.get_option("--nproc")->count() > 0 &&
+      (global.nproc < 1 || global.nproc > max_processes)) {
+    return report("--nproc must be 1 to " + std::to_string(max_processes) +
+                  " (processes on this machine), got " + std::to_string(global.nproc));
+  }
+  if (global.threads < 0 || global.threads > guidiff::kMaxThreads) {
+    return report("--threads must be 1 to " + std::to_string(guidiff::kMaxThreads) +
+                  " (or 0 for the default), got " + std::to_string(global.threads));
   }
   if (global.nproc != 0) {
     const std::string command = app.get_subcommands().front()->get_name();
@@ -142,10 +174,6 @@ int run_cli(int argc, char** argv) {
     }
   }
   try {
-    if (global.threads < 0) {
-      throw guidiff::InputError("--threads must be >= 1 (or 0 for the default), got " +
-                                std::to_string(global.threads));
-    }
     guidiff::configure_allocator();
     guidiff::configure_convolutions(global.conv);
     // One of several processes on this machine takes its share of the cores by default.

@@ -63,6 +63,27 @@ void check_outputs(const SampleFlags& flags, const std::vector<int64_t>& shape, 
   if (!flags.plot.empty() && shape != std::vector<int64_t>{2}) {
     throw InputError("--plot draws 2-D samples (shape 2); use --grid for images");
   }
+  std::vector<std::pair<std::string, std::string>> outputs = {{"--out", flags.out},
+                                                              {"--labels-out", flags.labels_out},
+                                                              {"--plot", flags.plot},
+                                                              {"--grid", flags.grid},
+                                                              {"--trajectory", flags.trajectory},
+                                                              {"--npz", flags.npz},
+                                                              {"--image-dir", flags.image_dir}};
+  if (flags.manifest.empty()) {
+    outputs.emplace_back("the manifest beside --npz", manifest_path(flags));
+  } else {
+    outputs.emplace_back("--manifest", flags.manifest);
+  }
+  for (const std::string& card : model_card_paths(flags))
+    outputs.emplace_back("the model card '" + card + "'", card);
+  const SamplingFlags& in = flags.sampling;
+  check_distinct_outputs(outputs, {{"--model", in.model},
+                                   {"--classifier", in.classifier},
+                                   {"--guide-model", in.guide_model},
+                                   {"--base-samples", in.base_samples},
+                                   {"--noise", in.noise},
+                                   {"--mixture", in.mixture == "demo" ? "" : in.mixture}});
   const bool images = shape.size() == 3 && (shape[0] == 1 || shape[0] == 3);
   if (!flags.grid.empty() && !images) throw InputError("--grid needs image samples of shape 1,H,W or 3,H,W");
   if (flags.grid_scale < 1 || flags.grid_scale > 16) {
@@ -70,6 +91,7 @@ void check_outputs(const SampleFlags& flags, const std::vector<int64_t>& shape, 
   }
   if (!flags.npz.empty() && !images) throw InputError("--npz needs image samples of shape 1,H,W or 3,H,W");
   if (!flags.image_dir.empty() && !images) throw InputError("--image-dir needs image samples of shape 1,H,W or 3,H,W");
+  // Created first: the other outputs may be named inside it.
   if (!flags.image_dir.empty()) {
     std::error_code error;
     std::filesystem::create_directories(flags.image_dir, error);

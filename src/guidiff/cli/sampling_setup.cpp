@@ -16,6 +16,7 @@
 #include "guidiff/models/null_class_denoiser.hpp"
 #include "guidiff/models/torchscript_models.hpp"
 #include "guidiff/models/winograd_conv.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
 #include "guidiff/version.hpp"
 
 namespace guidiff::cli {
@@ -77,10 +78,7 @@ LoadedClassifier load_classifier(const SamplingFlags& flags, TorchScriptOptions 
             {}};
   }
   Model model = load_model(flags.classifier, device);
-  if (!model.classifier) {
-    throw InputError("--classifier '" + flags.classifier + "' holds a " +
-                     model_kind_name(model.kind) + ", not a classifier");
-  }
+  check_guidance_classifier(model, "--classifier '" + flags.classifier + "'");
   return {model.classifier, model_card(model, flags.classifier), model.class_names,
           model_sample_shape(model)};
 }
@@ -291,12 +289,42 @@ void apply_guidance_rules(const SamplingFlags& flags, GenerationConfig& config) 
   config.dynamic_threshold = flags.dynamic_threshold;
 }
 
+// Flags that would be read and then have no effect on this run: refused, so that a user who
+// asks for something is never handed samples made without it.
+void reject_unused_flags(const SamplingFlags& flags, const SamplingSetup& setup) {
+  const GenerationConfig& config = setup.config;
+  const std::string sampler = to_string(config.sampler);
+  if (given(flags.variance_option)) {
+    if (config.sampler != SamplerKind::ddpm) {
+      throw InputError("--variance applies to the ddpm sampler (sampler is " + sampler + ")");
+    }
+    if (setup.models.denoiser && setup.models.denoiser->learns_variance() &&
+        config.fixed_variance != VarianceKind::learned_range) {
+      throw InputError(
+          "--variance " + flags.variance +
+          ": the model learns its variance, and the ddpm sampler uses it (learned-range)");
+    }
+  }
+  if (given(flags.variance_exponent_option) && config.sampler != SamplerKind::cfg_continuous) {
+    throw InputError("--variance-exponent applies to the cfg-continuous sampler (sampler is " +
+                     sampler + ")");
+  }
+  if ((!flags.guidance_interval.empty() || !flags.guidance_interval_sigma.empty()) &&
+      !uses_cfg(config) && !uses_classifier(config)) {
+    throw InputError(
+        std::string(flags.guidance_interval.empty() ? "--guidance-interval-sigma"
+                                                    : "--guidance-interval") +
+        " limits guidance, but none is asked for (--cfg-scale, --cfg-pp or --classifier-scale)");
+  }
+}
+
 GenerationConfig generation_config(const SamplingFlags& flags) {
   GenerationConfig config;
   // Names first, so a misspelt sampler or schedule is the error reported.
   config.sampler = parse_sampler(flags.sampler);
   config.schedule = parse_beta_schedule(flags.schedule);
   config.fixed_variance = parse_variance_kind(flags.variance);
+  check_timestep_count(flags.timesteps, "--timesteps");  // before any schedule of that size is made
   config.timesteps = flags.timesteps;
   config.respacing = flags.respacing;
   config.steps = flags.steps;
@@ -374,14 +402,18 @@ void add_sampling_flags(CLI::App& command, SamplingFlags& flags) {
                                            "CFG++ with guidance scale lambda (Chung et al. 2024; ddim and euler)");
   command.add_option("--dynamic-threshold", flags.dynamic_threshold,
                      "dynamic thresholding of x0 at percentile p in (0, 1], e.g. 0.995 (Saharia et al. 2022)");
-  command.add_option("--variance-exponent", flags.variance_exponent, "cfg-continuous variance exponent v in [0, 1] (default 0.3)");
+  flags.variance_exponent_option =
+      command.add_option("--variance-exponent", flags.variance_exponent,
+                         "cfg-continuous variance exponent v in [0, 1] (default 0.3)");
   command.add_option("--guidance-interval", flags.guidance_interval, "guide only for model times in [a,b]: 'a,b'");
   command.add_option("--guidance-interval-sigma", flags.guidance_interval_sigma,
                      "guide only for noise levels sigma in [lo,hi]: 'lo,hi' (Kynkaanniemi et al. 2024)");
   command.add_flag("--bf16", flags.bf16,
                    "run the networks under bfloat16 autocast with float32 accumulation (faster on CPUs with avx512_bf16/AMX, slower elsewhere; samples differ slightly from float32)");
   command.add_option("--seed", flags.seed, "random seed (default 0); sample k's noise depends only on (seed, k)");
-  flags.batch_size_option = command.add_option("--batch-size,--batch_size", flags.batch_size, "samples per model batch (default 64); does not change results");
+  flags.batch_size_option = command.add_option(
+      "--batch-size,--batch_size", flags.batch_size,
+      "samples per model batch (default 64); changes samples only through float32 rounding");
   flags.num_samples_option = command.add_option("--num-samples,--num_samples", flags.num_samples, "number of samples (default 16)");
   command.add_option("--noise", flags.noise, "starting noise x_T as .npy [num_samples, shape...]");
   add_guided_diffusion_flags(command, flags);
@@ -444,6 +476,7 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
       setup.models.guide =
           std::make_shared<Bf16Denoiser>(setup.models.guide, weights(*setup.models.guide));
   }
+  reject_unused_flags(flags, setup);
   // Clipping x0 to [-1, 1] suits images (C,H,W), not vectors, unless asked.
   config.clip_x0 = flags.clip || (!flags.no_clip && config.sample_shape.size() == 3);
   if (!flags.noise.empty()) setup.initial_noise = read_npy(flags.noise);

@@ -51,8 +51,10 @@ struct SamplingFlags {
               *num_classes_option = nullptr, *shape_option = nullptr, *sigmas_option = nullptr,
               *cfg_pp_option = nullptr, *cfg_scale_option = nullptr;
   CLI::Option *sampler_option = nullptr, *respacing_option = nullptr, *schedule_option = nullptr,
-              *timesteps_option = nullptr, *variance_option = nullptr, *classifier_scale_option = nullptr,
-              *batch_size_option = nullptr, *num_samples_option = nullptr, *class_option = nullptr;
+              *timesteps_option = nullptr, *variance_option = nullptr,
+              *classifier_scale_option = nullptr, *batch_size_option = nullptr,
+              *num_samples_option = nullptr, *class_option = nullptr,
+              *variance_exponent_option = nullptr;
   std::vector<CLI::Option*> churn_options, apg_options_given;
 };
 

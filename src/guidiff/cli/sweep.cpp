@@ -14,6 +14,7 @@
 #include <sys/utsname.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -55,6 +56,7 @@ struct SweepFlags {
   uint64_t seed = 0;
   bool no_real_baseline = false;
   EvaluationFlags evaluation;
+  CLI::Option* sigmas_option = nullptr;
 };
 
 struct SettingResult {
@@ -154,10 +156,10 @@ class Sweep {
     std::vector<std::string> classifier_names;
     if (!flags_.classifier.empty()) {
       Model classifier = load_model(flags_.classifier, device_);
+      check_guidance_classifier(classifier, "--classifier '" + flags_.classifier + "'");
       classifier_ = classifier.classifier;
       classifier_names = std::move(classifier.class_names);
     }
-    if (!flags_.classifier.empty() && !classifier_) throw InputError("--classifier '" + flags_.classifier + "' is not a classifier");
     const bool conditional_model = model_.denoiser->num_classes() > 0;
     if (!conditional_model && !flags_.conditional_classifier_scales.empty()) {
       throw InputError("--conditional-classifier-scales needs a class-conditional --model; '" + flags_.model +
@@ -217,11 +219,28 @@ class Sweep {
       for (double value : *scales) needs_classifier = needs_classifier || value != 0.0;
       if (needs_classifier && flags_.classifier.empty()) throw InputError(std::string(flag) + " needs --classifier");
     }
+    if (!flags_.classifier.empty() && s.empty() && conditional_s.empty()) {
+      throw InputError(
+          "--classifier is used by --classifier-scales and --conditional-classifier-scales, and "
+          "neither "
+          "is given");
+    }
     const std::vector<int64_t> steps = parse_positive_list("--steps", flags_.steps);
     if (flags_.num_samples < 10) throw InputError("--num-samples must be >= 10 for the metrics to mean anything");
     if (flags_.grid_columns < 1) throw InputError("--grid-columns must be >= 1");
     samplers_ = swept_samplers(flags_);
     parse_sigma_spacing(flags_.sigmas);
+    // Flags that no swept sampler reads would leave every setting as it was without them.
+    const auto swept = [&](auto&& wanted) {
+      return std::any_of(samplers_.begin(), samplers_.end(), wanted);
+    };
+    if (flags_.eta != 0.0 && !swept([](SamplerKind k) { return k == SamplerKind::ddim; })) {
+      throw InputError("--eta applies to the ddim sampler, which this sweep does not run");
+    }
+    if (given(flags_.sigmas_option) && !swept([](SamplerKind k) { return is_sigma_sampler(k); })) {
+      throw InputError(
+          "--sigmas applies to the sigma-space samplers, which this sweep does not run");
+    }
     const bool named_by_sampler = samplers_.size() > 1;
     for (const SamplerKind sampler : samplers_) {
       for (int64_t t : steps) {
@@ -273,7 +292,13 @@ class Sweep {
   void score_real_baseline() {
     DatasetRequest request;
     request.spec = flags_.evaluation.reference;
-    request.split = flags_.evaluation.reference_split == "test" ? "train" : "test";
+    // Held-out images where the data has splits (the reference's other one); a folder has
+    // none, so the baseline draws from the reference images themselves, and says so.
+    const std::string kind = request.spec.substr(0, request.spec.find(':'));
+    const bool has_splits = kind != "folder" && kind != "mixture";
+    request.split = !has_splits ? flags_.evaluation.reference_split
+                    : flags_.evaluation.reference_split == "test" ? "train"
+                                                                  : "test";
     request.channels = evaluation_->image_channels();
     const Dataset data = load_dataset(request);
     const int64_t n = std::min(flags_.num_samples, data.size());
@@ -283,7 +308,8 @@ class Sweep {
       class_names_ = data.class_names;
     }
     real_ = evaluation_->score(data.images.index_select(0, rows), data.labels.index_select(0, rows));
-    real_name_ = "real " + request.split + " images";
+    real_name_ =
+        has_splits ? "real " + request.split + " images" : "real images (of the reference itself)";
   }
 
   void run_settings() {
@@ -656,8 +682,10 @@ Command add_sweep_command(CLI::App& app, const GlobalOptions& global) {
   CLI::Option* sampler = command->add_option("--sampler", f.sampler, "the sampler (any of guidiff sample's)")->capture_default_str();
   command->add_option("--samplers", f.samplers, "several samplers, a list (e.g. ddim,dpmpp-2m,unipc): one curve each")
       ->excludes(sampler);
-  command->add_option("--sigmas", f.sigmas, "sigma-space samplers' spacing: karras | timesteps | log-snr")
-      ->capture_default_str();
+  f.sigmas_option = command
+                        ->add_option("--sigmas", f.sigmas,
+                                     "sigma-space samplers' spacing: karras | timesteps | log-snr")
+                        ->capture_default_str();
   command->add_option("--eta", f.eta, "DDIM eta")->capture_default_str();
   command->add_option("--num-samples", f.num_samples, "samples per setting (sample k asks for class k mod K)")->capture_default_str();
   command->add_option("--batch-size", f.batch_size)->capture_default_str();

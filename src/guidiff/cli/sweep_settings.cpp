@@ -67,12 +67,15 @@ std::vector<double> parse_number_list(const std::string& flag, const std::string
     if (parts.size() != 3) throw InputError(flag + ": a range is start:stop:step, got '" + text + "'");
     const double start = number(parts[0]), stop = number(parts[1]), step = number(parts[2]);
     if (step <= 0 || stop < start) throw InputError(flag + ": range '" + text + "' needs step > 0 and stop >= start");
+    // Counted before any is made: 0:1e6:0.001 once built a billion values first.
+    if ((stop - start) / step > 999.0 + 1e-9) {
+      throw InputError(flag + ": range '" + text + "' has more than 1000 values");
+    }
     for (int64_t i = 0; start + i * step <= stop + 1e-9 * step; ++i) values.push_back(start + i * step);
-    if (values.size() > 1000) throw InputError(flag + ": range '" + text + "' has more than 1000 values");
-    return values;
+  } else {
+    std::stringstream stream(text);
+    for (std::string part; std::getline(stream, part, ',');) values.push_back(number(part));
   }
-  std::stringstream stream(text);
-  for (std::string part; std::getline(stream, part, ',');) values.push_back(number(part));
   for (double value : values) {
     if (value < 0) throw InputError(flag + ": guidance strengths must be >= 0, got " + std::to_string(value));
   }

@@ -4,16 +4,18 @@
 #include <sys/resource.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
 
-#include "guidiff/cli/common.hpp"
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/common.hpp"
 #include "guidiff/cli/progress.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/data/dataset_spec.hpp"
 #include "guidiff/models/model_files.hpp"
+#include "guidiff/models/unet_config.hpp"
 #include "guidiff/training/checkpoint.hpp"
 #include "guidiff/training/interrupt.hpp"
 #include "guidiff/training/trainer.hpp"
@@ -27,7 +29,58 @@ struct TrainFlags {
   std::string objective = "eps", schedule = "linear", lr_schedule = "constant";
   DatasetRequest data;
   TrainingOptions options;
+  // Flags that act on some data or objectives only: given elsewhere they are refused.
+  CLI::Option *split_option = nullptr, *image_size_option = nullptr, *channels_option = nullptr,
+              *mixture_size_option = nullptr, *vlb_weight_option = nullptr;
 };
+
+// A flag the run would read and then not use is refused: the user asked for something.
+void reject_unused_training_flags(const TrainFlags& flags) {
+  const std::string kind = flags.data.spec.substr(0, flags.data.spec.find(':'));
+  const auto refuse = [&](const CLI::Option* option, bool applies, const std::string& where) {
+    if (given(option) && !applies)
+      throw InputError(option->get_name() + " applies to " + where + ", not --data " + kind);
+  };
+  refuse(flags.split_option, kind != "folder" && kind != "mixture",
+         "data sets with splits (fashion-mnist, mnist, cifar)");
+  refuse(flags.image_size_option, kind == "folder", "folder data");
+  refuse(flags.channels_option, kind == "folder", "folder data");
+  refuse(flags.mixture_size_option, kind == "mixture", "mixture data");
+  if (given(flags.vlb_weight_option) && flags.options.objective != DiffusionObjective::hybrid) {
+    throw InputError("--vlb-weight applies to --objective hybrid");
+  }
+}
+
+// The UNet's default levels and attention resolution are made for 32x32 images. For another
+// size the fields the config leaves out are fitted to it (28x28 once failed on an
+// attention_resolutions the user never wrote): as many of the default levels as the side
+// halves into, and attention at the default resolution where the network has it, else at its
+// smallest feature map.
+void fit_unet_levels(nlohmann::json& config) {
+  const UNetBackboneConfig defaults;
+  const int64_t image_size = config["image_size"].get<int64_t>();
+  if (image_size < 1) return;  // the config's own check names it
+  if (!config.contains("channel_mult")) {
+    std::vector<double> mult = defaults.channel_mult;
+    while (mult.size() > 1 && image_size % (int64_t{1} << (mult.size() - 1)) != 0) mult.pop_back();
+    config["channel_mult"] = mult;
+  }
+  if (!config.contains("attention_resolutions") && config["channel_mult"].is_array() &&
+      !config["channel_mult"].empty() && config["channel_mult"].size() < 63) {
+    const int64_t halvings = static_cast<int64_t>(config["channel_mult"].size()) - 1;
+    std::vector<int64_t> sides;
+    for (int64_t level = 0; level <= halvings && image_size % (int64_t{1} << level) == 0; ++level) {
+      sides.push_back(image_size >> level);
+    }
+    std::vector<int64_t> attention;
+    for (const int64_t resolution : defaults.attention_resolutions) {
+      if (std::find(sides.begin(), sides.end(), resolution) != sides.end())
+        attention.push_back(resolution);
+    }
+    if (attention.empty() && !sides.empty()) attention.push_back(sides.back());
+    config["attention_resolutions"] = attention;
+  }
+}
 
 // The model config: the given file (or, when resuming without one, the run's own), with
 // the fields the data decides filled in where the file leaves them out.
@@ -59,6 +112,8 @@ nlohmann::json model_config(const TrainFlags& flags, const Dataset& data) {
   if (image_model) {
     if (!config.contains("image_size")) config["image_size"] = data.images.size(2);
     if (!config.contains("in_channels")) config["in_channels"] = data.images.size(1);
+    if (kind != "cnn_classifier" && config["image_size"].is_number_integer())
+      fit_unet_levels(config);
     // A network too small for the default 32 GroupNorm groups gets as many as fit.
     if (kind != "cnn_classifier" && !config.contains("norm_groups") && config.value("model_channels", int64_t{64}) < 32) {
       config["norm_groups"] = config.value("model_channels", int64_t{64}) / 2;
@@ -88,14 +143,17 @@ void run_train(TrainFlags flags, Communicator& communicator) {
   flags.options.lr_schedule = parse_lr_schedule(flags.lr_schedule);
   flags.data.seed = flags.options.seed;
   flags.options.validate();
+  reject_unused_training_flags(flags);
   if (flags.options.bf16) warn_if_bf16_is_emulated(flags.options.device);
   check_run_directory(flags.options.out_dir, flags.options.resume);
   // Checked whatever the data (they act on folders only): a bad value is never ignored.
   if (flags.data.channels != 1 && flags.data.channels != 3) {
     throw InputError("--channels must be 1 (grey) or 3 (RGB), got " + std::to_string(flags.data.channels));
   }
-  if (flags.data.image_size < 0) {
-    throw InputError("--image-size must be >= 1 (or 0: keep the images' size), got " + std::to_string(flags.data.image_size));
+  // 4096 is 8x guided-diffusion's largest model; beyond it the resized copies alone fill memory.
+  if (flags.data.image_size < 0 || flags.data.image_size > 4096) {
+    throw InputError("--image-size must be 1 to 4096 (or 0: keep the images' size), got " +
+                     std::to_string(flags.data.image_size));
   }
   const Dataset data = load_dataset(flags.data);
   // The initial weights come from the global generator: seeded, so a recipe rerun gives the
@@ -158,10 +216,16 @@ void add_training_flags(CLI::App& command, TrainFlags& flags) {
   command.add_option("--data", flags.data.spec,
                      "fashion-mnist | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR | mixture[:FILE.json]")
       ->capture_default_str();
-  command.add_option("--split", flags.data.split, "train or test")->capture_default_str();
-  command.add_option("--image-size", flags.data.image_size, "folder data: centre-crop and resize to this side");
-  command.add_option("--channels", flags.data.channels, "folder data: 1 (grey) or 3 (RGB)")->capture_default_str();
-  command.add_option("--mixture-size", flags.data.mixture_size, "mixture data: points drawn")->capture_default_str();
+  flags.split_option =
+      command.add_option("--split", flags.data.split, "train or test")->capture_default_str();
+  flags.image_size_option = command.add_option("--image-size", flags.data.image_size,
+                                               "folder data: centre-crop and resize to this side");
+  flags.channels_option =
+      command.add_option("--channels", flags.data.channels, "folder data: 1 (grey) or 3 (RGB)")
+          ->capture_default_str();
+  flags.mixture_size_option =
+      command.add_option("--mixture-size", flags.data.mixture_size, "mixture data: points drawn")
+          ->capture_default_str();
   command.add_option("--out-dir", o.out_dir, "run directory: weights, resume file, log, previews")->required();
   command.add_flag("--resume", o.resume, "continue the run in --out-dir from its last checkpoint");
   command.add_option("--steps", o.steps, "total optimiser steps")->capture_default_str();
@@ -202,7 +266,9 @@ Command add_train_command(CLI::App& app, const GlobalOptions& global) {
   diffusion->add_flag("--conditional", flags->conditional, "class-conditional (num_classes from the data)");
   diffusion->add_option("--p-uncond", flags->options.p_uncond, "label dropout probability (classifier-free)")
       ->capture_default_str();
-  diffusion->add_option("--vlb-weight", flags->options.vlb_weight, "lambda of the hybrid loss")->capture_default_str();
+  flags->vlb_weight_option =
+      diffusion->add_option("--vlb-weight", flags->options.vlb_weight, "lambda of the hybrid loss")
+          ->capture_default_str();
   diffusion->add_option("--sample-every", flags->options.sample_every, "steps between preview grids (0: never)")
       ->capture_default_str();
   diffusion->add_option("--preview-samples", flags->options.preview_samples)->capture_default_str();

@@ -17,8 +17,9 @@ int configure_threads(int requested) {
     if (const char* env = std::getenv("GUIDIFF_THREADS"); env != nullptr && *env != '\0') {
       char* end = nullptr;
       const long value = std::strtol(env, &end, 10);
-      if (*end != '\0' || value <= 0 || value > 4096) {
-        throw InputError(std::string("GUIDIFF_THREADS must be a positive whole number, got '") + env + "'");
+      if (*end != '\0' || value <= 0 || value > kMaxThreads) {
+        throw InputError("GUIDIFF_THREADS must be a whole number from 1 to " +
+                         std::to_string(kMaxThreads) + ", got '" + env + "'");
       }
       threads = static_cast<int>(value);
     }

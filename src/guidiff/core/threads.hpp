@@ -4,6 +4,10 @@
 
 namespace guidiff {
 
+// The most intra-op threads guidiff sets (--threads, GUIDIFF_THREADS). OpenMP pools of many
+// thousands stall a machine for minutes; a typo should not.
+constexpr int kMaxThreads = 1024;
+
 // Sets libtorch's intra-op thread count. requested > 0 wins; otherwise the GUIDIFF_THREADS
 // environment variable; otherwise the number of cores (Debian's libtorch starts with 1).
 // Returns the count in effect. Throws InputError for a malformed GUIDIFF_THREADS.

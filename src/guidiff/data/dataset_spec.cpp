@@ -16,6 +16,10 @@ Dataset load_dataset_unchecked(const DatasetRequest& request) {
   const auto colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);
   const std::string source = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  if (colon != std::string::npos && source.empty()) {
+    throw InputError(request.flag + " '" + spec + "': nothing after ':' (give " + kind +
+                     ":SOURCE, or " + kind + " alone where it has a default)");
+  }
   const auto need_source = [&]() {
     if (source.empty()) throw InputError(request.flag + " " + spec + ": give the directory as " + kind + ":DIR");
   };

@@ -191,7 +191,8 @@ class ImageCollector {
     torch::Tensor pixels = decode_image(file, options_.channels, reason);
     if (!pixels.defined()) {
       if (!options_.skip_unreadable) {
-        throw FileError("cannot read image '" + file.string() + "': " + reason + " (skip_unreadable skips such files)");
+        throw FileError("cannot read image '" + file.string() + "': " + reason +
+                        " (fix or remove the file)");
       }
       if (skipped_++ == 0) first_skipped_ = "'" + file.string() + "': " + reason;
       return false;

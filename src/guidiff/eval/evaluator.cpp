@@ -119,6 +119,12 @@ std::unique_ptr<FeatureNetwork> load_evaluator_network(const std::string& path, 
 std::vector<double> calibrate_evaluator_features(const std::string& path, const torch::Tensor& images,
                                                  const torch::Device& device) {
   Model model = load_model(path, device);
+  return calibrate_evaluator_features(model, path, images, device);
+}
+
+std::vector<double> calibrate_evaluator_features(Model& model, const std::string& path,
+                                                 const torch::Tensor& images,
+                                                 const torch::Device& device) {
   if (model.kind != ModelKind::cnn_classifier) {
     throw InputError("evaluator '" + path + "' holds a " + std::string(model_kind_name(model.kind)) +
                      "; only a cnn_classifier's features can be calibrated");
@@ -153,7 +159,9 @@ std::vector<double> calibrate_evaluator_features(const std::string& path, const 
   nlohmann::json config = model.config;
   config["feature_scales"] = scales;
   build_model(config);  // the updated config must still be valid
-  write_file_atomically(model_files(path).config, config.dump(2) + "\n");
+  model.config = std::move(config);
+  // The whole file (class names, source and all), not the network's config alone.
+  write_file_atomically(model_files(path).config, model_file_json(model).dump(2) + "\n");
   return scales;
 }
 

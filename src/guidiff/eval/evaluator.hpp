@@ -18,6 +18,7 @@
 
 #include "guidiff/distributed/communicator.hpp"
 #include "guidiff/eval/feature_statistics.hpp"
+#include "guidiff/models/model_files.hpp"
 
 namespace guidiff {
 
@@ -70,6 +71,11 @@ std::unique_ptr<FeatureNetwork> load_evaluator_network(const std::string& path, 
 // load_evaluator_network, InputError for images it cannot take, and NumericError when a block
 // has zero or non-finite variance.
 std::vector<double> calibrate_evaluator_features(const std::string& path, const torch::Tensor& images,
+                                                 const torch::Device& device);
+// The same for an evaluator already loaded from `path` (on `device`), so a caller that read
+// its config first loads it once. `evaluator.config` gets the scales too.
+std::vector<double> calibrate_evaluator_features(Model& evaluator, const std::string& path,
+                                                 const torch::Tensor& images,
                                                  const torch::Device& device);
 
 // A TorchScript feature extractor. Throws FileError naming the path when it cannot be

@@ -34,6 +34,10 @@ BucketAccuracy noisy_classifier_accuracy(Classifier& classifier, const DiscreteS
                      std::to_string(options.max_t));
   }
   if (options.batch_size < 1) throw InputError("batch size must be >= 1");
+  if (options.buckets > max_t) {
+    throw InputError("--buckets must be at most the " + std::to_string(max_t) +
+                     " noise levels scored, got " + std::to_string(options.buckets));
+  }
   BucketAccuracy accuracy(max_t, options.buckets);  // InputError for buckets < 1
   const int64_t n = images.size(0);
   const torch::Tensor x0 = images.to(torch::kFloat32);

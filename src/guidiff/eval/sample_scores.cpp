@@ -139,6 +139,16 @@ SampleScores score_features(const torch::Tensor& features, const torch::Tensor& 
                                                                  : std::min(scores.count, stats.features.size(0));
     const torch::Tensor neighbours = stats.features.slice(0, 0, used);
     scores.neighbour_count = neighbours.size(0);
+    // The real subset has as many images as there are samples: too few samples would be
+    // reported as too small a real set.
+    const int64_t k = std::max(options.precision_recall_k, options.density_coverage_k);
+    if (scores.neighbour_count <= k) {
+      throw InputError("precision/recall and density/coverage use k = " + std::to_string(k) +
+                       " nearest neighbours, so they need more than " + std::to_string(k) +
+                       " samples and " + "reference images; got " + std::to_string(scores.count) +
+                       " samples and " + std::to_string(stats.features.size(0)) +
+                       " reference images");
+    }
     const NeighbourMetrics neighbour =
         neighbour_metrics(neighbours, features, options.precision_recall_k, options.density_coverage_k);
     scores.precision = neighbour.precision_recall.precision;
@@ -215,6 +225,13 @@ ReferenceSet cached_reference(FeatureNetwork& network, const nlohmann::json& wan
         cached = ReferenceSet{std::move(statistics), std::move(spatial), found};
       }
     } catch (const Error& error) {
+      // A file the user named may be anything (a dataset, a report): never overwrite what is not
+      // ours. Our own writes are atomic, so a stats file we wrote is never half-written.
+      if (!cache_file.empty()) {
+        throw InputError("reference statistics file '" + path +
+                         "' exists and is not usable statistics (" + error.what() +
+                         "); not overwriting it: delete it or name another file");
+      }
       say(std::string("reference statistics cache unusable (") + error.what() + "); recomputing it");
     }
   }

@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/serialization/unpickler.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -38,6 +39,9 @@ enum class PtFormat { zip, legacy };
 
 // Tells the two formats apart by their first bytes, and names what else the file is.
 PtFormat pt_format(const std::string& path) {
+  std::error_code ignored;
+  if (std::filesystem::is_directory(path, ignored))
+    fail(path, "it is a directory, not a torch.save file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open the file");
   char magic[kLegacyMagicPickleBytes] = {};

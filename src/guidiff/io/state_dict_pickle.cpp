@@ -260,6 +260,13 @@ class PickleMachine {
       fail(std::string("dict key is ") + kind_name(key->kind) + ", not a string");
     }
     require_plain(key, "a dict key");
+    if (value->kind == Kind::built) {
+      // An OrderedDict with its _metadata: a whole state dict inside another dict.
+      fail(
+          "a state dict nested in a dict (a training checkpoint such as {'state_dict': ...}?); "
+          "save the state "
+          "dict itself, torch.save(model.state_dict(), path)");
+    }
     require_plain(value, "a dict value");
     dict.depth = std::max(dict.depth, value->depth + 1);
     require_depth(dict.depth);

@@ -1,14 +1,16 @@
 #include "guidiff/models/gaussian_mixture.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <vector>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/json_integer.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 
@@ -222,7 +224,11 @@ void GaussianMixture::validate() const {
 }
 
 GaussianMixture GaussianMixture::demo(int64_t dim) {
-  if (dim < 2) throw InputError("gaussian mixture demo: dim must be at least 2, got " + std::to_string(dim));
+  // Its exact denoiser keeps a dim x dim float64 covariance (and its factor) per component:
+  // 6 x 1024^2 x 8 bytes, 50 MB, at the largest; above, a typo would exhaust memory.
+  if (dim < 2 || dim > 1024) {
+    throw InputError("gaussian mixture demo: dim must be 2 to 1024, got " + std::to_string(dim));
+  }
   const int64_t k = static_cast<int64_t>(std::size(kDemoComponents));
   GaussianMixture mixture;
   mixture.num_classes = 4;
@@ -269,8 +275,28 @@ GaussianMixture GaussianMixture::from_json_file(const std::string& path) {
   GaussianMixture mixture;
   try {
     if (!document.is_object()) throw InputError(json_context(path) + "top level must be an object");
-    for (const char* key : {"num_classes", "weights", "means", "covariances", "classes"}) {
+    const std::vector<std::string> keys = {"num_classes", "weights", "means", "covariances",
+                                           "classes"};
+    for (const std::string& key : keys) {
       if (!document.contains(key)) throw InputError(json_context(path) + "missing \"" + key + "\"");
+    }
+    for (const auto& item : document.items()) {  // a misspelt key is otherwise silently unused
+      if (std::find(keys.begin(), keys.end(), item.key()) == keys.end()) {
+        throw InputError(json_context(path) + "unknown key \"" + item.key() +
+                         "\" (expected num_classes, weights, means, covariances and classes)");
+      }
+    }
+    // get<int64_t>() would truncate 2.5 to 2 without a word.
+    if (!json_integer_fits<int64_t>(document.at("num_classes"))) {
+      throw InputError(json_context(path) + "\"num_classes\" must be a whole number, got " +
+                       document.at("num_classes").dump());
+    }
+    const nlohmann::json& class_list = document.at("classes");
+    if (!class_list.is_array() ||
+        !std::all_of(class_list.begin(), class_list.end(),
+                     [](const auto& c) { return json_integer_fits<int64_t>(c); })) {
+      throw InputError(json_context(path) + "\"classes\" must be a list of whole numbers, got " +
+                       class_list.dump());
     }
     mixture.num_classes = document.at("num_classes").get<int64_t>();
     const auto weights = document.at("weights").get<std::vector<double>>();

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
 
 namespace guidiff {
 namespace {
@@ -406,7 +407,7 @@ DiffusionSettings diffusion_settings_from_flags(const GuidedDiffusionFlags& flag
     throw InputError("--noise_schedule: " + std::string(error.what()));
   }
   settings.timesteps = flags.integer("diffusion_steps");
-  if (settings.timesteps < 1) throw InputError("--diffusion_steps must be >= 1");
+  check_timestep_count(settings.timesteps, "--diffusion_steps");
   settings.fixed_variance = VarianceKind::fixed_large;  // create_gaussian_diffusion: sigma_small False
   return settings;
 }

@@ -88,11 +88,22 @@ const char* model_kind_name(ModelKind kind) {
   return "unknown";
 }
 
-Model build_model(const nlohmann::json& config) {
-  Model model;
-  model.kind = parse_kind(config);
-  nlohmann::json fields = config;
-  fields.erase("kind");
+void check_guidance_classifier(const Model& model, const std::string& what) {
+  if (!model.classifier)
+    throw InputError(what + " holds a " + std::string(model_kind_name(model.kind)) +
+                     ", not a classifier");
+  if (model.kind == ModelKind::cnn_classifier) {
+    throw InputError(
+        what +
+        " is a cnn_classifier of clean images (no noise-level input, e.g. an evaluator); "
+        "guidance needs a noise-aware classifier (guidiff train classifier)");
+  }
+}
+
+namespace {
+
+// The network of `model.kind` from its config fields (without "kind").
+void build_network(Model& model, const nlohmann::json& fields) {
   switch (model.kind) {
     case ModelKind::unet:
       wrap<UNetConfig, UNetModel, UNetDenoiser>(model, fields);
@@ -109,6 +120,30 @@ Model build_model(const nlohmann::json& config) {
     case ModelKind::cnn_classifier:
       wrap<CnnClassifierConfig, CnnClassifierNet, CnnClassifier>(model, fields);
       break;
+  }
+}
+
+}  // namespace
+
+Model build_model(const nlohmann::json& config) {
+  Model model;
+  model.kind = parse_kind(config);
+  nlohmann::json fields = config;
+  fields.erase("kind");
+  try {
+    build_network(model, fields);
+  } catch (const c10::Error& error) {
+    // A size typo (hidden_channels 1000000) ends in the allocator's message, which names no
+    // field: say which config it was and what to look at.
+    const std::string what = error.what_without_backtrace();
+    if (what.find("allocate") == std::string::npos &&
+        what.find("size calculation overflowed") == std::string::npos) {
+      throw;
+    }
+    throw InputError(
+        std::string(model_kind_name(model.kind)) + " config: its weights do not fit in memory (" +
+        (what.find("you tried") == std::string::npos ? what : what.substr(what.find("you tried"))) +
+        "); check its sizes (widths, channel_mult, image_size)");
   }
   return model;
 }
@@ -167,6 +202,12 @@ void load_model_state(torch::nn::Module& module, const StoredTensors& stored, co
     const torch::Tensor values = stored.read(i);
     if (values.sizes() != torch::IntArrayRef(stored.entries[i].sizes)) {
       throw fail("key '" + stored.entries[i].name + "' read back with shape " + shape_string(values.sizes()));
+    }
+    // A NaN weight makes every output NaN; found here it names the tensor. (Checked as each is
+    // read, so as not to hold the file twice: on this error the module is partly loaded, and
+    // the callers discard it.)
+    if (values.is_floating_point() && !values.isfinite().all().item<bool>()) {
+      throw fail("key '" + stored.entries[i].name + "' holds NaN or infinity");
     }
     targets.at(stored.entries[i].name).copy_(values);
   }

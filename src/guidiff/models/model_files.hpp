@@ -41,6 +41,11 @@ struct Model {
   std::vector<std::string> class_names;
 };
 
+// The classifier that guides sampling takes the noise level (encoder_unet, mlp_classifier).
+// Throws InputError naming `what` (e.g. "--classifier 'x'") unless `model` is one: a
+// cnn_classifier sees only clean images (an evaluator) and would guide by nonsense.
+void check_guidance_classifier(const Model& model, const std::string& what);
+
 // A freshly initialised network (training mode, CPU, float32) from its config. Throws
 // InputError naming "kind" or the config field at fault.
 Model build_model(const nlohmann::json& config);

@@ -7,6 +7,7 @@
 
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/text.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
 
 namespace guidiff::generation_checks {
 
@@ -67,8 +68,10 @@ void check_config(const GenerationConfig& config) {
   if (config.steps < 0) throw InputError("--steps must be >= 0, got " + std::to_string(config.steps));
   check_scale(config.classifier_scale, config.classifier_scales, "--classifier-scale", config.num_samples);
   check_scale(config.cfg_scale, config.cfg_scales, "--cfg-scale", config.num_samples);
-  if (!std::isfinite(config.eta) || config.eta < 0.0) {
-    throw InputError("--eta must be finite and >= 0, got " + number_string(config.eta));
+  // DDIM's eta (Song et al. 2021, eq. 16) runs from 0 (deterministic) to 1 (DDPM's variance);
+  // above 1 the noise sigma_t exceeds what sqrt(1 - abar_{t-1} - sigma_t^2) leaves room for.
+  if (!(config.eta >= 0.0 && config.eta <= 1.0)) {
+    throw InputError("--eta must be in [0, 1], got " + number_string(config.eta));
   }
   if (config.eta != 0.0 && config.sampler != SamplerKind::ddim) {
     throw InputError("--eta applies only to the ddim sampler (sampler is " + to_string(config.sampler) + ")");
@@ -76,6 +79,10 @@ void check_config(const GenerationConfig& config) {
   if (std::isnan(config.interval.low) || std::isnan(config.interval.high) || config.interval.low > config.interval.high) {
     throw InputError("the guidance interval [" + number_string(config.interval.low) + ", " +
                      number_string(config.interval.high) + "] is empty");
+  }
+  if (config.interval.unit == GuidanceInterval::Unit::sigma && config.interval.low < 0.0) {
+    throw InputError("--guidance-interval-sigma: noise levels sigma are >= 0, got " +
+                     number_string(config.interval.low));
   }
   check_sampler_and_rules(config);
   // Checked whatever the sampler, so a bad value never passes unnoticed where it is unused.
@@ -88,7 +95,7 @@ void check_config(const GenerationConfig& config) {
       throw InputError("--respacing applies only to the discrete samplers; use --steps with cfg-continuous");
     }
   } else {
-    if (config.timesteps < 1) throw InputError("--timesteps must be >= 1, got " + std::to_string(config.timesteps));
+    check_timestep_count(config.timesteps, "--timesteps");
     if (config.steps > 0 && !config.respacing.empty()) {
       throw InputError("give either --steps or --respacing, not both (steps " + std::to_string(config.steps) +
                        ", respacing '" + config.respacing + "')");

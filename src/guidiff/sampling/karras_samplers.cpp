@@ -32,7 +32,13 @@ void ChurnOptions::validate() const {
   if (!std::isfinite(s_churn) || s_churn < 0) fail("--s-churn", s_churn);
   if (!std::isfinite(s_tmin) || s_tmin < 0) fail("--s-tmin", s_tmin);
   if (std::isnan(s_tmax) || s_tmax < 0) fail("--s-tmax", s_tmax);
-  if (!std::isfinite(s_noise) || s_noise < 0) fail("--s-noise", s_noise);
+  // EDM (Karras et al. 2022, Table 5) uses S_noise 1.003 to 1.007; far above 1 it only adds
+  // noise the schedule never removes.
+  if (!std::isfinite(s_noise) || s_noise < 0 || s_noise > 2) {
+    std::ostringstream message;
+    message << "--s-noise must be in [0, 2] (EDM uses 1 to 1.01), got " << s_noise;
+    throw InputError(message.str());
+  }
 }
 
 SamplingResult sample_euler(Denoiser& model, const SigmaSchedule& schedule, const SampleBatch& batch,

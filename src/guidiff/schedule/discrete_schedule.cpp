@@ -105,11 +105,15 @@ std::string to_string(BetaScheduleKind kind) {
   return kind == BetaScheduleKind::linear ? "linear" : "cosine";
 }
 
-torch::Tensor linear_betas(int64_t num_timesteps) {
-  if (num_timesteps < 1) {
-    throw InputError("number of timesteps T must be >= 1 (got " + std::to_string(num_timesteps) +
-                     ")");
+void check_timestep_count(int64_t num_timesteps, const std::string& what) {
+  if (num_timesteps < 1 || num_timesteps > kMaxTimesteps) {
+    throw InputError(what + " must be 1 to " + std::to_string(kMaxTimesteps) + ", got " +
+                     std::to_string(num_timesteps));
   }
+}
+
+torch::Tensor linear_betas(int64_t num_timesteps) {
+  check_timestep_count(num_timesteps);
   // Ho et al. 2020 Sec. 4: beta from 1e-4 to 0.02 over T = 1000, rescaled by 1000/T.
   const double scale = 1000.0 / double(num_timesteps);
   const double beta_start = scale * 1e-4;
@@ -123,10 +127,7 @@ torch::Tensor linear_betas(int64_t num_timesteps) {
 }
 
 torch::Tensor cosine_betas(int64_t num_timesteps, double max_beta) {
-  if (num_timesteps < 1) {
-    throw InputError("number of timesteps T must be >= 1 (got " + std::to_string(num_timesteps) +
-                     ")");
-  }
+  check_timestep_count(num_timesteps);
   if (!(max_beta > 0.0 && max_beta < 1.0)) {
     throw InputError("cosine schedule max_beta must be in (0, 1) (got " + std::to_string(max_beta) +
                      ")");
@@ -199,10 +200,7 @@ DiscreteSchedule make_schedule(BetaScheduleKind kind, int64_t num_timesteps) {
 }
 
 std::vector<int64_t> parse_respacing(const std::string& spec_in, int64_t num_timesteps) {
-  if (num_timesteps < 1) {
-    throw InputError("number of timesteps T must be >= 1 (got " + std::to_string(num_timesteps) +
-                     ")");
-  }
+  check_timestep_count(num_timesteps);
   const std::string spec = trim(spec_in);
   if (spec.empty()) {
     std::vector<int64_t> all(static_cast<size_t>(num_timesteps));

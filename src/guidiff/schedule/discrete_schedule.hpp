@@ -16,6 +16,14 @@ enum class BetaScheduleKind { linear, cosine };
 BetaScheduleKind parse_beta_schedule(const std::string& name);
 std::string to_string(BetaScheduleKind kind);
 
+// The most diffusion steps T a schedule takes. Published models use 1000 to 4000; far more
+// only holds memory ([T] tables per schedule) and time, and is a typo.
+constexpr int64_t kMaxTimesteps = 100000;
+
+// Throws InputError "<what> must be 1 to 100000, got T" unless 1 <= T <= kMaxTimesteps.
+void check_timestep_count(int64_t num_timesteps,
+                          const std::string& what = "the number of timesteps T");
+
 // Ho et al. 2020 linear betas from 1e-4 to 0.02, scaled by 1000/T so any T gives the same
 // process (as guided-diffusion does). float64 [T].
 torch::Tensor linear_betas(int64_t num_timesteps);

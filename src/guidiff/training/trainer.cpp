@@ -234,7 +234,8 @@ void TrainingRun::prepare() {
                      model_kind_name(model_.kind));
   }
   check_data_fits(model_, data_, options_.task);
-  if (options_.random_flip && !data_.holds_images()) throw InputError("--random-flip applies to image data");
+  if (options_.random_flip && !data_.holds_images())
+    throw InputError("--flip applies to image data");
   if (communicator_.distributed() && global_batch() > data_.size()) {
     throw InputError("--batch-size " + std::to_string(options_.batch_size) + " x " +
                      processes_text(communicator_.world_size()) + " = a global batch of " +

@@ -5,6 +5,7 @@
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/json_integer.hpp"
 #include "guidiff/core/text.hpp"
+#include "guidiff/schedule/discrete_schedule.hpp"
 #include "guidiff/training/trainer.hpp"
 
 namespace guidiff {
@@ -48,10 +49,15 @@ void TrainingOptions::validate() const {
   require(std::isfinite(grad_clip) && grad_clip >= 0.0, "--grad-clip", ">= 0 (0: no clipping)", text(grad_clip));
   require(p_uncond >= 0.0 && p_uncond <= 1.0, "--p-uncond", "in [0, 1]", text(p_uncond));
   require(std::isfinite(vlb_weight) && vlb_weight >= 0.0, "--vlb-weight", ">= 0", text(vlb_weight));
-  require(timesteps >= 1, "--timesteps", ">= 1", std::to_string(timesteps));
+  require(timesteps >= 1 && timesteps <= kMaxTimesteps, "--timesteps",
+          "1 to " + std::to_string(kMaxTimesteps), std::to_string(timesteps));
   require(max_t >= 0 && max_t <= timesteps, "--max-t", "in [1, --timesteps] (0: all)", std::to_string(max_t));
   require(std::isfinite(t_power) && t_power >= 0.25 && t_power <= 4.0, "--t-power", "in [0.25, 4]", text(t_power));
-  require(accuracy_buckets >= 1, "--accuracy-buckets", ">= 1", std::to_string(accuracy_buckets));
+  // A bucket is a range of t: there are at most as many as the classifier's noise levels.
+  const int64_t levels = max_t > 0 ? max_t : timesteps;
+  require(accuracy_buckets >= 1 && (task != TrainingTask::classifier || accuracy_buckets <= levels),
+          "--accuracy-buckets", "1 to " + std::to_string(levels) + " (--max-t, or --timesteps)",
+          std::to_string(accuracy_buckets));
   require(log_every >= 0, "--log-every", ">= 0", std::to_string(log_every));
   require(sample_every >= 0, "--sample-every", ">= 0", std::to_string(sample_every));
   require(save_every >= 0, "--save-every", ">= 0", std::to_string(save_every));
