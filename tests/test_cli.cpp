@@ -355,6 +355,8 @@ TEST_F(CliTest, BadOptionValuesAreOneLineErrors) {
                         "--variance applies to the ddpm sampler (sampler is ddim)");
   expect_one_line_error("sample --guidance-interval 1,2" + out,
                         "--guidance-interval limits guidance, but none");
+  expect_one_line_error("sample --unconditional --classifier-scale 2 --class 1" + out,
+                        "--unconditional applies to --model");
   expect_one_line_error(
       "sample --sampler euler --cfg-scale 1 --class 0 --guidance-interval-sigma -1,2" + out,
       "--guidance-interval-sigma: noise levels sigma are >= 0, got -1");
@@ -756,6 +758,17 @@ TEST_F(EvalCliTest, FeatureCalibrationReadsAGreyFolderAsTheEvaluatorsImages) {
   EXPECT_TRUE(calibrated.contains("feature_scales"));
   // The rest of the file stays: it once kept the network's config alone, dropping the names.
   EXPECT_EQ(calibrated.at("class_names"), nlohmann::json({"a", "b", "c"}));
+  // The modes that score nothing refuse the scoring flags, once dropped without a word.
+  expect_one_line_error("eval --calibrate-features --evaluator " + path("evaluator") +
+                            " --data folder:" + path("reference") + " --json " + path("j.json"),
+                        "--json does not apply to --calibrate-features");
+  expect_one_line_error("eval --write-reference " + path("r.npz") +
+                            " --data folder:" + path("reference") + " --labels " + path("l.npy"),
+                        "--labels does not apply to --write-reference");
+  expect_one_line_error(
+      "eval --samples " + path("s.npz") + common_ + " --features evaluator --inception-weights " +
+          path("w.pt"),
+      "--inception-weights applies to the Inception features, not --features evaluator");
   // --split chooses --data's images: with --samples it would be ignored, so it is refused.
   expect_one_line_error("eval --samples " + path("absent.npz") + " --split test" + common_,
                         "--split applies to --data");

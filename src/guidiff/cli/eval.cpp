@@ -191,6 +191,20 @@ void run_write_reference(const EvalFlags& flags, const GlobalOptions& global) {
 }
 
 void run_eval(const EvalFlags& flags, const GlobalOptions& global) {
+  // The two other modes write no scores: their flags would be dropped without a word.
+  if (flags.calibrate_features || !flags.write_reference.empty()) {
+    const std::string mode =
+        flags.calibrate_features ? "--calibrate-features" : "--write-reference";
+    if (flags.calibrate_features && !flags.write_reference.empty()) {
+      throw InputError("give --calibrate-features or --write-reference, not both");
+    }
+    for (const auto& [flag, value] :
+         {std::pair<const char*, const std::string*>{"--json", &flags.json},
+          {"--labels", &flags.labels}}) {
+      if (!value->empty())
+        throw InputError(std::string(flag) + " does not apply to " + mode + " (it scores nothing)");
+    }
+  }
   if (flags.calibrate_features) return run_calibration(flags, global);
   if (!flags.write_reference.empty()) return run_write_reference(flags, global);
   Communicator& communicator = *global.communicator;

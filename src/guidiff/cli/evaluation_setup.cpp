@@ -66,6 +66,11 @@ Evaluation::Evaluation(const EvaluationFlags& flags, const torch::Device& device
   // the default one is not there.
   const std::string cache_directory = flags.cache_dir.empty() ? default_cache_directory() : flags.cache_dir;
   std::string inception_weights;
+  if (!flags.inception_weights.empty() && !flags.features.empty() &&
+      flags.features != "inception") {
+    throw InputError("--inception-weights applies to the Inception features, not --features " +
+                     flags.features);
+  }
   if (flags.features.empty() || flags.features == "inception") {
     inception_weights = locate_fid_inception_weights(flags.inception_weights, cache_directory);
     if (inception_weights.empty() && flags.features == "inception") {

@@ -309,6 +309,14 @@ void reject_unused_flags(const SamplingFlags& flags, const SamplingSetup& setup)
     throw InputError("--variance-exponent applies to the cfg-continuous sampler (sampler is " +
                      sampler + ")");
   }
+  // The toy has no --unconditional: it takes its unconditional mixture for classifier guidance
+  // by itself, and the flag was silently dropped. (A network model's null class has no classes,
+  // so CFG and --class are refused with it already.)
+  if (flags.unconditional && flags.model.empty()) {
+    throw InputError(
+        "--unconditional applies to --model (the built-in mixture takes its unconditional form for "
+        "classifier guidance by itself)");
+  }
   if ((!flags.guidance_interval.empty() || !flags.guidance_interval_sigma.empty()) &&
       !uses_cfg(config) && !uses_classifier(config)) {
     throw InputError(
