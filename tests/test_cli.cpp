@@ -392,6 +392,8 @@ TEST_F(CliTest, OutputsNamingOneFileOrAnInputAreRefused) {
   expect_one_line_error("sample --out " + path("dir") + " --image-dir " + path("dir"),
                         "--out and --image-dir both write");
   EXPECT_FALSE(fs::exists(path("dir")));  // refused before the directory was made
+  expect_one_line_error("sample --grid " + path("imgs/000001.png") + " --image-dir " + path("imgs"),
+                        "is one of the files --image-dir writes");
   const std::string mixture =
       R"({"num_classes": 1, "weights": [1], "means": [[0, 0]], "covariances": [[[1, 0], [0, 1]]], "classes": [0]})";
   write_file_atomically(a, mixture);

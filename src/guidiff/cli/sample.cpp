@@ -78,6 +78,24 @@ void check_outputs(const SampleFlags& flags, const std::vector<int64_t>& shape, 
   for (const std::string& card : model_card_paths(flags))
     outputs.emplace_back("the model card '" + card + "'", card);
   const SamplingFlags& in = flags.sampling;
+  // --image-dir's own files (000000.png, ..., model_card.json) would overwrite, or be
+  // overwritten by, another output named inside it.
+  if (!flags.image_dir.empty()) {
+    const std::filesystem::path dir = std::filesystem::absolute(flags.image_dir).lexically_normal();
+    for (const auto& [name, path] : outputs) {
+      // The image directory's own model card is among the outputs: only the others count.
+      if (path.empty() || name == "--image-dir" || name.rfind("the model card", 0) == 0) continue;
+      const std::filesystem::path file = std::filesystem::absolute(path).lexically_normal();
+      const std::string stem = file.stem().string();
+      const bool numbered =
+          file.extension() == ".png" && !stem.empty() &&
+          std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (file.parent_path() == dir && (numbered || file.filename() == "model_card.json")) {
+        throw InputError(name + " '" + path +
+                         "' is one of the files --image-dir writes; name it otherwise");
+      }
+    }
+  }
   check_distinct_outputs(outputs, {{"--model", in.model},
                                    {"--classifier", in.classifier},
                                    {"--guide-model", in.guide_model},
