@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "guidiff/cli/commands.hpp"
+#include "guidiff/cli/common.hpp"
 #include "guidiff/cli/option_list.hpp"
 #include "guidiff/core/allocator.hpp"
 #include "guidiff/core/errors.hpp"
@@ -149,8 +150,7 @@ int run_cli(int argc, char** argv) {
   // this only slow a run (they share the cores).
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const int max_processes = std::max(64, cores);
-  if (app.get_option("--nproc")->count() > 0 &&
-      (global.nproc < 1 || global.nproc > max_processes)) {
+  if (given(app.get_option("--nproc")) && (global.nproc < 1 || global.nproc > max_processes)) {
     return report("--nproc must be 1 to " + std::to_string(max_processes) +
                   " (processes on this machine), got " + std::to_string(global.nproc));
   }

@@ -53,6 +53,24 @@ std::string manifest_path(const SampleFlags& flags) {
   return std::filesystem::path(flags.npz).replace_extension(".json").string();
 }
 
+// --image-dir's own files (000000.png, ..., model_card.json) would overwrite, or be
+// overwritten by, another output named inside it.
+void check_outside_image_dir(const std::string& image_dir, const NamedPaths& outputs) {
+  const std::filesystem::path dir = std::filesystem::absolute(image_dir).lexically_normal();
+  for (const auto& [name, path] : outputs) {
+    if (path.empty()) continue;
+    const std::filesystem::path file = std::filesystem::absolute(path).lexically_normal();
+    const std::string stem = file.stem().string();
+    const bool numbered =
+        file.extension() == ".png" && !stem.empty() &&
+        std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (file.parent_path() == dir && (numbered || file.filename() == "model_card.json")) {
+      throw InputError(name + " '" + path +
+                       "' is one of the files --image-dir writes; name it otherwise");
+    }
+  }
+}
+
 void check_outputs(const SampleFlags& flags, const std::vector<int64_t>& shape, const torch::Tensor& labels) {
   if (flags.out.empty() && flags.plot.empty() && flags.grid.empty() && flags.npz.empty() && flags.image_dir.empty()) {
     throw InputError("nothing to write: give --out, --npz, --grid, --image-dir or --plot");
@@ -63,39 +81,22 @@ void check_outputs(const SampleFlags& flags, const std::vector<int64_t>& shape, 
   if (!flags.plot.empty() && shape != std::vector<int64_t>{2}) {
     throw InputError("--plot draws 2-D samples (shape 2); use --grid for images");
   }
-  std::vector<std::pair<std::string, std::string>> outputs = {{"--out", flags.out},
-                                                              {"--labels-out", flags.labels_out},
-                                                              {"--plot", flags.plot},
-                                                              {"--grid", flags.grid},
-                                                              {"--trajectory", flags.trajectory},
-                                                              {"--npz", flags.npz},
-                                                              {"--image-dir", flags.image_dir}};
+  // The files the user named (the manifest beside --npz among them).
+  NamedPaths outputs = {
+      {"--out", flags.out},   {"--labels-out", flags.labels_out}, {"--plot", flags.plot},
+      {"--grid", flags.grid}, {"--trajectory", flags.trajectory}, {"--npz", flags.npz}};
   if (flags.manifest.empty()) {
     outputs.emplace_back("the manifest beside --npz", manifest_path(flags));
   } else {
     outputs.emplace_back("--manifest", flags.manifest);
   }
-  for (const std::string& card : model_card_paths(flags))
+  if (!flags.image_dir.empty()) check_outside_image_dir(flags.image_dir, outputs);
+  // Then what guidiff names beside them.
+  outputs.emplace_back("--image-dir", flags.image_dir);
+  for (const std::string& card : model_card_paths(flags)) {
     outputs.emplace_back("the model card '" + card + "'", card);
-  const SamplingFlags& in = flags.sampling;
-  // --image-dir's own files (000000.png, ..., model_card.json) would overwrite, or be
-  // overwritten by, another output named inside it.
-  if (!flags.image_dir.empty()) {
-    const std::filesystem::path dir = std::filesystem::absolute(flags.image_dir).lexically_normal();
-    for (const auto& [name, path] : outputs) {
-      // The image directory's own model card is among the outputs: only the others count.
-      if (path.empty() || name == "--image-dir" || name.rfind("the model card", 0) == 0) continue;
-      const std::filesystem::path file = std::filesystem::absolute(path).lexically_normal();
-      const std::string stem = file.stem().string();
-      const bool numbered =
-          file.extension() == ".png" && !stem.empty() &&
-          std::all_of(stem.begin(), stem.end(), [](char c) { return c >= '0' && c <= '9'; });
-      if (file.parent_path() == dir && (numbered || file.filename() == "model_card.json")) {
-        throw InputError(name + " '" + path +
-                         "' is one of the files --image-dir writes; name it otherwise");
-      }
-    }
   }
+  const SamplingFlags& in = flags.sampling;
   check_distinct_outputs(outputs, {{"--model", in.model},
                                    {"--classifier", in.classifier},
                                    {"--guide-model", in.guide_model},

@@ -222,8 +222,7 @@ class Sweep {
     if (!flags_.classifier.empty() && s.empty() && conditional_s.empty()) {
       throw InputError(
           "--classifier is used by --classifier-scales and --conditional-classifier-scales, and "
-          "neither "
-          "is given");
+          "neither is given");
     }
     const std::vector<int64_t> steps = parse_positive_list("--steps", flags_.steps);
     if (flags_.num_samples < 10) throw InputError("--num-samples must be >= 10 for the metrics to mean anything");
@@ -294,8 +293,7 @@ class Sweep {
     request.spec = flags_.evaluation.reference;
     // Held-out images where the data has splits (the reference's other one); a folder has
     // none, so the baseline draws from the reference images themselves, and says so.
-    const std::string kind = request.spec.substr(0, request.spec.find(':'));
-    const bool has_splits = kind != "folder" && kind != "mixture";
+    const bool has_splits = dataset_has_splits(request.spec);
     request.split = !has_splits ? flags_.evaluation.reference_split
                     : flags_.evaluation.reference_split == "test" ? "train"
                                                                   : "test";

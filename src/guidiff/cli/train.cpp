@@ -36,12 +36,12 @@ struct TrainFlags {
 
 // A flag the run would read and then not use is refused: the user asked for something.
 void reject_unused_training_flags(const TrainFlags& flags) {
-  const std::string kind = flags.data.spec.substr(0, flags.data.spec.find(':'));
+  const std::string kind = dataset_kind(flags.data.spec);
   const auto refuse = [&](const CLI::Option* option, bool applies, const std::string& where) {
     if (given(option) && !applies)
       throw InputError(option->get_name() + " applies to " + where + ", not --data " + kind);
   };
-  refuse(flags.split_option, kind != "folder" && kind != "mixture",
+  refuse(flags.split_option, dataset_has_splits(flags.data.spec),
          "data sets with splits (fashion-mnist, mnist, cifar)");
   refuse(flags.image_size_option, kind == "folder", "folder data");
   refuse(flags.channels_option, kind == "folder", "folder data");

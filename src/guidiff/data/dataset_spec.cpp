@@ -14,7 +14,7 @@ namespace {
 Dataset load_dataset_unchecked(const DatasetRequest& request) {
   const std::string& spec = request.spec;
   const auto colon = spec.find(':');
-  const std::string kind = spec.substr(0, colon);
+  const std::string kind = dataset_kind(spec);
   const std::string source = colon == std::string::npos ? "" : spec.substr(colon + 1);
   if (colon != std::string::npos && source.empty()) {
     throw InputError(request.flag + " '" + spec + "': nothing after ':' (give " + kind +
@@ -45,6 +45,13 @@ Dataset load_dataset_unchecked(const DatasetRequest& request) {
 }
 
 }  // namespace
+
+std::string dataset_kind(const std::string& spec) { return spec.substr(0, spec.find(':')); }
+
+bool dataset_has_splits(const std::string& spec) {
+  const std::string kind = dataset_kind(spec);
+  return kind != "folder" && kind != "mixture";
+}
 
 Dataset load_dataset(const DatasetRequest& request) {
   if (request.split != "train" && request.split != "test") {

@@ -24,6 +24,12 @@ struct DatasetRequest {
   std::string split_flag = "--split";
 };
 
+// The reader a spec names: "folder" for "folder:DIR", "fashion-mnist" for "fashion-mnist".
+std::string dataset_kind(const std::string& spec);
+// Whether the spec's data set has train and test splits (IDX and CIFAR; not folders and
+// mixtures, which read the same data whatever the split).
+bool dataset_has_splits(const std::string& spec);
+
 // Loads the dataset. Throws InputError for an unknown spec (listing the known ones) or a
 // split other than train and test (whatever the data set: a typo is never ignored), and the
 // readers' FileError naming the file at fault, prefixed with the flag and spec.

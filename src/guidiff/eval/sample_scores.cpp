@@ -145,7 +145,7 @@ SampleScores score_features(const torch::Tensor& features, const torch::Tensor& 
     if (scores.neighbour_count <= k) {
       throw InputError("precision/recall and density/coverage use k = " + std::to_string(k) +
                        " nearest neighbours, so they need more than " + std::to_string(k) +
-                       " samples and " + "reference images; got " + std::to_string(scores.count) +
+                       " samples and reference images; got " + std::to_string(scores.count) +
                        " samples and " + std::to_string(stats.features.size(0)) +
                        " reference images");
     }

@@ -264,8 +264,7 @@ class PickleMachine {
       // An OrderedDict with its _metadata: a whole state dict inside another dict.
       fail(
           "a state dict nested in a dict (a training checkpoint such as {'state_dict': ...}?); "
-          "save the state "
-          "dict itself, torch.save(model.state_dict(), path)");
+          "save the state dict itself, torch.save(model.state_dict(), path)");
     }
     require_plain(value, "a dict value");
     dict.depth = std::max(dict.depth, value->depth + 1);

@@ -49,8 +49,7 @@ void TrainingOptions::validate() const {
   require(std::isfinite(grad_clip) && grad_clip >= 0.0, "--grad-clip", ">= 0 (0: no clipping)", text(grad_clip));
   require(p_uncond >= 0.0 && p_uncond <= 1.0, "--p-uncond", "in [0, 1]", text(p_uncond));
   require(std::isfinite(vlb_weight) && vlb_weight >= 0.0, "--vlb-weight", ">= 0", text(vlb_weight));
-  require(timesteps >= 1 && timesteps <= kMaxTimesteps, "--timesteps",
-          "1 to " + std::to_string(kMaxTimesteps), std::to_string(timesteps));
+  check_timestep_count(timesteps, "--timesteps");
   require(max_t >= 0 && max_t <= timesteps, "--max-t", "in [1, --timesteps] (0: all)", std::to_string(max_t));
   require(std::isfinite(t_power) && t_power >= 0.25 && t_power <= 4.0, "--t-power", "in [0.25, 4]", text(t_power));
   // A bucket is a range of t: there are at most as many as the classifier's noise levels.
