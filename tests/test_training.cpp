@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/global_generators.hpp"
 #include "guidiff/data/mixture_dataset.hpp"
 #include "guidiff/diffusion/gaussian_diffusion.hpp"
 #include "guidiff/io/atomic_file.hpp"
@@ -77,6 +78,19 @@ bool same_weights(const Model& a, const Model& b) {
 std::string file_bytes(const std::string& file) { return read_file_bytes(file); }
 
 }  // namespace
+
+TEST(GlobalGenerators, SeedTheCpuGeneratorAsTorchManualSeedDoes) {
+  // The CPU stream after seed_global_generators(s) is the one after torch::manual_seed(s), so
+  // the initial weights and dropout of earlier runs are unchanged; another seed gives another.
+  torch::manual_seed(11);
+  const torch::Tensor expected = torch::rand({64});
+  torch::manual_seed(99);  // move away first
+  (void)torch::rand({3});
+  seed_global_generators(11, torch::kCPU);
+  EXPECT_TRUE(torch::equal(torch::rand({64}), expected));
+  seed_global_generators(12, torch::kCPU);
+  EXPECT_FALSE(torch::equal(torch::rand({64}), expected));
+}
 
 TEST(Losses, NormalKlIsTheClosedForm) {
   // KL(N(0, 1) || N(1, 4)) = 0.5 (log 4 - 1 + 1/4 + 1/4).

@@ -8,6 +8,7 @@
 #include "guidiff/core/bf16_kernels.hpp"  // what bf16 costs and computes on this CPU
 #include "guidiff/core/cpu_features.hpp"  // CPU vector features, libtorch/oneDNN kernel levels
 #include "guidiff/core/errors.hpp"        // Error, InputError, FileError, ModelError, NumericError
+#include "guidiff/core/global_generators.hpp"  // seed_global_generators (the run device's only)
 #include "guidiff/core/threads.hpp"       // configure_threads
 #include "guidiff/distributed/communicator.hpp"  // data-parallel runs over c10d (Gloo, NCCL)
 #include "guidiff/guidance/guidance.hpp"  // classifier guidance (Alg. 1, 2), classifier-free guidance

@@ -461,28 +461,29 @@ SamplingSetup prepare_sampling(const SamplingFlags& given_flags, const GlobalOpt
   }
   if (flags.bf16) {
     if (flags.model.empty()) throw InputError("--bf16 applies to --model (the built-in mixture is exact, in float64)");
-    warn_if_bf16_is_emulated(global.torch_device());
+    const torch::Device device = global.torch_device();
+    warn_if_bf16_is_emulated(device);
     // The networks were loaded for this run alone, so they keep their lowered weights in bf16
     // (Bf16Weights::stored); TorchScript models have no libtorch network to keep them in.
     const auto weights = [](auto& model) {
       return model.network_module() ? Bf16Weights::stored : Bf16Weights::cast_per_call;
     };
-    setup.models.denoiser =
-        std::make_shared<Bf16Denoiser>(setup.models.denoiser, weights(*setup.models.denoiser));
+    setup.models.denoiser = std::make_shared<Bf16Denoiser>(setup.models.denoiser,
+                                                           weights(*setup.models.denoiser), device);
     if (setup.models.classifier) {
-      setup.models.classifier = std::make_shared<Bf16Classifier>(setup.models.classifier,
-                                                                 weights(*setup.models.classifier));
+      setup.models.classifier = std::make_shared<Bf16Classifier>(
+          setup.models.classifier, weights(*setup.models.classifier), device);
     }
     if (setup.models.conditioned_on) {
-      setup.models.conditioned_on = [base = setup.models.conditioned_on, weights](
+      setup.models.conditioned_on = [base = setup.models.conditioned_on, weights, device](
                                         const torch::Tensor& low_res) -> std::shared_ptr<Denoiser> {
         const auto model = base(low_res);
-        return std::make_shared<Bf16Denoiser>(model, weights(*model));
+        return std::make_shared<Bf16Denoiser>(model, weights(*model), device);
       };
     }
     if (setup.models.guide)
       setup.models.guide =
-          std::make_shared<Bf16Denoiser>(setup.models.guide, weights(*setup.models.guide));
+          std::make_shared<Bf16Denoiser>(setup.models.guide, weights(*setup.models.guide), device);
   }
   reject_unused_flags(flags, setup);
   // Clipping x0 to [-1, 1] suits images (C,H,W), not vectors, unless asked.

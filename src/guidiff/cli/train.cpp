@@ -13,6 +13,7 @@
 #include "guidiff/cli/common.hpp"
 #include "guidiff/cli/progress.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/global_generators.hpp"
 #include "guidiff/data/dataset_spec.hpp"
 #include "guidiff/models/model_files.hpp"
 #include "guidiff/models/unet_config.hpp"
@@ -158,7 +159,7 @@ void run_train(TrainFlags flags, Communicator& communicator) {
   const Dataset data = load_dataset(flags.data);
   // The initial weights come from the global generator: seeded, so a recipe rerun gives the
   // same weights (on the same libtorch and thread count).
-  torch::manual_seed(flags.options.seed);
+  seed_global_generators(flags.options.seed, torch::kCPU);  // the weights are made on the CPU
   Model model = build_model(model_config(flags, data));
   // The data's class names go into the saved model (grids label their rows with them).
   const int64_t classes = model_class_count(model);

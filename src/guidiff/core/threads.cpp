@@ -1,5 +1,6 @@
 #include "guidiff/core/threads.hpp"
 
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <unistd.h>
 
@@ -55,6 +56,8 @@ BlasInfo loaded_blas() {
     }
     if (path.find("libmkl") != std::string::npos) info = {"mkl", path};
   }
+  // pip's libtorch has MKL linked into libtorch_cpu.so: no BLAS file of its own is mapped.
+  if (info.path.empty() && AT_MKL_ENABLED()) info = {"mkl", "(linked into libtorch)"};
   return info;
 }
 

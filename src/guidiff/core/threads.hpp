@@ -18,6 +18,7 @@ int configure_threads(int requested);
 struct BlasInfo {
   std::string name;   // "openblas", "reference", "mkl" or "unknown"
   std::string path;   // the shared object's resolved path, empty if none is mapped
+                      // ("(linked into libtorch)" for pip's libtorch, which carries MKL inside)
   bool is_reference() const { return name == "reference"; }
 };
 BlasInfo loaded_blas();

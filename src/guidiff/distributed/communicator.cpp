@@ -237,8 +237,10 @@ struct Communicator::Connection {
       backend = "gloo";
       device = torch::kCPU;
 #else
-      throw DistributedError("this guidiff was built without Gloo (install libgloo-dev, or use a libtorch that ships "
-                             "Gloo's headers, and rebuild)");
+      throw DistributedError(
+          "this guidiff was built without Gloo, so several processes need GPUs (--device cuda) "
+          "here; for CPUs build against Debian's libtorch-dev with libgloo-dev (pip's libtorch "
+          "ships no Gloo headers)");
 #endif
     } catch (const DistributedError&) {
       throw;
@@ -504,6 +506,16 @@ void Communicator::announce_failure(const std::string& message) noexcept {
   } catch (...) {
     // Best effort: the others will see this rank's heartbeat stop instead.
   }
+}
+
+bool backend_built(const std::string& backend) {
+#if GUIDIFF_WITH_GLOO
+  if (backend == "gloo") return true;
+#endif
+#if GUIDIFF_WITH_NCCL
+  if (backend == "nccl") return true;
+#endif
+  return false;
 }
 
 }  // namespace guidiff

@@ -108,6 +108,10 @@ class Communicator {
   std::unique_ptr<Connection> connection_;  // null for a single process
 };
 
+// Whether this build can open a process group of the backend "gloo" (CPU tensors; needs
+// Gloo's headers at build time, which pip's libtorch does not ship) or "nccl" (CUDA builds).
+bool backend_built(const std::string& backend);
+
 // A process-wide single-process Communicator, the default of the functions that take one.
 Communicator& single_process_communicator();
 

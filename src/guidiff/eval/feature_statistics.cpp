@@ -24,7 +24,7 @@ torch::Tensor symmetrized(const torch::Tensor& matrix) { return (matrix + matrix
 // The PSD square root V diag(sqrt(max(lambda, 0))) V^T of a symmetric PSD matrix. A
 // covariance is PSD in exact arithmetic; eigenvalues a few ulps below zero are rounding.
 torch::Tensor psd_square_root(const torch::Tensor& symmetric) {
-  auto [eigenvalues, eigenvectors] = torch::linalg::eigh(symmetric, "L");
+  auto [eigenvalues, eigenvectors] = torch::linalg_eigh(symmetric, "L");
   if (!all_finite(eigenvalues) || !all_finite(eigenvectors)) {
     throw NumericError("Frechet distance: the eigendecomposition of a covariance produced NaN or infinity");
   }
@@ -197,7 +197,7 @@ double frechet_distance(const FeatureStatistics& a, const FeatureStatistics& b) 
   // complex Schur form and returns spurious imaginary parts for near-singular covariances.
   const torch::Tensor root_s1 = psd_square_root(s1);
   const torch::Tensor sandwiched = symmetrized(root_s1.mm(s2).mm(root_s1));
-  const torch::Tensor eigenvalues = torch::linalg::eigvalsh(sandwiched, "L");
+  const torch::Tensor eigenvalues = torch::linalg_eigvalsh(sandwiched, "L");
   if (!all_finite(eigenvalues)) {
     throw NumericError("Frechet distance: the eigenvalues of S1^(1/2) S2 S1^(1/2) are NaN or infinite");
   }

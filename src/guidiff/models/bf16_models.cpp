@@ -30,6 +30,18 @@ void store_lowered_weights_in_bf16(torch::nn::Module& network) {
 
 namespace {
 
+// The device the given one names, else that of the network's first parameter, else none
+// (then x_t's at each call).
+template <typename Model>
+std::optional<torch::Device> network_device(Model& model, std::optional<torch::Device> given) {
+  if (given) return given;
+  torch::nn::Module* network = model.network_module();
+  if (!network) return std::nullopt;
+  const auto parameters = network->parameters();
+  if (parameters.empty()) return std::nullopt;
+  return parameters.front().device();
+}
+
 template <typename Model>
 void store_weights(Model& model, Bf16Weights weights, const char* what) {
   if (weights != Bf16Weights::stored) return;
@@ -41,16 +53,18 @@ void store_weights(Model& model, Bf16Weights weights, const char* what) {
 
 }  // namespace
 
-Bf16Denoiser::Bf16Denoiser(std::shared_ptr<Denoiser> base, Bf16Weights weights)
+Bf16Denoiser::Bf16Denoiser(std::shared_ptr<Denoiser> base, Bf16Weights weights,
+                           std::optional<torch::Device> device)
     : base_(std::move(base)) {
   if (!base_) throw InputError("Bf16Denoiser needs a denoiser");
+  device_ = network_device(*base_, device);
   store_weights(*base_, weights, "this denoiser");
 }
 
 DenoiserOutput Bf16Denoiser::predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor& y) {
   DenoiserOutput output;
   {
-    AutocastScope autocast(true, x_t.device());
+    AutocastScope autocast(true, device_.value_or(x_t.device()));
     output = base_->predict(x_t, time, y);
   }
   output.eps = output.eps.to(x_t.scalar_type());
@@ -58,14 +72,16 @@ DenoiserOutput Bf16Denoiser::predict(const torch::Tensor& x_t, const torch::Tens
   return output;
 }
 
-Bf16Classifier::Bf16Classifier(std::shared_ptr<Classifier> base, Bf16Weights weights)
+Bf16Classifier::Bf16Classifier(std::shared_ptr<Classifier> base, Bf16Weights weights,
+                               std::optional<torch::Device> device)
     : base_(std::move(base)) {
   if (!base_) throw InputError("Bf16Classifier needs a classifier");
+  device_ = network_device(*base_, device);
   store_weights(*base_, weights, "this classifier");
 }
 
 torch::Tensor Bf16Classifier::logits(const torch::Tensor& x_t, const torch::Tensor& time) {
-  AutocastScope autocast(true, x_t.device());
+  AutocastScope autocast(true, device_.value_or(x_t.device()));
   return base_->logits(x_t, time).to(x_t.scalar_type());
 }
 

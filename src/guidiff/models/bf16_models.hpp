@@ -4,6 +4,7 @@
 // still does its arithmetic in float32. GroupNorm stays float32 inside (Float32GroupNorm).
 #pragma once
 #include <memory>
+#include <optional>
 
 #include "guidiff/models/denoiser.hpp"
 
@@ -36,11 +37,15 @@ void store_lowered_weights_in_bf16(torch::nn::Module& network);
 class Bf16Denoiser : public Denoiser {
  public:
   // Throws InputError for Bf16Weights::stored over a model with no libtorch network
-  // (network_module() null: TorchScript models).
+  // (network_module() null: TorchScript models). `device` is where the network runs, whose
+  // autocast is switched on: by default its first parameter's device, else x_t's. (The
+  // samplers keep x_t on the CPU and the network adapters move it to a GPU network, so x_t's
+  // device alone would switch on the CPU's autocast around a CUDA forward.)
   explicit Bf16Denoiser(std::shared_ptr<Denoiser> base,
-                        Bf16Weights weights = Bf16Weights::cast_per_call);
-  // base->predict under bf16 autocast on x_t's device; eps (and the variance output) are
-  // returned in x_t's dtype.
+                        Bf16Weights weights = Bf16Weights::cast_per_call,
+                        std::optional<torch::Device> device = std::nullopt);
+  // base->predict under bf16 autocast on the network's device; eps (and the variance output)
+  // are returned in x_t's dtype.
   DenoiserOutput predict(const torch::Tensor& x_t, const torch::Tensor& time, const torch::Tensor& y) override;
   TimeKind time_kind() const override { return base_->time_kind(); }
   int64_t num_classes() const override { return base_->num_classes(); }
@@ -50,14 +55,17 @@ class Bf16Denoiser : public Denoiser {
 
  private:
   std::shared_ptr<Denoiser> base_;
+  std::optional<torch::Device> device_;
 };
 
 // The classifier's forward under bf16 autocast; logits in x_t's dtype, still differentiable
 // in x_t (the gradient flows back through the bf16 operations).
 class Bf16Classifier : public Classifier {
  public:
+  // `device` as for Bf16Denoiser.
   explicit Bf16Classifier(std::shared_ptr<Classifier> base,
-                          Bf16Weights weights = Bf16Weights::cast_per_call);
+                          Bf16Weights weights = Bf16Weights::cast_per_call,
+                          std::optional<torch::Device> device = std::nullopt);
   torch::Tensor logits(const torch::Tensor& x_t, const torch::Tensor& time) override;
   TimeKind time_kind() const override { return base_->time_kind(); }
   int64_t num_classes() const override { return base_->num_classes(); }
@@ -65,6 +73,7 @@ class Bf16Classifier : public Classifier {
 
  private:
   std::shared_ptr<Classifier> base_;
+  std::optional<torch::Device> device_;
 };
 
 }  // namespace guidiff

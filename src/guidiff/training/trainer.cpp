@@ -11,6 +11,7 @@
 
 #include "guidiff/core/autocast.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/global_generators.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/data/batch_loader.hpp"
 #include "guidiff/data/random_order.hpp"
@@ -269,14 +270,17 @@ void TrainingRun::prepare() {
   state_.world_size = communicator_.world_size();
 }
 
-// Network dropout draws from the global CPU generator: at the start rank 0 seeds it with the
-// seed itself (as a single process does), every other rank with bits of its own; so does a
-// rank that a resumed run has and its checkpoint had not (keyed by the step resumed from).
+// Network dropout draws from the global generator of the device (the CPU's, or the GPU's): at the
+// start rank 0 seeds it with the seed itself (as a single process does), every other rank with bits
+// of its own; so does a rank that a resumed run has and its checkpoint had not (keyed by the step
+// resumed from).
 void TrainingRun::seed_dropout(uint64_t step) {
   const int64_t rank = communicator_.rank();
-  torch::manual_seed(rank == 0 && step == 0
-                         ? options_.seed
-                         : data_random_bits(options_.seed, kDropoutSeedDomain, static_cast<uint64_t>(rank), step));
+  seed_global_generators(
+      rank == 0 && step == 0
+          ? options_.seed
+          : data_random_bits(options_.seed, kDropoutSeedDomain, static_cast<uint64_t>(rank), step),
+      options_.device);
 }
 
 void TrainingRun::start_fresh() {
