@@ -29,10 +29,6 @@ std::vector<std::string> split_commas(const std::string& text) {
   return fields;
 }
 
-}  // namespace
-
-namespace {
-
 // The GPU of local process `local_rank` of `local_processes` on this machine: one GPU each, as
 // NCCL requires (two ranks on one GPU fail inside NCCL with "invalid usage").
 torch::Device gpu_of_local_process(int64_t local_rank, int64_t local_processes) {
@@ -43,7 +39,7 @@ torch::Device gpu_of_local_process(int64_t local_rank, int64_t local_processes) 
   if (local_processes > count) {
     throw InputError("--device cuda: " + std::to_string(local_processes) +
                      " processes on this machine need " + std::to_string(local_processes) +
-                     " GPUs, one each, and " + std::to_string(count) + " is visible");
+                     " GPUs, one each, but this machine shows " + std::to_string(count));
   }
   // float32 stays float32: libtorch lets cuDNN's convolutions round their operands to TF32
   // (10-bit mantissas) by default, which moved 25-step samples by up to 0.04 from the CPU's
