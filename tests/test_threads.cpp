@@ -1,5 +1,7 @@
-// Start-up checks: thread count selection and which BLAS is really loaded.
+// Start-up checks: thread count selection, which BLAS is really loaded, and the order the
+// shared libraries are searched in.
 #include <gtest/gtest.h>
+#include <link.h>
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -68,6 +70,29 @@ TEST(Blas, OptimisedBlasIsLoaded) {
   EXPECT_TRUE(blas.name == "openblas" || blas.name == "mkl")
       << blas.name << ": libblas.so.3 resolves to " << blas.path;
   EXPECT_FALSE(blas.is_reference());
+}
+
+// pip's libtorch exports its own copies of libstdc++'s std::filesystem functions, and a
+// program that searched libtorch first crashed in them (docs/gpu.md). guidiff's link option
+// puts libstdc++ first: the dynamic linker then loads it, and searches it, before libtorch.
+TEST(SharedLibraries, LibstdcxxIsSearchedBeforeLibtorch) {
+  std::vector<std::string> names;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        static_cast<std::vector<std::string>*>(data)->push_back(info->dlpi_name ? info->dlpi_name
+                                                                                : "");
+        return 0;
+      },
+      &names);
+  const auto first = [&](const std::string& part) {
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i].find(part) != std::string::npos) return static_cast<int64_t>(i);
+    return int64_t{-1};
+  };
+  const int64_t libstdcxx = first("libstdc++"), libtorch = first("libtorch");
+  if (libstdcxx < 0) GTEST_SKIP() << "libstdc++ is linked statically into this program";
+  ASSERT_GE(libtorch, 0) << "no libtorch among the loaded libraries";
+  EXPECT_LT(libstdcxx, libtorch) << names[libstdcxx] << " comes after " << names[libtorch];
 }
 
 }  // namespace
