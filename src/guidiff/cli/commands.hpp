@@ -1,11 +1,12 @@
 // The `guidiff` subcommands. Each registers its flags on the CLI11 app and returns the
 // function that runs it once parsing (and thread set-up) is done.
 #pragma once
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <CLI/CLI.hpp>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "guidiff/distributed/communicator.hpp"
@@ -23,11 +24,15 @@ struct GlobalOptions {
   // join_processes() before the subcommand runs.
   std::shared_ptr<Communicator> communicator = std::make_shared<Communicator>();
   // The parsed --device; throws InputError for an unknown or unavailable device. In a
-  // data-parallel run on GPUs, rank r uses cuda:LOCAL_RANK.
+  // data-parallel run on GPUs, process LOCAL_RANK of this machine uses cuda:LOCAL_RANK. Resolved
+  // at the first call (which also turns TF32 off for a GPU) and the same afterwards.
   torch::Device torch_device() const;
-  // Connects to the run's other processes when launched as one of several. Throws
-  // DistributedError when the rendezvous fails.
-  void join_processes();
+  // Connects to the run's other processes when `launch` (this process's launch environment)
+  // makes it one of several. Throws DistributedError when the rendezvous fails.
+  void join_processes(const LaunchEnvironment& launch);
+
+ private:
+  mutable std::optional<torch::Device> resolved_device_;
 };
 
 // Thrown by a subcommand that stops early without an error, having said why itself (Ctrl-C

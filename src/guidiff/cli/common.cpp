@@ -52,23 +52,26 @@ torch::Device gpu_of_local_process(int64_t local_rank, int64_t local_processes) 
 }  // namespace
 
 torch::Device GlobalOptions::torch_device() const {
-  if (device == "cpu") return torch::kCPU;
-  if (device == "cuda") {
-    const LaunchEnvironment environment = read_launch_environment();
-    return environment.distributed()
-               ? gpu_of_local_process(environment.local_rank, environment.local_world_size)
-               : gpu_of_local_process(0, 1);
+  if (resolved_device_) return *resolved_device_;
+  if (device == "cpu") {
+    resolved_device_ = torch::kCPU;
+  } else if (device == "cuda") {
+    const LaunchEnvironment launch = read_launch_environment();
+    resolved_device_ = launch.distributed()
+                           ? gpu_of_local_process(launch.local_rank, launch.local_world_size)
+                           : gpu_of_local_process(0, 1);
+  } else {
+    throw InputError("unknown --device '" + device + "' (expected cpu or cuda)");
   }
-  throw InputError("unknown --device '" + device + "' (expected cpu or cuda)");
+  return *resolved_device_;
 }
 
-void GlobalOptions::join_processes() {
-  const LaunchEnvironment environment = read_launch_environment();
-  if (!environment.distributed()) return;
+void GlobalOptions::join_processes(const LaunchEnvironment& launch) {
+  if (!launch.distributed()) return;
   CommunicatorOptions options;
   options.timeout = std::chrono::milliseconds(static_cast<int64_t>(dist_timeout * 1000.0));
   if (device == "cuda") options.device = torch_device();
-  communicator = std::make_shared<Communicator>(environment, options);
+  communicator = std::make_shared<Communicator>(launch, options);
 }
 
 std::vector<int64_t> parse_positive_list(const std::string& flag, const std::string& text) {

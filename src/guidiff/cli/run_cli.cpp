@@ -182,7 +182,7 @@ int run_cli(int argc, char** argv) {
     const bool threads_given = global.threads > 0 || (threads_variable != nullptr && *threads_variable != '\0');
     guidiff::configure_threads(threads_given || !launch.distributed() ? global.threads
                                                                       : guidiff::threads_per_local_process(launch));
-    global.join_processes();
+    global.join_processes(launch);
     for (const guidiff::cli::Command& command : commands) {
       if (command.app->parsed()) command.run();
     }
