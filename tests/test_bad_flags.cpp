@@ -540,4 +540,37 @@ TEST_F(BadFlags, NumbersAreDecimalFiniteAndInRange) {
   }
 }
 
+TEST_F(BadFlags, CountsPastWhatTheyCountOrPastTheMemoryAreRefusedBeforeTheRun) {
+  // Values each flag's type allows, refused for what they mean. The samples (1024 floats each,
+  // 7.5 TiB in all) would otherwise be made for days and fail as they were written.
+  const std::string eval_classifier =
+      without_option(kBases.at("eval-classifier"), "--buckets", false);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"sample --dim 1024 --num-samples 2000000000 --steps 1 --out x.npy",
+       "--num-samples 2000000000: the samples, kept until they are written, need 7.47 TiB of "
+       "memory"},
+      {eval_classifier + " --buckets 1001",
+       "--buckets must be at most the 1000 noise levels scored"},
+      {eval_classifier + " --max-t 100 --buckets 101",
+       "--buckets must be at most the 100 noise levels scored"},
+      {eval_classifier + " --max-t 2000", "--max-t must be at most --timesteps (1000), got 2000"},
+      {kBases.at("train classifier") + " --accuracy-buckets 100000",
+       "--accuracy-buckets must be 1 to 1000"},
+  };
+  std::vector<std::pair<std::string, fs::path>> runs;
+  for (const auto& [args, message] : cases) {
+    const fs::path scratch = fixtures_ / ("counts-" + std::to_string(runs.size()));
+    fs::create_directories(scratch);
+    runs.emplace_back(expand(args, scratch), scratch);
+  }
+  const std::vector<CliRun> results = run_forked(runs);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    EXPECT_EQ(results[i].exit_code, 2) << runs[i].first << "\n" << results[i].err;
+    EXPECT_EQ(results[i].err.rfind("guidiff: error: " + cases[i].second, 0), 0u)
+        << runs[i].first << "\n"
+        << results[i].err;
+    EXPECT_EQ(std::count(results[i].err.begin(), results[i].err.end(), '\n'), 1) << results[i].err;
+  }
+}
+
 }  // namespace

@@ -116,9 +116,19 @@ TEST(AdmReference, OutputsMatchGuidedDiffusionsUNetAndClassifier) {
 // ---- factory, save and load ----------------------------------------------------------
 
 TEST(ModelFactory, AConfigTooLargeForMemoryNamesItself) {
-  // Its first layer alone, 4e13 x (2 or more) float32 weights, is 3.2e14 bytes or more: beyond
-  // a 47-bit address space, so the allocation fails at once everywhere (overcommit or not, and
-  // before anything is touched); the error names the config, not the allocator.
+  // 1e8 x 1e8 float32 weights are 4e16 bytes: more than any machine has available, so they are
+  // refused before they are requested.
+  const json large = {
+      {"kind", "mlp_denoiser"}, {"data_dim", 2}, {"hidden_channels", int64_t{100000000}}};
+  expect_error<InputError>([&] { build_model(large); },
+                           {"mlp_denoiser config: its weights need more than the",
+                            "memory available", "check its sizes"});
+  // Without that budget they are beyond a 47-bit address space, so the allocation fails at once
+  // everywhere (overcommit or not); and 4e13 x 4e13 elements overflow the size calculation.
+  // Either way the error names the config, not the allocator.
+  expect_error<InputError>(
+      [&] { build_model(large, std::numeric_limits<int64_t>::max()); },
+      {"mlp_denoiser config: its weights do not fit in memory", "check its sizes"});
   expect_error<InputError>(
       [] {
         build_model({{"kind", "mlp_denoiser"},

@@ -1,19 +1,26 @@
 // Reliability: what guidiff survives besides malformed input (fuzzed under fuzz/): full disks
 // and file size limits, writes killed half-way (their temporaries), non-finite losses and
-// weights in training, and NaN in a model's output while sampling. The process-level forms
-// (kill -9, a real full tmpfs, the CLI) are scripts/kill_campaign.sh and scripts/disk_full.sh.
+// weights in training, NaN in a model's output while sampling, and requests larger than the
+// machine's memory (refused before the memory is filled, not killed by the kernel). The
+// process-level forms (kill -9, a real full tmpfs, the CLI) are scripts/kill_campaign.sh and
+// scripts/disk_full.sh.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/file.h>
 #include <sys/resource.h>
-#include <fcntl.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <thread>
 
+#include "guidiff/core/allocation_budget.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/process_memory.hpp"
 #include "guidiff/data/batch_loader.hpp"
 #include "guidiff/data/mixture_dataset.hpp"
 #include "guidiff/io/atomic_file.hpp"
@@ -102,6 +109,7 @@ class NanAfterCalls : public Denoiser {
   }
   TimeKind time_kind() const override { return TimeKind::discrete_timestep; }
   int64_t num_classes() const override { return 0; }
+  int64_t calls() const { return calls_; }
 
  private:
   int64_t call_, row_, calls_ = 0;
@@ -320,4 +328,116 @@ TEST(SamplingNaN, NamesTheStepAndTheSample) {
   config.sampler = SamplerKind::dpmpp_2m;
   auto sigma = std::make_shared<NanAfterCalls>(/*call=*/3, /*row=*/1);
   expect_error<NumericError>([&] { generate(sigma, nullptr, config, {}, {}); }, {"at step 3 of 10", "sample 101"});
+}
+
+// ---- requests too large for the machine's memory --------------------------------------
+
+TEST(Memory, AvailableMemoryIsPositiveAndAtMostTheRamAndSwap) {
+  struct sysinfo info {};
+  ASSERT_EQ(::sysinfo(&info), 0);
+  const double total =
+      (static_cast<double>(info.totalram) + static_cast<double>(info.totalswap)) * info.mem_unit;
+  const std::optional<int64_t> available = available_memory_bytes();
+  ASSERT_TRUE(available.has_value()) << "/proc/meminfo has MemAvailable on every Linux since 3.14";
+  EXPECT_GT(*available, 0);
+  EXPECT_LE(static_cast<double>(*available), total);
+}
+
+TEST(Memory, SizesReadAsPeopleWriteThemAndTooLargeIsRefused) {
+  EXPECT_EQ(memory_text(512), "512 bytes");
+  EXPECT_EQ(memory_text(1536), "1.50 KiB");
+  EXPECT_EQ(memory_text(int64_t{37} << 20), "37.0 MiB");
+  EXPECT_EQ(memory_text(int64_t{300} << 30), "300 GiB");
+  EXPECT_EQ(memory_text(std::numeric_limits<int64_t>::max()), "8.00 EiB");
+  expect_error<InputError>(
+      [] { check_fits_in_memory(2048, "the things", "; ask for less", 1024); },
+      {"the things need 2.00 KiB of memory, but only 1.00 KiB is available; ask for less"});
+  EXPECT_NO_THROW(check_fits_in_memory(1024, "the things", "", 1024));
+  EXPECT_NO_THROW(
+      check_fits_in_memory(std::numeric_limits<int64_t>::max(), "the things", "", std::nullopt))
+      << "nothing is refused where the memory available is unknown";
+}
+
+TEST(Memory, ABudgetRefusesTheAllocationThatWouldPassItOnItsOwnThreadOnly) {
+  {
+    CpuAllocationBudget budget(int64_t{1} << 20);
+    const torch::Tensor half = torch::empty({128 * 1024}, torch::kFloat);  // 512 KiB
+    EXPECT_EQ(budget.allocated(), 512 * 1024);
+    try {
+      const torch::Tensor more = torch::empty({256 * 1024}, torch::kFloat);  // 1 MiB more
+      ADD_FAILURE() << "an allocation past the budget was granted";
+    } catch (const AllocationBudgetExceeded& exceeded) {
+      EXPECT_EQ(exceeded.allocated, 512 * 1024);
+      EXPECT_EQ(exceeded.requested, 1024 * 1024);
+      EXPECT_EQ(exceeded.budget, 1024 * 1024);
+    }
+    bool other_thread_allocated = false;
+    std::thread other([&other_thread_allocated] {
+      other_thread_allocated =
+          torch::ones({1 << 20}, torch::kFloat).sum().item<float>() == float(1 << 20);
+    });
+    other.join();
+    EXPECT_TRUE(other_thread_allocated) << "another thread's 4 MiB are not this budget's";
+    EXPECT_EQ(budget.allocated(), 512 * 1024);
+  }
+  // Past its end allocations are free again, and tensors made under it still resize.
+  const torch::Tensor after = torch::ones({1 << 21}, torch::kFloat);
+  EXPECT_EQ(after.sum().item<float>(), float(1 << 21));
+}
+
+// The peak resident set size since `reset_peak_resident()`, in bytes (VmHWM).
+int64_t peak_resident_since_reset() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+TEST(Memory, NetworkWeightsBeyondTheBudgetAreRefusedBeforeTheyAreFilled) {
+  // Writing 5 to clear_refs resets VmHWM (Linux 4.0): the peak below is this test's own.
+  {
+    std::ofstream clear("/proc/self/clear_refs");
+    clear << "5";
+    clear.flush();
+    if (!clear) GTEST_SKIP() << "cannot reset the peak resident set size here";
+  }
+  const int64_t peak_before = peak_resident_since_reset();
+  ASSERT_GT(peak_before, 0);
+  // Three 20000 x 20000 float32 layers, 1.6 GB each, against a 64 MiB budget.
+  const nlohmann::json huge = {
+      {"kind", "mlp_denoiser"}, {"data_dim", 2}, {"hidden_channels", 20000}};
+  expect_error<InputError>(
+      [&] { build_model(huge, int64_t{64} << 20); },
+      {"mlp_denoiser config: its weights need more than the 64.0 MiB of memory available",
+       "check its sizes"});
+  EXPECT_LT(peak_resident_since_reset() - peak_before, int64_t{128} << 20)
+      << "the refused layer's memory was touched before the refusal";
+  // A network whose weights fit is built; one byte less than its weights is refused.
+  const nlohmann::json small = {{"kind", "mlp_denoiser"}, {"data_dim", 2}, {"hidden_channels", 64}};
+  const Model model = build_model(small, int64_t{64} << 20);
+  const int64_t weight_bytes = count_parameters(*model.module) * 4;
+  expect_error<InputError>([&] { build_model(small, weight_bytes - 1); },
+                           {"its weights need more than"});
+}
+
+TEST(Memory, SamplesTooLargeForTheMachineAreRefusedBeforeSampling) {
+  GenerationConfig config;
+  config.sampler = SamplerKind::ddim;
+  config.timesteps = 100;
+  config.steps = 2;
+  config.sample_shape = {int64_t{1} << 30};  // 4 GiB a sample
+  config.num_samples = int64_t{1} << 20;     // 4 PiB in all
+  auto model = std::make_shared<NanAfterCalls>(/*call=*/1, /*row=*/0);
+  expect_error<InputError>(
+      [&] { generate(model, nullptr, config, {}, {}); },
+      {"--num-samples 1048576: the samples, kept until they are written, need 4.00 PiB of memory",
+       "ask for fewer per run"});
+  EXPECT_EQ(model->calls(), 0) << "refused before the model ran";
+  config.keep_trajectory = true;
+  expect_error<InputError>([&] { generate(model, nullptr, config, {}, {}); },
+                           {"the samples and their trajectories"});
+  // Labels count too: int64 each, and three more numbers each when drawn at random.
+  expect_error<InputError>([] { labels_from_spec("random", int64_t{1} << 60, 10, 0); },
+                           {"--num-samples 1152921504606846976: the labels need"});
 }

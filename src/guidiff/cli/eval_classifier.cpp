@@ -37,6 +37,16 @@ void run_eval_classifier(EvalClassifierFlags flags, const GlobalOptions& global)
     throw InputError("--batch-size must be >= 1, got " + std::to_string(flags.options.batch_size));
   }
   check_timestep_count(flags.timesteps, "--timesteps");
+  if (flags.options.max_t > flags.timesteps) {
+    throw InputError("--max-t must be at most --timesteps (" + std::to_string(flags.timesteps) +
+                     "), got " + std::to_string(flags.options.max_t));
+  }
+  const int64_t levels = flags.options.max_t > 0 ? flags.options.max_t : flags.timesteps;
+  if (flags.options.buckets > levels) {
+    throw InputError("--buckets must be at most the " + std::to_string(levels) +
+                     " noise levels scored (--max-t, or --timesteps), got " +
+                     std::to_string(flags.options.buckets));
+  }
   flags.options.device = global.torch_device();
   const Model model = load_model(flags.classifier, flags.options.device);
   if (!model.classifier) throw InputError("--classifier '" + flags.classifier + "' is not a classifier");

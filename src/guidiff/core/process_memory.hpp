@@ -1,10 +1,29 @@
-// This process's memory, as the operating system counts it.
+// This process's memory, as the operating system counts it, and what it can still take.
 #pragma once
 #include <cstdint>
+#include <optional>
+#include <string>
 
 namespace guidiff {
 
 // The peak resident set size so far, in bytes (getrusage's ru_maxrss; 0 where unavailable).
 int64_t peak_resident_bytes();
+
+// The bytes this process can still fill without being killed: the kernel's MemAvailable (free
+// memory and the page cache it can drop) plus free swap, and no more than the memory cgroup's
+// limit leaves (a container's --memory, a systemd slice; v1 and v2). nullopt where
+// /proc/meminfo cannot be read (not Linux).
+std::optional<int64_t> available_memory_bytes();
+
+// A byte count for messages: "512 KiB", "37.4 MiB", "1.50 GiB", "2.00 TiB".
+std::string memory_text(int64_t bytes);
+
+// Throws InputError "<what> need <bytes> of memory, but only <available> is
+// available<advice>" when `bytes` exceed `available`. Linux hands out memory it does not have
+// and kills the process when the pages are touched, so a request too large for the machine
+// must be refused before it is filled, with a message instead of a SIGKILL. Nothing is checked
+// when `available` is unknown.
+void check_fits_in_memory(int64_t bytes, const std::string& what, const std::string& advice,
+                          std::optional<int64_t> available = available_memory_bytes());
 
 }  // namespace guidiff

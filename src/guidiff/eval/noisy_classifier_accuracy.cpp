@@ -35,7 +35,7 @@ BucketAccuracy noisy_classifier_accuracy(Classifier& classifier, const DiscreteS
   }
   if (options.batch_size < 1) throw InputError("batch size must be >= 1");
   if (options.buckets > max_t) {
-    throw InputError("--buckets must be at most the " + std::to_string(max_t) +
+    throw InputError("buckets must be at most the " + std::to_string(max_t) +
                      " noise levels scored, got " + std::to_string(options.buckets));
   }
   BucketAccuracy accuracy(max_t, options.buckets);  // InputError for buckets < 1

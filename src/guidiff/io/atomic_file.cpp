@@ -92,7 +92,10 @@ void write_and_sync(const LockedTemporary& temp, const StreamedFile& file) {
 }  // namespace
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
-  write_files_atomically({{path, bytes}});
+  // Written from `bytes` itself: a {path, bytes} pair in an initializer list would copy them
+  // twice (into the pair, then into the vector), which for a file of samples is 2x its size.
+  write_files_atomically({StreamedFile{
+      path, [&bytes](const AppendBytes& append) { append(bytes.data(), bytes.size()); }}});
 }
 
 void write_files_atomically(const std::vector<std::pair<std::string, std::string>>& paths_and_bytes) {

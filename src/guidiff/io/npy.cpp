@@ -219,22 +219,34 @@ torch::Tensor read_npy(const std::string& path) {
   return decode_npy(read_file_bytes(path), "'" + path + "'");
 }
 
-std::string encode_npy(const torch::Tensor& tensor, const std::string& name_for_errors) {
+namespace {
+
+// A tensor's .npy file as its header (magic, version, dict, padding) and its data.
+struct NpyParts {
+  std::string header;
+  torch::Tensor data;  // contiguous, on the CPU
+  size_t data_bytes = 0;
+};
+
+NpyParts npy_parts(const torch::Tensor& tensor, const std::string& name_for_errors) {
   if (!tensor.defined()) throw InputError("cannot write an undefined tensor to '" + name_for_errors + "'");
   const std::optional<DtypeCode> code = dtype_from_tensor(tensor.scalar_type());
   if (!code) {
     throw InputError("cannot write dtype " + std::string(c10::toString(tensor.scalar_type())) + " to '" +
                      name_for_errors + "' (supported: float32, float64, int64, int32, uint8)");
   }
-  const torch::Tensor data = tensor.detach().to(torch::kCPU).contiguous();
+  NpyParts parts;
+  parts.data = tensor.detach().to(torch::kCPU).contiguous();
+  parts.data_bytes = static_cast<size_t>(parts.data.numel()) * code->item_size;
 
-  std::string header = std::string("{'descr': '") + code->descr +
-                       "', 'fortran_order': False, 'shape': " + shape_literal(data.sizes()) + ", }";
+  std::string dict = std::string("{'descr': '") + code->descr +
+                     "', 'fortran_order': False, 'shape': " + shape_literal(parts.data.sizes()) +
+                     ", }";
   // Pad with spaces and a final newline so the data starts on a 64-byte boundary
   // (numpy.lib.format.ARRAY_ALIGN).
   const auto padded_length = [&](size_t preamble) {
-    const size_t unpadded = preamble + header.size() + 1;
-    return header.size() + 1 + (64 - unpadded % 64) % 64;
+    const size_t unpadded = preamble + dict.size() + 1;
+    return dict.size() + 1 + (64 - unpadded % 64) % 64;
   };
   int major = 1;
   size_t header_length = padded_length(kMagicSize + 4);
@@ -242,23 +254,39 @@ std::string encode_npy(const torch::Tensor& tensor, const std::string& name_for_
     major = 2;
     header_length = padded_length(kMagicSize + 6);
   }
-  header.append(header_length - header.size() - 1, ' ');
-  header.push_back('\n');
+  dict.append(header_length - dict.size() - 1, ' ');
+  dict.push_back('\n');
 
-  std::string out(kMagic, kMagicSize);
-  out.push_back(static_cast<char>(major));
-  out.push_back('\0');
+  parts.header.assign(kMagic, kMagicSize);
+  parts.header.push_back(static_cast<char>(major));
+  parts.header.push_back('\0');
   const int length_bytes = major == 1 ? 2 : 4;
-  for (int i = 0; i < length_bytes; ++i) out.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
-  out += header;
-  if (data.numel() > 0) {
-    out.append(static_cast<const char*>(data.data_ptr()), static_cast<size_t>(data.numel()) * code->item_size);
-  }
+  for (int i = 0; i < length_bytes; ++i)
+    parts.header.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
+  parts.header += dict;
+  return parts;
+}
+
+}  // namespace
+
+std::string encode_npy(const torch::Tensor& tensor, const std::string& name_for_errors) {
+  const NpyParts parts = npy_parts(tensor, name_for_errors);
+  std::string out;
+  out.reserve(parts.header.size() + parts.data_bytes);
+  out += parts.header;
+  if (parts.data_bytes > 0)
+    out.append(static_cast<const char*>(parts.data.data_ptr()), parts.data_bytes);
   return out;
 }
 
 void write_npy(const std::string& path, const torch::Tensor& tensor) {
-  write_file_atomically(path, encode_npy(tensor, path));
+  // Streamed from the tensor's memory: a file of samples is not held twice.
+  const NpyParts parts = npy_parts(tensor, path);
+  write_files_atomically({StreamedFile{path, [&parts](const AppendBytes& append) {
+                                         append(parts.header.data(), parts.header.size());
+                                         if (parts.data_bytes > 0)
+                                           append(parts.data.data_ptr(), parts.data_bytes);
+                                       }}});
 }
 
 }  // namespace guidiff

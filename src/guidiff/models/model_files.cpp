@@ -7,7 +7,9 @@
 #include <set>
 #include <type_traits>
 
+#include "guidiff/core/allocation_budget.hpp"
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/process_memory.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/io/atomic_file.hpp"
 #include "guidiff/models/network_adapters.hpp"
@@ -125,15 +127,25 @@ void build_network(Model& model, const nlohmann::json& fields) {
 
 }  // namespace
 
-Model build_model(const nlohmann::json& config) {
+Model build_model(const nlohmann::json& config, std::optional<int64_t> memory_budget) {
   Model model;
   model.kind = parse_kind(config);
   nlohmann::json fields = config;
   fields.erase("kind");
+  const std::string check_sizes = "; check its sizes (widths, channel_mult, image_size)";
+  if (!memory_budget) memory_budget = available_memory_bytes();
   try {
+    // A size typo (hidden_channels 70000) is refused before its weights are filled: Linux would
+    // grant them and then kill the process as the initialisation touched them.
+    std::optional<CpuAllocationBudget> budget;
+    if (memory_budget) budget.emplace(*memory_budget);
     build_network(model, fields);
+  } catch (const AllocationBudgetExceeded& exceeded) {
+    throw InputError(std::string(model_kind_name(model.kind)) +
+                     " config: its weights need more than the " + memory_text(exceeded.budget) +
+                     " of memory available" + check_sizes);
   } catch (const c10::Error& error) {
-    // A size typo (hidden_channels 1000000) ends in the allocator's message, which names no
+    // Sizes past the address space end in the allocator's or an overflow message, which names no
     // field: say which config it was and what to look at.
     const std::string what = error.what_without_backtrace();
     if (what.find("allocate") == std::string::npos &&
@@ -143,7 +155,7 @@ Model build_model(const nlohmann::json& config) {
     throw InputError(
         std::string(model_kind_name(model.kind)) + " config: its weights do not fit in memory (" +
         (what.find("you tried") == std::string::npos ? what : what.substr(what.find("you tried"))) +
-        "); check its sizes (widths, channel_mult, image_size)");
+        ")" + check_sizes);
   }
   return model;
 }

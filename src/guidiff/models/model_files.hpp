@@ -47,8 +47,11 @@ struct Model {
 void check_guidance_classifier(const Model& model, const std::string& what);
 
 // A freshly initialised network (training mode, CPU, float32) from its config. Throws
-// InputError naming "kind" or the config field at fault.
-Model build_model(const nlohmann::json& config);
+// InputError naming "kind" or the config field at fault, or saying the weights need more
+// memory than `memory_budget` bytes (default: what the machine has available,
+// available_memory_bytes()); that is found before the memory is filled.
+Model build_model(const nlohmann::json& config,
+                  std::optional<int64_t> memory_budget = std::nullopt);
 
 // The two files of a saved model. `dir_or_prefix` is an existing directory (files
 // <dir>/model.*), or a prefix ("runs/a/ema" -> runs/a/ema.safetensors, runs/a/ema.json),

@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/process_memory.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/guidance/guided_model.hpp"
 #include "guidiff/io/npy.hpp"
@@ -169,6 +171,8 @@ GenerationResult generate(const GenerationModels& models, const GenerationConfig
   const torch::Tensor sample_labels = checks::check_labels(labels, num_classes, models, config);
   const torch::Tensor given_noise = checks::check_initial_noise(initial_noise, config);
   const SamplingPlan plan = make_plan(*models.denoiser, config);
+  checks::check_outputs_fit_in_memory(config,
+                                      config.keep_trajectory ? plan.steps_per_batch + 1 : 0);
 
   // A conditional model sampled without labels gets the null class: unconditional samples.
   torch::Tensor model_labels = sample_labels;
@@ -181,9 +185,12 @@ GenerationResult generate(const GenerationModels& models, const GenerationConfig
   const int64_t first_batch = rows.begin / config.batch_size;
   const int64_t num_batches = (rows.size() + config.batch_size - 1) / config.batch_size;
   const int64_t total_steps = num_batches * plan.steps_per_batch;
-  std::vector<torch::Tensor> sample_parts;
+  std::vector<int64_t> samples_shape{rows.size()};
+  samples_shape.insert(samples_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
   std::vector<std::vector<torch::Tensor>> trajectory_parts;
   GenerationResult out;
+  // Filled batch by batch, not joined at the end: one copy of the samples at a time.
+  out.samples = torch::empty(samples_shape, torch::kFloat);
   out.steps = plan.steps_per_batch;
   for (int64_t b = 0; b < num_batches; ++b) {
     const int64_t begin = (first_batch + b) * config.batch_size;
@@ -213,14 +220,11 @@ GenerationResult generate(const GenerationModels& models, const GenerationConfig
     guided.denoiser = counter;
     SamplingResult result = sample_batch(plan, guided, config, batch, noise, common);
     if (b == 0) out.model_evaluations = counter->calls;
-    sample_parts.push_back(result.samples.to(torch::kFloat));
+    out.samples.slice(0, begin - rows.begin, end - rows.begin).copy_(result.samples);
     trajectory_parts.push_back(std::move(result.trajectory));
   }
 
   out.rows = rows;
-  std::vector<int64_t> empty_shape{0};
-  empty_shape.insert(empty_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
-  out.samples = sample_parts.empty() ? torch::empty(empty_shape, torch::kFloat) : torch::cat(sample_parts, 0);
   if (sample_labels.defined()) out.labels = sample_labels.slice(0, rows.begin, rows.end);
   if (config.keep_trajectory && !trajectory_parts.empty()) {
     const size_t length = trajectory_parts.front().size();
@@ -265,6 +269,13 @@ torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, 
     throw InputError("--class '" + spec + "' given, but there are no classes (unconditional model "
                      "and no classifier)");
   }
+  // The labels as int64; drawn at random, with their indices, draws and uniforms (8 bytes each).
+  const int64_t bytes_per_label = spec == "random" ? 32 : 8;
+  check_fits_in_memory(num_samples > std::numeric_limits<int64_t>::max() / bytes_per_label
+                           ? std::numeric_limits<int64_t>::max()
+                           : num_samples * bytes_per_label,
+                       "--num-samples " + std::to_string(num_samples) + ": the labels",
+                       "; ask for fewer per run");
   torch::Tensor labels;
   const std::string npy_suffix = ".npy";
   if (spec == "random") {

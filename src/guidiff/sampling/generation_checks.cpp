@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/core/process_memory.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/schedule/discrete_schedule.hpp"
 
@@ -203,6 +205,23 @@ torch::Tensor check_initial_noise(const torch::Tensor& noise, const GenerationCo
   }
   if (!torch::isfinite(noise).all().item<bool>()) throw NumericError("the initial noise x_T contains NaN or infinity");
   return noise.to(torch::kCPU, torch::kFloat);
+}
+
+void check_outputs_fit_in_memory(const GenerationConfig& config, int64_t trajectory_states) {
+  // In double: --shape takes any size, and the product is only compared.
+  double sample_bytes = 4.0;
+  for (const int64_t size : config.sample_shape) sample_bytes *= static_cast<double>(size);
+  const double per_sample =
+      sample_bytes * (1.0 + 2.0 * static_cast<double>(std::max<int64_t>(trajectory_states, 0))) +
+      8.0;
+  const double bytes = per_sample * static_cast<double>(config.num_samples);
+  const int64_t needed =
+      bytes >= 9.0e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(bytes);
+  check_fits_in_memory(needed,
+                       "--num-samples " + std::to_string(config.num_samples) + ": the samples" +
+                           (trajectory_states > 0 ? " and their trajectories" : "") +
+                           ", kept until they are written,",
+                       "; ask for fewer per run (with a different --seed each)");
 }
 
 }  // namespace guidiff::generation_checks

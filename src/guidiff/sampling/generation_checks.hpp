@@ -23,6 +23,13 @@ int64_t check_models(const GenerationModels& models, const GenerationConfig& con
 torch::Tensor check_labels(const torch::Tensor& labels, int64_t num_classes, const GenerationModels& models,
                            const GenerationConfig& config);
 
+// The samples generate() keeps until the caller writes them, float32 [num_samples,
+// sample_shape...] with their int64 labels, fit in the memory available; with
+// `trajectory_states` > 0 (the kept trajectory's length) so do that many more copies, twice
+// over (each batch's part and the joined tensor). Throws InputError naming --num-samples:
+// without it a run too large for the machine samples for hours and fails as it ends.
+void check_outputs_fit_in_memory(const GenerationConfig& config, int64_t trajectory_states);
+
 // x_T for every sample as float32 [num_samples, sample_shape...], or undefined.
 torch::Tensor check_initial_noise(const torch::Tensor& noise, const GenerationConfig& config);
 

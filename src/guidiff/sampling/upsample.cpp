@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "guidiff/core/errors.hpp"
+#include "guidiff/sampling/generation_checks.hpp"
 
 namespace guidiff {
 namespace {
@@ -35,9 +36,14 @@ GenerationResult generate_upsampled(const LowResolutionConditioning& model_for, 
   if (labels.defined() && (labels.dim() != 1 || labels.size(0) != config.num_samples)) {
     throw InputError("the labels must be [" + std::to_string(config.num_samples) + "], got " + c10::str(labels.sizes()));
   }
-  std::vector<torch::Tensor> samples, sample_labels;
+  // The samples are checked now; with their trajectories once the first part shows its length.
+  generation_checks::check_outputs_fit_in_memory(config, 0);
+  std::vector<torch::Tensor> sample_labels;
   std::vector<std::vector<torch::Tensor>> trajectories;
   GenerationResult out;
+  std::vector<int64_t> samples_shape{config.num_samples};
+  samples_shape.insert(samples_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
+  out.samples = torch::empty(samples_shape, torch::kFloat);  // filled part by part
   for (int64_t begin = 0; begin < config.num_samples; begin += config.batch_size) {
     const int64_t end = std::min(begin + config.batch_size, config.num_samples);
     GenerationConfig part = config;
@@ -55,14 +61,17 @@ GenerationResult generate_upsampled(const LowResolutionConditioning& model_for, 
     }
     GenerationResult result =
         generate(model_for(low_res.slice(0, begin, end)), classifier, part, part_labels, {}, progress);
-    samples.push_back(result.samples);
+    if (begin == 0 && config.keep_trajectory) {
+      generation_checks::check_outputs_fit_in_memory(
+          config, static_cast<int64_t>(result.trajectory.size()));
+    }
+    out.samples.slice(0, begin, end).copy_(result.samples);
     if (result.labels.defined()) sample_labels.push_back(result.labels);
     trajectories.push_back(std::move(result.trajectory));
     out.steps = result.steps;  // the same for every part
     if (begin == 0) out.model_evaluations = result.model_evaluations;
   }
   out.rows = {0, config.num_samples};
-  out.samples = torch::cat(samples, 0);
   if (!sample_labels.empty()) out.labels = torch::cat(sample_labels, 0);
   if (config.keep_trajectory && !trajectories.empty()) {
     for (size_t step = 0; step < trajectories.front().size(); ++step) {

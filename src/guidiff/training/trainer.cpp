@@ -12,6 +12,7 @@
 #include "guidiff/core/autocast.hpp"
 #include "guidiff/core/errors.hpp"
 #include "guidiff/core/global_generators.hpp"
+#include "guidiff/core/process_memory.hpp"
 #include "guidiff/core/text.hpp"
 #include "guidiff/data/batch_loader.hpp"
 #include "guidiff/data/random_order.hpp"
@@ -252,6 +253,14 @@ void TrainingRun::prepare() {
   if (removed.files > 0) {
     notify("removed " + std::to_string(removed.files) + " temporary file" + (removed.files == 1 ? "" : "s") + " (" +
            std::to_string(removed.bytes) + " bytes) that an interrupted write left in '" + options_.out_dir + "'");
+  }
+  if (options_.device.is_cpu()) {
+    // The EMA copy, the gradients and AdamW's two moments: four copies of the weights more,
+    // refused here rather than killed by the kernel at the first step.
+    check_fits_in_memory(4 * 4 * count_parameters(*model_.module),
+                         "training this " + std::string(model_kind_name(model_.kind)) +
+                             ": its EMA copy, gradients and AdamW's two moments (4x the weights)",
+                         "; check the config's sizes");
   }
   model_.module->to(options_.device);
   model_.module->train();
