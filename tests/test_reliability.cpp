@@ -343,6 +343,65 @@ TEST(Memory, AvailableMemoryIsPositiveAndAtMostTheRamAndSwap) {
   EXPECT_LE(static_cast<double>(*available), total);
 }
 
+class MemoryCgroup : public guidiff::testing::TempDirTest {
+ protected:
+  // <dir>/<name> with `text`, its folders made.
+  void put(const std::string& name, const std::string& text) const {
+    fs::create_directories(fs::path(path(name)).parent_path());
+    write_raw(name, text);
+  }
+};
+
+TEST_F(MemoryCgroup, V2LimitsApplyAllTheWayUpAndInactiveFilesCountAsFree) {
+  constexpr int64_t MiB = int64_t{1} << 20;
+  put("self", "0::/a/b\n");
+  // a/b: 1024 - 100 + 10 (its inactive file pages) = 934 MiB left; a: 512 - 200 = 312 MiB.
+  put("fs/a/b/memory.current", std::to_string(100 * MiB) + "\n");
+  put("fs/a/b/memory.max", std::to_string(1024 * MiB) + "\n");
+  put("fs/a/b/memory.stat",
+      "anon 1000\ninactive_file " + std::to_string(10 * MiB) + "\nactive_file 5\n");
+  put("fs/a/memory.current", std::to_string(200 * MiB) + "\n");
+  put("fs/a/memory.max", std::to_string(512 * MiB) + "\n");
+  put("fs/memory.current", std::to_string(4000 * MiB) + "\n");  // the root: no memory.max
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 312 * MiB);
+  put("fs/a/memory.max", "max\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 934 * MiB);
+  put("fs/a/b/memory.max", "max\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), std::nullopt) << "no limit anywhere";
+  // A container's namespace shows "/" and mounts its own cgroup at the root.
+  put("self", "0::/\n");
+  put("fs/memory.max", std::to_string(2048 * MiB) + "\n");
+  put("fs/memory.current", std::to_string(48 * MiB) + "\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 2000 * MiB);
+  // A path that names no folder here (a host path seen from inside a container) climbs to the root.
+  put("self", "0::/system.slice/docker-1.scope\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 2000 * MiB);
+  put("self", "0::malformed\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), std::nullopt)
+      << "and ends, even on nonsense";
+}
+
+TEST_F(MemoryCgroup, V1ReadsTheHierarchicalLimitOfItsMemoryController) {
+  constexpr int64_t MiB = int64_t{1} << 20;
+  put("self", "5:cpu,cpuacct:/x\n4:memory:/x\n0::/\n");
+  put("fs/memory/x/memory.usage_in_bytes", std::to_string(300 * MiB) + "\n");
+  put("fs/memory/x/memory.stat", "cache 7\nhierarchical_memory_limit " +
+                                     std::to_string(1024 * MiB) + "\ntotal_inactive_file " +
+                                     std::to_string(4 * MiB) + "\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 728 * MiB);
+  // No limit is a page-rounded 2^63 - 1.
+  put("fs/memory/x/memory.stat", "hierarchical_memory_limit 9223372036854771712\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), std::nullopt);
+  // Inside a container the controller's root is the container's cgroup.
+  put("self", "4:memory:/docker/abc\n");
+  put("fs/memory/memory.usage_in_bytes", std::to_string(100 * MiB) + "\n");
+  put("fs/memory/memory.stat", "hierarchical_memory_limit " + std::to_string(512 * MiB) + "\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 412 * MiB);
+  // Usage past the limit leaves nothing, not a negative number.
+  put("fs/memory/memory.usage_in_bytes", std::to_string(600 * MiB) + "\n");
+  EXPECT_EQ(cgroup_memory_headroom(path("self"), path("fs")), 0);
+}
+
 TEST(Memory, SizesReadAsPeopleWriteThemAndTooLargeIsRefused) {
   EXPECT_EQ(memory_text(512), "512 bytes");
   EXPECT_EQ(memory_text(1536), "1.50 KiB");

@@ -36,10 +36,11 @@ std::optional<int64_t> read_number(const std::string& path) {
   return std::nullopt;  // missing, or "max" (v2's no limit)
 }
 
-// What the cgroup limits on the way up to the root leave: limit - usage, where the usage's
-// inactive file pages count as free (the kernel drops them before it kills).
-std::optional<int64_t> cgroup_headroom() {
-  std::ifstream self("/proc/self/cgroup");
+}  // namespace
+
+std::optional<int64_t> cgroup_memory_headroom(const std::string& self_cgroup,
+                                              const std::string& root) {
+  std::ifstream self(self_cgroup);
   std::string v1_path, v2_path;
   for (std::string line; std::getline(self, line);) {
     const size_t first = line.find(':'), second = line.find(':', first + 1);
@@ -60,9 +61,9 @@ std::optional<int64_t> cgroup_headroom() {
     headroom = headroom ? std::min(*headroom, left) : left;
   };
   if (!v1_path.empty()) {
-    // Inside a container the controller's root is mounted at /sys/fs/cgroup/memory itself.
-    std::string dir = "/sys/fs/cgroup/memory" + v1_path;
-    if (!read_number(dir + "/memory.usage_in_bytes")) dir = "/sys/fs/cgroup/memory";
+    // Inside a container the controller's root is mounted at <root>/memory itself.
+    std::string dir = root + "/memory" + v1_path;
+    if (!read_number(dir + "/memory.usage_in_bytes")) dir = root + "/memory";
     const auto stat = read_key_values(dir + "/memory.stat");
     const auto limit =
         stat.find("hierarchical_memory_limit");  // the tightest of it and its parents
@@ -73,21 +74,22 @@ std::optional<int64_t> cgroup_headroom() {
     }
   }
   if (!v2_path.empty()) {
-    for (std::string path = v2_path;; path = path.substr(0, path.rfind('/'))) {
-      const std::string dir = "/sys/fs/cgroup" + path;
+    // Every limit on the way up to the root applies (v2 keeps no hierarchical total).
+    for (std::string path = v2_path;;) {
+      const std::string dir = root + path;
       if (const auto usage = read_number(dir + "/memory.current")) {
         const auto stat = read_key_values(dir + "/memory.stat");
         const auto inactive = stat.find("inactive_file");
         take(read_number(dir + "/memory.max"), *usage,
              inactive == stat.end() ? 0 : inactive->second);
       }
-      if (path.empty() || path == "/") break;
+      const size_t parent = path.rfind('/');
+      if (path.empty() || path == "/" || parent == std::string::npos) break;
+      path.resize(parent);
     }
   }
   return headroom;
 }
-
-}  // namespace
 
 int64_t peak_resident_bytes() {
   struct rusage usage {};
@@ -105,7 +107,7 @@ std::optional<int64_t> available_memory_bytes() {
   if (available == meminfo.end()) return std::nullopt;
   const auto swap = meminfo.find("SwapFree");
   int64_t bytes = available->second + (swap == meminfo.end() ? 0 : swap->second);
-  if (const auto headroom = cgroup_headroom()) bytes = std::min(bytes, *headroom);
+  if (const auto headroom = cgroup_memory_headroom()) bytes = std::min(bytes, *headroom);
   return bytes;
 }
 

@@ -15,6 +15,14 @@ int64_t peak_resident_bytes();
 // /proc/meminfo cannot be read (not Linux).
 std::optional<int64_t> available_memory_bytes();
 
+// What the memory cgroup limits leave this process: limit - usage for its cgroup and, under
+// cgroup v2, every cgroup above it (v1 reports the tightest as hierarchical_memory_limit), with
+// the usage's inactive file pages counted as free (the kernel drops them before it kills).
+// Read from `self_cgroup` (/proc/self/cgroup's format) and the hierarchy mounted at `root`
+// (v1's controller at <root>/memory); nullopt where no limit is set.
+std::optional<int64_t> cgroup_memory_headroom(const std::string& self_cgroup = "/proc/self/cgroup",
+                                              const std::string& root = "/sys/fs/cgroup");
+
 // A byte count for messages: "512 KiB", "37.4 MiB", "1.50 GiB", "2.00 TiB".
 std::string memory_text(int64_t bytes);
 
