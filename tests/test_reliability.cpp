@@ -408,6 +408,9 @@ TEST(Memory, SizesReadAsPeopleWriteThemAndTooLargeIsRefused) {
   EXPECT_EQ(memory_text(int64_t{37} << 20), "37.0 MiB");
   EXPECT_EQ(memory_text(int64_t{300} << 30), "300 GiB");
   EXPECT_EQ(memory_text(std::numeric_limits<int64_t>::max()), "8.00 EiB");
+  EXPECT_EQ(saturated_bytes(4096.0), 4096);
+  EXPECT_EQ(saturated_bytes(9223372036854775808.0), std::numeric_limits<int64_t>::max()) << "2^63";
+  EXPECT_EQ(saturated_bytes(1e30), std::numeric_limits<int64_t>::max());
   expect_error<InputError>(
       [] { check_fits_in_memory(2048, "the things", "; ask for less", 1024); },
       {"the things need 2.00 KiB of memory, but only 1.00 KiB is available; ask for less"});

@@ -63,14 +63,17 @@ std::optional<int64_t> cgroup_memory_headroom(const std::string& self_cgroup,
   if (!v1_path.empty()) {
     // Inside a container the controller's root is mounted at <root>/memory itself.
     std::string dir = root + "/memory" + v1_path;
-    if (!read_number(dir + "/memory.usage_in_bytes")) dir = root + "/memory";
+    std::optional<int64_t> usage = read_number(dir + "/memory.usage_in_bytes");
+    if (!usage) {
+      dir = root + "/memory";
+      usage = read_number(dir + "/memory.usage_in_bytes");
+    }
     const auto stat = read_key_values(dir + "/memory.stat");
     const auto limit =
         stat.find("hierarchical_memory_limit");  // the tightest of it and its parents
     const auto inactive = stat.find("total_inactive_file");
     if (limit != stat.end()) {
-      take(limit->second, read_number(dir + "/memory.usage_in_bytes").value_or(0),
-           inactive == stat.end() ? 0 : inactive->second);
+      take(limit->second, usage.value_or(0), inactive == stat.end() ? 0 : inactive->second);
     }
   }
   if (!v2_path.empty()) {
@@ -109,6 +112,12 @@ std::optional<int64_t> available_memory_bytes() {
   int64_t bytes = available->second + (swap == meminfo.end() ? 0 : swap->second);
   if (const auto headroom = cgroup_memory_headroom()) bytes = std::min(bytes, *headroom);
   return bytes;
+}
+
+int64_t saturated_bytes(double bytes) {
+  // 2^63 is exact in double; anything from it up (or NaN) is past int64.
+  return bytes < 9223372036854775808.0 ? static_cast<int64_t>(std::max(bytes, 0.0))
+                                       : std::numeric_limits<int64_t>::max();
 }
 
 std::string memory_text(int64_t bytes) {

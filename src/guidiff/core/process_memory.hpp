@@ -23,6 +23,10 @@ std::optional<int64_t> available_memory_bytes();
 std::optional<int64_t> cgroup_memory_headroom(const std::string& self_cgroup = "/proc/self/cgroup",
                                               const std::string& root = "/sys/fs/cgroup");
 
+// A byte count computed in double (sizes from flags and configs can overflow int64) as int64,
+// INT64_MAX where it does not fit: for check_fits_in_memory.
+int64_t saturated_bytes(double bytes);
+
 // A byte count for messages: "512 KiB", "37.4 MiB", "1.50 GiB", "2.00 TiB".
 std::string memory_text(int64_t bytes);
 

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <optional>
 #include <sstream>
 
@@ -185,12 +184,10 @@ GenerationResult generate(const GenerationModels& models, const GenerationConfig
   const int64_t first_batch = rows.begin / config.batch_size;
   const int64_t num_batches = (rows.size() + config.batch_size - 1) / config.batch_size;
   const int64_t total_steps = num_batches * plan.steps_per_batch;
-  std::vector<int64_t> samples_shape{rows.size()};
-  samples_shape.insert(samples_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
   std::vector<std::vector<torch::Tensor>> trajectory_parts;
   GenerationResult out;
   // Filled batch by batch, not joined at the end: one copy of the samples at a time.
-  out.samples = torch::empty(samples_shape, torch::kFloat);
+  out.samples = torch::empty(checks::rows_shape(rows.size(), config.sample_shape), torch::kFloat);
   out.steps = plan.steps_per_batch;
   for (int64_t b = 0; b < num_batches; ++b) {
     const int64_t begin = (first_batch + b) * config.batch_size;
@@ -270,10 +267,8 @@ torch::Tensor labels_from_spec(const std::string& spec_in, int64_t num_samples, 
                      "and no classifier)");
   }
   // The labels as int64; drawn at random, with their indices, draws and uniforms (8 bytes each).
-  const int64_t bytes_per_label = spec == "random" ? 32 : 8;
-  check_fits_in_memory(num_samples > std::numeric_limits<int64_t>::max() / bytes_per_label
-                           ? std::numeric_limits<int64_t>::max()
-                           : num_samples * bytes_per_label,
+  const double bytes_per_label = spec == "random" ? 32.0 : 8.0;
+  check_fits_in_memory(saturated_bytes(static_cast<double>(num_samples) * bytes_per_label),
                        "--num-samples " + std::to_string(num_samples) + ": the labels",
                        "; ask for fewer per run");
   torch::Tensor labels;

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <sstream>
 
 #include "guidiff/core/errors.hpp"
@@ -195,10 +194,15 @@ torch::Tensor check_labels(const torch::Tensor& labels, int64_t num_classes, con
   return result;
 }
 
+std::vector<int64_t> rows_shape(int64_t rows, const std::vector<int64_t>& sample_shape) {
+  std::vector<int64_t> shape{rows};
+  shape.insert(shape.end(), sample_shape.begin(), sample_shape.end());
+  return shape;
+}
+
 torch::Tensor check_initial_noise(const torch::Tensor& noise, const GenerationConfig& config) {
   if (!noise.defined()) return noise;
-  std::vector<int64_t> expected{config.num_samples};
-  expected.insert(expected.end(), config.sample_shape.begin(), config.sample_shape.end());
+  const std::vector<int64_t> expected = rows_shape(config.num_samples, config.sample_shape);
   if (noise.sizes() != torch::IntArrayRef(expected) || !noise.is_floating_point()) {
     throw InputError("the initial noise x_T must be floating point " + shape_string(expected) + ", got " +
                      shape_string(noise.sizes()) + " " + std::string(c10::toString(noise.scalar_type())));
@@ -214,10 +218,7 @@ void check_outputs_fit_in_memory(const GenerationConfig& config, int64_t traject
   const double per_sample =
       sample_bytes * (1.0 + 2.0 * static_cast<double>(std::max<int64_t>(trajectory_states, 0))) +
       8.0;
-  const double bytes = per_sample * static_cast<double>(config.num_samples);
-  const int64_t needed =
-      bytes >= 9.0e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(bytes);
-  check_fits_in_memory(needed,
+  check_fits_in_memory(saturated_bytes(per_sample * static_cast<double>(config.num_samples)),
                        "--num-samples " + std::to_string(config.num_samples) + ": the samples" +
                            (trajectory_states > 0 ? " and their trajectories" : "") +
                            ", kept until they are written,",

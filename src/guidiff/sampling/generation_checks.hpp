@@ -23,6 +23,9 @@ int64_t check_models(const GenerationModels& models, const GenerationConfig& con
 torch::Tensor check_labels(const torch::Tensor& labels, int64_t num_classes, const GenerationModels& models,
                            const GenerationConfig& config);
 
+// [rows, sample_shape...]: the shape of `rows` samples.
+std::vector<int64_t> rows_shape(int64_t rows, const std::vector<int64_t>& sample_shape);
+
 // The samples generate() keeps until the caller writes them, float32 [num_samples,
 // sample_shape...] with their int64 labels, fit in the memory available; with
 // `trajectory_states` > 0 (the kept trajectory's length) so do that many more copies, twice

@@ -41,9 +41,8 @@ GenerationResult generate_upsampled(const LowResolutionConditioning& model_for, 
   std::vector<torch::Tensor> sample_labels;
   std::vector<std::vector<torch::Tensor>> trajectories;
   GenerationResult out;
-  std::vector<int64_t> samples_shape{config.num_samples};
-  samples_shape.insert(samples_shape.end(), config.sample_shape.begin(), config.sample_shape.end());
-  out.samples = torch::empty(samples_shape, torch::kFloat);  // filled part by part
+  out.samples = torch::empty(generation_checks::rows_shape(config.num_samples, config.sample_shape),
+                             torch::kFloat);  // filled part by part
   for (int64_t begin = 0; begin < config.num_samples; begin += config.batch_size) {
     const int64_t end = std::min(begin + config.batch_size, config.num_samples);
     GenerationConfig part = config;
